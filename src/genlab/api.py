@@ -1,0 +1,126 @@
+"""The Python API; the CLI only wraps these. Each step reads and writes a run directory."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from genlab import __version__
+from genlab.config import RunConfig, load_config
+from genlab.data import TensorDataModule, load_dataset
+from genlab.errors import GenlabError
+from genlab.images import save_grid
+from genlab.models import FAMILIES
+from genlab.run import Run, RunPaths, write_json
+from genlab.training.callbacks import NonFiniteLoss, Throughput
+from genlab.training.trainer import build_trainer
+
+
+def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[str] | tuple = (),
+        out: str | Path | None = None, resume: str | Path | None = None,
+        callbacks: list[L.Callback] | tuple = ()) -> Run:
+    """Train the config's family on its data into a run directory; export the model; return the Run.
+
+    `resume` continues a run from its last checkpoint to the same final step, with the run's own
+    config (plus `overrides`) unless `config` is given. `callbacks` are extra Lightning callbacks.
+    """
+    if resume is not None:
+        paths = RunPaths(Path(resume))
+        checkpoint = paths.require("last_checkpoint")
+        cfg = load_config(config if config is not None else paths.require("config"), overrides)
+    else:
+        cfg = load_config(config, overrides)
+        paths = RunPaths(Path(out) if out is not None else _fresh_run_dir(Path("runs"), cfg.name))
+        if paths.root.is_dir() and any(paths.root.iterdir()):
+            raise GenlabError(f"{paths.root}: already holds a run; continue it with --resume {paths.root}, "
+                              "or choose another --out")
+        checkpoint = None
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.config.write_text(cfg.to_yaml())
+
+    L.seed_everything(cfg.train.seed, verbose=False)
+    dataset = load_dataset(cfg.data)
+    model = FAMILIES[cfg.model.family](cfg.model, dataset.spec, cfg.train)
+    trainer = build_trainer(cfg.train, paths, has_validation=len(dataset.val) > 0, callbacks=list(callbacks))
+    started = time.perf_counter()
+    try:
+        trainer.fit(model, datamodule=TensorDataModule(dataset, cfg.train.batch_size, cfg.train.seed),
+                    ckpt_path=checkpoint)
+    except NonFiniteLoss as err:
+        kept = (f"{paths.last_checkpoint} (written before step {err.step}) is intact"
+                if paths.last_checkpoint.exists() else "no checkpoint was written yet")
+        raise NonFiniteLoss(f"{err}; training stopped before that update and {kept}. Try a lower "
+                            "train.optimizer.lr, a train.grad_clip, or train.precision: 32-true", err.step) from None
+
+    # Lightning has copied the EMA weights into the model at the end of training
+    model.save_pretrained(paths.model)
+    model.eval()
+    if model.modality == "image" and cfg.train.grid_size:
+        save_grid(model.preview(cfg.train.grid_size, torch.Generator().manual_seed(0)),
+                  paths.samples / "final.png", scale=4)
+    write_json(paths.summary, _summary(trainer, model, dataset, time.perf_counter() - started))
+    return Run(paths.root)
+
+
+def load(path: str | Path) -> Run:
+    """A run directory written by `fit`."""
+    return Run(path)
+
+
+def evaluate(run: Run | str | Path, **options: Any) -> dict[str, Any]:
+    """Sample from the run, score the samples against held-out data, write metrics.json; return the metrics."""
+    from genlab.evaluation import evaluate_run
+
+    return evaluate_run(run if isinstance(run, Run) else Run(run), **options)
+
+
+def sample_to_file(run: Run | str | Path, n: int, out: str | Path | None = None, *, seed: int | None = 0,
+                   **conditions: Any) -> Path:
+    """Draw `n` samples and write them in the modality's file format (PNG grid for images)."""
+    run = run if isinstance(run, Run) else Run(run)
+    samples = run.sample(n, seed=seed, **conditions)
+    out = Path(out) if out is not None else run.paths.samples / f"sample_{n}_seed{seed}.png"
+    return save_grid(samples, out, scale=4)
+
+
+def _fresh_run_dir(root: Path, name: str) -> Path:
+    path, i = root / name, 1
+    while path.exists() and any(path.iterdir()):
+        i += 1
+        path = root / f"{name}-{i}"
+    return path
+
+
+def _summary(trainer: L.Trainer, model, dataset, seconds: float) -> dict[str, Any]:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
+    early = trainer.early_stopping_callback
+    if trainer.global_step >= trainer.max_steps:
+        stopped = "max_steps"
+    elif early is not None and early.stopped_epoch:
+        stopped = "early_stopping"
+    else:
+        stopped = "max_time"
+    return {
+        "steps": trainer.global_step,
+        "max_steps": trainer.max_steps,
+        "seconds": round(seconds, 1),
+        "stopped_because": stopped,
+        "train_loss": metrics.get("train/loss"),
+        "val_loss": metrics.get("val/loss"),
+        "samples_per_s": throughput.samples_per_s if throughput else None,
+        "mfu": throughput.mfu if throughput else None,
+        "matmul_peak_gflops": throughput.peak_flops / 1e9 if throughput else None,
+        "gflops_per_batch": throughput.flops_per_batch / 1e9 if throughput else None,
+        "parameters": model.num_parameters(),
+        "data": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test),
+                 "shape": list(dataset.spec.shape), "classes": dataset.spec.num_classes, "notes": dataset.notes},
+        "versions": {"genlab": __version__, "torch": torch.__version__, "lightning": L.__version__,
+                     "python": platform.python_version()},
+        "device": str(model.device),
+    }

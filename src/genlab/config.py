@@ -1,0 +1,237 @@
+"""The run config: one YAML file with sections data, model, train and eval, validated by pydantic.
+
+Every field has a default that runs on a laptop CPU. Family-specific model fields live in the
+family's own `Config` class (see `genlab.models`); this file holds what every family shares.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from genlab.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    source: str = "digits"  # a built-in data set or a user format (image_folder, ...)
+    path: Path | None = None  # the user's file or folder, for user formats
+    image_size: int | None = Field(16, ge=4, le=1024)  # images are resized to this square side
+    channels: Literal[1, 3] | None = None  # None: as the data comes (grey digits -> 1)
+    val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    split_seed: int = 0  # the split depends on this alone, so runs with other train seeds compare
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        from genlab.data.sources import SOURCES
+
+        return _one_of(value, SOURCES)
+
+
+class ModelConfig(Section):
+    """Fields every family shares; each family subclasses it with its own."""
+
+    family: str = "diffusion"
+
+
+class OptimizerConfig(Section):
+    name: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)  # applied to weight matrices only, not biases or norms
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0)  # sgd only
+    nesterov: bool = False  # sgd only
+    fused: bool | None = None  # None lets torch choose
+
+
+class ScheduleConfig(Section):
+    name: Literal["constant", "cosine", "step", "plateau"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine floor, as a fraction of the peak lr
+    step_size: int = Field(1000, ge=1)  # step: multiply by gamma every step_size steps
+    gamma: float = Field(0.5, gt=0, le=1)  # step and plateau factor
+    patience: int = Field(3, ge=0)  # plateau: validations without improvement
+    monitor: str = "val/loss"  # plateau
+
+
+class EMAConfig(Section):
+    enabled: bool = True
+    decay: float = Field(0.999, gt=0, lt=1)
+    warmup: bool = True  # decay ramps up as (1+n)/(10+n), so short runs are not dominated by init
+
+
+class EarlyStoppingConfig(Section):
+    enabled: bool = False
+    monitor: str = "val/loss"
+    patience: int = Field(5, ge=1)  # in validations
+    min_delta: float = Field(0.0, ge=0)
+    mode: Literal["min", "max"] = "min"
+
+
+class TrainConfig(Section):
+    max_steps: int = Field(2000, ge=1)
+    max_time: float | None = Field(None, gt=0)  # wall-clock budget in seconds
+    batch_size: int = Field(128, ge=1)
+    seed: int = 0
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    ema: EMAConfig = EMAConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    grad_clip: float | None = Field(1.0, gt=0)  # max global grad norm; None disables
+    accumulate_grad_batches: int = Field(1, ge=1)
+    val_every: int = Field(250, ge=1)  # steps between validations (and sample grids)
+    checkpoint_every: int = Field(250, ge=1)  # steps between checkpoints/last.ckpt writes
+    log_every: int = Field(25, ge=1)
+    grid_size: int = Field(16, ge=0)  # samples in each grid written at validation; 0 disables
+    loggers: list[Literal["tensorboard", "wandb"]] = ["tensorboard"]
+    wandb_project: str = "genlab"
+    accelerator: str = "auto"  # auto picks a GPU when there is one, else the CPU
+    devices: int | str = 1
+    strategy: str = "auto"  # ddp, fsdp, ... through Lightning
+    num_nodes: int = Field(1, ge=1)
+    progress: Literal["auto", "rich", "log", "none"] = "auto"  # auto: rich on a terminal, log lines otherwise
+
+
+class EvalConfig(Section):
+    num_samples: int = Field(500, ge=2)
+    sampler: Literal["ddpm", "ddim", "dpm-solver"] = "dpm-solver"
+    steps: int = Field(25, ge=1)
+    guidance_scale: float = Field(1.0, ge=0)  # classifier-free guidance; 1.0 is plain conditional
+    batch_size: int = Field(250, ge=1)
+    seed: int = 0
+    feature_steps: int = Field(600, ge=1)  # training steps of the feature classifier
+
+
+class RunConfig(Section):
+    name: str = "run"
+    data: DataConfig = DataConfig()
+    model: SerializeAsAny[ModelConfig] = Field(default_factory=lambda: _family_config({}))
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _validate_for_family(cls, value: Any) -> ModelConfig:
+        return value if isinstance(value, ModelConfig) else _family_config(value)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _family_config(value: Any) -> ModelConfig:
+    from genlab.models import FAMILIES
+
+    if not isinstance(value, dict):
+        return ModelConfig.model_validate(value)  # lets pydantic name the type error
+    family = value.get("family", ModelConfig().family)
+    if family not in FAMILIES:
+        detail = InitErrorDetails(
+            type=PydanticCustomError("unknown_name", _not_one_of(family, FAMILIES)), loc=("family",), input=family
+        )
+        raise ValidationError.from_exception_data("ModelConfig", [detail])
+    return FAMILIES[family].Config.model_validate(value)
+
+
+def _one_of(value: str, allowed: Any) -> str:
+    if value not in allowed:
+        raise PydanticCustomError("unknown_name", _not_one_of(value, allowed))
+    return value
+
+
+def _not_one_of(value: Any, allowed: Any) -> str:
+    return f"{value!r} is not one of: {', '.join(sorted(allowed))}"
+
+
+def load_config(source: str | Path | dict | RunConfig | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
+    """Read a YAML file (or dict), apply `key.path=value` overrides, validate; ConfigError on any problem."""
+    if isinstance(source, RunConfig):
+        raw = source.model_dump(mode="json")
+    elif isinstance(source, dict):
+        raw = dict(source)
+    elif source is None:
+        raw = {}
+    else:
+        raw = _read_yaml(Path(source))
+        raw.setdefault("name", Path(source).stem)
+    for item in overrides:
+        _apply_override(raw, item)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, raw)) from None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config is a mapping with sections data, model, train, eval")
+    return raw
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.max_steps=200")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text  # a plain string that YAML would misread
+    node = raw
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def format_errors(err: ValidationError, raw: dict) -> str:
+    """One line per problem: the key path, then what is wrong and what is allowed."""
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = _fields_at(e["loc"][:-1], raw)
+            hint = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            lines.append(f"{path}: unknown key{suggestion} (allowed: {', '.join(allowed)})")
+        elif e["type"] == "unknown_name":
+            lines.append(f"{path}: {e['msg']}")
+        else:
+            lines.append(f"{path}: {e['msg'][0].lower()}{e['msg'][1:]} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _fields_at(loc: tuple, raw: dict) -> list[str]:
+    from genlab.models import FAMILIES
+
+    model: Any = RunConfig
+    for part in loc:
+        if model is RunConfig and part == "model":
+            family = (raw.get("model") or {}).get("family", ModelConfig().family)
+            model = FAMILIES[family].Config if family in FAMILIES else ModelConfig
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        model = field.annotation if field else None
+    return list(getattr(model, "model_fields", {}))

@@ -1,0 +1,77 @@
+"""The Lightning DataModule over in-memory tensors.
+
+Training batches are a pure function of (seed, batch index): a checkpoint stores the index, and
+a resumed run draws exactly the batches the uninterrupted run would have drawn. No DataLoader:
+indexing a tensor is faster than collating one example at a time when the data fits in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+
+from genlab.data.sources import Dataset, Split
+
+
+class SeededBatches:
+    """Shuffled mini-batches, reshuffled each epoch from (seed, epoch); stateful for exact resume."""
+
+    def __init__(self, split: Split, batch_size: int, seed: int) -> None:
+        if len(split) < batch_size:
+            batch_size = len(split)  # a tiny data set still trains, one full batch a step
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.batches_done = 0  # over all epochs; the whole state
+
+    def __len__(self) -> int:
+        return len(self.split) // self.batch_size
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        per_epoch = len(self)
+        epoch, start = divmod(self.batches_done, per_epoch)
+        order = torch.randperm(len(self.split), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        for i in range(start, per_epoch):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            self.batches_done += 1
+            yield _batch(self.split, idx)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batches_done = state["batches_done"]
+
+
+class InOrderBatches:
+    """Evaluation batches, in order, each example once."""
+
+    def __init__(self, split: Split, batch_size: int) -> None:
+        self.split, self.batch_size = split, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, len(self.split), self.batch_size):
+            yield _batch(self.split, torch.arange(start, min(start + self.batch_size, len(self.split))))
+
+
+def _batch(split: Split, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    batch = {"x": split.x[idx]}
+    if split.y is not None:
+        batch["y"] = split.y[idx]
+    return batch
+
+
+class TensorDataModule(L.LightningDataModule):
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self._train = SeededBatches(dataset.train, batch_size, seed)
+
+    def train_dataloader(self) -> SeededBatches:
+        return self._train  # one object for the whole fit, so its state survives epochs
+
+    def val_dataloader(self) -> InOrderBatches | list:
+        return InOrderBatches(self.dataset.val, self.batch_size) if len(self.dataset.val) else []

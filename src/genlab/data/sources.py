@@ -1,0 +1,166 @@
+"""Data sources: each turns a DataConfig into in-memory tensors, split by a fixed seed.
+
+Images are float tensors (N, C, H, W) in [-1, 1]; labels are int64 (N,) or None. A source is a
+plain function registered by name, so `data.source: NAME` in a config picks it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from genlab.errors import GenlabError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know of its data to be built."""
+
+    modality: str  # "image" now; "text" and "table" later
+    shape: tuple[int, ...]  # one example: (C, H, W) for images
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class Split:
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class Dataset:
+    spec: DataSpec
+    train: Split
+    val: Split
+    test: Split
+    notes: list[str] = field(default_factory=list)  # what loading skipped or changed, for the report
+
+
+SOURCES: dict[str, Callable] = {}
+
+
+def register_source(name: str) -> Callable:
+    def add(fn: Callable) -> Callable:
+        if name in SOURCES:
+            raise ValueError(f"data source {name!r} is registered twice")
+        SOURCES[name] = fn
+        return fn
+
+    return add
+
+
+def load_dataset(cfg) -> Dataset:
+    """Load `cfg.source` and split it into train/val/test by `cfg.split_seed`."""
+    x, y, class_names, notes = SOURCES[cfg.source](cfg)
+    if not torch.isfinite(x).all():
+        raise GenlabError(f"data.source {cfg.source!r}: the data holds NaN or infinite values")
+    train, val, test = _split(len(x), y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    spec = DataSpec(modality="image", shape=tuple(x.shape[1:]), class_names=tuple(class_names))
+
+    def take(idx: np.ndarray) -> Split:
+        return Split(x[idx], None if y is None else y[idx])
+
+    return Dataset(spec, take(train), take(val), take(test), notes)
+
+
+def _split(n: int, y: torch.Tensor | None, val: float, test: float, seed: int):
+    """Stratified by class when there are labels, so every split sees every class."""
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if y is None else [np.flatnonzero(y.numpy() == c) for c in np.unique(y.numpy())]
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for idx in groups:
+        idx = rng.permutation(idx)
+        n_test, n_val = round(len(idx) * test), round(len(idx) * val)
+        parts[0].append(idx[n_test + n_val :])
+        parts[1].append(idx[n_test : n_test + n_val])
+        parts[2].append(idx[:n_test])
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def _to_model_range(images: torch.Tensor, size: int | None, channels: int | None) -> torch.Tensor:
+    """(N, C, H, W) in [0, 1] -> resized, channel-matched, in [-1, 1]."""
+    if size is not None and images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if channels == 3 and images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    elif channels == 1 and images.shape[1] == 3:
+        images = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return (images.clamp(0, 1) * 2 - 1).contiguous()
+
+
+@register_source("digits")
+def digits(cfg):
+    """scikit-learn's 1,797 handwritten digits, 8x8 with 16 grey levels; it ships with the package."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    labels = torch.tensor(d.target, dtype=torch.long)
+    return _to_model_range(images, cfg.image_size, cfg.channels), labels, [str(c) for c in range(10)], []
+
+
+@register_source("image_folder")
+def image_folder(cfg):
+    """A folder of images; each subfolder is a class (images directly in the folder: no labels)."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = cfg.path
+    if root is None:
+        raise GenlabError("data.path: required for data.source 'image_folder' (a folder of PNG/JPEG files)")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise GenlabError(f"data.path: {root} is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise GenlabError(f"data.path: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
+    if classes and any(p.parent == root for p in files):
+        raise GenlabError(f"data.path: {root} mixes images at the top with class subfolders; use one or the other")
+    size = cfg.image_size
+    arrays, labels, skipped = [], [], []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                im = im.convert("L" if cfg.channels == 1 or (cfg.channels is None and im.mode in ("L", "1")) else "RGB")
+                im = _center_square(im).resize((size, size), Image.BICUBIC) if size else im
+                arrays.append(np.asarray(im, dtype=np.float32) / 255.0)
+        except (UnidentifiedImageError, OSError) as err:
+            skipped.append(f"{p.relative_to(root)} ({err.__class__.__name__})")
+            continue
+        labels.append(classes.index(p.parent.relative_to(root).as_posix()) if classes else 0)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:5])}", stacklevel=2)
+    if not arrays:
+        raise GenlabError(f"data.path: none of the {len(files)} image files under {root} could be read")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        if size is None:
+            raise GenlabError(f"data.image_size: images under {root} differ in size {sorted(shapes)[:3]}; set one")
+        # mixed grey and colour files: bring all to three channels
+        arrays = [np.repeat(a[..., None], 3, -1) if a.ndim == 2 else a for a in arrays]
+    stack = np.stack(arrays)
+    images = torch.from_numpy(stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2).copy())
+    y = torch.tensor(labels, dtype=torch.long) if classes else None
+    notes = [f"skipped unreadable: {s}" for s in skipped]
+    return _to_model_range(images, None, cfg.channels), y, classes, notes
+
+
+def _center_square(im):
+    w, h = im.size
+    s = min(w, h)
+    return im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))

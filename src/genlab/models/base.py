@@ -1,0 +1,88 @@
+"""The one interface every family implements, and the registry that maps `model.family` to a class.
+
+A family is a LightningModule that wires plain nn.Modules (or the diffusers / transformers model
+itself) into training, and owns four things: `training_step`, `sample`, `save_pretrained` and
+`from_pretrained`. The training core (optimizers, schedules, EMA, checkpoints) is shared.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+
+from genlab.config import ModelConfig, TrainConfig
+from genlab.data.sources import DataSpec
+from genlab.errors import GenlabError
+from genlab.training.optim import build_optimizer, build_schedule
+
+META_FILE = "genlab.json"  # beside the ecosystem's own files in a model folder
+
+FAMILIES: dict[str, type[GenerativeModel]] = {}
+
+
+def register_family(cls: type[GenerativeModel]) -> type[GenerativeModel]:
+    """Class decorator: make `cls` the family named by its config's `family` default."""
+    name = cls.Config.model_fields["family"].default
+    if name in FAMILIES:
+        raise ValueError(f"model family {name!r} is registered twice ({FAMILIES[name].__name__}, {cls.__name__})")
+    FAMILIES[name] = cls
+    return cls
+
+
+class GenerativeModel(L.LightningModule):
+    """Base of every family: one config object in, the shared optimizer set-up, the model-folder metadata."""
+
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+    modality: ClassVar[str] = "image"  # what `sample` returns: image tensors, texts, or table rows
+
+    def __init__(self, config: ModelConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
+        super().__init__()
+        self.config, self.spec, self.train_config = config, spec, train or TrainConfig()
+
+    # --- what each family writes -------------------------------------------------------------
+
+    def sample(self, n: int, *, generator: Any = None, **conditions: Any) -> Any:
+        raise NotImplementedError
+
+    def save_pretrained(self, path: str | Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> GenerativeModel:
+        raise NotImplementedError
+
+    def preview(self, n: int, generator: Any = None) -> Any:
+        """A quick look at the model during training; families with slow samplers pick fast settings."""
+        return self.sample(n, generator=generator)
+
+    # --- shared ---------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict:
+        """One optimizer over all parameters; families with several (GANs) override this."""
+        optimizer = build_optimizer(self, self.train_config.optimizer)
+        schedule = build_schedule(optimizer, self.train_config.schedule, self.trainer.max_steps,
+                                  self.train_config.val_every)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def write_meta(self, path: Path) -> None:
+        meta = {"family": self.config.family, "config": self.config.model_dump(mode="json"),
+                "spec": asdict(self.spec)}
+        (path / META_FILE).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def read_meta(cls, path: str | Path) -> tuple[ModelConfig, DataSpec]:
+        """The family config and data spec stored beside the weights by `write_meta`."""
+        file = Path(path) / META_FILE
+        if not file.is_file():
+            raise GenlabError(f"{path}: not a genlab model folder (no {META_FILE}); `genlab fit` writes one")
+        meta = json.loads(file.read_text())
+        spec = meta["spec"]
+        spec = DataSpec(spec["modality"], tuple(spec["shape"]), tuple(spec["class_names"]))
+        return cls.Config.model_validate(meta["config"]), spec
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

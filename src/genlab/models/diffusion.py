@@ -1,0 +1,174 @@
+"""Diffusion family: a diffusers UNet2DModel trained with the DDPM objective.
+
+Training is three ideas: draw a timestep, noise the image with the diffusers scheduler, regress
+the noise (or the velocity). Sampling runs any diffusers scheduler (DDPM, DDIM, DPM-Solver++),
+with optional class conditioning and classifier-free guidance. The model folder is a diffusers
+DDPMPipeline folder, so `DDPMPipeline.from_pretrained(folder)` loads it without genlab.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers.utils.torch_utils import randn_tensor
+from pydantic import Field, model_validator
+
+from genlab.config import ModelConfig, TrainConfig
+from genlab.data.sources import DataSpec
+from genlab.errors import GenlabError
+from genlab.models.base import GenerativeModel, register_family
+
+SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler}
+DEFAULT_STEPS = {"ddim": 50, "dpm-solver": 20}  # ddpm: every training timestep
+BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2", "scaled_linear": "scaled_linear"}
+
+
+class DiffusionConfig(ModelConfig):
+    family: Literal["diffusion"] = "diffusion"
+    block_out_channels: list[int] = Field([32, 64], min_length=1)  # UNet width at each resolution
+    attention: list[bool] = [False, True]  # self-attention at each resolution
+    layers_per_block: int = Field(1, ge=1)
+    norm_num_groups: int = Field(8, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    noise_schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"
+    num_train_timesteps: int = Field(1000, ge=2)
+    class_conditional: bool = False
+    cond_drop_prob: float = Field(0.1, ge=0, le=1)  # labels dropped in training, for guidance
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DiffusionConfig:
+        if len(self.attention) != len(self.block_out_channels):
+            raise ValueError(f"attention has {len(self.attention)} entries, block_out_channels has "
+                             f"{len(self.block_out_channels)}: give one per resolution")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"every block_out_channels entry must divide by norm_num_groups={self.norm_num_groups}")
+        return self
+
+
+@register_family
+class Diffusion(GenerativeModel):
+    Config = DiffusionConfig
+    modality = "image"
+
+    def __init__(self, config: DiffusionConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
+        super().__init__(config, spec, train)
+        channels, size = spec.shape[0], spec.shape[-1]
+        if size % 2 ** (len(config.block_out_channels) - 1):
+            raise GenlabError(f"data.image_size: {size} must divide by 2^{len(config.block_out_channels) - 1} "
+                              f"for {len(config.block_out_channels)} UNet resolutions")
+        if config.class_conditional and not spec.num_classes:
+            raise GenlabError("model.class_conditional: the data has no class labels")
+        self.null_class = spec.num_classes  # the extra embedding that means "no label"
+        self.unet = UNet2DModel(
+            sample_size=size, in_channels=channels, out_channels=channels,
+            block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
+            down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in config.attention),
+            up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention)),
+            norm_num_groups=config.norm_num_groups, dropout=config.dropout,
+            num_class_embeds=spec.num_classes + 1 if config.class_conditional else None,
+        )
+        self.scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
+                                       beta_schedule=BETA_SCHEDULES[config.noise_schedule],
+                                       prediction_type=config.prediction)
+
+    # --- training --------------------------------------------------------------------------------
+
+    def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        x0 = batch["x"]
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        t = torch.randint(0, self.config.num_train_timesteps, (len(x0),), generator=generator).to(x0.device)
+        xt = self.scheduler.add_noise(x0, noise, t)
+        target = noise if self.config.prediction == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
+        pred = self.unet(xt, t, class_labels=self._train_labels(batch, generator)).sample
+        return F.mse_loss(pred.float(), target.float())
+
+    def _train_labels(self, batch: dict, generator: torch.Generator | None) -> torch.Tensor | None:
+        if not self.config.class_conditional:
+            return None
+        drop = torch.rand(len(batch["y"]), generator=generator).to(batch["y"].device) < self.config.cond_drop_prob
+        return torch.where(drop, self.null_class, batch["y"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # the same noise and timesteps at every validation, so the curve shows the model, not the draw
+        loss = self.diffusion_loss(batch, torch.Generator().manual_seed(batch_idx))
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["x"]))
+
+    # --- sampling --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | list[torch.Generator] | None = None,
+               labels: int | str | list | torch.Tensor | None = None, guidance_scale: float | torch.Tensor = 1.0,
+               sampler: str = "ddpm", steps: int | None = None) -> torch.Tensor:
+        """`n` images (n, C, H, W) in [0, 1]; `labels` and `guidance_scale` may differ per image."""
+        if sampler not in SAMPLERS:
+            raise GenlabError(f"sampler: {sampler!r} is not one of: {', '.join(SAMPLERS)}")
+        scheduler = SAMPLERS[sampler].from_config(self.scheduler.config)
+        scheduler.set_timesteps(steps or DEFAULT_STEPS.get(sampler, self.config.num_train_timesteps))
+        labels = self._sample_labels(n, labels)
+        guided = labels is not None and not (isinstance(guidance_scale, float | int) and guidance_scale == 1.0)
+        scale = torch.as_tensor(guidance_scale, dtype=torch.float32, device=self.device).reshape(-1, 1, 1, 1)
+        x = randn_tensor((n, *self.spec.shape), generator=generator, device=self.device, dtype=self.dtype)
+        x = x * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            inp = scheduler.scale_model_input(x, t)
+            if guided:  # one batch holds the conditional and the unconditional halves
+                both = self.unet(torch.cat([inp, inp]), t, class_labels=torch.cat([labels, self._null(n)])).sample
+                cond, uncond = both.chunk(2)
+                out = uncond + scale * (cond - uncond)
+            else:
+                out = self.unet(inp, t, class_labels=labels).sample
+            x = scheduler.step(out, t, x, generator=generator).prev_sample
+        return (x.float() / 2 + 0.5).clamp(0, 1)
+
+    def preview(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        labels = torch.arange(n) % self.spec.num_classes if self.config.class_conditional else None
+        return self.sample(n, generator=generator, labels=labels, sampler="dpm-solver", steps=20)
+
+    def _sample_labels(self, n: int, labels) -> torch.Tensor | None:
+        if not self.config.class_conditional:
+            if labels is not None:
+                raise GenlabError("labels: this model was trained without class conditioning")
+            return None
+        if labels is None:
+            return self._null(n)
+        if isinstance(labels, int | str):
+            labels = [labels] * n
+        names = self.spec.class_names
+        ids = []
+        for label in labels.tolist() if isinstance(labels, torch.Tensor) else labels:
+            if isinstance(label, str) and label in names:
+                label = names.index(label)
+            if not isinstance(label, int) or not 0 <= label < len(names):
+                raise GenlabError(f"labels: {label!r} is not a class of this model: {', '.join(names)}")
+            ids.append(label)
+        if len(ids) != n:
+            raise GenlabError(f"labels: got {len(ids)} labels for {n} samples")
+        return torch.tensor(ids, device=self.device)
+
+    def _null(self, n: int) -> torch.Tensor:
+        return torch.full((n,), self.null_class, device=self.device)
+
+    # --- the model folder --------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        DDPMPipeline(unet=self.unet, scheduler=self.scheduler).save_pretrained(path, safe_serialization=True)
+        self.write_meta(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Diffusion:
+        config, spec = cls.read_meta(path)
+        model = cls(config, spec)
+        model.unet = UNet2DModel.from_pretrained(Path(path) / "unet", use_safetensors=True)
+        model.scheduler = DDPMScheduler.from_pretrained(Path(path) / "scheduler")
+        return model.eval()

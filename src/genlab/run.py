@@ -1,0 +1,142 @@
+"""The run directory: the contract between steps. Every path is named here, and only here.
+
+    runs/<name>/
+      config.yaml     the fully resolved config that produced this run
+      checkpoints/    last.ckpt (resume), best.ckpt (lowest val/loss)
+      model/          the trained model in its ecosystem's format (+ genlab.json)
+      tb/             TensorBoard event files
+      samples/        grids written during training and by `genlab sample`
+      train.json      what training did: steps, time, throughput, losses
+      metrics.json    what `genlab evaluate` measured
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genlab.config import RunConfig, load_config
+from genlab.errors import GenlabError
+
+# which command writes each file, for the error that says it is missing
+_MADE_BY = {
+    "config": "genlab fit CONFIG",
+    "model": "genlab fit CONFIG (it exports the model when training ends)",
+    "last_checkpoint": "genlab fit CONFIG",
+    "metrics": "genlab evaluate RUN_DIR",
+}
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def tb(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "train.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def eval_cache(self) -> Path:
+        return self.root / "eval"
+
+    def require(self, name: str) -> Path:
+        """The path of `name`, or an error that says which file is missing and which command makes it."""
+        path = getattr(self, name)
+        if not path.exists():
+            if not self.root.is_dir():
+                raise GenlabError(f"{self.root}: no such run directory")
+            raise GenlabError(f"{self.root}: missing {path.relative_to(self.root)}; run `{_MADE_BY[name]}` first")
+        return path
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+class Run:
+    """A trained run: its config, its model (loaded on first use, without Lightning) and its records."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.paths = RunPaths(Path(path))
+        self.config: RunConfig = load_config(self.paths.require("config"))
+
+    @property
+    def path(self) -> Path:
+        return self.paths.root
+
+    @cached_property
+    def model(self):
+        from genlab.models import FAMILIES
+
+        model_dir = self.paths.require("model")
+        return FAMILIES[self.config.model.family].from_pretrained(model_dir)
+
+    def sample(self, n: int, *, seed: int | None = None, **conditions: Any) -> Any:
+        """`n` samples from the exported model; the same seed gives the same samples."""
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        return self.model.sample(n, generator=generator, **conditions)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return read_json(self.paths.summary)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return read_json(self.paths.metrics)
+
+    def info(self) -> dict[str, Any]:
+        """What the run is: family, size, data, training done, metrics."""
+        cfg = self.config
+        return {
+            "run": str(self.path),
+            "family": cfg.model.family,
+            "parameters": self.summary.get("parameters"),
+            "data": {"source": cfg.data.source, **({"path": str(cfg.data.path)} if cfg.data.path else {}),
+                     **self.summary.get("data", {})},
+            "training": {k: self.summary.get(k) for k in ("steps", "max_steps", "seconds", "stopped_because",
+                                                          "train_loss", "val_loss", "samples_per_s", "mfu")},
+            "model_exported": self.paths.model.is_dir(),
+            "metrics": self.metrics or None,
+        }
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, family={self.config.model.family!r})"

@@ -1,0 +1,1 @@
+"""The training core shared by every family: the Trainer, its callbacks, optimizers and schedules."""

@@ -1,0 +1,92 @@
+"""The one function that turns a TrainConfig into a Lightning Trainer for a run directory."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+
+from genlab.config import TrainConfig
+from genlab.errors import GenlabError
+from genlab.run import RunPaths
+from genlab.training.callbacks import (
+    EMA, AtomicCheckpointIO, GradientWatch, LastCheckpoint, LogLines, SampleGrid, SeedEveryStep, Throughput,
+)
+from genlab.training.peak import matmul_peak
+
+
+def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool,
+                  callbacks: list[L.Callback] = ()) -> L.Trainer:
+    """Everything engineering about a fit lives here; the family module holds only research code."""
+    peak = matmul_peak(torch.bfloat16 if cfg.precision.startswith("bf16") else torch.float32)
+    loggers = _loggers(cfg, paths)
+    core: list[L.Callback] = [
+        SeedEveryStep(cfg.seed),
+        GradientWatch(cfg.log_every),
+        Throughput(peak, cfg.log_every),
+        SampleGrid(cfg.grid_size, paths.samples),  # before EMA, so it runs while EMA weights are swapped in
+    ]
+    if loggers:
+        core.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.ema.enabled:
+        core.append(EMA(cfg.ema.decay, cfg.ema.warmup))
+    if has_validation:
+        core.append(ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor="val/loss", mode="min",
+                                    save_top_k=1, enable_version_counter=False))
+    if cfg.early_stopping.enabled:
+        es = cfg.early_stopping
+        if es.monitor.startswith("val/") and not has_validation:
+            raise GenlabError(f"train.early_stopping.monitor: {es.monitor} needs a validation split "
+                              "(data.val_fraction > 0)")
+        core.append(EarlyStopping(monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=es.mode))
+    core.append(LastCheckpoint(paths.last_checkpoint, cfg.checkpoint_every))
+    progress = cfg.progress if cfg.progress != "auto" else ("rich" if sys.stdout.isatty() else "log")
+    if progress == "rich":
+        core.append(RichProgressBar())
+    elif progress == "log":
+        core.append(LogLines(max(cfg.log_every, cfg.max_steps // 20)))
+    return L.Trainer(
+        default_root_dir=paths.root,
+        max_steps=cfg.max_steps,
+        max_epochs=-1,
+        max_time=timedelta(seconds=cfg.max_time) if cfg.max_time else None,
+        precision=cfg.precision,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        num_nodes=cfg.num_nodes,
+        gradient_clip_val=cfg.grad_clip,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        val_check_interval=cfg.val_every if has_validation else None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=None if has_validation else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=cfg.log_every,
+        logger=loggers or False,
+        callbacks=[*core, *callbacks],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=progress == "rich",
+        enable_model_summary=False,
+    )
+
+
+def _loggers(cfg: TrainConfig, paths: RunPaths) -> list[Logger]:
+    loggers: list[Logger] = []
+    if "tensorboard" in cfg.loggers:
+        loggers.append(TensorBoardLogger(save_dir=paths.root, name="", version=paths.tb.name,
+                                         default_hp_metric=False))
+    if "wandb" in cfg.loggers:
+        try:
+            from lightning.pytorch.loggers import WandbLogger
+
+            import wandb  # noqa: F401  (WandbLogger imports it late; fail here, clearly)
+        except ImportError:
+            raise GenlabError("train.loggers: 'wandb' needs the wandb package: pip install 'genlab[wandb]'") from None
+        # offline: runs are written under the run directory; `wandb sync` uploads them later
+        loggers.append(WandbLogger(project=cfg.wandb_project, save_dir=str(paths.root), offline=True,
+                                   name=paths.root.name))
+    return loggers
