@@ -1,11 +1,30 @@
 """genlab: from raw data to a trained, evaluated generative model, for every model family."""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from genlab.api import evaluate, fit, load, sample_to_file  # noqa: E402
-from genlab.config import RunConfig, load_config  # noqa: E402
-from genlab.errors import ConfigError, GenlabError  # noqa: E402
-from genlab.run import Run  # noqa: E402
-
+# Imported on first use, so `genlab --help` and config checks do not pay for torch and Lightning.
+_EXPORTS = {
+    "fit": "genlab.api", "load": "genlab.api", "evaluate": "genlab.api", "sample_to_file": "genlab.api",
+    "RunConfig": "genlab.config", "load_config": "genlab.config",
+    "ConfigError": "genlab.errors", "GenlabError": "genlab.errors",
+    "Run": "genlab.run",
+}
 __all__ = ["ConfigError", "GenlabError", "Run", "RunConfig", "__version__", "evaluate", "fit", "load", "load_config",
            "sample_to_file"]
+
+if TYPE_CHECKING:
+    from genlab.api import evaluate, fit, load, sample_to_file
+    from genlab.config import RunConfig, load_config
+    from genlab.errors import ConfigError, GenlabError
+    from genlab.run import Run
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'genlab' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -102,7 +102,7 @@ def _summary(trainer: L.Trainer, model, dataset, seconds: float) -> dict[str, An
     early = trainer.early_stopping_callback
     if trainer.global_step >= trainer.max_steps:
         stopped = "max_steps"
-    elif early is not None and early.stopped_epoch:
+    elif early is not None and early.stopping_reason_message:
         stopped = "early_stopping"
     else:
         stopped = "max_time"
@@ -111,6 +111,7 @@ def _summary(trainer: L.Trainer, model, dataset, seconds: float) -> dict[str, An
         "max_steps": trainer.max_steps,
         "seconds": round(seconds, 1),
         "stopped_because": stopped,
+        "early_stopping": early.stopping_reason_message if early is not None else None,
         "train_loss": metrics.get("train/loss"),
         "val_loss": metrics.get("val/loss"),
         "samples_per_s": throughput.samples_per_s if throughput else None,

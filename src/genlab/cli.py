@@ -14,12 +14,13 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="genlab: train, sample and evaluate generative models. Each verb reads/writes a run directory.")
+                  help="genlab: train, sample and evaluate generative models, each verb on a run directory.")
 err = Console(stderr=True)
 out = Console()
 
 # Library chatter that says nothing to a genlab user (tips, defaults we set on purpose).
-_QUIET = ("litlogger", "`weights_only` was not set", "exists and is not empty", "LeafSpec", "does not have many workers")
+_QUIET = ("litlogger", "`weights_only` was not set", "exists and is not empty", "LeafSpec",
+          "does not have many workers", "smaller than the logging interval", "will save all extracted features")
 
 
 def _user_errors(fn):
@@ -79,7 +80,7 @@ def fit(
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `genlab fit`.")],
     n: Annotated[int, typer.Option("--n", min=1, help="How many samples.")] = 64,
-    sampler: Annotated[str | None, typer.Option(help="ddpm | ddim | dpm-solver (default: the run's eval.sampler).")] = None,
+    sampler: Annotated[str | None, typer.Option(help="ddpm | ddim | dpm-solver (default: eval.sampler).")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Sampling steps (default: the run's eval.steps).")] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same samples.")] = 0,
     label: Annotated[list[str], typer.Option(help="Class to draw (repeat to cycle); class-conditional models.")] = [],  # noqa: B006
@@ -103,7 +104,7 @@ def sample(
 @_user_errors
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `genlab fit`.")],
-    n: Annotated[int | None, typer.Option("--n", min=2, help="Generated samples (default: the run's eval.num_samples).")] = None,
+    n: Annotated[int | None, typer.Option("--n", min=2, help="Generated samples (default: eval.num_samples).")] = None,
     sampler: Annotated[str | None, typer.Option(help="ddpm | ddim | dpm-solver.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Sampling steps.")] = None,
 ) -> None:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -32,45 +31,20 @@ _MADE_BY = {
 }
 
 
-@dataclass(frozen=True)
 class RunPaths:
-    root: Path
+    """Where each file of a run lives; the only place these names are spelled."""
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / "last.ckpt"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def tb(self) -> Path:
-        return self.root / "tb"
-
-    @property
-    def samples(self) -> Path:
-        return self.root / "samples"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "train.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def eval_cache(self) -> Path:
-        return self.root / "eval"
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.config = self.root / "config.yaml"
+        self.checkpoints = self.root / "checkpoints"
+        self.last_checkpoint = self.checkpoints / "last.ckpt"
+        self.model = self.root / "model"
+        self.tb = self.root / "tb"
+        self.samples = self.root / "samples"
+        self.summary = self.root / "train.json"
+        self.metrics = self.root / "metrics.json"
+        self.eval_cache = self.root / "eval"
 
     def require(self, name: str) -> Path:
         """The path of `name`, or an error that says which file is missing and which command makes it."""

@@ -16,25 +16,29 @@ from genlab.data.sources import Dataset, Split
 
 
 class SeededBatches:
-    """Shuffled mini-batches, reshuffled each epoch from (seed, epoch); stateful for exact resume."""
+    """Shuffled mini-batches, reshuffled each epoch from (seed, epoch); stateful for exact resume.
 
-    def __init__(self, split: Split, batch_size: int, seed: int) -> None:
-        if len(split) < batch_size:
-            batch_size = len(split)  # a tiny data set still trains, one full batch a step
-        self.split, self.batch_size, self.seed = split, batch_size, seed
-        self.batches_done = 0  # over all epochs; the whole state
+    Under DDP each of `world` ranks takes every world-th batch of the same permutation, so the
+    ranks see disjoint data without a DistributedSampler.
+    """
+
+    def __init__(self, split: Split, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        if len(split) < batch_size * world:
+            batch_size = max(1, len(split) // world)  # a tiny data set still trains, one full batch a step
+        self.split, self.batch_size, self.seed, self.rank, self.world = split, batch_size, seed, rank, world
+        self.batches_done = 0  # this rank's, over all epochs; the whole state
 
     def __len__(self) -> int:
-        return len(self.split) // self.batch_size
+        return len(self.split) // (self.batch_size * self.world)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         per_epoch = len(self)
         epoch, start = divmod(self.batches_done, per_epoch)
         order = torch.randperm(len(self.split), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
         for i in range(start, per_epoch):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            first = (i * self.world + self.rank) * self.batch_size
             self.batches_done += 1
-            yield _batch(self.split, idx)
+            yield _batch(self.split, order[first : first + self.batch_size])
 
     def state_dict(self) -> dict[str, int]:
         return {"batches_done": self.batches_done}
@@ -71,6 +75,8 @@ class TensorDataModule(L.LightningDataModule):
         self._train = SeededBatches(dataset.train, batch_size, seed)
 
     def train_dataloader(self) -> SeededBatches:
+        if self.trainer is not None:
+            self._train.rank, self._train.world = self.trainer.global_rank, self.trainer.world_size
         return self._train  # one object for the whole fit, so its state survives epochs
 
     def val_dataloader(self) -> InOrderBatches | list:

@@ -8,7 +8,7 @@ import time
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu", size: int = 1024,
                 seconds: float = 0.25) -> float:
     """FLOP/s of a square `size` matmul in `dtype` on `device`: the best of repeated timed runs."""

@@ -14,7 +14,14 @@ from genlab.config import TrainConfig
 from genlab.errors import GenlabError
 from genlab.run import RunPaths
 from genlab.training.callbacks import (
-    EMA, AtomicCheckpointIO, GradientWatch, LastCheckpoint, LogLines, SampleGrid, SeedEveryStep, Throughput,
+    EMA,
+    AtomicCheckpointIO,
+    GradientWatch,
+    LastCheckpoint,
+    LogLines,
+    SampleGrid,
+    SeedEveryStep,
+    Throughput,
 )
 from genlab.training.peak import matmul_peak
 
@@ -81,9 +88,8 @@ def _loggers(cfg: TrainConfig, paths: RunPaths) -> list[Logger]:
                                          default_hp_metric=False))
     if "wandb" in cfg.loggers:
         try:
-            from lightning.pytorch.loggers import WandbLogger
-
             import wandb  # noqa: F401  (WandbLogger imports it late; fail here, clearly)
+            from lightning.pytorch.loggers import WandbLogger
         except ImportError:
             raise GenlabError("train.loggers: 'wandb' needs the wandb package: pip install 'genlab[wandb]'") from None
         # offline: runs are written under the run directory; `wandb sync` uploads them later

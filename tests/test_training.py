@@ -1,0 +1,147 @@
+"""The training core: exact resume, the NaN guard, EMA, checkpoints, stopping rules, logs."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import genlab
+from genlab.training.callbacks import NonFiniteLoss
+
+from .conftest import tiny
+
+UNET = "model/unet/diffusion_pytorch_model.safetensors"
+
+
+class Crash(L.Callback):
+    """Dies at a given step, as a killed job would, after the checkpoint of the step before."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def weights(run_dir):
+    return load_file(run_dir / UNET)
+
+
+def test_resume_after_a_crash_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    whole = genlab.fit(None, overrides=tiny(), out=tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        genlab.fit(None, overrides=tiny(), out=tmp_path / "broken", callbacks=[Crash(20)])
+    assert not (tmp_path / "broken" / "model").exists(), "a crashed run exports nothing"
+    assert torch.load(tmp_path / "broken/checkpoints/last.ckpt", weights_only=True)["global_step"] == 20
+    resumed = genlab.fit(resume=tmp_path / "broken")
+    assert resumed.summary["steps"] == 30
+    a, b = weights(whole.path), weights(resumed.path)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resume must be exact, bit for bit"
+
+
+def test_resume_can_extend_a_finished_run(tiny_run, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(tiny_run.path, tmp_path / "copy")
+    longer = genlab.fit(resume=copy, overrides=["train.max_steps=40"])
+    assert longer.summary["steps"] == 40 and longer.config.train.max_steps == 40
+
+
+def test_the_written_config_reproduces_the_loss_curve_and_tensorboard_reads_it(tiny_run, tmp_path):
+    again = genlab.fit(tiny_run.paths.config, out=tmp_path / "again")
+    curves = []
+    for run in (tiny_run, again):
+        acc = EventAccumulator(str(run.paths.tb), size_guidance={"images": 0, "scalars": 0}).Reload()
+        tags = acc.Tags()
+        assert {"train/loss", "val/loss", "train/grad_norm", "perf/samples_per_s", "perf/mfu"} <= set(tags["scalars"])
+        assert any(t.startswith("lr-") for t in tags["scalars"])
+        assert "samples" in tags["images"]
+        curves.append([(e.step, e.value) for e in acc.Scalars("train/loss")])
+    assert len(curves[0]) >= 5 and curves[0] == curves[1]
+    assert all(math.isfinite(v) for _, v in curves[0])
+
+
+class Poison(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 15:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))
+
+
+def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteLoss, match=r"train loss is nan at step 15.*last.ckpt.*intact") as err:
+        genlab.fit(None, overrides=tiny(), out=tmp_path / "r", callbacks=[Poison()])
+    assert err.value.step == 15
+    ckpt = torch.load(tmp_path / "r/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 10
+    for state in (ckpt["state_dict"], ckpt["current_model_state"]):
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert not (tmp_path / "r/model").exists()
+
+
+def test_exported_model_holds_the_ema_weights(tiny_run):
+    ckpt = torch.load(tiny_run.paths.last_checkpoint, weights_only=True)
+    exported = weights(tiny_run.path)
+    ema = {k.removeprefix("unet."): v for k, v in ckpt["state_dict"].items()}
+    raw = {k.removeprefix("unet."): v for k, v in ckpt["current_model_state"].items()}
+    assert all(torch.equal(exported[k], ema[k]) for k in exported)
+    assert any(not torch.equal(exported[k], raw[k]) for k in exported), "EMA weights differ from the raw ones"
+
+
+def test_without_ema_the_raw_weights_are_exported(tmp_path):
+    run = genlab.fit(None, overrides=tiny("train.ema.enabled=false", "train.max_steps=10"), out=tmp_path / "r")
+    ckpt = torch.load(run.paths.last_checkpoint, weights_only=True)
+    assert "current_model_state" not in ckpt
+    exported = weights(run.path)
+    assert all(torch.equal(exported[k], ckpt["state_dict"]["unet." + k]) for k in exported)
+
+
+def test_checkpoints_and_run_files(tiny_run):
+    files = {p.relative_to(tiny_run.path).as_posix() for p in tiny_run.path.rglob("*") if p.is_file()}
+    assert {"config.yaml", "train.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "model/model_index.json",
+            "model/genlab.json", "samples/final.png", "samples/step_000010.png"} <= files
+    assert not any(f.endswith(".tmp") for f in files), "checkpoints are renamed into place"
+    s = tiny_run.summary
+    assert s["steps"] == 30 and s["stopped_because"] == "max_steps" and s["parameters"] > 10_000
+    assert s["samples_per_s"] > 0 and 0 < s["mfu"] < 1 and s["gflops_per_batch"] > 0
+
+
+def test_early_stopping_stops_before_max_steps(tmp_path):
+    run = genlab.fit(None, overrides=tiny("train.max_steps=200", "train.early_stopping.enabled=true",
+                                          "train.early_stopping.patience=1", "train.early_stopping.min_delta=10"),
+                     out=tmp_path / "r")
+    assert run.summary["stopped_because"] == "early_stopping" and run.summary["steps"] == 20
+    assert torch.load(run.paths.last_checkpoint, weights_only=True)["global_step"] == 20
+
+
+def test_max_time_is_a_wall_clock_budget(tmp_path):
+    run = genlab.fit(None, overrides=tiny("train.max_steps=100000", "train.max_time=3"), out=tmp_path / "r")
+    assert run.summary["stopped_because"] == "max_time" and 0 < run.summary["steps"] < 100000
+
+
+@pytest.mark.parametrize("extra", [
+    ["train.precision=bf16-mixed"],
+    ["train.accumulate_grad_batches=2", "train.grad_clip=0.5"],
+    ["train.optimizer.name=sgd", "train.schedule.name=step", "train.schedule.step_size=5"],
+    ["train.optimizer.name=adam", "train.schedule.name=plateau", "train.schedule.patience=0"],
+])
+def test_training_options_train(tmp_path, extra):
+    run = genlab.fit(None, overrides=tiny("train.max_steps=20", *extra), out=tmp_path / "r")
+    assert run.summary["steps"] == 20 and math.isfinite(run.summary["train_loss"])
+
+
+def test_an_existing_run_is_not_overwritten(tiny_run):
+    with pytest.raises(genlab.GenlabError, match="already holds a run; continue it with --resume"):
+        genlab.fit(None, overrides=tiny(), out=tiny_run.path)
+
+
+def test_wandb_offline_writes_under_the_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = genlab.fit(None, overrides=tiny("train.max_steps=10", "train.loggers=[tensorboard,wandb]"),
+                     out=tmp_path / "r")
+    assert list((run.path / "wandb").glob("offline-run-*")), "an offline W&B run sits in the run directory"
