@@ -1,6 +1,7 @@
 """The CLI as a user runs it: in a subprocess, with real files."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -42,6 +43,11 @@ def test_fit_sample_info_evaluate_from_the_command_line(tmp_path):
     assert metrics["num_generated"] == 32 and metrics["sampler"] == "dpm-solver" and metrics["steps"] == 5
     assert "FeatureNet" in metrics["feature_extractor"]
     assert json.loads(genlab("info", run, "--json").stdout)["metrics"]["fid"] == metrics["fid"]
+
+    report = (run / "report.html").read_text()
+    assert f"{metrics['fid']:.4g}" in report and report.count("data:image/png;base64,") == 2
+    assert "<polyline" in report, "the loss curve is drawn from the run's TensorBoard events"
+    assert not re.search(r"(src|href)=['\"]?https?:", report), "the report is self-contained"
 
 
 @pytest.mark.parametrize("args, message", [

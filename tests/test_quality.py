@@ -18,3 +18,24 @@ def test_fid_of_the_trained_demo_model_is_far_below_the_untrained_one(tmp_path):
     assert good["kid_mean"] < bad["kid_mean"]
     assert good["class_distribution_tv"] < bad["class_distribution_tv"]
     assert good["classifier_accuracy"] > 0.9, "the feature extractor itself must be meaningful"
+
+
+def test_unlabelled_image_folder_trains_and_evaluates_with_random_features(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from .conftest import tiny
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "discs"
+    folder.mkdir()
+    for i in range(40):  # bright discs of random size on black: a data set with no labels
+        yy, xx = np.mgrid[:12, :12]
+        r = rng.uniform(2, 5)
+        Image.fromarray(((yy - 6) ** 2 + (xx - 6) ** 2 < r * r).astype(np.uint8) * 255).save(folder / f"{i}.png")
+    run = genlab.fit(None, overrides=tiny("data.source=image_folder", f"data.path={folder}",
+                                          "train.max_steps=10", "data.test_fraction=0.2"), out=tmp_path / "run")
+    assert run.model.spec.shape == (1, 8, 8) and run.model.spec.num_classes == 0
+    metrics = genlab.evaluate(run)
+    assert "random init" in metrics["feature_extractor"] and metrics["fid"] > 0
+    assert "classifier_accuracy" not in metrics

@@ -1,6 +1,7 @@
 """The training core: exact resume, the NaN guard, EMA, checkpoints, stopping rules, logs."""
 
 import math
+import signal
 
 import lightning as L
 import pytest
@@ -9,7 +10,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import genlab
-from genlab.training.callbacks import NonFiniteLoss
+from genlab.training.callbacks import NonFiniteLoss, TrainingInterrupted
 
 from .conftest import tiny
 
@@ -63,6 +64,22 @@ def test_the_written_config_reproduces_the_loss_curve_and_tensorboard_reads_it(t
         curves.append([(e.step, e.value) for e in acc.Scalars("train/loss")])
     assert len(curves[0]) >= 5 and curves[0] == curves[1]
     assert all(math.isfinite(v) for _, v in curves[0])
+
+
+class CtrlC(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 12:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_how_to_resume_and_resume_finishes(tmp_path):
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(TrainingInterrupted, match=f"interrupted at step 12.*genlab fit --resume {tmp_path}/r"):
+            genlab.fit(None, overrides=tiny(), out=tmp_path / "r", callbacks=[CtrlC()])
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while it shuts down
+    assert genlab.fit(resume=tmp_path / "r").summary["steps"] == 30
 
 
 class Poison(L.Callback):
@@ -145,3 +162,27 @@ def test_wandb_offline_writes_under_the_run(tmp_path, monkeypatch):
     run = genlab.fit(None, overrides=tiny("train.max_steps=10", "train.loggers=[tensorboard,wandb]"),
                      out=tmp_path / "r")
     assert list((run.path / "wandb").glob("offline-run-*")), "an offline W&B run sits in the run directory"
+
+
+def test_resume_after_kill_9_of_the_cli_matches_an_uninterrupted_run(tmp_path):
+    """A real process death, at whatever moment after the first checkpoint; resume must still be exact."""
+    import subprocess
+    import sys
+    import time
+
+    sets = [a for s in tiny("train.max_steps=40") for a in ("--set", s)]
+    demo = "configs/digits-diffusion.yaml"
+    whole = genlab.fit(demo, overrides=tiny("train.max_steps=40"), out=tmp_path / "whole")
+    proc = subprocess.Popen([sys.executable, "-m", "genlab", "fit", demo, *sets, "--out", str(tmp_path / "killed")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed/checkpoints/last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    step = torch.load(last, weights_only=True)["global_step"]  # never torn: written by rename
+    assert 10 <= step <= 40
+    resumed = genlab.fit(resume=tmp_path / "killed")
+    a, b = weights(whole.path), weights(resumed.path)
+    assert resumed.summary["steps"] == 40 and all(torch.equal(a[k], b[k]) for k in a)

@@ -17,7 +17,7 @@ from genlab.errors import GenlabError
 from genlab.images import save_grid
 from genlab.models import FAMILIES
 from genlab.run import Run, RunPaths, write_json
-from genlab.training.callbacks import NonFiniteLoss, Throughput
+from genlab.training.callbacks import NonFiniteLoss, Throughput, TrainingInterrupted
 from genlab.training.trainer import build_trainer
 
 
@@ -51,6 +51,12 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
     try:
         trainer.fit(model, datamodule=TensorDataModule(dataset, cfg.train.batch_size, cfg.train.seed),
                     ckpt_path=checkpoint)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        # Lightning answers Ctrl-C with sys.exit(1) from inside fit; say instead how to go on
+        raise TrainingInterrupted(f"interrupted at step {trainer.global_step}; continue from the last checkpoint "
+                                  f"with: genlab fit --resume {paths.root}") from None
     except NonFiniteLoss as err:
         kept = (f"{paths.last_checkpoint} (written before step {err.step}) is intact"
                 if paths.last_checkpoint.exists() else "no checkpoint was written yet")

@@ -116,6 +116,7 @@ def evaluate(
         if key in metrics:
             out.print(f"{key}: {metrics[key]:.4g}")
     out.print(f"metrics: {Path(run_dir) / 'metrics.json'}")
+    out.print(f"report: {Path(run_dir) / 'report.html'}")
 
 
 @app.command()

@@ -8,6 +8,7 @@
       samples/        grids written during training and by `genlab sample`
       train.json      what training did: steps, time, throughput, losses
       metrics.json    what `genlab evaluate` measured
+      report.html     the same, with sample grids and loss curves, in one self-contained page
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class RunPaths:
         self.samples = self.root / "samples"
         self.summary = self.root / "train.json"
         self.metrics = self.root / "metrics.json"
+        self.report = self.root / "report.html"
         self.eval_cache = self.root / "eval"
 
     def require(self, name: str) -> Path:

@@ -3,5 +3,5 @@
 from genlab.data.datamodule import SeededBatches, TensorDataModule
 from genlab.data.sources import SOURCES, Dataset, DataSpec, Split, load_dataset, register_source
 
-__all__ = ["SOURCES", "DataSpec", "Dataset", "SeededBatches", "Split", "TensorDataModule", "load_dataset",
+__all__ = ["SOURCES", "DataSpec", "Dataset", "Loaded", "SeededBatches", "Split", "TensorDataModule", "load_dataset",
            "register_source"]

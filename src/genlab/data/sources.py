@@ -1,7 +1,8 @@
 """Data sources: each turns a DataConfig into in-memory tensors, split by a fixed seed.
 
-Images are float tensors (N, C, H, W) in [-1, 1]; labels are int64 (N,) or None. A source is a
-plain function registered by name, so `data.source: NAME` in a config picks it.
+A source is a plain function registered by name (`data.source: NAME` picks it) that returns a
+`Loaded`: images are float tensors (N, C, H, W) in [-1, 1]; token windows or table rows fit the
+same record with their own modality; labels are int64 (N,) or None.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ class Split:
 
 
 @dataclass
+class Loaded:
+    """What a source returns: all examples, before the split."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+    class_names: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    modality: str = "image"
+
+
+@dataclass
 class Dataset:
     spec: DataSpec
     train: Split
@@ -66,16 +78,17 @@ def register_source(name: str) -> Callable:
 
 def load_dataset(cfg) -> Dataset:
     """Load `cfg.source` and split it into train/val/test by `cfg.split_seed`."""
-    x, y, class_names, notes = SOURCES[cfg.source](cfg)
+    data: Loaded = SOURCES[cfg.source](cfg)
+    x, y = data.x, data.y
     if not torch.isfinite(x).all():
         raise GenlabError(f"data.source {cfg.source!r}: the data holds NaN or infinite values")
     train, val, test = _split(len(x), y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    spec = DataSpec(modality="image", shape=tuple(x.shape[1:]), class_names=tuple(class_names))
+    spec = DataSpec(modality=data.modality, shape=tuple(x.shape[1:]), class_names=tuple(data.class_names))
 
     def take(idx: np.ndarray) -> Split:
         return Split(x[idx], None if y is None else y[idx])
 
-    return Dataset(spec, take(train), take(val), take(test), notes)
+    return Dataset(spec, take(train), take(val), take(test), data.notes)
 
 
 def _split(n: int, y: torch.Tensor | None, val: float, test: float, seed: int):
@@ -104,18 +117,18 @@ def _to_model_range(images: torch.Tensor, size: int | None, channels: int | None
 
 
 @register_source("digits")
-def digits(cfg):
+def digits(cfg) -> Loaded:
     """scikit-learn's 1,797 handwritten digits, 8x8 with 16 grey levels; it ships with the package."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     images = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
     labels = torch.tensor(d.target, dtype=torch.long)
-    return _to_model_range(images, cfg.image_size, cfg.channels), labels, [str(c) for c in range(10)], []
+    return Loaded(_to_model_range(images, cfg.image_size, cfg.channels), labels, [str(c) for c in range(10)])
 
 
 @register_source("image_folder")
-def image_folder(cfg):
+def image_folder(cfg) -> Loaded:
     """A folder of images; each subfolder is a class (images directly in the folder: no labels)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -157,7 +170,7 @@ def image_folder(cfg):
     images = torch.from_numpy(stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2).copy())
     y = torch.tensor(labels, dtype=torch.long) if classes else None
     notes = [f"skipped unreadable: {s}" for s in skipped]
-    return _to_model_range(images, None, cfg.channels), y, classes, notes
+    return Loaded(_to_model_range(images, None, cfg.channels), y, classes, notes)
 
 
 def _center_square(im):

@@ -1,5 +1,7 @@
 """`genlab evaluate` for image runs: FID and KID against held-out images, and class balance.
 
+Writes metrics.json and report.html.
+
 FID/KID come from torchmetrics with genlab's FeatureNet as the feature extractor. Two reference
 points make the numbers readable: FID of held-out real images against the training images (the
 floor a perfect generator would reach) and, in the tests, FID of an untrained model (the ceiling).
@@ -17,6 +19,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
 from genlab.evaluation.features import FeatureNet, feature_net, predict
+from genlab.evaluation.report import write_report
 from genlab.run import Run, write_json
 
 
@@ -68,6 +71,7 @@ def evaluate_run(run: Run, *, num_samples: int | None = None, sampler: str | Non
         "seconds_per_sample": sample_seconds / len(fake),
     })
     write_json(run.paths.metrics, metrics)
+    write_report(run, metrics, fake, real_test)
     return metrics
 
 

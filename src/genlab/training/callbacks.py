@@ -24,6 +24,12 @@ class NonFiniteLoss(GenlabError):
         self.step = step
 
 
+class TrainingInterrupted(GenlabError):
+    """The user stopped training (Ctrl-C); the run can be resumed from its last checkpoint."""
+
+    exit_code = 130
+
+
 class SeedEveryStep(L.Callback):
     """Reseed torch from (seed, step) before each batch, so any step's randomness is reproducible on resume."""
 
