@@ -21,7 +21,7 @@ TINY = [
     "train.progress=none",
     "eval.num_samples=64",
     "eval.feature_steps=100",
-    "eval.steps=10",
+    "eval.sampling.steps=10",
 ]
 
 

@@ -67,9 +67,17 @@ def test_family_fields_are_checked_together():
 
 def test_several_errors_are_all_reported():
     with pytest.raises(ConfigError) as err:
-        load_config(None, ["train.batch_size=0", "eval.sampler=euler"])
+        load_config(None, ["train.batch_size=0", "eval.num_samples=-3"])
     lines = str(err.value).splitlines()
-    assert len(lines) == 2 and lines[0].startswith("train.batch_size") and lines[1].startswith("eval.sampler")
+    assert len(lines) == 2 and lines[0].startswith("train.batch_size") and lines[1].startswith("eval.num_samples")
+
+
+def test_sampling_options_are_the_familys_and_checked_with_it():
+    assert load_config(None, ["eval.sampling.sampler=ddim"]).eval.sampling == {"sampler": "ddim"}
+    with pytest.raises(ConfigError, match=r"eval.sampling.sampler: input should be 'ddpm', 'ddim' or 'dpm-solver'"):
+        load_config(None, ["eval.sampling.sampler=euler"])
+    with pytest.raises(ConfigError, match=r"eval.sampling.step: unknown key; did you mean 'steps'.*guidance_scale"):
+        load_config(None, ["eval.sampling.step=5"])
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -145,6 +145,7 @@ def test_max_time_is_a_wall_clock_budget(tmp_path):
     ["train.accumulate_grad_batches=2", "train.grad_clip=0.5"],
     ["train.optimizer.name=sgd", "train.schedule.name=step", "train.schedule.step_size=5"],
     ["train.optimizer.name=adam", "train.schedule.name=plateau", "train.schedule.patience=0"],
+    ["data.val_fraction=0", "train.schedule.warmup_steps=5"],
 ])
 def test_training_options_train(tmp_path, extra):
     run = genlab.fit(None, overrides=tiny("train.max_steps=20", *extra), out=tmp_path / "r")
@@ -186,3 +187,13 @@ def test_resume_after_kill_9_of_the_cli_matches_an_uninterrupted_run(tmp_path):
     resumed = genlab.fit(resume=tmp_path / "killed")
     a, b = weights(whole.path), weights(resumed.path)
     assert resumed.summary["steps"] == 40 and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_accumulation_counts_optimizer_steps_and_logs_once_per_step(tmp_path):
+    run = genlab.fit(None, overrides=tiny("train.max_steps=10", "train.accumulate_grad_batches=3"), out=tmp_path / "r")
+    ckpt = torch.load(run.paths.last_checkpoint, weights_only=True)
+    assert ckpt["global_step"] == 10
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"batches_done": 30}]
+    acc = EventAccumulator(str(run.paths.tb)).Reload()
+    steps = [e.step for e in acc.Scalars("perf/samples_per_s")]
+    assert steps and len(steps) == len(set(steps)), "one throughput point per logged step"

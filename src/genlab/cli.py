@@ -80,8 +80,8 @@ def fit(
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `genlab fit`.")],
     n: Annotated[int, typer.Option("--n", min=1, help="How many samples.")] = 64,
-    sampler: Annotated[str | None, typer.Option(help="ddpm | ddim | dpm-solver (default: eval.sampler).")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Sampling steps (default: the run's eval.steps).")] = None,
+    sampler: Annotated[str | None, typer.Option(help="ddpm | ddim | dpm-solver (default: eval.sampling).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Sampling steps (default: eval.sampling).")] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same samples.")] = 0,
     label: Annotated[list[str], typer.Option(help="Class to draw (repeat to cycle); class-conditional models.")] = [],  # noqa: B006
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
@@ -89,13 +89,13 @@ def sample(
 ) -> None:
     """Draw samples from a trained run and write them to a file."""
     import genlab
+    from genlab.config import sampling_options, with_given
 
     run = genlab.load(run_dir)
-    options: dict[str, Any] = {"sampler": sampler or run.config.eval.sampler, "steps": steps or run.config.eval.steps}
+    options = sampling_options(run.config.model.family, with_given(run.config.eval.sampling, sampler=sampler,
+                                                                   steps=steps, guidance_scale=guidance))
     if label:
         options["labels"] = [_int_or_str(label[i % len(label)]) for i in range(n)]
-    if guidance is not None:
-        options["guidance_scale"] = guidance
     path = genlab.sample_to_file(run, n, out_file, seed=seed, **options)
     out.print(f"wrote {n} samples to {path}")
 
@@ -107,11 +107,12 @@ def evaluate(
     n: Annotated[int | None, typer.Option("--n", min=2, help="Generated samples (default: eval.num_samples).")] = None,
     sampler: Annotated[str | None, typer.Option(help="ddpm | ddim | dpm-solver.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Sampling steps.")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
 ) -> None:
     """Score a run's samples against held-out data (FID, KID, class balance); writes metrics.json."""
     import genlab
 
-    metrics = genlab.evaluate(run_dir, num_samples=n, sampler=sampler, steps=steps)
+    metrics = genlab.evaluate(run_dir, num_samples=n, sampler=sampler, steps=steps, guidance_scale=guidance)
     for key in ("fid", "kid_mean", "fid_real_baseline", "class_distribution_tv", "classifier_accuracy"):
         if key in metrics:
             out.print(f"{key}: {metrics[key]:.4g}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from genlab.errors import ConfigError
@@ -107,9 +107,7 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     num_samples: int = Field(500, ge=2)
-    sampler: Literal["ddpm", "ddim", "dpm-solver"] = "dpm-solver"
-    steps: int = Field(25, ge=1)
-    guidance_scale: float = Field(1.0, ge=0)  # classifier-free guidance; 1.0 is plain conditional
+    sampling: dict[str, Any] = {}  # the family's sampling options (its `Sampling` class), e.g. {sampler: ddim}
     batch_size: int = Field(250, ge=1)
     seed: int = 0
     feature_steps: int = Field(600, ge=1)  # training steps of the feature classifier
@@ -127,6 +125,11 @@ class RunConfig(Section):
     def _validate_for_family(cls, value: Any) -> ModelConfig:
         return value if isinstance(value, ModelConfig) else _family_config(value)
 
+    @model_validator(mode="after")
+    def _sampling_for_family(self) -> RunConfig:
+        check_sampling(self.model.family, self.eval.sampling, loc=("eval", "sampling"))
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -143,6 +146,31 @@ def _family_config(value: Any) -> ModelConfig:
         )
         raise ValidationError.from_exception_data("ModelConfig", [detail])
     return FAMILIES[family].Config.model_validate(value)
+
+
+def check_sampling(family: str, options: dict[str, Any], loc: tuple = ()) -> dict[str, Any]:
+    """The family's sampling options with defaults filled in; a ValidationError locates a bad key under `loc`."""
+    from genlab.models import FAMILIES
+
+    try:
+        return FAMILIES[family].Sampling.model_validate(options).model_dump()
+    except ValidationError as err:
+        details = [InitErrorDetails(type=e["type"], loc=(*loc, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+                   for e in err.errors()]
+        raise ValidationError.from_exception_data("RunConfig", details) from None
+
+
+def sampling_options(family: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`check_sampling` for options given at call time (CLI flags, API keywords): ConfigError on a bad one."""
+    try:
+        return check_sampling(family, options, loc=("sampling",))
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, {"model": {"family": family}})) from None
+
+
+def with_given(base: dict[str, Any], **given: Any) -> dict[str, Any]:
+    """`base` updated with the options a caller actually gave (None means not given)."""
+    return {**base, **{k: v for k, v in given.items() if v is not None}}
 
 
 def _one_of(value: str, allowed: Any) -> str:
@@ -226,10 +254,12 @@ def format_errors(err: ValidationError, raw: dict) -> str:
 def _fields_at(loc: tuple, raw: dict) -> list[str]:
     from genlab.models import FAMILIES
 
+    family = (raw.get("model") or {}).get("family", ModelConfig().family)
+    if loc and loc[-1] == "sampling":
+        return list(FAMILIES[family].Sampling.model_fields) if family in FAMILIES else []
     model: Any = RunConfig
     for part in loc:
         if model is RunConfig and part == "model":
-            family = (raw.get("model") or {}).get("family", ModelConfig().family)
             model = FAMILIES[family].Config if family in FAMILIES else ModelConfig
             continue
         field = getattr(model, "model_fields", {}).get(part)

@@ -55,7 +55,9 @@ def feature_net(train: Split, num_classes: int, steps: int, cache_dir: Path, see
     """The cached extractor for this training split, or a freshly trained one; returns (net, description)."""
     weights, meta_file = cache_dir / "feature_net.safetensors", cache_dir / "feature_net.json"
     key = {"data": fingerprint(train), "classes": num_classes, "steps": steps, "seed": seed, "width": WIDTH}
-    net = FeatureNet(train.x.shape[1], num_classes)
+    with torch.random.fork_rng():  # the same init whatever ran before: runs on the same data compare
+        torch.manual_seed(seed)
+        net = FeatureNet(train.x.shape[1], num_classes)
     if weights.is_file() and meta_file.is_file() and json.loads(meta_file.read_text()) == key:
         net.load_state_dict(load_file(weights))
     else:
@@ -71,7 +73,6 @@ def _train(net: FeatureNet, train: Split, num_classes: int, steps: int, seed: in
     if num_classes < 2 or train.y is None:
         return  # random features still rank generators (a known FID baseline); labels make them sharper
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
     images = train.x / 2 + 0.5

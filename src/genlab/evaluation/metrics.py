@@ -16,6 +16,7 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from genlab.config import sampling_options, with_given
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
 from genlab.evaluation.features import FeatureNet, feature_net, predict
@@ -23,14 +24,16 @@ from genlab.evaluation.report import write_report
 from genlab.run import Run, write_json
 
 
-def evaluate_run(run: Run, *, num_samples: int | None = None, sampler: str | None = None, steps: int | None = None,
-                 guidance_scale: float | None = None, seed: int | None = None) -> dict[str, Any]:
-    """Generate, score against the test split, write `metrics.json`, return the metrics."""
-    given = {"num_samples": num_samples, "sampler": sampler, "steps": steps, "guidance_scale": guidance_scale,
-             "seed": seed}
-    ev = run.config.eval.model_copy(update={k: v for k, v in given.items() if v is not None})
-    ev = type(ev).model_validate(ev.model_dump())  # the overrides get the config's checks too
-    dataset = load_dataset(run.config.data)
+def evaluate_run(run: Run, *, num_samples: int | None = None, seed: int | None = None,
+                 **sampling: Any) -> dict[str, Any]:
+    """Generate, score against the test split, write `metrics.json` and `report.html`, return the metrics.
+
+    `sampling` overrides the run's `eval.sampling` (for diffusion: sampler, steps, guidance_scale).
+    """
+    cfg = run.config
+    ev = type(cfg.eval).model_validate(with_given(cfg.eval.model_dump(), num_samples=num_samples, seed=seed))
+    options = sampling_options(cfg.model.family, with_given(ev.sampling, **sampling))
+    dataset = load_dataset(cfg.data)
     if dataset.spec.modality != "image":
         raise GenlabError(f"evaluate: {dataset.spec.modality} runs are not supported yet")
     held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
@@ -42,7 +45,7 @@ def evaluate_run(run: Run, *, num_samples: int | None = None, sampler: str | Non
     conditional = bool(getattr(model.config, "class_conditional", False))
     labels = _labels_like(dataset.train.y, ev.num_samples, ev.seed) if conditional else None
     started = time.perf_counter()
-    fake = _generate(model, ev, labels)
+    fake = _generate(model, ev, options, labels)
     sample_seconds = time.perf_counter() - started
     real_test, real_train = held_out.x / 2 + 0.5, dataset.train.x / 2 + 0.5
 
@@ -64,9 +67,7 @@ def evaluate_run(run: Run, *, num_samples: int | None = None, sampler: str | Non
         "num_generated": len(fake),
         "num_real": len(real_test),
         "real_split": "test" if held_out is dataset.test else "val",
-        "sampler": ev.sampler,
-        "steps": ev.steps,
-        "guidance_scale": ev.guidance_scale if conditional else None,
+        "sampling": options,
         "seed": ev.seed,
         "seconds_per_sample": sample_seconds / len(fake),
     })
@@ -75,14 +76,13 @@ def evaluate_run(run: Run, *, num_samples: int | None = None, sampler: str | Non
     return metrics
 
 
-def _generate(model, ev, labels: torch.Tensor | None) -> torch.Tensor:
+def _generate(model, ev, options: dict[str, Any], labels: torch.Tensor | None) -> torch.Tensor:
     chunks = []
     for i, start in enumerate(range(0, ev.num_samples, ev.batch_size)):
         n = min(ev.batch_size, ev.num_samples - start)
-        options = {"sampler": ev.sampler, "steps": ev.steps}
-        if labels is not None:
-            options.update(labels=labels[start : start + n], guidance_scale=ev.guidance_scale)
-        chunks.append(model.sample(n, generator=torch.Generator().manual_seed(ev.seed * 1000 + i), **options))
+        conditions = {} if labels is None else {"labels": labels[start : start + n]}
+        generator = torch.Generator().manual_seed(ev.seed * 1000 + i)
+        chunks.append(model.sample(n, generator=generator, **options, **conditions))
     return torch.cat(chunks).cpu()
 
 
@@ -103,7 +103,9 @@ def kernel_distance(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor) -> 
     kid = KernelInceptionDistance(feature=net, subset_size=subset, normalize=True)
     kid.update(real, real=True)
     kid.update(fake, real=False)
-    mean, std = kid.compute()
+    with torch.random.fork_rng():  # KID averages over random subsets: fix them, so reruns agree
+        torch.manual_seed(0)
+        mean, std = kid.compute()
     return {"kid_mean": float(mean), "kid_std": float(std)}
 
 

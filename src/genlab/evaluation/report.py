@@ -31,7 +31,7 @@ def write_report(run: Run, metrics: dict[str, Any], fake: torch.Tensor, real: to
     rows = [(label, f"{metrics[k]:.4g}") for k, label in METRICS.items() if metrics.get(k) is not None]
     setup = [("feature extractor", metrics["feature_extractor"]),
              ("samples", f"{metrics['num_generated']} generated, {metrics['num_real']} real ({metrics['real_split']})"),
-             ("sampler", f"{metrics['sampler']}, {metrics['steps']} steps, seed {metrics['seed']}")]
+             ("sampling", ", ".join(f"{k} {v}" for k, v in metrics["sampling"].items()) + f", seed {metrics['seed']}")]
     training = [("family", run.config.model.family), ("parameters", f"{s.get('parameters', 0):,}"),
                 ("steps", f"{s.get('steps')} of {s.get('max_steps')} ({s.get('stopped_because')})"),
                 ("time", f"{s.get('seconds')} s"),

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 
-from genlab.config import ModelConfig, TrainConfig
+from genlab.config import ModelConfig, Section, TrainConfig
 from genlab.data.sources import DataSpec
 from genlab.errors import GenlabError
 from genlab.training.optim import build_optimizer, build_schedule
@@ -37,6 +37,7 @@ class GenerativeModel(L.LightningModule):
     """Base of every family: one config object in, the shared optimizer set-up, the model-folder metadata."""
 
     Config: ClassVar[type[ModelConfig]] = ModelConfig
+    Sampling: ClassVar[type[Section]] = Section  # keyword options of `sample` that configs and the CLI may set
     modality: ClassVar[str] = "image"  # what `sample` returns: image tensors, texts, or table rows
 
     def __init__(self, config: ModelConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:

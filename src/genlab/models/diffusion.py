@@ -17,7 +17,7 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMulti
 from diffusers.utils.torch_utils import randn_tensor
 from pydantic import Field, model_validator
 
-from genlab.config import ModelConfig, TrainConfig
+from genlab.config import ModelConfig, Section, TrainConfig
 from genlab.data.sources import DataSpec
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel, register_family
@@ -53,9 +53,16 @@ class DiffusionConfig(ModelConfig):
         return self
 
 
+class DiffusionSampling(Section):
+    sampler: Literal["ddpm", "ddim", "dpm-solver"] = "dpm-solver"
+    steps: int | None = Field(25, ge=1)  # None: the sampler's default (ddpm: every training timestep)
+    guidance_scale: float = Field(1.0, ge=0)  # classifier-free guidance; 1.0 is plain conditional
+
+
 @register_family
 class Diffusion(GenerativeModel):
     Config = DiffusionConfig
+    Sampling = DiffusionSampling
     modality = "image"
 
     def __init__(self, config: DiffusionConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:

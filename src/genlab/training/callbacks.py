@@ -79,6 +79,7 @@ class Throughput(L.Callback):
         self._window: tuple[float, int] | None = None  # (time, samples) at the window's start
         self._samples = 0
         self._paused_at = 0.0
+        self._due = EveryNSteps(log_every)
 
     def state_dict(self) -> dict[str, float]:
         return {"flops_per_batch": self.flops_per_batch}
@@ -102,7 +103,7 @@ class Throughput(L.Callback):
             self._window = (time.perf_counter(), 0)
             return
         self._samples += _batch_size(batch)
-        if self._window is None or trainer.global_step % self.log_every:
+        if self._window is None or not self._due(trainer.global_step):
             return
         start, samples = self._window
         elapsed = time.perf_counter() - start
@@ -119,6 +120,20 @@ class Throughput(L.Callback):
         if self._window is not None:  # validation time is not training time
             start, samples = self._window
             self._window = (start + time.perf_counter() - self._paused_at, samples)
+
+
+class EveryNSteps:
+    """Says yes once per optimizer step that is a multiple of N: with gradient accumulation,
+    several micro-batches end on the same step."""
+
+    def __init__(self, every: int) -> None:
+        self.every, self.last = every, -1
+
+    def __call__(self, step: int, also: bool = False) -> bool:
+        if step == self.last or (step % self.every and not also):
+            return False
+        self.last = step
+        return True
 
 
 def _batch_size(batch) -> int:
@@ -158,23 +173,19 @@ class LastCheckpoint(Checkpoint):
     """`last.ckpt` every N steps and when training stops; a Checkpoint, so Lightning runs it after the others."""
 
     def __init__(self, path: Path, every: int) -> None:
-        self.path, self.every = path, every
-        self._saved_at = -1
+        self.path = path
+        self._due = EveryNSteps(every)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if step % self.every == 0 or step >= trainer.max_steps or trainer.should_stop:
-            self._save(trainer)
+        if self._due(step, also=step >= trainer.max_steps or trainer.should_stop):
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.should_stop and not trainer.sanity_checking:  # early stopping decided at this validation
-            self._save(trainer)
-
-    def _save(self, trainer: L.Trainer) -> None:
-        if trainer.global_step != self._saved_at:
+        # early stopping decides at a validation, after this step's on_train_batch_end
+        if trainer.should_stop and not trainer.sanity_checking and self._due(trainer.global_step, also=True):
             trainer.save_checkpoint(self.path, weights_only=False)
-            self._saved_at = trainer.global_step
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -194,12 +205,12 @@ class LogLines(L.Callback):
              "perf/samples_per_s": "samples/s", "perf/mfu": "mfu"}
 
     def __init__(self, every: int) -> None:
-        self.every = every
+        self._due = EveryNSteps(every)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if step % self.every == 0 or step == trainer.max_steps:
+        if self._due(step, also=step == trainer.max_steps):
             metrics = trainer.callback_metrics
             shown = "  ".join(f"{name} {float(metrics[k]):.4g}" for k, name in self.SHOWN.items() if k in metrics)
             print(f"step {step}/{trainer.max_steps}  {shown}", flush=True)
