@@ -76,7 +76,8 @@ def test_conditional_model_round_trips_through_its_folder(conditional_run, tmp_p
     assert torch.equal(a, b)
 
 
-def test_image_size_must_fit_the_unet_depth():
+def test_image_size_must_fit_the_unet_depth_and_a_rejected_fit_writes_nothing(tmp_path):
     with pytest.raises(genlab.GenlabError, match="data.image_size: 10 must divide by 2"):
         genlab.fit(None, overrides=tiny("data.image_size=10", "model.block_out_channels=[8,16,32]",
-                                        "model.attention=[false,false,false]"))
+                                        "model.attention=[false,false,false]"), out=tmp_path / "r")
+    assert not (tmp_path / "r").exists(), "fixing the config and running again must not hit 'already holds a run'"

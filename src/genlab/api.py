@@ -40,13 +40,14 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
             raise GenlabError(f"{paths.root}: already holds a run; continue it with --resume {paths.root}, "
                               "or choose another --out")
         checkpoint = None
-    paths.root.mkdir(parents=True, exist_ok=True)
-    paths.config.write_text(cfg.to_yaml())
 
     L.seed_everything(cfg.train.seed, verbose=False)
     dataset = load_dataset(cfg.data)
     model = FAMILIES[cfg.model.family](cfg.model, dataset.spec, cfg.train)
     trainer = build_trainer(cfg.train, paths, has_validation=len(dataset.val) > 0, callbacks=list(callbacks))
+    # only now, with data and model known good, does the run directory appear
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.config.write_text(cfg.to_yaml())
     started = time.perf_counter()
     try:
         trainer.fit(model, datamodule=TensorDataModule(dataset, cfg.train.batch_size, cfg.train.seed),
