@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from genlab import __version__
 from genlab.config import RunConfig, load_config
@@ -29,29 +31,24 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
     `resume` continues a run from its last checkpoint to the same final step, with the run's own
     config (plus `overrides`) unless `config` is given. `callbacks` are extra Lightning callbacks.
     """
-    if resume is not None:
-        paths = RunPaths(Path(resume))
-        checkpoint = paths.require("last_checkpoint")
-        cfg = load_config(config if config is not None else paths.require("config"), overrides)
-    else:
-        cfg = load_config(config, overrides)
-        paths = RunPaths(Path(out) if out is not None else _fresh_run_dir(Path("runs"), cfg.name))
-        if paths.root.is_dir() and any(paths.root.iterdir()):
-            raise GenlabError(f"{paths.root}: already holds a run; continue it with --resume {paths.root}, "
-                              "or choose another --out")
-        checkpoint = None
+    # Under DDP every process runs this function (Lightning relaunches the command, or torchrun
+    # starts them all); rank zero owns the run directory and the others join the one it chose.
+    leader = rank_zero_only.rank == 0
+    cfg, paths, checkpoint = _resolve(config, overrides, out, resume, leader)
 
     L.seed_everything(cfg.train.seed, verbose=False)
     dataset = load_dataset(cfg.data)
     model = FAMILIES[cfg.model.family](cfg.model, dataset.spec, cfg.train)
     trainer = build_trainer(cfg.train, paths, has_validation=len(dataset.val) > 0, callbacks=list(callbacks))
-    # only now, with data and model known good, does the run directory appear
-    paths.root.mkdir(parents=True, exist_ok=True)
-    paths.config.write_text(cfg.to_yaml())
+    if leader:  # only now, with data and model known good, does the run directory appear
+        paths.root.mkdir(parents=True, exist_ok=True)
+        paths.config.write_text(cfg.to_yaml())
+        os.environ[_RUN_DIR_ENV] = str(paths.root.resolve())  # inherited by the ranks Lightning launches
     started = time.perf_counter()
     try:
         trainer.fit(model, datamodule=TensorDataModule(dataset, cfg.train.batch_size, cfg.train.seed),
                     ckpt_path=checkpoint)
+        os.environ.pop(_RUN_DIR_ENV, None)  # launched ranks have read it; a later fit must not
     except SystemExit:
         if not trainer.interrupted:
             raise
@@ -64,14 +61,35 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
         raise NonFiniteLoss(f"{err}; training stopped before that update and {kept}. Try a lower "
                             "train.optimizer.lr, a train.grad_clip, or train.precision: 32-true", err.step) from None
 
-    # Lightning has copied the EMA weights into the model at the end of training
-    model.save_pretrained(paths.model)
-    model.eval()
-    if model.modality == "image" and cfg.train.grid_size:
-        save_grid(model.preview(cfg.train.grid_size, torch.Generator().manual_seed(0)),
-                  paths.samples / "final.png", scale=4)
-    write_json(paths.summary, _summary(trainer, model, dataset, time.perf_counter() - started))
+    if trainer.is_global_zero:  # under DDP every rank gets here; one writes
+        # Lightning has copied the EMA weights into the model at the end of training
+        model.save_pretrained(paths.model)
+        model.eval()
+        if model.modality == "image" and cfg.train.grid_size:
+            save_grid(model.preview(cfg.train.grid_size, torch.Generator().manual_seed(0)),
+                      paths.samples / "final.png", scale=4)
+        write_json(paths.summary, _summary(trainer, model, dataset, time.perf_counter() - started))
+    trainer.strategy.barrier("genlab-export")
     return Run(paths.root)
+
+
+_RUN_DIR_ENV = "GENLAB_RUN_DIR"
+
+
+def _resolve(config, overrides, out, resume, leader: bool) -> tuple[RunConfig, RunPaths, Path | None]:
+    """The config, the run directory and the checkpoint to resume from, checked before anything is written."""
+    if resume is not None:
+        paths = RunPaths(Path(resume))
+        checkpoint = paths.require("last_checkpoint")
+        return load_config(config if config is not None else paths.require("config"), overrides), paths, checkpoint
+    cfg = load_config(config, overrides)
+    if out is None and not leader:
+        out = os.environ.get(_RUN_DIR_ENV)
+    paths = RunPaths(Path(out) if out is not None else _fresh_run_dir(Path("runs"), cfg.name))
+    if leader and paths.root.is_dir() and any(paths.root.iterdir()):
+        raise GenlabError(f"{paths.root}: already holds a run; continue it with --resume {paths.root}, "
+                          "or choose another --out")
+    return cfg, paths, None
 
 
 def load(path: str | Path) -> Run:

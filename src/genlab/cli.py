@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -68,6 +69,8 @@ def fit(
     if resume is not None and out_dir is not None:
         raise typer.BadParameter("--resume continues a run in place; drop --out", param_hint="--out")
     run = genlab.fit(config, overrides=set_, out=out_dir, resume=resume)
+    if not run.paths.summary.exists() or os.environ.get("LOCAL_RANK", "0") != "0":
+        return  # a DDP worker: rank zero reports
     s = run.summary
     out.print(f"trained {s['steps']} steps in {s['seconds']} s ({s['stopped_because']}); "
               f"{s['samples_per_s']:.0f} samples/s, {100 * s['mfu']:.0f}% of the matmul peak")

@@ -111,7 +111,7 @@ class Diffusion(GenerativeModel):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # the same noise and timesteps at every validation, so the curve shows the model, not the draw
         loss = self.diffusion_loss(batch, torch.Generator().manual_seed(batch_idx))
-        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["x"]))
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["x"]), sync_dist=True)
 
     # --- sampling --------------------------------------------------------------------------------
 

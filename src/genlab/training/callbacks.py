@@ -159,7 +159,7 @@ class SampleGrid(L.Callback):
         self.n, self.out_dir = n, out_dir
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self.n or pl_module.modality != "image":
+        if trainer.sanity_checking or not self.n or pl_module.modality != "image" or not trainer.is_global_zero:
             return
         images = pl_module.preview(self.n, torch.Generator(pl_module.device).manual_seed(0))
         step = trainer.global_step
@@ -210,7 +210,7 @@ class LogLines(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if self._due(step, also=step == trainer.max_steps):
+        if self._due(step, also=step == trainer.max_steps) and trainer.is_global_zero:
             metrics = trainer.callback_metrics
             shown = "  ".join(f"{name} {float(metrics[k]):.4g}" for k, name in self.SHOWN.items() if k in metrics)
             print(f"step {step}/{trainer.max_steps}  {shown}", flush=True)
