@@ -55,8 +55,14 @@ class DiffusionConfig(ModelConfig):
 
 class DiffusionSampling(Section):
     sampler: Literal["ddpm", "ddim", "dpm-solver"] = "dpm-solver"
-    steps: int | None = Field(25, ge=1)  # None: the sampler's default (ddpm: every training timestep)
+    steps: int | None = Field(None, ge=1)  # None: the sampler's default (DEFAULT_STEPS; ddpm: every timestep)
     guidance_scale: float = Field(1.0, ge=0)  # classifier-free guidance; 1.0 is plain conditional
+
+    @model_validator(mode="after")
+    def _explicit_steps(self) -> DiffusionSampling:
+        if self.steps is None and self.sampler in DEFAULT_STEPS:  # so metrics.json says how many
+            self.steps = DEFAULT_STEPS[self.sampler]
+        return self
 
 
 @register_family
@@ -118,7 +124,7 @@ class Diffusion(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | list[torch.Generator] | None = None,
                labels: int | str | list | torch.Tensor | None = None, guidance_scale: float | torch.Tensor = 1.0,
-               sampler: str = "ddpm", steps: int | None = None) -> torch.Tensor:
+               sampler: str = "dpm-solver", steps: int | None = None) -> torch.Tensor:
         """`n` images (n, C, H, W) in [0, 1]; `labels` and `guidance_scale` may differ per image."""
         if sampler not in SAMPLERS:
             raise GenlabError(f"sampler: {sampler!r} is not one of: {', '.join(SAMPLERS)}")
