@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint, WeightAveraging
+from lightning.pytorch.callbacks import Checkpoint, RichProgressBar, WeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -196,6 +196,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(path.name + ".tmp")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         os.replace(tmp, path)
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich bar, without the logger's version number and the '/-2' of an epoch-less run."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the bar's label
+        return f"epoch {current_epoch} (max {self.trainer.max_steps} steps)"
 
 
 class LogLines(L.Callback):

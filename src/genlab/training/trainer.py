@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from genlab.config import TrainConfig
@@ -19,6 +19,7 @@ from genlab.training.callbacks import (
     GradientWatch,
     LastCheckpoint,
     LogLines,
+    ProgressBar,
     SampleGrid,
     SeedEveryStep,
     Throughput,
@@ -53,7 +54,7 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool,
     core.append(LastCheckpoint(paths.last_checkpoint, cfg.checkpoint_every))
     progress = cfg.progress if cfg.progress != "auto" else ("rich" if sys.stdout.isatty() else "log")
     if progress == "rich":
-        core.append(RichProgressBar())
+        core.append(ProgressBar())
     elif progress == "log":
         core.append(LogLines(max(cfg.log_every, cfg.max_steps // 20)))
     return L.Trainer(
