@@ -30,3 +30,14 @@ def test_optimizers_decay_only_matrices(name, cls):
     assert decayed == {id(net[0].weight)}
     if name == "sgd":
         assert opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_step_gate_fires_once_per_crossed_multiple():
+    from genlab.training.callbacks import EveryNSteps
+
+    gate = EveryNSteps(5)
+    fired = [s for s in (1, 1, 2, 2, 4, 5, 5, 6, 8, 10, 11, 13, 16) if gate(s)]
+    assert fired == [5, 10, 16], "micro-batches repeat a step; two optimizers skip odd ones"
+    resumed = EveryNSteps(5)
+    assert [s for s in (21, 22, 25) if resumed(s)] == [25], "no extra firing right after a resume"
+    assert resumed(26, also=True) and not resumed(26, also=True)

@@ -39,7 +39,8 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
     L.seed_everything(cfg.train.seed, verbose=False)
     dataset = load_dataset(cfg.data)
     model = FAMILIES[cfg.model.family](cfg.model, dataset.spec, cfg.train)
-    trainer = build_trainer(cfg.train, paths, has_validation=len(dataset.val) > 0, callbacks=list(callbacks))
+    trainer = build_trainer(cfg.train, paths, has_validation=len(dataset.val) > 0,
+                            manual_optimization=not model.automatic_optimization, callbacks=list(callbacks))
     if leader:  # only now, with data and model known good, does the run directory appear
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.config.write_text(cfg.to_yaml())

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
+import torch
 
 from genlab.config import ModelConfig, Section, TrainConfig
 from genlab.data.sources import DataSpec
@@ -68,6 +69,15 @@ class GenerativeModel(L.LightningModule):
         schedule = build_schedule(optimizer, self.train_config.schedule, self.trainer.max_steps,
                                   self.train_config.val_every)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def step_optimizer(self, optimizer: Any, loss: torch.Tensor) -> None:
+        """Backward, clip to `train.grad_clip`, step: one update of a family that optimizes manually."""
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if self.train_config.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.train_config.grad_clip,
+                                gradient_clip_algorithm="norm")
+        optimizer.step()
 
     def write_meta(self, path: Path) -> None:
         meta = {"family": self.config.family, "config": self.config.model_dump(mode="json"),

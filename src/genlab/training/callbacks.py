@@ -123,14 +123,15 @@ class Throughput(L.Callback):
 
 
 class EveryNSteps:
-    """Says yes once per optimizer step that is a multiple of N: with gradient accumulation,
-    several micro-batches end on the same step."""
+    """Says yes once each time the step count crosses a multiple of N. Micro-batches (accumulation)
+    end on the same step, and a family with two optimizers advances it by two per batch."""
 
     def __init__(self, every: int) -> None:
-        self.every, self.last = every, -1
+        self.every, self.last = every, None
 
     def __call__(self, step: int, also: bool = False) -> bool:
-        if step == self.last or (step % self.every and not also):
+        last = step - 1 if self.last is None else self.last  # a resumed run starts counting where it is
+        if step == last or (step // self.every == last // self.every and not also):
             return False
         self.last = step
         return True

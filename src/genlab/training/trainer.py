@@ -27,9 +27,16 @@ from genlab.training.callbacks import (
 from genlab.training.peak import matmul_peak
 
 
-def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool,
+def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool, manual_optimization: bool = False,
                   callbacks: list[L.Callback] = ()) -> L.Trainer:
-    """Everything engineering about a fit lives here; the family module holds only research code."""
+    """Everything engineering about a fit lives here; the family module holds only research code.
+
+    With manual optimization (GANs) Lightning cannot clip or accumulate for the module: the module
+    clips in `GenerativeModel.step_optimizer`, and accumulation is refused with a clear error.
+    """
+    if manual_optimization and cfg.accumulate_grad_batches > 1:
+        raise GenlabError("train.accumulate_grad_batches: this family steps its optimizers itself (manual "
+                          "optimization), so only 1 is supported")
     peak = matmul_peak(torch.bfloat16 if cfg.precision.startswith("bf16") else torch.float32)
     loggers = _loggers(cfg, paths)
     core: list[L.Callback] = [
@@ -67,7 +74,7 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool,
         devices=cfg.devices,
         strategy=cfg.strategy,
         num_nodes=cfg.num_nodes,
-        gradient_clip_val=cfg.grad_clip,
+        gradient_clip_val=None if manual_optimization else cfg.grad_clip,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         val_check_interval=cfg.val_every if has_validation else None,
         check_val_every_n_epoch=None,
