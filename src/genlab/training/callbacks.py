@@ -45,7 +45,7 @@ class GradientWatch(L.Callback):
     """Log the global gradient norm; stop on a non-finite loss or gradient before it reaches the weights."""
 
     def __init__(self, log_every: int) -> None:
-        self.log_every = log_every
+        self._due = EveryNSteps(log_every)
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
@@ -59,7 +59,7 @@ class GradientWatch(L.Callback):
         # with fp16 a GradScaler skips inf steps on purpose; everywhere else they are a bug
         if not torch.isfinite(norm) and trainer.precision != "16-mixed":
             raise NonFiniteLoss(f"gradient norm is {norm.item()} at step {trainer.global_step}", trainer.global_step)
-        if trainer.global_step % self.log_every == 0:
+        if self._due(trainer.global_step):
             pl_module.log("train/grad_norm", norm)
 
 
