@@ -31,6 +31,7 @@ test: lint
 
 bench: setup
 	$(PY) bench/diffusion_throughput.py
+	$(PY) bench/transformer_shakespeare.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

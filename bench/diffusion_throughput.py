@@ -1,23 +1,28 @@
-"""Diffusion training throughput, plain diffusers loop vs `genlab fit`, side by side; sampling time per image.
+"""Diffusion training throughput: the plain diffusers loop against `genlab fit`, by one clock.
 
 The plain loop is the one a user writes from the diffusers docs (shared/bench/anchor_diffusion.py):
-same UNet, data, batch and precision. genlab runs twice: with the work the plain loop does (no EMA,
-no clipping, no validation) to show Lightning's overhead, and with the demo's defaults (EMA, clipping).
-Figures only; nothing is asserted.
+same UNet, data, batch and precision. genlab runs twice: lean (no EMA, no clipping: the work the
+plain loop does) and with the demo's defaults (EMA, clipping, NaN guard, checkpoints). All three
+are timed the same way: wall-clock seconds from the start of step WARMUP to the end of the last
+step, images per second over those steps. Rounds interleave the three (in a rotating order, so
+drift in machine load hits each alike); medians are reported. Figures only; nothing is asserted.
 
-Usage: python bench/diffusion_throughput.py [SECONDS_PER_RUN] [BATCH]
+Usage: python bench/diffusion_throughput.py [STEPS_PER_RUN] [ROUNDS] [BATCH]
 """
 
 from __future__ import annotations
 
 import resource
+import statistics
 import sys
 import tempfile
 import time
 import warnings
 
+import lightning as L
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import genlab
 from genlab.data import load_dataset
@@ -25,19 +30,22 @@ from genlab.models import Diffusion
 from genlab.training.peak import matmul_peak
 
 warnings.filterwarnings("ignore")
-SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 30
-BATCH = int(sys.argv[2]) if len(sys.argv) > 2 else 128
-CONFIG = genlab.load_config(None, [f"train.batch_size={BATCH}", "train.progress=none", "train.log_every=5"])
+STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 60
+ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+BATCH = int(sys.argv[3]) if len(sys.argv) > 3 else 128
+WARMUP = 3
+DEMO = genlab.load_config("configs/digits-diffusion.yaml", [f"train.batch_size={BATCH}", "train.progress=none"])
+DATA = load_dataset(DEMO.data)
 
 
 def plain_loop(precision: str) -> float:
-    data = load_dataset(CONFIG.data)
     torch.manual_seed(0)
-    model = Diffusion(CONFIG.model, data.spec)
-    unet, sched = model.unet, model.scheduler
+    unet, sched = (m := Diffusion(DEMO.model, DATA.spec)).unet, m.scheduler
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3)
-    x, n, steps, t0 = data.train.x, 0, 0, None
-    while True:
+    x = DATA.train.x
+    for step in range(STEPS):
+        if step == WARMUP:
+            start = time.perf_counter()
         b = x[torch.randint(0, len(x), (BATCH,))]
         noise, t = torch.randn_like(b), torch.randint(0, 1000, (BATCH,))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
@@ -45,22 +53,39 @@ def plain_loop(precision: str) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        steps += 1
-        if steps == 3:
-            t0 = time.perf_counter()  # skip warm-up
-        elif t0 and time.perf_counter() - t0 >= SECONDS:
-            return n / (time.perf_counter() - t0)
-        if t0:
-            n += BATCH
+    return (STEPS - WARMUP) * BATCH / (time.perf_counter() - start)
 
 
-def genlab_fit(precision: str, lean: bool) -> tuple[float, float]:
-    extra = ["train.ema.enabled=false", "train.grad_clip=null"] if lean else []
-    over = [f"train.precision={precision}", "train.max_steps=100000", f"train.max_time={SECONDS + 5}",
-            "train.val_every=100000", "train.grid_size=0", "train.schedule.name=constant", *extra]
+class Clock(L.Callback):
+    """The plain loop's clock inside Lightning: from the start of step WARMUP to the end of the last step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == WARMUP:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == STEPS:
+            self.images_per_s = (STEPS - WARMUP) * BATCH / (time.perf_counter() - self.start)
+
+
+def genlab_fit(precision: str, lean: bool) -> float:
+    extra = ["train.ema.enabled=false", "train.grad_clip=null", "train.checkpoint_every=100000"] if lean else []
+    over = [f"train.precision={precision}", f"train.max_steps={STEPS}", "train.max_time=null",
+            "train.val_every=100000", "train.grid_size=0", *extra]
+    clock = Clock()
     with tempfile.TemporaryDirectory() as tmp:
-        run = genlab.fit(CONFIG, overrides=over, out=f"{tmp}/run")
-        return run.summary["samples_per_s"], run.summary["mfu"]
+        genlab.fit(DEMO, overrides=over, out=f"{tmp}/run", callbacks=[clock])
+    return clock.images_per_s
+
+
+def flops_per_image(precision: str) -> float:
+    unet, sched = (m := Diffusion(DEMO.model, DATA.spec)).unet, m.scheduler
+    b = DATA.train.x[:BATCH]
+    noise, t = torch.randn_like(b), torch.randint(0, 1000, (BATCH,))
+    with FlopCounterMode(display=False) as counter, torch.autocast("cpu", torch.bfloat16,
+                                                                   enabled=precision == "bf16-mixed"):
+        F.mse_loss(unet(sched.add_noise(b, noise, t), t).sample.float(), noise).backward()
+    return counter.get_total_flops() / BATCH
 
 
 def sampling_seconds_per_image(model: Diffusion, sampler: str, steps: int, n: int) -> float:
@@ -71,22 +96,31 @@ def sampling_seconds_per_image(model: Diffusion, sampler: str, steps: int, n: in
 
 
 def main() -> None:
-    peaks = {p: matmul_peak(torch.bfloat16 if p.startswith("bf16") else torch.float32) for p in ("32-true",
-                                                                                                  "bf16-mixed")}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, {SECONDS:.0f} s per run")
-    print(f"matmul peak: fp32 {peaks['32-true'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16-mixed'] / 1e9:.0f} GFLOP/s")
-    model = Diffusion(CONFIG.model, load_dataset(CONFIG.data).spec)
-    print(f"UNet2DModel: {sum(p.numel() for p in model.unet.parameters()) / 1e6:.2f} M parameters, 16x16x1 images\n")
-    print(f"{'precision':<11} {'plain img/s':>11} {'genlab img/s':>12} {'ratio':>6} {'of peak':>8} "
-          f"{'+EMA,clip img/s':>16}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, {STEPS} steps per run "
+          f"(timed from step {WARMUP}), {ROUNDS} interleaved rounds, medians")
+    runs = {"plain": lambda p: plain_loop(p), "genlab lean": lambda p: genlab_fit(p, lean=True),
+            "genlab defaults": lambda p: genlab_fit(p, lean=False)}
+    print(f"{'precision':<11} {'plain img/s':>11} {'lean img/s':>10} {'lean/plain':>10} {'defaults img/s':>14} "
+          f"{'defaults/plain':>14} {'of peak':>8}")
     for precision in ("32-true", "bf16-mixed"):
-        plain = plain_loop(precision)
-        lean, mfu = genlab_fit(precision, lean=True)
-        full, _ = genlab_fit(precision, lean=False)
-        print(f"{precision:<11} {plain:>11.0f} {lean:>12.0f} {lean / plain:>6.2f} {mfu:>8.1%} {full:>16.0f}",
-              flush=True)
+        figures: dict[str, list[float]] = {name: [] for name in runs}
+        for r in range(ROUNDS):
+            order = list(runs)[r % 3:] + list(runs)[: r % 3]
+            for name in order:
+                figures[name].append(runs[name](precision))
+        med = {name: statistics.median(v) for name, v in figures.items()}
+        peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
+        used = med["genlab defaults"] * flops_per_image(precision) / peak
+        print(f"{precision:<11} {med['plain']:>11.0f} {med['genlab lean']:>10.0f} "
+              f"{med['genlab lean'] / med['plain']:>10.3f} {med['genlab defaults']:>14.0f} "
+              f"{med['genlab defaults'] / med['plain']:>14.3f} {used:>8.1%}", flush=True)
+        for name, values in figures.items():
+            print(f"    {name:<16} rounds: {' '.join(f'{v:.0f}' for v in values)}")
+    print(f"matmul peak: fp32 {matmul_peak(torch.float32) / 1e9:.0f} GFLOP/s, "
+          f"bf16 {matmul_peak(torch.bfloat16) / 1e9:.0f} GFLOP/s")
+
     print("\nsampling, seconds per image (batch 64; DDPM batch 16):")
-    model.eval()
+    model = Diffusion(DEMO.model, DATA.spec).eval()
     for sampler, steps, n in (("ddpm", 1000, 16), ("ddim", 50, 64), ("dpm-solver", 20, 64)):
         print(f"  {sampler}-{steps}: {sampling_seconds_per_image(model, sampler, steps, n) * 1000:.1f} ms")
     print(f"\npeak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

@@ -15,7 +15,8 @@ from torch import nn
 
 import genlab
 from genlab.config import ModelConfig, Section
-from genlab.models import FAMILIES, GenerativeModel, register_family
+from genlab.models import GenerativeModel, register_family
+from genlab.models.registry import unregister_family
 from genlab.training.optim import build_optimizer
 
 from .conftest import tiny
@@ -82,7 +83,7 @@ class TinyGAN(GenerativeModel):
 def tiny_gan():
     register_family(TinyGAN)
     yield
-    FAMILIES.pop("tiny-gan")
+    unregister_family("tiny-gan")
 
 
 def test_registering_a_family_twice_is_an_error(tiny_gan):

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 # Imported on first use, so `genlab --help` and config checks do not pay for torch and Lightning.
 _EXPORTS = {
-    "fit": "genlab.api", "load": "genlab.api", "evaluate": "genlab.api", "sample_to_file": "genlab.api",
+    "fit": "genlab.api", "load": "genlab.run", "evaluate": "genlab.api", "sample_to_file": "genlab.api",
     "RunConfig": "genlab.config", "load_config": "genlab.config",
     "ConfigError": "genlab.errors", "GenlabError": "genlab.errors",
     "Run": "genlab.run",
@@ -18,10 +18,10 @@ __all__ = ["ConfigError", "GenlabError", "Run", "RunConfig", "__version__", "eva
            "sample_to_file"]
 
 if TYPE_CHECKING:
-    from genlab.api import evaluate, fit, load, sample_to_file
+    from genlab.api import evaluate, fit, sample_to_file
     from genlab.config import RunConfig, load_config
     from genlab.errors import ConfigError, GenlabError
-    from genlab.run import Run
+    from genlab.run import Run, load
 
 
 def __getattr__(name: str) -> Any:

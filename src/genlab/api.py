@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +14,17 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from genlab import __version__
 from genlab.config import RunConfig, load_config
-from genlab.data import TensorDataModule, load_dataset
+from genlab.data.datamodule import TensorDataModule
+from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
-from genlab.images import save_grid
-from genlab.models import FAMILIES
+from genlab.models.registry import family_class
+from genlab.outputs import SUFFIX, save_samples
 from genlab.run import Run, RunPaths, write_json
 from genlab.training.callbacks import NonFiniteLoss, Throughput, TrainingInterrupted
+from genlab.training.optim import lr_factor
 from genlab.training.trainer import build_trainer
+
+log = logging.getLogger("genlab")
 
 
 def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[str] | tuple = (),
@@ -35,17 +39,21 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
     # starts them all); rank zero owns the run directory and the others join the one it chose.
     leader = rank_zero_only.rank == 0
     cfg, paths, checkpoint = _resolve(config, overrides, out, resume, leader)
+    if checkpoint is not None:
+        done = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        if done >= cfg.train.max_steps:
+            return _finished(cfg, paths, checkpoint, done)
+        _warn_if_schedule_moves(load_config(paths.config), cfg, done)
 
     L.seed_everything(cfg.train.seed, verbose=False)
     dataset = load_dataset(cfg.data)
-    model = FAMILIES[cfg.model.family](cfg.model, dataset.spec, cfg.train)
+    model, dataset = family_class(cfg.model.family).build(cfg.model, dataset, cfg.train)
     trainer = build_trainer(cfg.train, paths, has_validation=len(dataset.val) > 0,
                             manual_optimization=not model.automatic_optimization, callbacks=list(callbacks))
     if leader:  # only now, with data and model known good, does the run directory appear
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.config.write_text(cfg.to_yaml())
         os.environ[_RUN_DIR_ENV] = str(paths.root.resolve())  # inherited by the ranks Lightning launches
-    started = time.perf_counter()
     try:
         trainer.fit(model, datamodule=TensorDataModule(dataset, cfg.train.batch_size, cfg.train.seed),
                     ckpt_path=checkpoint)
@@ -66,10 +74,10 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
         # Lightning has copied the EMA weights into the model at the end of training
         model.save_pretrained(paths.model)
         model.eval()
-        if model.modality == "image" and cfg.train.grid_size:
-            save_grid(model.preview(cfg.train.grid_size, torch.Generator().manual_seed(0)),
-                      paths.samples / "final.png", scale=4)
-        write_json(paths.summary, _summary(trainer, model, dataset, time.perf_counter() - started))
+        if cfg.train.grid_size:
+            save_samples(model.preview(cfg.train.grid_size, torch.Generator().manual_seed(0)),
+                         paths.samples / f"final{SUFFIX[model.modality]}")
+        write_json(paths.summary, _summary(trainer, model, dataset))
     trainer.strategy.barrier("genlab-export")
     return Run(paths.root)
 
@@ -93,11 +101,6 @@ def _resolve(config, overrides, out, resume, leader: bool) -> tuple[RunConfig, R
     return cfg, paths, None
 
 
-def load(path: str | Path) -> Run:
-    """A run directory written by `fit`."""
-    return Run(path)
-
-
 def evaluate(run: Run | str | Path, **options: Any) -> dict[str, Any]:
     """Sample from the run, score the samples against held-out data, write metrics.json; return the metrics."""
     from genlab.evaluation import evaluate_run
@@ -107,11 +110,13 @@ def evaluate(run: Run | str | Path, **options: Any) -> dict[str, Any]:
 
 def sample_to_file(run: Run | str | Path, n: int, out: str | Path | None = None, *, seed: int | None = 0,
                    **conditions: Any) -> Path:
-    """Draw `n` samples and write them in the modality's file format (PNG grid for images)."""
+    """Draw `n` samples and write them in the modality's file format (PNG grid, or text after its prompt)."""
     run = run if isinstance(run, Run) else Run(run)
     samples = run.sample(n, seed=seed, **conditions)
-    out = Path(out) if out is not None else run.paths.samples / f"sample_{n}_seed{seed}.png"
-    return save_grid(samples, out, scale=4)
+    if isinstance(samples, list) and isinstance(conditions.get("prompt"), str):
+        samples = [conditions["prompt"] + s for s in samples]
+    out = Path(out) if out is not None else run.paths.samples / f"sample_{n}_seed{seed}{SUFFIX[run.model.modality]}"
+    return save_samples(samples, out)
 
 
 def _fresh_run_dir(root: Path, name: str) -> Path:
@@ -122,7 +127,43 @@ def _fresh_run_dir(root: Path, name: str) -> Path:
     return path
 
 
-def _summary(trainer: L.Trainer, model, dataset, seconds: float) -> dict[str, Any]:
+def _finished(cfg: RunConfig, paths: RunPaths, checkpoint: Path, done: int) -> Run:
+    """Resuming a run that reached its max_steps: nothing to train. Finish its export if a kill
+    interrupted it (from the checkpoint's weights, EMA's when on), else change nothing on disk."""
+    if not (paths.model / "genlab.json").is_file() or not paths.summary.is_file():
+        model, _ = family_class(cfg.model.family).build(cfg.model, load_dataset(cfg.data), cfg.train)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"])  # EMA weights when EMA is on (current_model_state: raw)
+        model.save_pretrained(paths.model)
+        clock = next((v for k, v in state.get("callbacks", {}).items() if k.startswith("Throughput")), None)
+        throughput = Throughput(torch.float32, 1)
+        if clock:
+            throughput.load_state_dict(clock)
+        write_json(paths.summary, {"steps": done, "max_steps": cfg.train.max_steps, **throughput.summary(),
+                                   "stopped_because": "max_steps", "parameters": model.num_parameters(),
+                                   "note": "exported from checkpoints/last.ckpt by a resume"})
+        log.info(f"run complete at step {done}: exported its model from the last checkpoint")
+    else:
+        log.info(f"run complete at step {done} of {cfg.train.max_steps}; nothing changed. Train further with: "
+                 f"genlab fit --resume {paths.root} --set train.max_steps={2 * done}")
+    run = Run(paths.root)
+    run.trained = False
+    return run
+
+
+def _warn_if_schedule_moves(before: RunConfig, after: RunConfig, done: int) -> None:
+    """A cosine curve spans max_steps: extending a run re-lays it, so the lr jumps where training resumes."""
+    old, new = before.train, after.train
+    if new.schedule.name != "cosine" or old.max_steps == new.max_steps:
+        return
+    lr_then = old.optimizer.lr * lr_factor(old.schedule, old.max_steps)(done)
+    lr_now = new.optimizer.lr * lr_factor(new.schedule, new.max_steps)(done)
+    log.warning(f"train.schedule cosine spans train.max_steps, which moves from {old.max_steps} to {new.max_steps}: "
+                f"the learning rate jumps from {lr_then:.3g} to {lr_now:.3g} at step {done}, so this run will differ "
+                f"from one set to {new.max_steps} steps from the start (constant and step schedules extend exactly)")
+
+
+def _summary(trainer: L.Trainer, model, dataset) -> dict[str, Any]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
     early = trainer.early_stopping_callback
@@ -135,15 +176,11 @@ def _summary(trainer: L.Trainer, model, dataset, seconds: float) -> dict[str, An
     return {
         "steps": trainer.global_step,
         "max_steps": trainer.max_steps,
-        "seconds": round(seconds, 1),
         "stopped_because": stopped,
         "early_stopping": early.stopping_reason_message if early is not None else None,
         "train_loss": metrics.get("train/loss"),
         "val_loss": metrics.get("val/loss"),
-        "samples_per_s": throughput.samples_per_s if throughput else None,
-        "mfu": throughput.mfu if throughput else None,
-        "matmul_peak_gflops": throughput.peak_flops / 1e9 if throughput else None,
-        "gflops_per_batch": throughput.flops_per_batch / 1e9 if throughput else None,
+        **(throughput.summary() if throughput else {}),  # seconds, samples/s, peak: totals over every fit call
         "parameters": model.num_parameters(),
         "data": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test),
                  "shape": list(dataset.spec.shape), "classes": dataset.spec.num_classes, "notes": dataset.notes},

@@ -14,10 +14,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from genlab.errors import GenlabError
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="genlab: train, sample and evaluate generative models, each verb on a run directory.")
 err = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # long paths stay on one line in logs
 
 # Library chatter that says nothing to a genlab user (tips, defaults we set on purpose).
 _QUIET = ("litlogger", "`weights_only` was not set", "exists and is not empty", "LeafSpec",
@@ -29,8 +31,6 @@ def _user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from genlab.errors import GenlabError
-
         _quiet_libraries()
         try:
             return fn(*args, **kwargs)
@@ -42,7 +42,21 @@ def _user_errors(fn):
     return wrapper
 
 
+class _OneLine(logging.Handler):
+    """genlab's own warnings and notes, as one plain line each (no logger name, no source line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tag = "[yellow]warning:[/yellow] " if record.levelno >= logging.WARNING else ""
+        err.print(f"{tag}{record.getMessage()}", highlight=False, soft_wrap=True)
+
+
 def _quiet_libraries() -> None:
+    log = logging.getLogger("genlab")
+    if not any(isinstance(h, _OneLine) for h in log.handlers):
+        log.addHandler(_OneLine())
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
     class Drop(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             return not any(q in record.getMessage() for q in _QUIET)
@@ -63,17 +77,26 @@ def fit(
 ) -> None:
     """Train a model from a config into a run directory."""
     import genlab
+    from genlab.config import load_config
+    from genlab.run import RunPaths
 
     if config is None and resume is None:
         raise typer.BadParameter("give a CONFIG file, or --resume RUN_DIR", param_hint="CONFIG")
     if resume is not None and out_dir is not None:
         raise typer.BadParameter("--resume continues a run in place; drop --out", param_hint="--out")
-    run = genlab.fit(config, overrides=set_, out=out_dir, resume=resume)
-    if not run.paths.summary.exists() or os.environ.get("LOCAL_RANK", "0") != "0":
-        return  # a DDP worker: rank zero reports
+    # the cheap checks first, so a mistake is answered before torch and Lightning load
+    if resume is not None:
+        RunPaths(resume).require("last_checkpoint")
+    checked = load_config(config, set_) if config is not None else None
+    run = genlab.fit(checked, overrides=set_ if checked is None else (), out=out_dir, resume=resume)
+    if not run.trained or not run.paths.summary.exists() or os.environ.get("LOCAL_RANK", "0") != "0":
+        return  # complete already (fit said so), or a DDP worker (rank zero reports)
     s = run.summary
-    out.print(f"trained {s['steps']} steps in {s['seconds']} s ({s['stopped_because']}); "
-              f"{s['samples_per_s']:.0f} samples/s, {100 * s['mfu']:.0f}% of the matmul peak")
+    speed = (f"{s['samples_per_s']:.0f} samples/s, {100 * s['mfu']:.0f}% of the {s['matmul_peak']['dtype']} matmul peak"
+             if s.get("samples_per_s") else f"throughput {s.get('throughput', 'not measured')}")
+    if s.get("tokens_per_s"):
+        speed = f"{s['tokens_per_s']:.0f} tokens/s, " + speed
+    out.print(f"trained {s['steps']} steps in {s['seconds']} s in all ({s['stopped_because']}); {speed}")
     out.print(f"run directory: {run.path}")
     out.print(f"model (diffusers/transformers format): {run.paths.model}")
 
@@ -82,23 +105,45 @@ def fit(
 @_user_errors
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `genlab fit`.")],
-    n: Annotated[int, typer.Option("--n", min=1, help="How many samples.")] = 64,
-    sampler: Annotated[str | None, typer.Option(help="ddpm | ddim | dpm-solver (default: eval.sampling).")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Sampling steps (default: eval.sampling).")] = None,
+    n: Annotated[int | None, typer.Option("--n", min=1, help="How many samples (default: 64 images, 1 text).")] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same samples.")] = 0,
-    label: Annotated[list[str], typer.Option(help="Class to draw (repeat to cycle); class-conditional models.")] = [],  # noqa: B006
-    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
-    out_file: Annotated[Path | None, typer.Option("--out", help="Output file (default: RUN_DIR/samples/...).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Output file (default: images to RUN_DIR/samples/, "
+                                                                 "text to the terminal).")] = None,
+    sampler: Annotated[str | None, typer.Option(help="Images: ddpm | ddim | dpm-solver.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Images: sampling steps.")] = None,
+    label: Annotated[list[str], typer.Option(help="Images: class to draw (repeat to cycle).")] = [],  # noqa: B006
+    guidance: Annotated[float | None, typer.Option(help="Images: classifier-free guidance scale.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Text: the prompt to continue.")] = None,
+    prompt_file: Annotated[Path | None, typer.Option(help="Text: read the prompt from this file.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Text: tokens to generate.")] = None,
+    temperature: Annotated[float | None, typer.Option(min=0, help="Text: 0 is greedy.")] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Text: sample from the k likeliest tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Text: nucleus sampling mass.")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(help="Text: >1 discourages repeats.")] = None,
+    stop: Annotated[list[str], typer.Option(help="Text: cut before this string (repeatable).")] = [],  # noqa: B006
 ) -> None:
-    """Draw samples from a trained run and write them to a file."""
+    """Draw samples from a trained run: an image grid, or text continuations."""
     import genlab
     from genlab.config import sampling_options, with_given
 
     run = genlab.load(run_dir)
-    options = sampling_options(run.config.model.family, with_given(run.config.eval.sampling, sampler=sampler,
-                                                                   steps=steps, guidance_scale=guidance))
+    options = sampling_options(run.config.model.family, with_given(
+        run.config.eval.sampling, sampler=sampler, steps=steps, guidance_scale=guidance, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, stop=stop or None))
+    text = "max_new_tokens" in options
+    n = n or (1 if text else 64)
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise GenlabError(f"--prompt-file: {prompt_file} is not a file")
+        prompt = prompt_file.read_text(errors="replace")
+    if prompt is not None:
+        options["prompt"] = prompt
     if label:
         options["labels"] = [_int_or_str(label[i % len(label)]) for i in range(n)]
+    if text and out_file is None:
+        for i, continuation in enumerate(run.sample(n, seed=seed, **options)):
+            out.print(("" if i == 0 else "\n---\n") + (prompt or "") + continuation, highlight=False, markup=False)
+        return
     path = genlab.sample_to_file(run, n, out_file, seed=seed, **options)
     out.print(f"wrote {n} samples to {path}")
 

@@ -18,8 +18,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from genlab.config import RunConfig, load_config
 from genlab.errors import GenlabError
 
@@ -68,8 +66,15 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def load(path: str | Path) -> Run:
+    """A run directory written by `fit`."""
+    return Run(path)
+
+
 class Run:
     """A trained run: its config, its model (loaded on first use, without Lightning) and its records."""
+
+    trained = True  # False when `fit` returns a run it found complete and left as it was
 
     def __init__(self, path: str | Path) -> None:
         self.paths = RunPaths(Path(path))
@@ -81,13 +86,15 @@ class Run:
 
     @cached_property
     def model(self):
-        from genlab.models import FAMILIES
+        from genlab.models.registry import family_class
 
         model_dir = self.paths.require("model")
-        return FAMILIES[self.config.model.family].from_pretrained(model_dir)
+        return family_class(self.config.model.family).from_pretrained(model_dir)
 
     def sample(self, n: int, *, seed: int | None = None, **conditions: Any) -> Any:
         """`n` samples from the exported model; the same seed gives the same samples."""
+        import torch
+
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         return self.model.sample(n, generator=generator, **conditions)
 

@@ -1,7 +1,24 @@
-"""Data: sources that load and split, and the DataModule that batches them for training."""
+"""Data: sources that load and split, and the DataModule that batches them for training.
 
-from genlab.data.datamodule import SeededBatches, TensorDataModule
-from genlab.data.sources import SOURCES, Dataset, DataSpec, Split, load_dataset, register_source
+Imports are lazy: validating `data.source` must not pay for torch and Lightning.
+"""
 
-__all__ = ["SOURCES", "DataSpec", "Dataset", "Loaded", "SeededBatches", "Split", "TensorDataModule", "load_dataset",
-           "register_source"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from genlab.data.registry import register_source, source, source_names
+
+_LAZY = {
+    "SeededBatches": "genlab.data.datamodule", "TensorDataModule": "genlab.data.datamodule",
+    "Dataset": "genlab.data.sources", "DataSpec": "genlab.data.sources", "Loaded": "genlab.data.sources",
+    "Split": "genlab.data.sources", "load_dataset": "genlab.data.sources",
+}
+__all__ = [*_LAZY, "register_source", "source", "source_names"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'genlab.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

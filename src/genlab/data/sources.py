@@ -1,14 +1,13 @@
 """Data sources: each turns a DataConfig into in-memory tensors, split by a fixed seed.
 
-A source is a plain function registered by name (`data.source: NAME` picks it) that returns a
+A source is a plain function named in `genlab.data.registry` (`data.source: NAME` picks it) that returns a
 `Loaded`: images are float tensors (N, C, H, W) in [-1, 1]; token windows or table rows fit the
 same record with their own modality; labels are int64 (N,) or None.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genlab.data.registry import source
 from genlab.errors import GenlabError
 
+log = logging.getLogger("genlab")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -25,8 +26,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 class DataSpec:
     """What a model needs to know of its data to be built."""
 
-    modality: str  # "image" now; "text" and "table" later
-    shape: tuple[int, ...]  # one example: (C, H, W) for images
+    modality: str  # "image", "text"; "table" next
+    shape: tuple[int, ...]  # one example: (C, H, W) for images, (context,) token windows for text
     class_names: tuple[str, ...] = ()
 
     @property
@@ -36,7 +37,7 @@ class DataSpec:
 
 @dataclass
 class Split:
-    x: torch.Tensor
+    x: torch.Tensor | list[str]  # examples; text before tokenizing: documents
     y: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -47,7 +48,7 @@ class Split:
 class Loaded:
     """What a source returns: all examples, before the split."""
 
-    x: torch.Tensor
+    x: torch.Tensor | list[str]  # text: one string per document
     y: torch.Tensor | None = None
     class_names: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -63,23 +64,12 @@ class Dataset:
     notes: list[str] = field(default_factory=list)  # what loading skipped or changed, for the report
 
 
-SOURCES: dict[str, Callable] = {}
-
-
-def register_source(name: str) -> Callable:
-    def add(fn: Callable) -> Callable:
-        if name in SOURCES:
-            raise ValueError(f"data source {name!r} is registered twice")
-        SOURCES[name] = fn
-        return fn
-
-    return add
-
-
 def load_dataset(cfg) -> Dataset:
     """Load `cfg.source` and split it into train/val/test by `cfg.split_seed`."""
-    data: Loaded = SOURCES[cfg.source](cfg)
+    data: Loaded = source(cfg.source)(cfg)
     x, y = data.x, data.y
+    if data.modality == "text":
+        return _split_documents(data, cfg)
     if not torch.isfinite(x).all():
         raise GenlabError(f"data.source {cfg.source!r}: the data holds NaN or infinite values")
     train, val, test = _split(len(x), y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
@@ -89,6 +79,20 @@ def load_dataset(cfg) -> Dataset:
         return Split(x[idx], None if y is None else y[idx])
 
     return Dataset(spec, take(train), take(val), take(test), data.notes)
+
+
+def _split_documents(data: Loaded, cfg) -> Dataset:
+    """Whole documents go to one split. A single document (one .txt file) is cut into consecutive
+    parts instead, train first and test last, as nanoGPT splits tiny shakespeare."""
+    docs = data.x
+    spec = DataSpec("text", ())
+    if len(docs) == 1:
+        text, n = docs[0], len(docs[0])
+        a, b = round(n * (1 - cfg.val_fraction - cfg.test_fraction)), round(n * (1 - cfg.test_fraction))
+        parts = [[t] if t else [] for t in (text[:a], text[a:b], text[b:])]
+        return Dataset(spec, *(Split(p) for p in parts), data.notes)
+    train, val, test = _split(len(docs), None, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    return Dataset(spec, *(Split([docs[i] for i in idx]) for idx in (train, val, test)), data.notes)
 
 
 def _split(n: int, y: torch.Tensor | None, val: float, test: float, seed: int):
@@ -116,7 +120,6 @@ def _to_model_range(images: torch.Tensor, size: int | None, channels: int | None
     return (images.clamp(0, 1) * 2 - 1).contiguous()
 
 
-@register_source("digits")
 def digits(cfg) -> Loaded:
     """scikit-learn's 1,797 handwritten digits, 8x8 with 16 grey levels; it ships with the package."""
     from sklearn.datasets import load_digits
@@ -127,7 +130,6 @@ def digits(cfg) -> Loaded:
     return Loaded(_to_model_range(images, cfg.image_size, cfg.channels), labels, [str(c) for c in range(10)])
 
 
-@register_source("image_folder")
 def image_folder(cfg) -> Loaded:
     """A folder of images; each subfolder is a class (images directly in the folder: no labels)."""
     from PIL import Image, UnidentifiedImageError
@@ -157,7 +159,8 @@ def image_folder(cfg) -> Loaded:
             continue
         labels.append(classes.index(p.parent.relative_to(root).as_posix()) if classes else 0)
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped[:5])}", stacklevel=2)
+        more = f" and {len(skipped) - 3} more (all listed in train.json)" if len(skipped) > 3 else ""
+        log.warning(f"skipped {len(skipped)} unreadable image(s) under {root}: {', '.join(skipped[:3])}{more}")
     if not arrays:
         raise GenlabError(f"data.path: none of the {len(files)} image files under {root} could be read")
     shapes = {a.shape for a in arrays}

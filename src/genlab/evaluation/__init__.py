@@ -1,5 +1,23 @@
-"""Evaluation: feature extractors, metrics and the scoring of a run."""
+"""Evaluation: `evaluate_run` scores a run by its modality and writes metrics.json and report.html."""
 
-from genlab.evaluation.metrics import evaluate_run
+from __future__ import annotations
 
-__all__ = ["evaluate_run"]
+from typing import Any
+
+from genlab.config import sampling_options, with_given
+from genlab.run import Run
+
+
+def evaluate_run(run: Run, *, num_samples: int | None = None, seed: int | None = None,
+                 **sampling: Any) -> dict[str, Any]:
+    """Score the run's model on held-out data; `sampling` overrides the run's `eval.sampling`."""
+    cfg = run.config
+    ev = type(cfg.eval).model_validate(with_given(cfg.eval.model_dump(), num_samples=num_samples, seed=seed))
+    options = sampling_options(cfg.model.family, with_given(ev.sampling, **sampling))
+    if run.model.modality == "text":
+        from genlab.evaluation.text import evaluate_text
+
+        return evaluate_text(run, ev, options)
+    from genlab.evaluation.metrics import evaluate_images
+
+    return evaluate_images(run, ev, options)

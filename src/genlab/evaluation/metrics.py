@@ -1,4 +1,4 @@
-"""`genlab evaluate` for image runs: FID and KID against held-out images, and class balance.
+"""Image runs: FID and KID against held-out images, and class balance.
 
 Writes metrics.json and report.html.
 
@@ -16,26 +16,17 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from genlab.config import sampling_options, with_given
+from genlab.config import EvalConfig
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
 from genlab.evaluation.features import FeatureNet, feature_net, predict
-from genlab.evaluation.report import write_report
+from genlab.evaluation.report import IMAGE_METRICS, image_samples, write_report
 from genlab.run import Run, write_json
 
 
-def evaluate_run(run: Run, *, num_samples: int | None = None, seed: int | None = None,
-                 **sampling: Any) -> dict[str, Any]:
-    """Generate, score against the test split, write `metrics.json` and `report.html`, return the metrics.
-
-    `sampling` overrides the run's `eval.sampling` (for diffusion: sampler, steps, guidance_scale).
-    """
-    cfg = run.config
-    ev = type(cfg.eval).model_validate(with_given(cfg.eval.model_dump(), num_samples=num_samples, seed=seed))
-    options = sampling_options(cfg.model.family, with_given(ev.sampling, **sampling))
-    dataset = load_dataset(cfg.data)
-    if dataset.spec.modality != "image":
-        raise GenlabError(f"evaluate: {dataset.spec.modality} runs are not supported yet")
+def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str, Any]:
+    """Generate, score against the test split, write `metrics.json` and `report.html`, return the metrics."""
+    dataset = load_dataset(run.config.data)
     held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
     if len(held_out) < 2:
         raise GenlabError("evaluate: needs held-out images; set data.test_fraction > 0 when training")
@@ -72,7 +63,11 @@ def evaluate_run(run: Run, *, num_samples: int | None = None, seed: int | None =
         "seconds_per_sample": sample_seconds / len(fake),
     })
     write_json(run.paths.metrics, metrics)
-    write_report(run, metrics, fake, real_test)
+    rows = [(label, f"{metrics[k]:.4g}") for k, label in IMAGE_METRICS.items() if metrics.get(k) is not None]
+    setup = [("feature extractor", extractor),
+             ("samples", f"{len(fake)} generated, {len(real_test)} real ({metrics['real_split']})"),
+             ("sampling", ", ".join(f"{k} {v}" for k, v in options.items()) + f", seed {ev.seed}")]
+    write_report(run, rows, setup, image_samples(fake, real_test))
     return metrics
 
 

@@ -7,7 +7,6 @@ import html
 import io
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -16,7 +15,7 @@ from genlab.images import image_grid
 from genlab.run import Run
 
 CURVES = ("train/loss", "val/loss")
-METRICS = {
+IMAGE_METRICS = {
     "fid": "FID (generated vs held-out; lower is better)",
     "fid_real_baseline": "FID of held-out real vs train real (the floor)",
     "kid_mean": "KID",
@@ -26,29 +25,36 @@ METRICS = {
 }
 
 
-def write_report(run: Run, metrics: dict[str, Any], fake: torch.Tensor, real: torch.Tensor) -> Path:
+def write_report(run: Run, rows: list[tuple[str, str]], setup: list[tuple[str, str]], samples: str) -> Path:
+    """The page: metric rows, how they were measured, the modality's samples (HTML), training and curves."""
     s = run.summary
-    rows = [(label, f"{metrics[k]:.4g}") for k, label in METRICS.items() if metrics.get(k) is not None]
-    setup = [("feature extractor", metrics["feature_extractor"]),
-             ("samples", f"{metrics['num_generated']} generated, {metrics['num_real']} real ({metrics['real_split']})"),
-             ("sampling", ", ".join(f"{k} {v}" for k, v in metrics["sampling"].items()) + f", seed {metrics['seed']}")]
+    speed = (f"{s['samples_per_s']:.0f} samples/s, {100 * s['mfu']:.0f}% of the matmul peak"
+             if s.get("samples_per_s") else s.get("throughput", "not measured"))
+    if s.get("tokens_per_s"):
+        speed += f", {s['tokens_per_s']:.0f} tokens/s"
     training = [("family", run.config.model.family), ("parameters", f"{s.get('parameters', 0):,}"),
                 ("steps", f"{s.get('steps')} of {s.get('max_steps')} ({s.get('stopped_because')})"),
-                ("time", f"{s.get('seconds')} s"),
-                ("throughput", f"{s.get('samples_per_s') or 0:.0f} samples/s, "
-                               f"{100 * (s.get('mfu') or 0):.0f}% of the matmul peak")]
+                ("time", f"{s.get('seconds')} s"), ("throughput", speed)]
     body = [
         f"<h1>{html.escape(run.path.name)}</h1>",
         "<h2>Metrics</h2>", _table(rows + setup),
-        "<h2>Samples</h2><div class=row>",
-        f"<figure>{_png(fake[:64])}<figcaption>generated</figcaption></figure>",
-        f"<figure>{_png(real[:64])}<figcaption>held-out real</figcaption></figure></div>",
+        "<h2>Samples</h2>", samples,
         "<h2>Training</h2>", _table(training), _curves(run.paths.tb),
     ]
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>genlab: {html.escape(run.path.name)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
     run.paths.report.write_text(page)
     return run.paths.report
+
+
+def image_samples(fake: torch.Tensor, real: torch.Tensor) -> str:
+    return (f"<div class=row><figure>{_png(fake[:64])}<figcaption>generated</figcaption></figure>"
+            f"<figure>{_png(real[:64])}<figcaption>held-out real</figcaption></figure></div>")
+
+
+def text_samples(prompts: list[str], continuations: list[str]) -> str:
+    return "".join(f"<pre><b>{html.escape(p)}</b>{html.escape(c)}</pre>"
+                   for p, c in zip(prompts, continuations, strict=True))
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -95,4 +101,5 @@ def _curves(tb_dir: Path, width: int = 640, height: int = 240) -> str:
 _CSS = """body{font:14px system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}th,td{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}
 th{font-weight:normal;color:#555}.row{display:flex;gap:1em}figure{margin:0}img{image-rendering:pixelated}
-svg{border:1px solid #ddd;margin-top:1em}figcaption{color:#555}"""
+svg{border:1px solid #ddd;margin-top:1em}figcaption{color:#555}
+pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em;border-left:3px solid #1f77b4}"""

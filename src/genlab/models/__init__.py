@@ -1,6 +1,24 @@
-"""Model families, one file each, all implementing `GenerativeModel`; registered by name."""
+"""Model families, one file each, all implementing `GenerativeModel`; looked up by name in the registry.
 
-from genlab.models.base import FAMILIES, GenerativeModel, register_family
-from genlab.models.diffusion import Diffusion
+This package imports nothing heavy itself: `genlab.models.registry` is pydantic-free and torch-free,
+and the family classes are imported on first use.
+"""
 
-__all__ = ["FAMILIES", "Diffusion", "GenerativeModel", "register_family"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from genlab.models.registry import family_class, family_config, family_names, family_sampling, register_family
+
+_LAZY = {"GenerativeModel": "genlab.models.base", "Diffusion": "genlab.models.diffusion",
+         "Transformer": "genlab.models.transformer"}
+__all__ = ["Diffusion", "GenerativeModel", "Transformer", "family_class", "family_config", "family_names",
+           "family_sampling",
+           "register_family"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'genlab.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

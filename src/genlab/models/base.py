@@ -1,4 +1,4 @@
-"""The one interface every family implements, and the registry that maps `model.family` to a class.
+"""The one interface every family implements (the registry that names them is `registry.py`).
 
 A family is a LightningModule that wires plain nn.Modules (or the diffusers / transformers model
 itself) into training, and owns four things: `training_step`, `sample`, `save_pretrained` and
@@ -16,22 +16,11 @@ import lightning as L
 import torch
 
 from genlab.config import ModelConfig, Section, TrainConfig
-from genlab.data.sources import DataSpec
+from genlab.data.sources import Dataset, DataSpec
 from genlab.errors import GenlabError
 from genlab.training.optim import build_optimizer, build_schedule
 
 META_FILE = "genlab.json"  # beside the ecosystem's own files in a model folder
-
-FAMILIES: dict[str, type[GenerativeModel]] = {}
-
-
-def register_family(cls: type[GenerativeModel]) -> type[GenerativeModel]:
-    """Class decorator: make `cls` the family named by its config's `family` default."""
-    name = cls.Config.model_fields["family"].default
-    if name in FAMILIES:
-        raise ValueError(f"model family {name!r} is registered twice ({FAMILIES[name].__name__}, {cls.__name__})")
-    FAMILIES[name] = cls
-    return cls
 
 
 class GenerativeModel(L.LightningModule):
@@ -46,6 +35,13 @@ class GenerativeModel(L.LightningModule):
         self.config, self.spec, self.train_config = config, spec, train or TrainConfig()
 
     # --- what each family writes -------------------------------------------------------------
+
+    @classmethod
+    def build(cls, config: ModelConfig, dataset: Dataset, train: TrainConfig | None = None
+              ) -> tuple[GenerativeModel, Dataset]:
+        """A new model for `dataset`, and the data as the model trains on it. Families that learn an
+        encoding from the training split first (a tokenizer, column transforms) override this."""
+        return cls(config, dataset.spec, train), dataset
 
     def sample(self, n: int, *, generator: Any = None, **conditions: Any) -> Any:
         raise NotImplementedError
@@ -71,12 +67,10 @@ class GenerativeModel(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def step_optimizer(self, optimizer: Any, loss: torch.Tensor) -> None:
-        """Backward, clip to `train.grad_clip`, step: one update of a family that optimizes manually."""
+        """Backward and step: one update of a family that optimizes manually. The training core's
+        `GradientWatch` clips to `train.grad_clip` and checks the gradients inside `step`."""
         optimizer.zero_grad()
         self.manual_backward(loss)
-        if self.train_config.grad_clip:
-            self.clip_gradients(optimizer, gradient_clip_val=self.train_config.grad_clip,
-                                gradient_clip_algorithm="norm")
         optimizer.step()
 
     def write_meta(self, path: Path) -> None:

@@ -13,7 +13,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.flop_counter import FlopCounterMode
 
 from genlab.errors import GenlabError
-from genlab.images import image_grid, save_grid
+from genlab.images import image_grid
+from genlab.outputs import SUFFIX, save_samples
+from genlab.training.peak import PEAK_METHOD, matmul_peak
 
 
 class NonFiniteLoss(GenlabError):
@@ -42,84 +44,163 @@ class SeedEveryStep(L.Callback):
 
 
 class GradientWatch(L.Callback):
-    """Log the global gradient norm; stop on a non-finite loss or gradient before it reaches the weights."""
+    """Clip the gradients and log their global norm (one norm serves both); stop on a non-finite loss
+    or gradient before it reaches a checkpoint.
 
-    def __init__(self, log_every: int) -> None:
+    On a CPU every step is checked as it happens, before the update. On an accelerator reading a
+    value back stalls the device, so the checks gather in a flag on the device that is read every
+    `sync_every` steps (default: `log_every`) and before any checkpoint is written: the first bad
+    step is still named, and the last checkpoint predates it.
+    """
+
+    def __init__(self, log_every: int, max_norm: float | None = None, sync_every: int | None = None) -> None:
+        self.log_every, self.max_norm, self.sync_every = log_every, max_norm, sync_every
         self._due = EveryNSteps(log_every)
+        self._first_bad: dict[str, torch.Tensor] = {}  # what -> the step it first went non-finite (-1: never)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.sync_every is None:  # a CPU has nothing to stall
+            self.sync_every = 1 if pl_module.device.type == "cpu" else self.log_every
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"train loss is {loss.item()} at step {trainer.global_step}", trainer.global_step)
+        self._watch(trainer, "train loss", loss.detach())
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        if not grads:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
             return
-        norm = torch.nn.utils.get_total_norm(grads)
+        if self.max_norm:  # returns the norm before clipping, so the norm is computed once
+            norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
         # with fp16 a GradScaler skips inf steps on purpose; everywhere else they are a bug
-        if not torch.isfinite(norm) and trainer.precision != "16-mixed":
-            raise NonFiniteLoss(f"gradient norm is {norm.item()} at step {trainer.global_step}", trainer.global_step)
+        if trainer.precision != "16-mixed":
+            self._watch(trainer, "gradient norm", norm)
         if self._due(trainer.global_step):
             pl_module.log("train/grad_norm", norm)
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._raise_if_bad(trainer)  # before the file is written: no checkpoint holds a bad step
+
+    def _watch(self, trainer: L.Trainer, what: str, value: torch.Tensor) -> None:
+        step = trainer.global_step
+        if self.sync_every == 1:
+            if not torch.isfinite(value):
+                raise NonFiniteLoss(f"{what} is {value.item()} at step {step}", step)
+            return
+        first = self._first_bad.get(what)
+        if first is None:
+            first = self._first_bad[what] = torch.tensor(-1, device=value.device)
+        first.copy_(torch.where((first < 0) & ~torch.isfinite(value), step, first))
+        if step % self.sync_every == 0:
+            self._raise_if_bad(trainer)
+
+    def _raise_if_bad(self, trainer: L.Trainer) -> None:
+        for what, first in self._first_bad.items():
+            step = int(first)
+            if step >= 0:
+                raise NonFiniteLoss(f"{what} went non-finite at step {step} (checked at step {trainer.global_step})",
+                                    step)
+
 
 class Throughput(L.Callback):
-    """Samples/s and the fraction of the matmul peak, from the FLOPs of one counted training step.
+    """Samples/s and the fraction of the matmul peak used, by one wall clock over the whole run.
 
-    Counting FLOPs dispatches that step through other kernels (bitwise different results), so the
-    count is kept in the checkpoint and a resumed run does not count again: resume stays exact.
+    Training time is wall-clock time between training batches, less validation, less the first
+    batch of each fit call (warm-up) and the one batch whose FLOPs are counted: counting runs it
+    through other kernels (bitwise different results), so the count is kept in the checkpoint with
+    the running totals, and a resumed run neither counts again nor forgets the time already spent.
     """
 
-    def __init__(self, peak_flops: float, log_every: int) -> None:
-        self.peak_flops, self.log_every = peak_flops, log_every
+    MIN_TIMED_BATCHES = 3
+
+    def __init__(self, dtype: torch.dtype, log_every: int) -> None:
+        self.dtype = dtype
+        self.peak_flops = 0.0
         self.flops_per_batch = 0.0
-        self.samples_per_s = 0.0
-        self.mfu = 0.0
+        # over every fit call; tokens: the predicted tokens of text batches
+        self.totals = {"seconds": 0.0, "train_seconds": 0.0, "samples": 0, "tokens": 0, "batches": 0}
         self._counter: FlopCounterMode | None = None
-        self._window: tuple[float, int] | None = None  # (time, samples) at the window's start
-        self._samples = 0
-        self._paused_at = 0.0
+        self._mark: float | None = None  # when the last timed interval ended; None: the next batch is untimed
+        self._fit_started = self._paused_at = 0.0
+        self._window = dict(self.totals)
         self._due = EveryNSteps(log_every)
 
     def state_dict(self) -> dict[str, float]:
-        return {"flops_per_batch": self.flops_per_batch}
+        return {"flops_per_batch": self.flops_per_batch, **self.totals,
+                "seconds": self.totals["seconds"] + time.perf_counter() - self._fit_started}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.flops_per_batch = state["flops_per_batch"]
+        self.totals.update({k: state[k] for k in self.totals if k in state})
+        self._window = dict(self.totals)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_started = time.perf_counter()
+        self.peak_flops = max(self.peak_flops, matmul_peak(self.dtype, pl_module.device))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if self._window is None and self.flops_per_batch:  # resumed: the count came from the checkpoint
-            self._window = (time.perf_counter(), self._samples)
         if not self.flops_per_batch and self._counter is None:
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        if self._counter is not None:  # the counted step runs slower: the window starts after it
+        now = time.perf_counter()
+        if self._counter is not None:
             self._counter.__exit__(None, None, None)
             self.flops_per_batch = float(self._counter.get_total_flops())
             self._counter = None
-            self._window = (time.perf_counter(), 0)
-            return
-        self._samples += _batch_size(batch)
-        if self._window is None or not self._due(trainer.global_step):
-            return
-        start, samples = self._window
-        elapsed = time.perf_counter() - start
-        batches = (self._samples - samples) / max(1, _batch_size(batch))
-        self.samples_per_s = (self._samples - samples) / elapsed
-        self.mfu = self.flops_per_batch * batches / elapsed / self.peak_flops if self.peak_flops else 0.0
-        pl_module.log_dict({"perf/samples_per_s": self.samples_per_s, "perf/mfu": self.mfu})
-        self._window = (time.perf_counter(), self._samples)
+        elif self._mark is not None:
+            t = self.totals
+            t["train_seconds"] += now - self._mark
+            t["samples"] += _batch_size(batch)
+            t["tokens"] += _tokens(batch)
+            t["batches"] += 1
+            if self._due(trainer.global_step):
+                pl_module.log_dict(self._rates(self._window))
+                self._window = dict(t)
+        self._mark = time.perf_counter()
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._paused_at = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._window is not None:  # validation time is not training time
-            start, samples = self._window
-            self._window = (start + time.perf_counter() - self._paused_at, samples)
+        if self._mark is not None:  # validation time is not training time
+            self._mark += time.perf_counter() - self._paused_at
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.totals["seconds"] += time.perf_counter() - self._fit_started
+        self._fit_started = time.perf_counter()
+        self.peak_flops = max(self.peak_flops, matmul_peak(self.dtype, pl_module.device))
+
+    def _rates(self, since: dict) -> dict[str, float]:
+        t = self.totals
+        seconds = max(t["train_seconds"] - since["train_seconds"], 1e-9)
+        flops = self.flops_per_batch * (t["batches"] - since["batches"]) / seconds
+        rates = {"perf/samples_per_s": (t["samples"] - since["samples"]) / seconds,
+                 "perf/mfu": min(1.0, flops / self.peak_flops) if self.peak_flops else 0.0}
+        if t["tokens"]:
+            rates["perf/tokens_per_s"] = (t["tokens"] - since["tokens"]) / seconds
+        return rates
+
+    def summary(self) -> dict:
+        """The whole run's figures for train.json; None where too few batches were timed to say."""
+        t = self.totals
+        measured = t["batches"] >= self.MIN_TIMED_BATCHES
+        rates = self._rates(dict.fromkeys(t, 0)) if measured else {}
+        return {
+            "seconds": round(t["seconds"], 1),
+            "train_seconds": round(t["train_seconds"], 1),
+            "samples_per_s": rates.get("perf/samples_per_s"),
+            "tokens_per_s": rates.get("perf/tokens_per_s"),
+            "mfu": rates.get("perf/mfu"),
+            "throughput": (f"{t['batches']} timed batches" if measured else
+                           f"not measured: {t['batches']} timed batches (need {self.MIN_TIMED_BATCHES})"),
+            "gflops_per_batch": self.flops_per_batch / 1e9,
+            "matmul_peak": {"gflops": self.peak_flops / 1e9, "dtype": str(self.dtype).removeprefix("torch."),
+                            "how": PEAK_METHOD},
+        }
 
 
 class EveryNSteps:
@@ -142,6 +223,12 @@ def _batch_size(batch) -> int:
     return len(first)
 
 
+def _tokens(batch) -> int:
+    """Predicted tokens in a batch of (N, context + 1) token windows; 0 for other data."""
+    x = batch.get("x") if isinstance(batch, dict) else None
+    return x[:, 1:].numel() if x is not None and x.ndim == 2 and not x.is_floating_point() else 0
+
+
 class EMA(WeightAveraging):
     """Lightning's weight averaging with an EMA whose decay warms up as (1 + n) / (10 + n)."""
 
@@ -153,21 +240,25 @@ class EMA(WeightAveraging):
         super().__init__(multi_avg_fn=lerp_all)
 
 
-class SampleGrid(L.Callback):
-    """At each validation, draw a fixed-seed grid with the weights being validated (EMA's when on)."""
+class SamplePreview(L.Callback):
+    """At each validation, draw fixed-seed samples with the weights being validated (EMA's when on):
+    an image grid, or continuations of a few fixed prompts, into samples/ and TensorBoard."""
 
     def __init__(self, n: int, out_dir: Path) -> None:
         self.n, self.out_dir = n, out_dir
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self.n or pl_module.modality != "image" or not trainer.is_global_zero:
+        if trainer.sanity_checking or not self.n or not trainer.is_global_zero:
             return
-        images = pl_module.preview(self.n, torch.Generator(pl_module.device).manual_seed(0))
+        samples = pl_module.preview(self.n, torch.Generator(pl_module.device).manual_seed(0))
         step = trainer.global_step
-        save_grid(images, self.out_dir / f"step_{step:06d}.png", scale=4)
+        save_samples(samples, self.out_dir / f"step_{step:06d}{SUFFIX[pl_module.modality]}")
         for logger in trainer.loggers:
-            if hasattr(logger.experiment, "add_image"):
-                logger.experiment.add_image("samples", image_grid(images), step, dataformats="HWC")
+            if isinstance(samples, list) and hasattr(logger.experiment, "add_text"):
+                # TensorBoard renders text as markdown: a code block keeps newlines and symbols as they are
+                logger.experiment.add_text("samples", "\n\n".join(f"```\n{t}\n```" for t in samples), step)
+            elif hasattr(logger.experiment, "add_image"):
+                logger.experiment.add_image("samples", image_grid(samples), step, dataformats="HWC")
 
 
 class LastCheckpoint(Checkpoint):

@@ -20,30 +20,29 @@ from genlab.training.callbacks import (
     LastCheckpoint,
     LogLines,
     ProgressBar,
-    SampleGrid,
+    SamplePreview,
     SeedEveryStep,
     Throughput,
 )
-from genlab.training.peak import matmul_peak
 
 
 def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool, manual_optimization: bool = False,
                   callbacks: list[L.Callback] = ()) -> L.Trainer:
     """Everything engineering about a fit lives here; the family module holds only research code.
 
-    With manual optimization (GANs) Lightning cannot clip or accumulate for the module: the module
-    clips in `GenerativeModel.step_optimizer`, and accumulation is refused with a clear error.
+    Clipping is `GradientWatch`'s (it needs the gradient norm anyway, so it is computed once), which
+    also covers manual optimization (GANs), where Lightning cannot clip; Lightning cannot accumulate
+    for a manually optimized module either, so accumulation is refused there with a clear error.
     """
     if manual_optimization and cfg.accumulate_grad_batches > 1:
         raise GenlabError("train.accumulate_grad_batches: this family steps its optimizers itself (manual "
                           "optimization), so only 1 is supported")
-    peak = matmul_peak(torch.bfloat16 if cfg.precision.startswith("bf16") else torch.float32)
     loggers = _loggers(cfg, paths)
     core: list[L.Callback] = [
         SeedEveryStep(cfg.seed),
-        GradientWatch(cfg.log_every),
-        Throughput(peak, cfg.log_every),
-        SampleGrid(cfg.grid_size, paths.samples),  # before EMA, so it runs while EMA weights are swapped in
+        GradientWatch(cfg.log_every, max_norm=cfg.grad_clip),
+        Throughput(torch.bfloat16 if cfg.precision.startswith("bf16") else torch.float32, cfg.log_every),
+        SamplePreview(cfg.grid_size, paths.samples),  # before EMA, so it runs while EMA weights are swapped in
     ]
     if loggers:
         core.append(LearningRateMonitor(logging_interval="step"))
@@ -74,11 +73,10 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool, ma
         devices=cfg.devices,
         strategy=cfg.strategy,
         num_nodes=cfg.num_nodes,
-        gradient_clip_val=None if manual_optimization else cfg.grad_clip,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         val_check_interval=cfg.val_every if has_validation else None,
         check_val_every_n_epoch=None,
-        limit_val_batches=None if has_validation else 0,
+        limit_val_batches=(cfg.val_batches or 1.0) if has_validation else 0,
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every,
         logger=loggers or False,

@@ -24,8 +24,10 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    source: str = "digits"  # a built-in data set or a user format (image_folder, ...)
+    source: str = "digits"  # a built-in data set or a user format (image_folder, text, ...)
     path: Path | None = None  # the user's file or folder, for user formats
+    text_field: str = "text"  # JSONL: the field that holds each document's text
+    limit: int | None = Field(None, ge=1)  # use only the first N documents
     image_size: int | None = Field(16, ge=4, le=1024)  # images are resized to this square side
     channels: Literal[1, 3] | None = None  # None: as the data comes (grey digits -> 1)
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
@@ -35,9 +37,9 @@ class DataConfig(Section):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        from genlab.data.sources import SOURCES
+        from genlab.data.registry import source_names
 
-        return _one_of(value, SOURCES)
+        return _one_of(value, source_names())
 
 
 class ModelConfig(Section):
@@ -93,9 +95,10 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(1.0, gt=0)  # max global grad norm; None disables
     accumulate_grad_batches: int = Field(1, ge=1)
     val_every: int = Field(250, ge=1)  # steps between validations (and sample grids)
+    val_batches: int | None = Field(None, ge=1)  # validate on the first N batches of the val split; None: all
     checkpoint_every: int = Field(250, ge=1)  # steps between checkpoints/last.ckpt writes
     log_every: int = Field(25, ge=1)
-    grid_size: int = Field(16, ge=0)  # samples in each grid written at validation; 0 disables
+    grid_size: int = Field(16, ge=0)  # samples previewed at each validation (image grid, text); 0 disables
     loggers: list[Literal["tensorboard", "wandb"]] = ["tensorboard"]
     wandb_project: str = "genlab"
     accelerator: str = "auto"  # auto picks a GPU when there is one, else the CPU
@@ -135,25 +138,26 @@ class RunConfig(Section):
 
 
 def _family_config(value: Any) -> ModelConfig:
-    from genlab.models import FAMILIES
+    from genlab.models.registry import family_config, family_names
 
     if not isinstance(value, dict):
         return ModelConfig.model_validate(value)  # lets pydantic name the type error
     family = value.get("family", ModelConfig().family)
-    if family not in FAMILIES:
+    if family not in family_names():
         detail = InitErrorDetails(
-            type=PydanticCustomError("unknown_name", _not_one_of(family, FAMILIES)), loc=("family",), input=family
+            type=PydanticCustomError("unknown_name", _not_one_of(family, family_names())), loc=("family",),
+            input=family,
         )
         raise ValidationError.from_exception_data("ModelConfig", [detail])
-    return FAMILIES[family].Config.model_validate(value)
+    return family_config(family).model_validate(value)
 
 
 def check_sampling(family: str, options: dict[str, Any], loc: tuple = ()) -> dict[str, Any]:
     """The family's sampling options with defaults filled in; a ValidationError locates a bad key under `loc`."""
-    from genlab.models import FAMILIES
+    from genlab.models.registry import family_sampling
 
     try:
-        return FAMILIES[family].Sampling.model_validate(options).model_dump()
+        return family_sampling(family).model_validate(options).model_dump()
     except ValidationError as err:
         details = [InitErrorDetails(type=e["type"], loc=(*loc, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
                    for e in err.errors()]
@@ -252,15 +256,16 @@ def format_errors(err: ValidationError, raw: dict) -> str:
 
 
 def _fields_at(loc: tuple, raw: dict) -> list[str]:
-    from genlab.models import FAMILIES
+    from genlab.models.registry import family_config, family_names, family_sampling
 
     family = (raw.get("model") or {}).get("family", ModelConfig().family)
+    known = family in family_names()
     if loc and loc[-1] == "sampling":
-        return list(FAMILIES[family].Sampling.model_fields) if family in FAMILIES else []
+        return list(family_sampling(family).model_fields) if known else []
     model: Any = RunConfig
     for part in loc:
         if model is RunConfig and part == "model":
-            model = FAMILIES[family].Config if family in FAMILIES else ModelConfig
+            model = family_config(family) if known else ModelConfig
             continue
         field = getattr(model, "model_fields", {}).get(part)
         model = field.annotation if field else None

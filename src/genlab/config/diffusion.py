@@ -1,0 +1,46 @@
+"""The diffusion family's config and sampling options (pydantic only: configs validate without torch)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from genlab.config import ModelConfig, Section
+
+DEFAULT_STEPS = {"ddim": 50, "dpm-solver": 20}  # ddpm: every training timestep
+
+
+class DiffusionConfig(ModelConfig):
+    family: Literal["diffusion"] = "diffusion"
+    block_out_channels: list[int] = Field([32, 64], min_length=1)  # UNet width at each resolution
+    attention: list[bool] = [False, True]  # self-attention at each resolution
+    layers_per_block: int = Field(1, ge=1)
+    norm_num_groups: int = Field(8, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    noise_schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"
+    num_train_timesteps: int = Field(1000, ge=2)
+    class_conditional: bool = False
+    cond_drop_prob: float = Field(0.1, ge=0, le=1)  # labels dropped in training, for guidance
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DiffusionConfig:
+        if len(self.attention) != len(self.block_out_channels):
+            raise ValueError(f"attention has {len(self.attention)} entries, block_out_channels has "
+                             f"{len(self.block_out_channels)}: give one per resolution")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"every block_out_channels entry must divide by norm_num_groups={self.norm_num_groups}")
+        return self
+
+
+class DiffusionSampling(Section):
+    sampler: Literal["ddpm", "ddim", "dpm-solver"] = "dpm-solver"
+    steps: int | None = Field(None, ge=1)  # None: the sampler's default (DEFAULT_STEPS; ddpm: every timestep)
+    guidance_scale: float = Field(1.0, ge=0)  # classifier-free guidance; 1.0 is plain conditional
+
+    @model_validator(mode="after")
+    def _explicit_steps(self) -> DiffusionSampling:
+        if self.steps is None and self.sampler in DEFAULT_STEPS:  # so metrics.json says how many
+            self.steps = DEFAULT_STEPS[self.sampler]
+        return self

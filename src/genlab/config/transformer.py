@@ -1,0 +1,54 @@
+"""The transformer family's config and sampling options (pydantic only: configs validate without torch)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from genlab.config import ModelConfig, Section
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1)  # rank of each adapter
+    alpha: float = Field(16.0, gt=0)  # the update is scaled by alpha / r
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"  # peft's names, e.g. [q_proj, v_proj]
+    export: Literal["merged", "adapter"] = "merged"  # model/: plain transformers weights, or a peft adapter
+
+
+class TransformerConfig(ModelConfig):
+    family: Literal["transformer"] = "transformer"
+    architecture: Literal["llama", "gpt2"] = "llama"  # llama: RoPE, RMSNorm, SwiGLU; gpt2: learned positions
+    tokenizer: Literal["char", "bpe"] = "char"  # trained on the training split only
+    vocab_size: int = Field(2048, ge=260)  # bpe only: a char vocabulary is the training text's characters
+    context: int = Field(256, ge=4)  # tokens per training window, and the longest sequence the model sees
+    layers: int = Field(4, ge=1)
+    width: int = Field(128, ge=8)
+    heads: int = Field(4, ge=1)
+    kv_heads: int | None = Field(None, ge=1)  # llama: grouped-query attention; None: one per head
+    mlp_width: int | None = Field(None, ge=8)  # None: 4 x width (gpt2); 8/3 x width, to a multiple of 32 (llama)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    tie_embeddings: bool = True
+    rope_theta: float = Field(10000.0, gt=0)
+    init_from: str | None = None  # a transformers folder or hub id: its weights and tokenizer replace the above
+    lora: LoraConfig | None = None  # train low-rank adapters only (needs init_from)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TransformerConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must divide by heads {self.heads}")
+        if self.kv_heads and self.heads % self.kv_heads:
+            raise ValueError(f"heads {self.heads} must divide by kv_heads {self.kv_heads}")
+        if self.lora is not None and self.init_from is None:
+            raise ValueError("lora trains adapters on a pretrained model: set model.init_from")
+        return self
+
+
+class TextSampling(Section):
+    max_new_tokens: int = Field(200, ge=1)
+    temperature: float = Field(1.0, ge=0)  # 0: greedy
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    stop: list[str] = []  # the text is cut before the first of these

@@ -1,0 +1,42 @@
+"""The source registry: `data.source` name -> the function that loads it, imported on first use.
+
+Listing built-ins as import paths keeps config validation free of torch and of every loader's
+dependencies; `register_source` adds a user's own loader directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+BUILTIN: dict[str, str] = {
+    "digits": "genlab.data.sources:digits",
+    "image_folder": "genlab.data.sources:image_folder",
+    "text": "genlab.data.text:text",
+    "python_docs": "genlab.data.text:python_docs",
+    "python_code": "genlab.data.text:python_code",
+}
+_registered: dict[str, Callable] = {}
+
+
+def source_names() -> list[str]:
+    return sorted({*BUILTIN, *_registered})
+
+
+def source(name: str) -> Callable:
+    if name in _registered:
+        return _registered[name]
+    module, _, attribute = BUILTIN[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def register_source(name: str) -> Callable:
+    """Decorator: `data.source: NAME` calls the decorated function with the DataConfig; it returns a `Loaded`."""
+
+    def add(fn: Callable) -> Callable:
+        if name in BUILTIN or name in _registered:
+            raise ValueError(f"data source {name!r} is registered twice")
+        _registered[name] = fn
+        return fn
+
+    return add

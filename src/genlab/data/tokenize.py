@@ -1,0 +1,49 @@
+"""Tokenizers trained on a training split, and documents packed into fixed-length token windows.
+
+Both tokenizers are `tokenizers` pipelines wrapped as a transformers fast tokenizer, so the model
+folder loads with `AutoTokenizer.from_pretrained` and no genlab code.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+EOS = "<|endoftext|>"  # between documents, and the end of a generation
+
+
+def train_tokenizer(kind: str, documents: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """'char': one token per character seen in `documents`; 'bpe': byte-level BPE of `vocab_size` tokens."""
+    if kind == "char":
+        chars = sorted(set().union(*map(set, documents)))
+        tok = Tokenizer(models.WordLevel({EOS: 0, **{c: i + 1 for i, c in enumerate(chars)}}, unk_token=EOS))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex("(?m)."), behavior="isolated")  # (?m): '.' matches \n
+        tok.decoder = decoders.Fuse()
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(documents, trainer)
+    # clean_up_tokenization_spaces would turn " ." into "." when decoding: text must round-trip
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
+                                   clean_up_tokenization_spaces=False)
+
+
+def pack(tokenizer, documents: list[str], context: int) -> torch.Tensor:
+    """Documents joined with EOS after each, cut into (N, context + 1) windows: inputs and shifted targets.
+
+    Windows overlap by one token, so every token is a target exactly once; the tail shorter than a
+    window is dropped, unless it is all there is.
+    """
+    if not documents:
+        return torch.empty(0, context + 1, dtype=torch.long)
+    eos = tokenizer.eos_token_id
+    stream = [t for ids in tokenizer(documents, add_special_tokens=False)["input_ids"] for t in (*ids, eos)]
+    if len(stream) < context + 1:
+        stream += [eos] * (context + 1 - len(stream))
+    tokens = torch.tensor(stream, dtype=torch.long)
+    n = (len(tokens) - 1) // context
+    return tokens[: n * context + 1].unfold(0, context + 1, context).contiguous()

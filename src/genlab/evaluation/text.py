@@ -1,0 +1,82 @@
+"""Text runs: loss, perplexity and bits per character on held-out text; diversity of generations.
+
+Bits per character divide the total negative log-likelihood (in bits) by the characters the
+scored tokens decode to, so models with different tokenizers compare. Distinct-n is the share of
+unique word n-grams among all n-grams of the generated continuations (Li et al., 2016).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from genlab.config import EvalConfig
+from genlab.data.sources import load_dataset
+from genlab.errors import GenlabError
+from genlab.evaluation.report import text_samples, write_report
+from genlab.run import Run, write_json
+
+PROMPT_TOKENS = 16  # each continuation starts from this many tokens of a held-out window
+
+
+@torch.no_grad()
+def held_out_loss(model, windows: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """Mean token loss, perplexity and bits per character of `windows` under `model`."""
+    model.eval()
+    nats = 0.0
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size].to(model.device)
+        nats += float(model.lm_loss(batch, reduction="sum"))
+    tokens = windows[:, 1:].numel()
+    chars = sum(len(t) for t in model.tokenizer.batch_decode(windows[:, 1:], skip_special_tokens=True))
+    loss = nats / tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "bits_per_character": nats / math.log(2) / max(chars, 1),
+            "tokens": tokens, "characters": chars}
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def evaluate_text(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str, Any]:
+    dataset = load_dataset(run.config.data)
+    split, docs = ("test", dataset.test.x) if dataset.test.x else ("val", dataset.val.x)
+    if not docs:
+        raise GenlabError("evaluate: needs held-out text; train with data.test_fraction > 0 (or val_fraction)")
+    model = run.model
+    windows = model.encode(docs)
+    scores = held_out_loss(model, windows, ev.batch_size)
+
+    picks = torch.linspace(0, len(windows) - 1, ev.num_samples).long()  # openings spread over the held-out text
+    prompts = model.tokenizer.batch_decode(windows[picks, :PROMPT_TOKENS], skip_special_tokens=True)
+    started = time.perf_counter()
+    texts = []
+    for i, start in enumerate(range(0, len(prompts), ev.batch_size)):
+        chunk = prompts[start : start + ev.batch_size]
+        texts += model.sample(len(chunk), generator=torch.Generator().manual_seed(ev.seed * 1000 + i), prompt=chunk,
+                              **options)
+    seconds = time.perf_counter() - started
+    metrics = {
+        **scores,
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "split": split,
+        "num_generated": len(texts),
+        "sampling": options,
+        "seed": ev.seed,
+        "seconds_per_sample": seconds / len(texts),
+        "examples": [{"prompt": p, "continuation": t} for p, t in zip(prompts[:8], texts[:8], strict=True)],
+    }
+    write_json(run.paths.metrics, metrics)
+    rows = [(f"loss on {split} (nats/token)", f"{scores['loss']:.4f}"), ("perplexity", f"{scores['perplexity']:.4g}"),
+            ("bits per character", f"{scores['bits_per_character']:.4f}"),
+            ("distinct-1 / distinct-2 of generations", f"{metrics['distinct_1']:.3f} / {metrics['distinct_2']:.3f}")]
+    setup = [("scored", f"{scores['tokens']:,} tokens, {scores['characters']:,} characters of the {split} split"),
+             ("generated", f"{len(texts)} continuations of {PROMPT_TOKENS}-token openings"),
+             ("sampling", ", ".join(f"{k} {v}" for k, v in options.items()) + f", seed {ev.seed}")]
+    write_report(run, rows, setup, text_samples(prompts[:8], texts[:8]))
+    return metrics

@@ -1,0 +1,56 @@
+"""The family registry: `model.family` name -> where its config, sampling options and model live.
+
+Built-in families are listed as import paths and imported on first use, so validating a config
+imports only that family's pydantic classes (`genlab.config.<family>`), never torch or Lightning.
+`register_family` adds a class directly (a user's own family, or a test's).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> (config class, sampling class, model class), each "module:attribute"
+BUILTIN: dict[str, tuple[str, str, str]] = {
+    "diffusion": ("genlab.config.diffusion:DiffusionConfig", "genlab.config.diffusion:DiffusionSampling",
+                  "genlab.models.diffusion:Diffusion"),
+    "transformer": ("genlab.config.transformer:TransformerConfig", "genlab.config.transformer:TextSampling",
+                    "genlab.models.transformer:Transformer"),
+}
+_registered: dict[str, Any] = {}  # name -> GenerativeModel subclass, added at run time
+
+
+def family_names() -> list[str]:
+    return sorted({*BUILTIN, *_registered})
+
+
+def family_config(name: str) -> Any:
+    """The family's `ModelConfig` subclass (imports pydantic classes only, for built-ins)."""
+    return _registered[name].Config if name in _registered else _resolve(BUILTIN[name][0])
+
+
+def family_sampling(name: str) -> Any:
+    return _registered[name].Sampling if name in _registered else _resolve(BUILTIN[name][1])
+
+
+def family_class(name: str) -> Any:
+    """The family's `GenerativeModel` subclass; importing it brings in torch and the training stack."""
+    return _registered[name] if name in _registered else _resolve(BUILTIN[name][2])
+
+
+def register_family(cls: Any) -> Any:
+    """Class decorator: make `cls` the family named by its config's `family` default."""
+    name = cls.Config.model_fields["family"].default
+    if name in BUILTIN or name in _registered:
+        raise ValueError(f"model family {name!r} is registered twice")
+    _registered[name] = cls
+    return cls
+
+
+def unregister_family(name: str) -> None:
+    _registered.pop(name, None)
+
+
+def _resolve(path: str) -> Any:
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)

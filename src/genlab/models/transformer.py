@@ -1,0 +1,245 @@
+"""Transformer family: a causal language model from `transformers` (Llama-style or GPT-2).
+
+Training is next-token cross-entropy on packed token windows. The tokenizer (character or
+byte-level BPE) is trained on the training split, or comes with `init_from`'s pretrained model;
+LoRA adapters through peft train only themselves. Generation is transformers' `generate` with
+its KV cache. The model folder is a transformers folder: `pipeline("text-generation", folder)`
+loads it without genlab.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
+from transformers.utils import logging as hf_logging
+
+from genlab.config import TrainConfig
+from genlab.config.transformer import TextSampling, TransformerConfig
+from genlab.data.sources import Dataset, DataSpec, Split
+from genlab.data.tokenize import pack, train_tokenizer
+from genlab.errors import GenlabError
+from genlab.models.base import GenerativeModel
+
+log = logging.getLogger("genlab")
+hf_logging.disable_progress_bar()  # per-shard bars for a model that loads in milliseconds are noise
+
+
+def hf_config(config: TransformerConfig, tokenizer) -> LlamaConfig | GPT2Config:
+    """The transformers config of a from-scratch model, sized by ours."""
+    eos = tokenizer.eos_token_id
+    ids = {"vocab_size": len(tokenizer), "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos,
+           "tie_word_embeddings": config.tie_embeddings}
+    if config.architecture == "gpt2":
+        return GPT2Config(n_positions=config.context, n_embd=config.width, n_layer=config.layers, n_head=config.heads,
+                          n_inner=config.mlp_width, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
+                          attn_pdrop=config.dropout, **ids)
+    mlp = config.mlp_width or -(-8 * config.width // 3 // 32) * 32  # SwiGLU at about the parameters of 4x
+    return LlamaConfig(hidden_size=config.width, intermediate_size=mlp, num_hidden_layers=config.layers,
+                       num_attention_heads=config.heads, num_key_value_heads=config.kv_heads or config.heads,
+                       max_position_embeddings=config.context, attention_dropout=config.dropout,
+                       rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta}, **ids)
+
+
+class Transformer(GenerativeModel):
+    Config = TransformerConfig
+    Sampling = TextSampling
+    modality = "text"
+
+    def __init__(self, config: TransformerConfig, spec: DataSpec, train: TrainConfig | None = None, *,
+                 tokenizer=None, lm=None) -> None:
+        super().__init__(config, spec, train)
+        if tokenizer is None:
+            raise GenlabError("a transformer is built with its tokenizer: use Transformer.build or from_pretrained")
+        self.tokenizer = tokenizer
+        self.context = spec.shape[0]
+        if lm is None:
+            lm = (AutoModelForCausalLM.from_pretrained(config.init_from).train() if config.init_from
+                  else AutoModelForCausalLM.from_config(hf_config(config, tokenizer)))
+            if config.lora is not None:
+                lm = _with_lora(lm, config)
+        self.lm = lm
+        self.preview_prompts = [""]
+
+    @classmethod
+    def build(cls, config: TransformerConfig, dataset: Dataset, train: TrainConfig | None = None
+              ) -> tuple[Transformer, Dataset]:
+        """Train the tokenizer on the training documents (or take init_from's), pack every split into windows."""
+        if config.init_from:
+            tokenizer = _pretrained_tokenizer(config.init_from)
+            limit = _position_limit(config.init_from)
+            context = min(config.context, limit) if limit else config.context
+        else:
+            tokenizer = train_tokenizer(config.tokenizer, dataset.train.x, config.vocab_size)
+            context = config.context
+        spec = DataSpec("text", (context,))
+        windows = [Split(pack(tokenizer, split.x, context)) for split in (dataset.train, dataset.val, dataset.test)]
+        if not len(windows[0]):
+            raise GenlabError("data: the training split holds no text to train on")
+        model = cls(config, spec, train, tokenizer=tokenizer)
+        model.preview_prompts = ["", *(_opening(doc) for doc in (dataset.val.x or dataset.train.x)[:3])]
+        return model, Dataset(spec, *windows, dataset.notes)
+
+    def encode(self, documents: list[str]) -> torch.Tensor:
+        """Documents as the model's (N, context + 1) training windows (for evaluation on held-out text)."""
+        return pack(self.tokenizer, documents, self.context)
+
+    # --- training --------------------------------------------------------------------------------
+
+    def lm_loss(self, windows: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        logits = self.lm(input_ids=windows[:, :-1], use_cache=False).logits
+        return F.cross_entropy(logits.float().flatten(0, 1), windows[:, 1:].flatten(), reduction=reduction)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.lm_loss(batch["x"])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val/loss", self.lm_loss(batch["x"]), prog_bar=True, batch_size=len(batch["x"]), sync_dist=True)
+
+    def configure_optimizers(self) -> dict:
+        if self.config.lora is not None:  # only the adapters: the base weights stay as they were
+            self.lm.requires_grad_(False)
+            for name, p in self.lm.named_parameters():
+                p.requires_grad_("lora_" in name)
+        return super().configure_optimizers()
+
+    # --- sampling --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | list[torch.Generator] | None = None,
+               prompt: str | list[str] = "", **options: Any) -> list[str]:
+        """`n` continuations of `prompt` (one, or one per sample), without the prompt; the same seed, the same text.
+
+        `generator` may be a list, one per sample: each is then drawn as if alone (as a server batches).
+        """
+        opts = TextSampling.model_validate(options)
+        prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != n:
+            raise GenlabError(f"prompt: got {len(prompts)} prompts for {n} samples")
+        if isinstance(generator, list):
+            return [self._generate([p], g, opts)[0] for p, g in zip(prompts, generator, strict=True)]
+        return self._generate(prompts, generator, opts)
+
+    def preview(self, n: int, generator: torch.Generator | None = None) -> list[str]:
+        prompts = [self.preview_prompts[i % len(self.preview_prompts)] for i in range(n)]
+        texts = self.sample(n, generator=generator, prompt=prompts, max_new_tokens=min(200, self.context),
+                            temperature=0.8)
+        return [p + t for p, t in zip(prompts, texts, strict=True)]
+
+    def _generate(self, prompts: list[str], generator: torch.Generator | None, opts: TextSampling) -> list[str]:
+        seed = int(torch.randint(2**62, (1,), generator=generator)) if generator is not None else None
+        eos = self.tokenizer.eos_token_id
+        seqs = [self._prompt_ids(p, opts.max_new_tokens) for p in prompts]
+        starts = [len(s) for s in seqs]
+        done = [False] * len(seqs)
+        remaining = opts.max_new_tokens
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            while remaining > 0 and not all(done):
+                # within one context the KV cache carries the whole generation; past it, the
+                # window slides by half a context and the cache is rebuilt once per slide
+                longest = max(len(s) for s, d in zip(seqs, done, strict=True) if not d)
+                keep = min(longest, max(self.context // 2, self.context - remaining))
+                chunk = min(remaining, self.context - keep)
+                active = [i for i, d in enumerate(done) if not d]
+                new = self._generate_chunk([seqs[i][-keep:] for i in active], chunk, opts)
+                for i, tokens in zip(active, new, strict=True):
+                    seqs[i] += tokens
+                    text = self.tokenizer.decode(seqs[i][starts[i]:])
+                    done[i] = eos in tokens or any(s in text for s in opts.stop)
+                remaining -= chunk
+        texts = []
+        for seq, start in zip(seqs, starts, strict=True):
+            gen = seq[start:]
+            text = self.tokenizer.decode(gen[: gen.index(eos)] if eos in gen else gen)
+            cuts = [text.index(s) for s in opts.stop if s in text]
+            texts.append(text[: min(cuts)] if cuts else text)
+        return texts
+
+    def _generate_chunk(self, windows: list[list[int]], new_tokens: int, opts: TextSampling) -> list[list[int]]:
+        eos = self.tokenizer.eos_token_id
+        width = max(len(w) for w in windows)  # left padding: every prompt ends where generation starts
+        ids = torch.tensor([[eos] * (width - len(w)) + w for w in windows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(w)) + [1] * len(w) for w in windows], device=self.device)
+        sampled = opts.temperature > 0
+        out = self.lm.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=sampled,
+            temperature=opts.temperature if sampled else None, top_k=opts.top_k or (0 if sampled else None),
+            top_p=opts.top_p if sampled else None, repetition_penalty=opts.repetition_penalty,
+            pad_token_id=eos, eos_token_id=eos,
+        )
+        return [row[width:].tolist() for row in out]
+
+    def _prompt_ids(self, prompt: str, max_new_tokens: int) -> list[int]:
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        ids = ids or [self.tokenizer.eos_token_id]  # an empty prompt starts a new document
+        room = self.context - min(max_new_tokens, self.context // 2)
+        if len(ids) > room:
+            log.warning(f"prompt: {len(ids)} tokens, more than the {room} that fit the model's context of "
+                        f"{self.context} with room to generate; kept the last {room}")
+            ids = ids[-room:]
+        return ids
+
+    # --- the model folder --------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        lm = self.lm
+        if self.config.lora is not None and self.config.lora.export == "merged":
+            lm = copy.deepcopy(lm).merge_and_unload()  # a plain transformers model; the adapters stay trainable here
+        lm.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        self.write_meta(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Transformer:
+        config, spec = cls.read_meta(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if (Path(path) / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(config.init_from), path)
+        else:
+            lm = AutoModelForCausalLM.from_pretrained(path)
+        return cls(config, spec, tokenizer=tokenizer, lm=lm).eval()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.lm.parameters())
+
+
+def _with_lora(lm, config: TransformerConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = config.lora
+    return get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                         target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+
+
+def _pretrained_tokenizer(name: str):
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.eos_token_id is None:
+        raise GenlabError(f"model.init_from: the tokenizer of {name} has no end-of-text token")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _position_limit(name: str) -> int | None:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(name)
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+def _opening(document: str, chars: int = 24) -> str:
+    """The start of a document, cut at a word boundary: a prompt the model has never been trained on."""
+    head = document[:chars]
+    return head[: head.rfind(" ")] if " " in head.strip() else head

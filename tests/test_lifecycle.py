@@ -1,0 +1,155 @@
+"""The life a user gives a run: re-running a finished fit, extending it, killing it before the
+export, short runs, and error paths that must answer before the training stack has loaded."""
+
+import logging
+import shutil
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import genlab
+from genlab.training.callbacks import GradientWatch, NonFiniteLoss
+
+from .conftest import tiny
+from .test_training import UNET, Crash, Poison
+
+
+def snapshot(root):
+    return {p.relative_to(root).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resuming_a_complete_run_changes_nothing_and_says_how_to_go_on(tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run.path, tmp_path / "done")
+    before = snapshot(run)
+    proc = subprocess.run([sys.executable, "-m", "genlab", "fit", "--resume", str(run)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    said = (proc.stdout + proc.stderr).strip().splitlines()
+    assert said == [f"run complete at step 30 of 30; nothing changed. Train further with: genlab fit --resume {run} "
+                    "--set train.max_steps=60"]
+    assert snapshot(run) == before, "no file is rewritten, touched or added"
+
+
+def test_a_kill_between_the_last_checkpoint_and_the_export_is_finished_by_resume(tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run.path, tmp_path / "killed")
+    shutil.rmtree(run / "model")
+    (run / "train.json").unlink()
+    resumed = genlab.fit(resume=run)
+    a, b = load_file(tiny_run.path / UNET), load_file(run / UNET)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the EMA weights are exported, as the full run did"
+    assert resumed.summary["steps"] == 30 and resumed.summary["train_seconds"] == tiny_run.summary["train_seconds"]
+
+
+def test_extending_a_finished_run_equals_training_that_long_from_the_start(tmp_path, caplog):
+    constant = tiny("train.schedule.name=constant")
+    whole = genlab.fit(None, overrides=[*constant, "train.max_steps=30"], out=tmp_path / "whole")
+    short = genlab.fit(None, overrides=[*constant, "train.max_steps=20"], out=tmp_path / "short")
+    longer = genlab.fit(resume=short.path, overrides=["train.max_steps=30"])
+    a, b = load_file(whole.path / UNET), load_file(longer.path / UNET)
+    assert longer.summary["steps"] == 30 and all(torch.equal(a[k], b[k]) for k in a)
+    assert "cosine" not in caplog.text
+
+    cosine = genlab.fit(None, overrides=tiny("train.max_steps=20"), out=tmp_path / "cosine")
+    with caplog.at_level(logging.WARNING, logger="genlab"):
+        genlab.fit(resume=cosine.path, overrides=["train.max_steps=30"])
+    assert "train.schedule cosine spans train.max_steps, which moves from 20 to 30" in caplog.text
+
+
+def test_train_json_adds_up_every_fit_call_of_a_run(tmp_path):
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        genlab.fit(None, overrides=tiny(), out=tmp_path / "r", callbacks=[Crash(20)])
+    clock = next(v for k, v in torch.load(tmp_path / "r/checkpoints/last.ckpt", weights_only=True)["callbacks"].items()
+                 if k.startswith("Throughput"))
+    assert clock["batches"] >= 15 and clock["train_seconds"] > 0
+    s = genlab.fit(resume=tmp_path / "r").summary
+    assert s["seconds"] > clock["seconds"] and s["train_seconds"] > clock["train_seconds"]
+    assert s["throughput"] == f"{clock['batches'] + 9} timed batches", "the first batch after resume is warm-up"
+
+
+def test_throughput_is_never_above_the_peak_and_says_how_the_peak_was_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr("genlab.training.callbacks.matmul_peak", lambda dtype, device: 1e6)  # a peak read far too low
+    s = genlab.fit(None, overrides=tiny("train.max_steps=10"), out=tmp_path / "r").summary
+    assert s["mfu"] == 1.0 and s["samples_per_s"] > 0
+    assert s["matmul_peak"]["dtype"] == "float32" and "at the start and at the end" in s["matmul_peak"]["how"]
+
+
+def test_a_run_too_short_to_time_says_not_measured(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "genlab", "fit", "configs/digits-diffusion.yaml",
+                           *[a for o in tiny("train.max_steps=2") for a in ("--set", o)], "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "throughput not measured: 1 timed batches (need 3)" in proc.stdout
+    s = genlab.load(tmp_path / "r").summary
+    assert s["samples_per_s"] is None and s["mfu"] is None
+
+
+class GradProbe(L.Callback):
+    """Runs after the core's callbacks: sees the gradients the optimizer will apply."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+
+def test_clipping_bounds_the_applied_gradients_and_logs_the_norm_before_clipping(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    probe = GradProbe()
+    run = genlab.fit(None, overrides=tiny("train.max_steps=10", "train.grad_clip=0.01", "train.log_every=1"),
+                     out=tmp_path / "r", callbacks=[probe])
+    assert len(probe.norms) == 10 and max(probe.norms) <= 0.01 * 1.001
+    logged = [e.value for e in EventAccumulator(str(run.paths.tb)).Reload().Scalars("train/grad_norm")]
+    assert min(logged) > 0.01, "the logged norm is the one before clipping"
+
+
+def test_deferred_nan_checks_name_the_step_and_no_checkpoint_holds_it(tmp_path, monkeypatch):
+    """What an accelerator does (check every few steps, not every step), forced on the CPU."""
+    monkeypatch.setattr(GradientWatch, "on_fit_start", lambda self, trainer, module: setattr(self, "sync_every", 7))
+    with pytest.raises(NonFiniteLoss, match=r"went non-finite at step 15") as err:
+        genlab.fit(None, overrides=tiny(), out=tmp_path / "r", callbacks=[Poison()])
+    assert err.value.step == 15
+    ckpt = torch.load(tmp_path / "r/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 10
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+LOADED = "import sys; from genlab.cli import main; {call}; " \
+         "print(sorted(m for m in ('torch', 'lightning', 'diffusers', 'torchmetrics') if m in sys.modules))"
+
+
+@pytest.mark.parametrize("args", [["info", "/no/such/dir"], ["sample", "/no/such/dir"], ["fit", "/no/such.yaml"]])
+def test_error_paths_answer_before_the_training_stack_loads(args):
+    code = LOADED.format(call=f"sys.argv = ['genlab', *{args!r}]\ntry: main()\nexcept SystemExit: pass")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", "nothing heavy was imported to say so"
+
+
+def test_info_on_a_real_run_reads_files_without_the_training_stack(tiny_run):
+    code = LOADED.format(call=f"sys.argv = ['genlab', 'info', {str(tiny_run.path)!r}]\ntry: main()\n"
+                              "except SystemExit: pass")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "family: diffusion" in proc.stdout, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_skipped_images_are_one_clean_line_on_the_command_line(tmp_path):
+    from .test_data import make_folder
+
+    make_folder(tmp_path / "images", corrupt=True)
+    proc = subprocess.run([sys.executable, "-m", "genlab", "fit", "configs/digits-diffusion.yaml",
+                           *[a for o in tiny("train.max_steps=2", "data.source=image_folder",
+                                             f"data.path={tmp_path / 'images'}") for a in ("--set", o)],
+                           "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: skipped 1 unreadable image(s) under" in proc.stderr and "dogs/broken.png" in proc.stderr
+    assert "UserWarning" not in proc.stderr and "sources.py" not in proc.stderr
+    assert any("broken.png" in n for n in genlab.load(tmp_path / "r").summary["data"]["notes"])

@@ -1,0 +1,174 @@
+"""The transformer family end to end: training, sampling, evaluation, the transformers folder,
+exact resume, starting from a pretrained folder, and LoRA."""
+
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import genlab
+from genlab.data import load_dataset
+from genlab.evaluation.text import held_out_loss
+from genlab.models import Transformer
+
+from .test_training import Crash
+
+TINY_LM = [
+    "model.family=transformer", "data.source=python_docs", "model.context=32", "model.width=32", "model.layers=2",
+    "model.heads=2", "train.batch_size=16", "train.max_steps=100", "train.val_every=50", "train.checkpoint_every=50",
+    "train.log_every=10", "train.grid_size=2", "train.progress=none", "train.optimizer.lr=0.003",
+    "eval.num_samples=6", "eval.sampling.max_new_tokens=20",
+]
+
+
+def tiny_lm(*extra):
+    return [*TINY_LM, *extra]
+
+
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory):
+    return genlab.fit(None, overrides=tiny_lm(), out=tmp_path_factory.mktemp("runs") / "lm")
+
+
+def test_training_beats_the_untrained_model_by_a_clear_margin(lm_run):
+    cfg = lm_run.config
+    trained = lm_run.model
+    untrained, _ = Transformer.build(cfg.model, load_dataset(cfg.data), cfg.train)
+    windows = trained.encode(load_dataset(cfg.data).test.x)
+    a, b = held_out_loss(trained, windows, 64), held_out_loss(untrained, windows, 64)
+    assert a["bits_per_character"] < 0.7 * b["bits_per_character"], (a, b)
+    assert (lm_run.path / "samples/step_000050.txt").read_text().strip()
+    s = lm_run.summary
+    assert s["tokens_per_s"] > 0 and s["data"]["shape"] == [32]
+
+
+def test_the_model_folder_loads_in_plain_transformers(lm_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    folder = str(lm_run.paths.model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    text = "The import statement\n  x = 1"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    assert type(AutoModelForCausalLM.from_pretrained(folder)).__name__ == "LlamaForCausalLM"
+    out = pipeline("text-generation", model=folder)("The ", max_new_tokens=10, do_sample=False)
+    assert out[0]["generated_text"].startswith("The ") and len(out[0]["generated_text"]) > 4
+
+
+def test_same_seed_same_text_and_batched_requests_match_requests_drawn_alone(lm_run):
+    model = lm_run.model
+    a = lm_run.sample(3, seed=5, prompt="The ", max_new_tokens=15)
+    assert a == lm_run.sample(3, seed=5, prompt="The ", max_new_tokens=15) and len(set(a)) > 1
+    prompts = ["The", "A much longer prompt about modules"]
+    together = model.sample(2, prompt=prompts, max_new_tokens=12, temperature=0)
+    alone = [model.sample(1, prompt=p, max_new_tokens=12, temperature=0)[0] for p in prompts]
+    assert together == alone, "left padding must not change a greedy continuation"
+    seeds = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    mixed = model.sample(2, generator=seeds, prompt=prompts, max_new_tokens=12)
+    assert mixed == [model.sample(1, generator=torch.Generator().manual_seed(s), prompt=p, max_new_tokens=12)[0]
+                     for s, p in zip((1, 2), prompts, strict=True)]
+
+
+def test_long_generations_slide_past_the_context_and_long_prompts_are_cut(lm_run, caplog):
+    model = lm_run.model
+    text = lm_run.sample(1, seed=0, prompt="x", max_new_tokens=80, stop=["<never>"])[0]
+    assert len(model.tokenizer(text)["input_ids"]) >= 60, "generation goes on past the 32-token context"
+    with caplog.at_level(logging.WARNING, logger="genlab"):
+        lm_run.sample(1, seed=0, prompt="word " * 50, max_new_tokens=5)
+    assert "prompt: 250 tokens, more than the 27 that fit" in caplog.text
+    stopped = lm_run.sample(4, seed=0, prompt="The ", max_new_tokens=60, stop=["e"])
+    assert all("e" not in s for s in stopped)
+
+
+def test_evaluate_scores_held_out_text_and_reports_continuations(lm_run):
+    m = genlab.evaluate(lm_run)
+    assert m["split"] == "test" and m["tokens"] > 1000 and m["characters"] > 1000
+    assert m["perplexity"] == pytest.approx(2.718281828 ** m["loss"])
+    assert 0 < m["distinct_1"] <= 1 and 0 < m["distinct_2"] <= 1 and m["num_generated"] == 6
+    assert 1.0 < m["bits_per_character"] < 8
+    report = lm_run.paths.report.read_text()
+    assert "bits per character" in report and report.count("<pre>") >= 6
+
+
+def test_cli_samples_text_and_rejects_image_options(lm_run, tmp_path):
+    run = str(lm_run.path)
+    proc = subprocess.run([sys.executable, "-m", "genlab", "sample", run, "--prompt", "The ", "--max-new-tokens", "20",
+                           "--seed", "1"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("The "), proc.stderr
+    again = subprocess.run([sys.executable, "-m", "genlab", "sample", run, "--prompt", "The ", "--max-new-tokens",
+                            "20", "--seed", "1", "--out", str(tmp_path / "t.txt")], capture_output=True,
+                           text=True)
+    assert again.returncode == 0 and (tmp_path / "t.txt").read_text().startswith(proc.stdout.strip())
+    bad = subprocess.run([sys.executable, "-m", "genlab", "sample", run, "--sampler", "ddim"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "sampling.sampler: unknown key" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_resume_is_exact_for_a_language_model(lm_run, tmp_path):
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        genlab.fit(None, overrides=tiny_lm(), out=tmp_path / "broken", callbacks=[Crash(70)])
+    resumed = genlab.fit(resume=tmp_path / "broken")
+    a, b = load_file(lm_run.paths.model / "model.safetensors"), load_file(resumed.paths.model / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gpt2_and_bpe_train_too(tmp_path):
+    run = genlab.fit(None, overrides=tiny_lm("model.architecture=gpt2", "model.tokenizer=bpe", "model.vocab_size=400",
+                                             "train.max_steps=10", "train.val_every=10"), out=tmp_path / "r")
+    from transformers import AutoModelForCausalLM
+
+    assert type(AutoModelForCausalLM.from_pretrained(run.paths.model)).__name__ == "GPT2LMHeadModel"
+    assert len(run.model.tokenizer) == 400 and isinstance(run.sample(1, seed=0, max_new_tokens=5)[0], str)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A small GPT-2 pretrained on the Python docs, in a transformers folder with its tokenizer, as a hub
+    model would be: what `init_from` starts from."""
+    run = genlab.fit(None, overrides=tiny_lm("model.architecture=gpt2", "model.context=64", "train.val_every=100"),
+                     out=tmp_path_factory.mktemp("hub") / "pretrained")
+    return run.paths.model
+
+
+def test_init_from_a_pretrained_folder_keeps_its_weights_and_tokenizer(pretrained, tmp_path):
+    run = genlab.fit(None, overrides=tiny_lm(f"model.init_from={pretrained}", "model.context=128",
+                                             "train.max_steps=5", "train.val_every=5"), out=tmp_path / "r")
+    assert run.model.context == 64, "the context is capped at the pretrained model's positions"
+    assert run.model.tokenizer.get_vocab() == genlab.load(pretrained.parent).model.tokenizer.get_vocab()
+    from transformers import GPT2LMHeadModel
+
+    assert isinstance(GPT2LMHeadModel.from_pretrained(run.paths.model), GPT2LMHeadModel)
+
+
+@pytest.mark.parametrize("export", ["merged", "adapter"])
+def test_lora_trains_only_adapters_and_exports_loadable_folders(pretrained, tmp_path, export):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    over = tiny_lm(f"model.init_from={pretrained}", "model.lora.r=16", f"model.lora.export={export}",
+                   "data.source=python_code", "data.limit=40", "train.max_steps=60", "train.val_every=60",
+                   "train.optimizer.lr=0.02", "train.ema.enabled=false")
+    run = genlab.fit(None, overrides=over, out=tmp_path / "r")
+    base = load_file(pretrained / "model.safetensors")
+    ckpt = torch.load(run.paths.last_checkpoint, weights_only=True)["state_dict"]
+    frozen = {k.split("base_model.model.")[-1].replace(".base_layer", ""): v for k, v in ckpt.items()
+              if "lora_" not in k}
+    assert all(torch.equal(base[k], frozen[k]) for k in base if k in frozen), "base weights bit-identical"
+    assert sum(k in frozen for k in base) >= len(base) - 1
+    windows = run.model.encode(load_dataset(run.config.data).test.x)
+    before = Transformer.build(run.config.model, load_dataset(run.config.data))[0]
+    assert held_out_loss(run.model, windows, 64)["loss"] < 0.97 * held_out_loss(before, windows, 64)["loss"]
+    folder = run.paths.model
+    if export == "adapter":
+        assert (folder / "adapter_config.json").is_file()
+        loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(pretrained), folder)
+    else:
+        assert not (folder / "adapter_config.json").exists()
+        loaded = AutoModelForCausalLM.from_pretrained(folder)
+    ids = run.model.tokenizer("The module", return_tensors="pt")["input_ids"]
+    ours = run.model.lm(ids).logits
+    assert torch.allclose(loaded(ids).logits, ours, atol=1e-4)
+    assert not torch.allclose(AutoModelForCausalLM.from_pretrained(pretrained)(ids).logits, ours, atol=1e-3), \
+        "the adapters changed the model"
