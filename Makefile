@@ -30,8 +30,10 @@ test: lint
 	$(PY) -m pytest -q
 
 bench: setup
+	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) bench/diffusion_throughput.py
 	$(PY) bench/transformer_shakespeare.py
+	$(PY) bench/seq2seq_warm_start.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -33,7 +33,7 @@ def test_a_folder_keeps_valid_text_and_reports_what_it_skipped(tmp_path, caplog)
     assert len(docs) == 13 and "caf au lait" in docs and "from jsonl" in docs and "second" in docs
     notes = " | ".join(d.notes)
     assert "empty file: 1: empty.txt" in notes and "undecodable bytes dropped: 1 bytes in 1 file(s)" in notes
-    assert "line not JSON: 1: rows.jsonl:2" in notes and "no text in field 'text': 1: rows.jsonl:3" in notes
+    assert "line not a JSON object: 1: rows.jsonl:2" in notes and "no text in field 'text': 1: rows.jsonl:3" in notes
     assert "empty file: 1" in caplog.text
 
 

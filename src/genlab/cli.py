@@ -121,6 +121,10 @@ def sample(
     top_p: Annotated[float | None, typer.Option(help="Text: nucleus sampling mass.")] = None,
     repetition_penalty: Annotated[float | None, typer.Option(help="Text: >1 discourages repeats.")] = None,
     stop: Annotated[list[str], typer.Option(help="Text: cut before this string (repeatable).")] = [],  # noqa: B006
+    source: Annotated[str | None, typer.Option(help="Seq2seq: the text to translate or summarize.")] = None,
+    source_file: Annotated[Path | None, typer.Option(help="Seq2seq: a JSONL file of sources (data.source_field); "
+                                                          "writes each record with a `prediction`.")] = None,
+    num_beams: Annotated[int | None, typer.Option(min=1, help="Seq2seq: beam search width.")] = None,
 ) -> None:
     """Draw samples from a trained run: an image grid, or text continuations."""
     import genlab
@@ -129,7 +133,13 @@ def sample(
     run = genlab.load(run_dir)
     options = sampling_options(run.config.model.family, with_given(
         run.config.eval.sampling, sampler=sampler, steps=steps, guidance_scale=guidance, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, stop=stop or None))
+        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, stop=stop or None,
+        num_beams=num_beams))
+    if source_file is not None:
+        _translate_file(run, source_file, out_file, seed, options)
+        return
+    if source is not None:
+        options["source"] = source
     text = "max_new_tokens" in options
     n = n or (1 if text else 64)
     if prompt_file is not None:
@@ -184,6 +194,30 @@ def info(
     for key, value in details.items():
         out.print(f"[bold]{key}[/bold]: {json.dumps(value) if isinstance(value, dict | list) else value}",
                   highlight=False, soft_wrap=True)
+
+
+def _translate_file(run, path: Path, out_file: Path | None, seed: int, options: dict) -> None:
+    """Batch mode of a seq2seq run: each JSONL record's source in, the record with a `prediction` out."""
+    field = run.config.data.source_field
+    if not path.is_file():
+        raise GenlabError(f"--source-file: {path} is not a file")
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise GenlabError(f"--source-file: {path}:{number} is not JSON") from None
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise GenlabError(f"--source-file: {path}:{number} has no text field {field!r} (data.source_field)")
+            records.append(record)
+    predictions = run.sample(len(records), seed=seed, source=[r[field] for r in records], **options) if records else []
+    lines = [json.dumps({**r, "prediction": p}, ensure_ascii=False) for r, p in zip(records, predictions, strict=True)]
+    if out_file is None:
+        print("\n".join(lines))
+        return
+    out_file.write_text("\n".join(lines) + "\n")
+    out.print(f"wrote {len(lines)} predictions to {out_file}")
 
 
 def _int_or_str(text: str) -> int | str:

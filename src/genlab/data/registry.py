@@ -15,6 +15,9 @@ BUILTIN: dict[str, str] = {
     "text": "genlab.data.text:text",
     "python_docs": "genlab.data.text:python_docs",
     "python_code": "genlab.data.text:python_code",
+    "pairs": "genlab.data.pairs:pairs",
+    "dates": "genlab.data.pairs:dates",
+    "docstrings": "genlab.data.pairs:docstrings",
 }
 _registered: dict[str, Callable] = {}
 

@@ -68,7 +68,7 @@ def load_dataset(cfg) -> Dataset:
     """Load `cfg.source` and split it into train/val/test by `cfg.split_seed`."""
     data: Loaded = source(cfg.source)(cfg)
     x, y = data.x, data.y
-    if data.modality == "text":
+    if isinstance(x, list):  # documents, or (source, target) pairs
         return _split_documents(data, cfg)
     if not torch.isfinite(x).all():
         raise GenlabError(f"data.source {cfg.source!r}: the data holds NaN or infinite values")
@@ -85,8 +85,8 @@ def _split_documents(data: Loaded, cfg) -> Dataset:
     """Whole documents go to one split. A single document (one .txt file) is cut into consecutive
     parts instead, train first and test last, as nanoGPT splits tiny shakespeare."""
     docs = data.x
-    spec = DataSpec("text", ())
-    if len(docs) == 1:
+    spec = DataSpec(data.modality, ())
+    if len(docs) == 1 and isinstance(docs[0], str):
         text, n = docs[0], len(docs[0])
         a, b = round(n * (1 - cfg.val_fraction - cfg.test_fraction)), round(n * (1 - cfg.test_fraction))
         parts = [[t] if t else [] for t in (text[:a], text[a:b], text[b:])]

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
 from genlab.data.sources import Loaded
@@ -66,20 +67,28 @@ def python_code(cfg) -> Loaded:
 
 def _jsonl_documents(content: str, name: str, field: str, report: _Report) -> list[str]:
     docs = []
+    for where, record in json_records(content, name, report):
+        value = record.get(field)
+        if isinstance(value, str) and value.strip():
+            docs.append(value)
+        else:
+            report.skip(f"no text in field {field!r}", where)
+    return docs
+
+
+def json_records(content: str, name: str, report: _Report) -> Iterator[tuple[str, dict]]:
+    """(file:line, record) for each JSONL line that holds a JSON object; the others are reported."""
     for number, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            report.skip("line not JSON", f"{name}:{number}")
-            continue
-        value = record.get(field) if isinstance(record, dict) else None
-        if not isinstance(value, str) or not value.strip():
-            report.skip(f"no text in field {field!r}", f"{name}:{number}")
-            continue
-        docs.append(value)
-    return docs
+            record = None
+        if isinstance(record, dict):
+            yield f"{name}:{number}", record
+        else:
+            report.skip("line not a JSON object", f"{name}:{number}")
 
 
 class _Report:
@@ -101,7 +110,7 @@ class _Report:
     def skip(self, reason: str, where: str) -> None:
         self.skipped.setdefault(reason, []).append(where)
 
-    def finish(self, docs: list[str], where: str, limit: int | None) -> Loaded:
+    def finish(self, docs: list, where: str, limit: int | None, modality: str = "text") -> Loaded:
         notes = []
         for reason, places in self.skipped.items():
             count = f"{self.bad_bytes} bytes in {len(places)} file(s)" if reason.startswith("undecodable") else \
@@ -111,4 +120,4 @@ class _Report:
             notes.append(f"{reason}: {count}: {', '.join(places)}")
         if not docs:
             raise GenlabError(f"data.path: no usable text in {where}" + (f" ({'; '.join(notes)})" if notes else ""))
-        return Loaded(docs[:limit] if limit else docs, notes=notes, modality="text")
+        return Loaded(docs[:limit] if limit else docs, notes=notes, modality=modality)

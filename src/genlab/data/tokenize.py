@@ -11,24 +11,30 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"  # between documents, and the end of a generation
+PAD = "<pad>"  # only where padding must differ from the end (seq2seq batches)
 
 
-def train_tokenizer(kind: str, documents: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """'char': one token per character seen in `documents`; 'bpe': byte-level BPE of `vocab_size` tokens."""
+def train_tokenizer(kind: str, documents: list[str], vocab_size: int, pad: bool = False) -> PreTrainedTokenizerFast:
+    """'char': one token per character seen in `documents`; 'bpe': byte-level BPE of `vocab_size` tokens.
+
+    Padding is EOS unless `pad`, which adds a token of its own.
+    """
+    specials = [EOS, PAD] if pad else [EOS]
     if kind == "char":
         chars = sorted(set().union(*map(set, documents)))
-        tok = Tokenizer(models.WordLevel({EOS: 0, **{c: i + 1 for i, c in enumerate(chars)}}, unk_token=EOS))
+        vocab = {**{s: i for i, s in enumerate(specials)}, **{c: i + len(specials) for i, c in enumerate(chars)}}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token=EOS))
         tok.pre_tokenizer = pre_tokenizers.Split(Regex("(?m)."), behavior="isolated")  # (?m): '.' matches \n
         tok.decoder = decoders.Fuse()
     else:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         tok.train_from_iterator(documents, trainer)
     # clean_up_tokenization_spaces would turn " ." into "." when decoding: text must round-trip
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD if pad else EOS,
                                    clean_up_tokenization_spaces=False)
 
 

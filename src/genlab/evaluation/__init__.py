@@ -14,7 +14,12 @@ def evaluate_run(run: Run, *, num_samples: int | None = None, seed: int | None =
     cfg = run.config
     ev = type(cfg.eval).model_validate(with_given(cfg.eval.model_dump(), num_samples=num_samples, seed=seed))
     options = sampling_options(cfg.model.family, with_given(ev.sampling, **sampling))
-    if run.model.modality == "text":
+    modality = run.model.spec.modality  # what the model was trained on: image, text, or pairs
+    if modality == "pairs":
+        from genlab.evaluation.seq2seq import evaluate_pairs
+
+        return evaluate_pairs(run, ev, options)
+    if modality == "text":
         from genlab.evaluation.text import evaluate_text
 
         return evaluate_text(run, ev, options)

@@ -89,5 +89,9 @@ class GenerativeModel(L.LightningModule):
         spec = DataSpec(spec["modality"], tuple(spec["shape"]), tuple(spec["class_names"]))
         return cls.Config.model_validate(meta["config"]), spec
 
+    def tokens_in(self, batch: dict) -> int:
+        """Tokens a training batch holds, for tokens/s; 0 for families that do not train on tokens."""
+        return 0
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

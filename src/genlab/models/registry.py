@@ -16,6 +16,8 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
                   "genlab.models.diffusion:Diffusion"),
     "transformer": ("genlab.config.transformer:TransformerConfig", "genlab.config.transformer:TextSampling",
                     "genlab.models.transformer:Transformer"),
+    "seq2seq": ("genlab.config.seq2seq:Seq2SeqConfig", "genlab.config.seq2seq:Seq2SeqSampling",
+                "genlab.models.seq2seq:Seq2Seq"),
 }
 _registered: dict[str, Any] = {}  # name -> GenerativeModel subclass, added at run time
 

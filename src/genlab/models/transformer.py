@@ -9,22 +9,22 @@ loads it without genlab.
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
 from transformers.utils import logging as hf_logging
 
-from genlab.config import TrainConfig
+from genlab.config import TrainConfig, sampling_options
 from genlab.config.transformer import TextSampling, TransformerConfig
 from genlab.data.sources import Dataset, DataSpec, Split
 from genlab.data.tokenize import pack, train_tokenizer
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
+from genlab.models.hf import load_folder, lora_wrap, save_folder
 
 log = logging.getLogger("genlab")
 hf_logging.disable_progress_bar()  # per-shard bars for a model that loads in milliseconds are noise
@@ -59,10 +59,13 @@ class Transformer(GenerativeModel):
         self.tokenizer = tokenizer
         self.context = spec.shape[0]
         if lm is None:
-            lm = (AutoModelForCausalLM.from_pretrained(config.init_from).train() if config.init_from
-                  else AutoModelForCausalLM.from_config(hf_config(config, tokenizer)))
+            if config.init_from:
+                lm = (AutoModelForCausalLM.from_pretrained(config.init_from) if config.pretrained_weights else
+                      AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config.init_from))).train()
+            else:
+                lm = AutoModelForCausalLM.from_config(hf_config(config, tokenizer))
             if config.lora is not None:
-                lm = _with_lora(lm, config)
+                lm = lora_wrap(lm, config.lora, "CAUSAL_LM")
         self.lm = lm
         self.preview_prompts = [""]
 
@@ -91,6 +94,12 @@ class Transformer(GenerativeModel):
 
     # --- training --------------------------------------------------------------------------------
 
+    def on_fit_start(self) -> None:
+        attention = self.config.attention
+        if attention == "auto":
+            attention = "eager" if self.device.type == "cpu" else "sdpa"
+        self.lm.set_attn_implementation(attention)
+
     def lm_loss(self, windows: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         logits = self.lm(input_ids=windows[:, :-1], use_cache=False).logits
         return F.cross_entropy(logits.float().flatten(0, 1), windows[:, 1:].flatten(), reduction=reduction)
@@ -100,15 +109,11 @@ class Transformer(GenerativeModel):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def tokens_in(self, batch: dict) -> int:
+        return batch["x"][:, 1:].numel()  # the predicted ones
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.log("val/loss", self.lm_loss(batch["x"]), prog_bar=True, batch_size=len(batch["x"]), sync_dist=True)
-
-    def configure_optimizers(self) -> dict:
-        if self.config.lora is not None:  # only the adapters: the base weights stay as they were
-            self.lm.requires_grad_(False)
-            for name, p in self.lm.named_parameters():
-                p.requires_grad_("lora_" in name)
-        return super().configure_optimizers()
 
     # --- sampling --------------------------------------------------------------------------------
 
@@ -119,7 +124,7 @@ class Transformer(GenerativeModel):
 
         `generator` may be a list, one per sample: each is then drawn as if alone (as a server batches).
         """
-        opts = TextSampling.model_validate(options)
+        opts = TextSampling(**sampling_options(self.config.family, options))  # ConfigError naming a bad key
         prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
         if len(prompts) != n:
             raise GenlabError(f"prompt: got {len(prompts)} prompts for {n} samples")
@@ -191,36 +196,18 @@ class Transformer(GenerativeModel):
     # --- the model folder --------------------------------------------------------------------------
 
     def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        lm = self.lm
-        if self.config.lora is not None and self.config.lora.export == "merged":
-            lm = copy.deepcopy(lm).merge_and_unload()  # a plain transformers model; the adapters stay trainable here
-        lm.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
-        self.write_meta(path)
+        save_folder(self.lm, self.tokenizer, self.config.lora, Path(path))
+        self.write_meta(Path(path))
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Transformer:
         config, spec = cls.read_meta(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if (Path(path) / "adapter_config.json").is_file():
-            from peft import PeftModel
-
-            lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(config.init_from), path)
-        else:
-            lm = AutoModelForCausalLM.from_pretrained(path)
-        return cls(config, spec, tokenizer=tokenizer, lm=lm).eval()
+        lm = load_folder(path, AutoModelForCausalLM.from_pretrained,
+                         lambda: AutoModelForCausalLM.from_pretrained(config.init_from))
+        return cls(config, spec, tokenizer=AutoTokenizer.from_pretrained(path), lm=lm).eval()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.lm.parameters())
-
-
-def _with_lora(lm, config: TransformerConfig):
-    from peft import LoraConfig, get_peft_model
-
-    lora = config.lora
-    return get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                         target_modules=lora.target_modules, task_type="CAUSAL_LM"))
 
 
 def _pretrained_tokenizer(name: str):
@@ -233,8 +220,6 @@ def _pretrained_tokenizer(name: str):
 
 
 def _position_limit(name: str) -> int | None:
-    from transformers import AutoConfig
-
     cfg = AutoConfig.from_pretrained(name)
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 

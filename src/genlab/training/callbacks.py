@@ -155,7 +155,7 @@ class Throughput(L.Callback):
             t = self.totals
             t["train_seconds"] += now - self._mark
             t["samples"] += _batch_size(batch)
-            t["tokens"] += _tokens(batch)
+            t["tokens"] += pl_module.tokens_in(batch)
             t["batches"] += 1
             if self._due(trainer.global_step):
                 pl_module.log_dict(self._rates(self._window))
@@ -223,11 +223,6 @@ def _batch_size(batch) -> int:
     return len(first)
 
 
-def _tokens(batch) -> int:
-    """Predicted tokens in a batch of (N, context + 1) token windows; 0 for other data."""
-    x = batch.get("x") if isinstance(batch, dict) else None
-    return x[:, 1:].numel() if x is not None and x.ndim == 2 and not x.is_floating_point() else 0
-
 
 class EMA(WeightAveraging):
     """Lightning's weight averaging with an EMA whose decay warms up as (1 + n) / (10 + n)."""
@@ -235,6 +230,9 @@ class EMA(WeightAveraging):
     def __init__(self, decay: float, warmup: bool) -> None:
         def lerp_all(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
             d = min(decay, (1 + n.item()) / (10 + n.item())) if warmup else decay
+            if not averaged[0].is_floating_point():  # torch groups by dtype: integer buffers (BERT's position
+                torch._foreach_copy_(averaged, current)  # ids) are copied, not averaged
+                return
             torch._foreach_lerp_(averaged, current, 1 - d)
 
         super().__init__(multi_avg_fn=lerp_all)

@@ -76,7 +76,7 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool, ma
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         val_check_interval=cfg.val_every if has_validation else None,
         check_val_every_n_epoch=None,
-        limit_val_batches=(cfg.val_batches or 1.0) if has_validation else 0,
+        limit_val_batches=cfg.val_batches if has_validation else 0,  # None: every batch
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every,
         logger=loggers or False,

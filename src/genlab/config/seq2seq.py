@@ -1,0 +1,45 @@
+"""The seq2seq family's config and sampling options (pydantic only: configs validate without torch)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from genlab.config import ModelConfig, Section
+from genlab.config.transformer import LoraConfig
+
+
+class Seq2SeqConfig(ModelConfig):
+    family: Literal["seq2seq"] = "seq2seq"
+    architecture: Literal["t5", "bart"] = "t5"
+    tokenizer: Literal["char", "bpe"] = "char"  # trained on the training pairs (sources and targets)
+    vocab_size: int = Field(2048, ge=260)  # bpe only
+    max_source_length: int = Field(128, ge=4)  # tokens; longer sources are cut (counted in train.json)
+    max_target_length: int = Field(32, ge=2)
+    layers: int = Field(2, ge=1)  # in the encoder, and again in the decoder
+    width: int = Field(128, ge=8)
+    heads: int = Field(4, ge=1)
+    mlp_width: int | None = Field(None, ge=8)  # None: 4 x width
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # a seq2seq folder or hub id (T5, BART, ...), or an encoder-only one (BERT-style), which warm-starts
+    # both halves of an encoder-decoder, as transformers' EncoderDecoderModel does
+    init_from: str | None = None
+    pretrained_weights: bool = True  # False: init_from's architecture and tokenizer, fresh weights (a baseline)
+    lora: LoraConfig | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Seq2SeqConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must divide by heads {self.heads}")
+        if self.lora is not None and self.init_from is None:
+            raise ValueError("lora trains adapters on a pretrained model: set model.init_from")
+        return self
+
+
+class Seq2SeqSampling(Section):
+    max_new_tokens: int = Field(64, ge=1)
+    num_beams: int = Field(1, ge=1)
+    temperature: float = Field(0.0, ge=0)  # 0: greedy (or beam search with num_beams > 1)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)

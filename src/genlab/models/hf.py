@@ -1,0 +1,39 @@
+"""What the text families share about Hugging Face folders: LoRA adapters through peft, and writing
+or reading a model folder that holds a transformers model (or a peft adapter) beside its tokenizer."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from genlab.config.transformer import LoraConfig
+
+ADAPTER_FILE = "adapter_config.json"  # peft writes it; its presence marks an adapter-only folder
+
+
+def lora_wrap(net: Any, lora: LoraConfig, task_type: str) -> Any:
+    """`net` with peft LoRA adapters; peft freezes everything else, so only the adapters train."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    return get_peft_model(net, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                              target_modules=lora.target_modules, task_type=task_type))
+
+
+def save_folder(net: Any, tokenizer: Any, lora: LoraConfig | None, path: Path) -> None:
+    """The model (LoRA merged into it, or the adapter alone) and its tokenizer, as transformers writes them."""
+    if lora is not None and lora.export == "merged":
+        net = copy.deepcopy(net).merge_and_unload()  # a plain transformers model; training keeps its adapters
+    net.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+def load_folder(path: Path, load: Callable[[str | Path], Any], base: Callable[[], Any]) -> Any:
+    """`load(path)`, or for an adapter folder the `base()` model with the adapter put back on."""
+    if not (Path(path) / ADAPTER_FILE).is_file():
+        return load(path)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base(), path)

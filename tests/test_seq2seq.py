@@ -1,0 +1,136 @@
+"""The seq2seq family: pair sources, training on dates to a held-out exact-match bar, translation
+metrics beside the copy baseline, the command line, and a warm start from an encoder-only folder."""
+
+import datetime
+import json
+import subprocess
+import sys
+
+import pytest
+
+import genlab
+from genlab import GenlabError, load_config
+from genlab.data import load_dataset
+from genlab.evaluation.seq2seq import rouge_l, scores
+
+TINY_DATES = [
+    "model.family=seq2seq", "data.source=dates", "data.limit=6000", "model.max_source_length=40",
+    "model.max_target_length=12", "model.width=96", "model.heads=4", "model.layers=2", "model.dropout=0.0",
+    "train.batch_size=64", "train.max_steps=600", "train.val_every=300", "train.checkpoint_every=300",
+    "train.optimizer.lr=0.003", "train.schedule.warmup_steps=30", "train.grid_size=2", "train.progress=none",
+    "train.precision=bf16-mixed", "eval.num_samples=200",
+]
+
+
+def pairs(*overrides):
+    d = load_dataset(load_config(None, list(overrides)).data)
+    return d.train.x + d.val.x + d.test.x
+
+
+def test_dates_are_many_surface_forms_of_iso_dates_drawn_from_a_seed():
+    items = pairs("data.source=dates", "data.limit=500")
+    assert items == pairs("data.source=dates", "data.limit=500") != pairs("data.source=dates", "data.limit=500",
+                                                                          "data.split_seed=1")
+    for source, target in items:
+        assert datetime.date.fromisoformat(target) and source != target
+    assert len({s.split()[0] for s, _ in items}) > 20, "many surface forms"
+
+
+def test_docstrings_pair_code_without_its_docstring_with_the_first_line():
+    items = pairs("data.source=docstrings", "data.limit=300")
+    assert len(items) == 300
+    for code, summary in items:
+        assert code.lstrip().startswith(("def ", "async def ")) and summary not in code
+
+
+def test_jsonl_pairs_keep_valid_records_and_name_the_bad_ones(tmp_path):
+    path = tmp_path / "p.jsonl"
+    good = [json.dumps({"en": f"house {i}", "fr": f"maison {i}"}) for i in range(20)]
+    path.write_text("\n".join([*good[:10], "{broken", json.dumps({"en": "no target"}), *good[10:]]))
+    d = load_dataset(load_config(None, ["data.source=pairs", f"data.path={path}", "data.source_field=en",
+                                        "data.target_field=fr"]).data)
+    assert len(d.train.x) + len(d.val.x) + len(d.test.x) == 20
+    assert any("p.jsonl:11" in n for n in d.notes) and any("p.jsonl:12" in n for n in d.notes)
+    with pytest.raises(GenlabError, match="data.path: required"):
+        load_dataset(load_config(None, ["data.source=pairs"]).data)
+
+
+def test_rouge_l_and_scores_against_known_values():
+    assert rouge_l("the cat sat", "the cat sat") == 1.0
+    assert rouge_l("the cat", "the big cat") == pytest.approx(2 * 2 / 5)
+    assert rouge_l("dog", "cat") == 0.0
+    s = scores(["1987-03-03", "2001-01-01"], ["1987-03-03", "2001-01-02"])
+    assert s["exact_match"] == 0.5 and 0 < s["chrf"] < 100
+
+
+@pytest.fixture(scope="module")
+def dates_run(tmp_path_factory):
+    return genlab.fit(None, overrides=TINY_DATES, out=tmp_path_factory.mktemp("runs") / "dates")
+
+
+def test_a_short_run_translates_held_out_dates_and_beats_copying(dates_run):
+    m = genlab.evaluate(dates_run)
+    assert m["split"] == "test" and m["num_pairs"] == 200
+    assert m["exact_match"] >= 0.8, m["examples"]
+    assert m["copy_source_baseline"]["exact_match"] == 0
+    assert m["chrf"] > 2 * m["copy_source_baseline"]["chrf"] and m["bleu"] > m["copy_source_baseline"]["bleu"]
+    report = dates_run.paths.report.read_text()
+    assert "copying the source" in report and "exact match" in report
+
+
+def test_the_folder_loads_in_transformers_and_the_cli_translates(dates_run, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    folder = dates_run.paths.model
+    tokenizer, net = AutoTokenizer.from_pretrained(folder), AutoModelForSeq2SeqLM.from_pretrained(folder)
+    ids = tokenizer("3 March 1987", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert type(net).__name__ == "T5ForConditionalGeneration" and net.generate(ids, max_new_tokens=12).shape[1] > 1
+
+    run = str(dates_run.path)
+    one = subprocess.run([sys.executable, "-m", "genlab", "sample", run, "--source", "Tuesday, 3 March 1987"],
+                         capture_output=True, text=True)
+    assert one.returncode == 0 and one.stdout.strip() == "1987-03-03", one.stdout + one.stderr
+    jobs = tmp_path / "in.jsonl"
+    jobs.write_text('{"source": "March 4, 1999", "id": 1}\n{"source": "12/06/2010", "id": 2}\n')
+    batch = subprocess.run([sys.executable, "-m", "genlab", "sample", run, "--source-file", str(jobs), "--out",
+                            str(tmp_path / "out.jsonl")], capture_output=True, text=True)
+    assert batch.returncode == 0, batch.stderr
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [o["id"] for o in out] == [1, 2] and [o["prediction"] for o in out] == ["1999-03-04", "2010-06-12"]
+    bad = subprocess.run([sys.executable, "-m", "genlab", "sample", run, "--source", "x", "--top-k", "0"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A BERT-style encoder with its WordPiece tokenizer, saved as a hub checkpoint would be."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("hub") / "tiny-bert"
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator([s + " " + t for s, t in pairs("data.source=dates", "data.limit=2000")],
+                            trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials, show_progress=False))
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(folder)
+    return folder
+
+
+def test_init_from_an_encoder_only_folder_warm_starts_an_encoder_decoder(tiny_bert, tmp_path):
+    from transformers import EncoderDecoderModel
+
+    over = [o for o in TINY_DATES if not o.startswith(("train.max_steps", "train.val_every"))]
+    run = genlab.fit(None, overrides=[*over, f"model.init_from={tiny_bert}", "train.max_steps=20",
+                                      "train.val_every=20"], out=tmp_path / "r")
+    net = EncoderDecoderModel.from_pretrained(run.paths.model)
+    assert net.config.encoder.model_type == "bert" and net.config.decoder.add_cross_attention
+    assert isinstance(genlab.load(run.path).sample(1, seed=0, source="3 march 1987")[0], str)
