@@ -33,6 +33,7 @@ bench: setup
 	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) bench/diffusion_throughput.py
 	$(PY) bench/transformer_shakespeare.py
+	$(PY) bench/transformer_levers.py
 	$(PY) bench/seq2seq_warm_start.py
 
 clean:

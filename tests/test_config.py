@@ -30,7 +30,7 @@ def test_unknown_family_names_the_key_and_the_choices():
 
 
 def test_unknown_source_names_the_key_and_the_choices():
-    with pytest.raises(ConfigError, match=r"data.source: .mnist. is not one of: dates, digits, docstrings, image_folder"):
+    with pytest.raises(ConfigError, match=r"data.source: .mnist. is not one of: dates, digits, docstrings, image_fol"):
         load_config({"data": {"source": "mnist"}})
 
 

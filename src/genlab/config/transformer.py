@@ -31,8 +31,8 @@ class TransformerConfig(ModelConfig):
     dropout: float = Field(0.0, ge=0, lt=1)
     tie_embeddings: bool = True
     rope_theta: float = Field(10000.0, gt=0)
-    # auto: eager on a CPU (torch's CPU flash-attention backward was 1.3x slower than plain matmuls at
-    # head width 32, see the shakespeare bench), sdpa on accelerators
+    # auto: eager for bf16 on a CPU (there torch's flash-attention backward made the shakespeare step 1.5x
+    # slower, bench/transformer_levers.py), sdpa elsewhere (fp32 on a CPU: sdpa is 1.15x faster)
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     init_from: str | None = None  # a transformers folder or hub id: its weights and tokenizer replace the above
     pretrained_weights: bool = True  # False: init_from's architecture and tokenizer, fresh weights (a baseline)

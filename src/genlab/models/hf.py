@@ -8,8 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from transformers.utils import logging as hf_logging
+
 from genlab.config.transformer import LoraConfig
 
+hf_logging.disable_progress_bar()  # per-shard bars for a model that loads in milliseconds are noise
 ADAPTER_FILE = "adapter_config.json"  # peft writes it; its presence marks an adapter-only folder
 
 

@@ -130,7 +130,7 @@ class Seq2Seq(GenerativeModel):
         if not texts:
             return torch.empty(0, length, dtype=torch.long)
         eos = self.tokenizer.eos_token_id
-        encoded = self.tokenizer(texts, add_special_tokens=specials)["input_ids"]
+        encoded = self.tokenizer(texts, add_special_tokens=specials, truncation=True, max_length=length)["input_ids"]
         rows = [ids if len(ids) <= length and ids[-1:] == [eos] else ids[: length - 1] + [eos] for ids in encoded]
         pad = self.tokenizer.pad_token_id
         return torch.tensor([row + [pad] * (length - len(row)) for row in rows], dtype=torch.long)

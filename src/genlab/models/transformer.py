@@ -16,7 +16,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
-from transformers.utils import logging as hf_logging
 
 from genlab.config import TrainConfig, sampling_options
 from genlab.config.transformer import TextSampling, TransformerConfig
@@ -27,7 +26,6 @@ from genlab.models.base import GenerativeModel
 from genlab.models.hf import load_folder, lora_wrap, save_folder
 
 log = logging.getLogger("genlab")
-hf_logging.disable_progress_bar()  # per-shard bars for a model that loads in milliseconds are noise
 
 
 def hf_config(config: TransformerConfig, tokenizer) -> LlamaConfig | GPT2Config:
@@ -97,7 +95,8 @@ class Transformer(GenerativeModel):
     def on_fit_start(self) -> None:
         attention = self.config.attention
         if attention == "auto":
-            attention = "eager" if self.device.type == "cpu" else "sdpa"
+            cpu_bf16 = self.device.type == "cpu" and self.train_config.precision.startswith("bf16")
+            attention = "eager" if cpu_bf16 else "sdpa"
         self.lm.set_attn_implementation(attention)
 
     def lm_loss(self, windows: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
