@@ -106,6 +106,13 @@ def test_cli_samples_text_and_rejects_image_options(lm_run, tmp_path):
     assert bad.returncode == 2 and "sampling.sampler: unknown key" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_text_options_on_an_image_run_are_a_clear_error(tiny_run):
+    proc = subprocess.run([sys.executable, "-m", "genlab", "sample", str(tiny_run.path), "--prompt", "hi"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "prompt: a diffusion model does not take it (its samples take: labels, guidance_scale" in proc.stderr
+
+
 def test_resume_is_exact_for_a_language_model(lm_run, tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         genlab.fit(None, overrides=tiny_lm(), out=tmp_path / "broken", callbacks=[Crash(70)])

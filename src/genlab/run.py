@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from functools import cached_property
 from pathlib import Path
@@ -66,6 +67,18 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _check_conditions(model: Any, conditions: dict[str, Any]) -> None:
+    """A keyword the family's `sample` does not take is a user mistake (a --prompt for an image model)."""
+    params = inspect.signature(model.sample).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # the family checks its own options
+    taken = [name for name in params if name not in ("n", "generator")]
+    for key in conditions:
+        if key not in taken:
+            raise GenlabError(f"{key}: a {model.config.family} model does not take it (its samples take: "
+                              f"{', '.join(taken)})")
+
+
 def load(path: str | Path) -> Run:
     """A run directory written by `fit`."""
     return Run(path)
@@ -95,6 +108,7 @@ class Run:
         """`n` samples from the exported model; the same seed gives the same samples."""
         import torch
 
+        _check_conditions(self.model, conditions)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         return self.model.sample(n, generator=generator, **conditions)
 
