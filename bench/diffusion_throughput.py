@@ -7,7 +7,7 @@ are timed the same way: wall-clock seconds from the start of step WARMUP to the 
 step, images per second over those steps. Rounds interleave the three (in a rotating order, so
 drift in machine load hits each alike); medians are reported. Figures only; nothing is asserted.
 
-Usage: python bench/diffusion_throughput.py [STEPS_PER_RUN] [ROUNDS] [BATCH]
+Usage: python bench/diffusion_throughput.py [STEPS_PER_RUN] [ROUNDS] [BATCH] [PRECISIONS, e.g. 32-true,bf16-mixed]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ warnings.filterwarnings("ignore")
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 60
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 BATCH = int(sys.argv[3]) if len(sys.argv) > 3 else 128
+PRECISIONS = sys.argv[4].split(",") if len(sys.argv) > 4 else ["32-true", "bf16-mixed"]
 WARMUP = 3
 DEMO = genlab.load_config("configs/digits-diffusion.yaml", [f"train.batch_size={BATCH}", "train.progress=none"])
 DATA = load_dataset(DEMO.data)
@@ -102,7 +103,7 @@ def main() -> None:
             "genlab defaults": lambda p: genlab_fit(p, lean=False)}
     print(f"{'precision':<11} {'plain img/s':>11} {'lean img/s':>10} {'lean/plain':>10} {'defaults img/s':>14} "
           f"{'defaults/plain':>14} {'of peak':>8}")
-    for precision in ("32-true", "bf16-mixed"):
+    for precision in PRECISIONS:
         figures: dict[str, list[float]] = {name: [] for name in runs}
         for r in range(ROUNDS):
             order = list(runs)[r % 3:] + list(runs)[: r % 3]
@@ -116,6 +117,8 @@ def main() -> None:
               f"{med['genlab defaults'] / med['plain']:>14.3f} {used:>8.1%}", flush=True)
         for name, values in figures.items():
             print(f"    {name:<16} rounds: {' '.join(f'{v:.0f}' for v in values)}")
+        paired = [lean / plain for lean, plain in zip(figures["genlab lean"], figures["plain"], strict=True)]
+        print(f"    lean/plain within each round: median {statistics.median(paired):.3f}")
     print(f"matmul peak: fp32 {matmul_peak(torch.float32) / 1e9:.0f} GFLOP/s, "
           f"bf16 {matmul_peak(torch.bfloat16) / 1e9:.0f} GFLOP/s")
 
