@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from genlab.config import ModelConfig, Section
-from genlab.config.transformer import LoraConfig
+from genlab.config.transformer import LoraConfig, check_text_model
 
 
 class Seq2SeqConfig(ModelConfig):
@@ -30,10 +30,7 @@ class Seq2SeqConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> Seq2SeqConfig:
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} must divide by heads {self.heads}")
-        if self.lora is not None and self.init_from is None:
-            raise ValueError("lora trains adapters on a pretrained model: set model.init_from")
+        check_text_model(self)
         return self
 
 

@@ -40,13 +40,18 @@ class TransformerConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> TransformerConfig:
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} must divide by heads {self.heads}")
+        check_text_model(self)
         if self.kv_heads and self.heads % self.kv_heads:
             raise ValueError(f"heads {self.heads} must divide by kv_heads {self.kv_heads}")
-        if self.lora is not None and self.init_from is None:
-            raise ValueError("lora trains adapters on a pretrained model: set model.init_from")
         return self
+
+
+def check_text_model(config: TransformerConfig | ModelConfig) -> None:
+    """What every text family's config must hold together (the seq2seq config shares it)."""
+    if config.width % config.heads:
+        raise ValueError(f"width {config.width} must divide by heads {config.heads}")
+    if config.lora is not None and config.init_from is None:
+        raise ValueError("lora trains adapters on a pretrained model: set model.init_from")
 
 
 class TextSampling(Section):
