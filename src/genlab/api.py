@@ -48,8 +48,9 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
     L.seed_everything(cfg.train.seed, verbose=False)
     dataset = load_dataset(cfg.data)
     model, dataset = family_class(cfg.model.family).build(cfg.model, dataset, cfg.train)
-    trainer = build_trainer(cfg.train, paths, has_validation=len(dataset.val) > 0,
-                            manual_optimization=not model.automatic_optimization, callbacks=list(callbacks))
+    trainer = build_trainer(cfg.train, paths, has_validation=len(dataset.val) > 0, monitor=model.monitor,
+                            manual_optimization=not model.automatic_optimization, callbacks=list(callbacks),
+                            judges=_judges(cfg, model, dataset, paths))
     if leader:  # only now, with data and model known good, does the run directory appear
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.config.write_text(cfg.to_yaml())
@@ -85,6 +86,16 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
 _RUN_DIR_ENV = "GENLAB_RUN_DIR"
 
 
+def _judges(cfg: RunConfig, model, dataset, paths: RunPaths) -> list[L.Callback]:
+    """Callbacks that score the validated weights for the family: a GAN's mode-collapse watch."""
+    if not model.watches_collapse or len(dataset.val) < 2:
+        return []
+    from genlab.evaluation.collapse import CollapseWatch
+
+    return [CollapseWatch(dataset.train, dataset.val, dataset.spec.num_classes, model.config.collapse_samples,
+                          cfg.eval.feature_steps, paths.eval_cache)]
+
+
 def _resolve(config, overrides, out, resume, leader: bool) -> tuple[RunConfig, RunPaths, Path | None]:
     """The config, the run directory and the checkpoint to resume from, checked before anything is written."""
     if resume is not None:
@@ -117,6 +128,38 @@ def sample_to_file(run: Run | str | Path, n: int, out: str | Path | None = None,
         samples = [conditions["prompt"] + s for s in samples]
     out = Path(out) if out is not None else run.paths.samples / f"sample_{n}_seed{seed}{SUFFIX[run.model.modality]}"
     return save_samples(samples, out)
+
+
+def upscale_files(run: Run | str | Path, source: str | Path, out: str | Path | None = None
+                  ) -> tuple[list[Path], list[str]]:
+    """Upscale an image file, or every image in a folder, with an sr_gan run. Returns the files written
+    and one line per input that could not be upscaled (the others are written all the same)."""
+    from genlab.data.sources import IMAGE_SUFFIXES
+    from genlab.images import read_image, write_image
+
+    run = run if isinstance(run, Run) else Run(run)
+    if run.config.model.family != "sr_gan":
+        raise GenlabError(f"{run.path}: a {run.config.model.family} run; upscaling needs an sr_gan run")
+    source = Path(source)
+    scale = run.config.model.scale
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        folder = Path(out) if out is not None else source.with_name(f"{source.name}_x{scale}")
+        targets = [folder / f"{f.stem}.png" for f in files]
+    elif source.is_file():
+        files, targets = [source], [Path(out) if out is not None else source.with_name(f"{source.stem}_x{scale}.png")]
+    else:
+        raise GenlabError(f"{source}: no such image file or folder")
+    written, failed = [], []
+    for file, target in zip(files, targets, strict=True):
+        try:
+            image = read_image(file)
+            written.append(write_image(run.model.upscale(image[None], name=file.name)[0], target))
+        except GenlabError as err:
+            failed.append(str(err))
+        except OSError as err:  # PIL's UnidentifiedImageError is one
+            failed.append(f"{file.name}: not a readable image ({err.__class__.__name__})")
+    return written, failed
 
 
 def _fresh_run_dir(root: Path, name: str) -> Path:

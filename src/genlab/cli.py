@@ -98,7 +98,7 @@ def fit(
         speed = f"{s['tokens_per_s']:.0f} tokens/s, " + speed
     out.print(f"trained {s['steps']} steps in {s['seconds']} s in all ({s['stopped_because']}); {speed}")
     out.print(f"run directory: {run.path}")
-    out.print(f"model (diffusers/transformers format): {run.paths.model}")
+    out.print(f"model folder: {run.paths.model}")
 
 
 @app.command()
@@ -113,6 +113,7 @@ def sample(
     steps: Annotated[int | None, typer.Option(min=1, help="Images: sampling steps.")] = None,
     label: Annotated[list[str], typer.Option(help="Images: class to draw (repeat to cycle).")] = [],  # noqa: B006
     guidance: Annotated[float | None, typer.Option(help="Images: classifier-free guidance scale.")] = None,
+    truncation: Annotated[float | None, typer.Option(help="GAN: cut latents at +-this (fidelity).")] = None,
     prompt: Annotated[str | None, typer.Option(help="Text: the prompt to continue.")] = None,
     prompt_file: Annotated[Path | None, typer.Option(help="Text: read the prompt from this file.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Text: tokens to generate.")] = None,
@@ -132,7 +133,8 @@ def sample(
 
     run = genlab.load(run_dir)
     options = sampling_options(run.config.model.family, with_given(
-        run.config.eval.sampling, sampler=sampler, steps=steps, guidance_scale=guidance, max_new_tokens=max_new_tokens,
+        run.config.eval.sampling, sampler=sampler, steps=steps, guidance_scale=guidance, truncation=truncation,
+        max_new_tokens=max_new_tokens,
         temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, stop=stop or None,
         num_beams=num_beams))
     if source_file is not None:
@@ -166,16 +168,39 @@ def evaluate(
     sampler: Annotated[str | None, typer.Option(help="ddpm | ddim | dpm-solver.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Sampling steps.")] = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
+    truncation: Annotated[float | None, typer.Option(help="GAN: cut latents at +-this.")] = None,
 ) -> None:
     """Score a run's samples against held-out data (FID, KID, class balance); writes metrics.json."""
     import genlab
 
-    metrics = genlab.evaluate(run_dir, num_samples=n, sampler=sampler, steps=steps, guidance_scale=guidance)
+    metrics = genlab.evaluate(run_dir, num_samples=n, sampler=sampler, steps=steps, guidance_scale=guidance,
+                              truncation=truncation)
     for key in ("fid", "kid_mean", "fid_real_baseline", "class_distribution_tv", "classifier_accuracy"):
         if key in metrics:
             out.print(f"{key}: {metrics[key]:.4g}")
     out.print(f"metrics: {Path(run_dir) / 'metrics.json'}")
     out.print(f"report: {Path(run_dir) / 'report.html'}")
+
+
+@app.command()
+@_user_errors
+def upscale(
+    run_dir: Annotated[Path, typer.Argument(help="An sr_gan run directory.")],
+    source: Annotated[Path, typer.Argument(help="An image file, or a folder of them.")],
+    out_path: Annotated[Path | None, typer.Option("--out", help="Output file (or folder, for a folder input); "
+                                                                 "default: beside the input, with _x2/_x4.")] = None,
+) -> None:
+    """Upscale images with a super-resolution run; a bad image is named and skipped, the rest are written."""
+    import genlab
+
+    written, failed = genlab.upscale_files(run_dir, source, out_path)
+    for line in failed:
+        err.print(f"[red]error:[/] {line}", highlight=False)
+    if written:
+        where = written[0] if len(written) == 1 else written[0].parent
+        out.print(f"wrote {len(written)} upscaled image(s) to {where}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

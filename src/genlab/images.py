@@ -32,3 +32,22 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """An image file as (C, H, W) in [0, 1], with the channels its mode has (L: 1, RGB: 3, RGBA: 4)."""
+    with Image.open(path) as im:
+        array = np.asarray(im.convert("RGB") if im.mode in ("P", "CMYK", "YCbCr") else im, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[..., None]
+    scale = 65535.0 if array.max() > 255 else 255.0  # 16-bit PNGs
+    return torch.from_numpy(array.transpose(2, 0, 1).copy()) / scale
+
+
+def write_image(image: torch.Tensor, path: str | Path) -> Path:
+    """(C, H, W) in [0, 1] -> an 8-bit PNG (or whatever the suffix says)."""
+    array = (image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+    return path

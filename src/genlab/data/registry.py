@@ -12,6 +12,7 @@ from collections.abc import Callable
 BUILTIN: dict[str, str] = {
     "digits": "genlab.data.sources:digits",
     "image_folder": "genlab.data.sources:image_folder",
+    "photos": "genlab.data.photos:photos",
     "text": "genlab.data.text:text",
     "python_docs": "genlab.data.text:python_docs",
     "python_code": "genlab.data.text:python_code",

@@ -53,6 +53,8 @@ class Loaded:
     class_names: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     modality: str = "image"
+    parts: tuple[int, int] | None = None  # a source's own split: the first a are train, the next b val, then test
+    test: torch.Tensor | None = None  # a source's own test examples when their size differs (a whole photograph)
 
 
 @dataclass
@@ -72,13 +74,18 @@ def load_dataset(cfg) -> Dataset:
         return _split_documents(data, cfg)
     if not torch.isfinite(x).all():
         raise GenlabError(f"data.source {cfg.source!r}: the data holds NaN or infinite values")
-    train, val, test = _split(len(x), y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    if data.parts is None:
+        train, val, test = _split(len(x), y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    else:
+        a, b = data.parts
+        train, val, test = np.arange(a), np.arange(a, a + b), np.arange(a + b, len(x))
     spec = DataSpec(modality=data.modality, shape=tuple(x.shape[1:]), class_names=tuple(data.class_names))
 
     def take(idx: np.ndarray) -> Split:
         return Split(x[idx], None if y is None else y[idx])
 
-    return Dataset(spec, take(train), take(val), take(test), data.notes)
+    held_out = take(test) if data.test is None else Split(data.test)
+    return Dataset(spec, take(train), take(val), held_out, data.notes)
 
 
 def _split_documents(data: Loaded, cfg) -> Dataset:

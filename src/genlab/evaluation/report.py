@@ -52,6 +52,11 @@ def image_samples(fake: torch.Tensor, real: torch.Tensor) -> str:
             f"<figure>{_png(real[:64])}<figcaption>held-out real</figcaption></figure></div>")
 
 
+def image_rows(images: torch.Tensor, per_row: int, caption: str) -> str:
+    """One figure of images laid out `per_row` a row (e.g. bicubic, upscaled, original)."""
+    return f"<figure>{_png(images, nrow=per_row)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
 def text_samples(prompts: list[str], continuations: list[str]) -> str:
     return "".join(f"<pre><b>{html.escape(p)}</b>{html.escape(c)}</pre>"
                    for p, c in zip(prompts, continuations, strict=True))
@@ -62,8 +67,8 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{cells}</table>"
 
 
-def _png(images: torch.Tensor, scale: int = 2) -> str:
-    grid = image_grid(images)
+def _png(images: torch.Tensor, scale: int = 2, nrow: int | None = None) -> str:
+    grid = image_grid(images, nrow)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     buf = io.BytesIO()

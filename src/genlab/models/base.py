@@ -8,6 +8,7 @@ itself) into training, and owns four things: `training_step`, `sample`, `save_pr
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,6 +30,10 @@ class GenerativeModel(L.LightningModule):
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     Sampling: ClassVar[type[Section]] = Section  # keyword options of `sample` that configs and the CLI may set
     modality: ClassVar[str] = "image"  # what `sample` returns: image tensors, texts, or table rows
+    task: ClassVar[str] = "generate"  # or "upscale": what `genlab evaluate` measures
+    monitor: ClassVar[str] = "val/loss"  # the validation figure that picks checkpoints/best.ckpt (lower is better)
+    watches_collapse: ClassVar[bool] = False  # score samples for mode collapse at each validation (GANs)
+    optimizer_names: ClassVar[tuple[str, ...]] = ()  # names for each optimizer's logged gradient norm
 
     def __init__(self, config: ModelConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__()
@@ -66,12 +71,50 @@ class GenerativeModel(L.LightningModule):
                                   self.train_config.val_every)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
-    def step_optimizer(self, optimizer: Any, loss: torch.Tensor) -> None:
+    def ema_module(self) -> torch.nn.Module:
+        """What the core's EMA averages (and export then saves): the whole model, or a GAN's generator."""
+        return self
+
+    def configure_each(self, *parts: tuple[torch.nn.Module, dict[str, Any]]) -> tuple[list, list]:
+        """One optimizer and schedule per (module, changes to train.optimizer), for manually optimized families:
+        changes given as None keep train.optimizer's value (a GAN's own g_lr, d_betas...)."""
+        train = self.train_config
+        if train.schedule.name == "plateau":
+            raise GenlabError("train.schedule: plateau follows val/loss after automatic steps; this family steps its "
+                              "optimizers itself: use constant, cosine or step")
+        optimizers = [build_optimizer(module, train.optimizer.model_copy(
+            update={k: v for k, v in changes.items() if v is not None})) for module, changes in parts]
+        schedules = [build_schedule(o, train.schedule, self.trainer.max_steps, train.val_every) for o in optimizers]
+        return optimizers, schedules
+
+    def step_optimizer(self, optimizer: Any, loss: torch.Tensor, *, counts_as_step: bool = True) -> None:
         """Backward and step: one update of a family that optimizes manually. The training core's
-        `GradientWatch` clips to `train.grad_clip` and checks the gradients inside `step`."""
+        `GradientWatch` clips to `train.grad_clip` and checks the gradients inside `step`.
+
+        A training step is one batch, whatever number of optimizers it updates: the one update per
+        batch that `counts_as_step` advances `trainer.global_step`, so `train.max_steps`, `val_every`
+        and `checkpoint_every` all count batches (Lightning would count every optimizer's steps).
+        """
         optimizer.zero_grad()
         self.manual_backward(loss)
-        optimizer.step()
+        if counts_as_step:
+            optimizer.step()
+            return
+        # Lightning advances its step counter through these two hooks of its optimizer wrapper
+        hooks = optimizer._on_before_step, optimizer._on_after_step
+        optimizer._on_before_step = optimizer._on_after_step = _nothing
+        try:
+            optimizer.step()
+        finally:
+            optimizer._on_before_step, optimizer._on_after_step = hooks
+
+    def step_schedules(self) -> None:
+        """Advance the learning-rate schedules once per step, for families that optimize manually."""
+        schedules = self.lr_schedulers()
+        with warnings.catch_warnings():  # a D that waits out a warm-up (SR) still follows its schedule
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            for schedule in schedules if isinstance(schedules, list) else [schedules] if schedules else []:
+                schedule.step()
 
     def write_meta(self, path: Path) -> None:
         meta = {"family": self.config.family, "config": self.config.model_dump(mode="json"),
@@ -89,9 +132,29 @@ class GenerativeModel(L.LightningModule):
         spec = DataSpec(spec["modality"], tuple(spec["shape"]), tuple(spec["class_names"]))
         return cls.Config.model_validate(meta["config"]), spec
 
+    def label_ids(self, n: int, labels: int | str | list | torch.Tensor) -> torch.Tensor:
+        """Class labels given by index or name (one for all, or one per sample) -> (n,) class ids."""
+        if isinstance(labels, int | str):
+            labels = [labels] * n
+        names = self.spec.class_names
+        ids = []
+        for label in labels.tolist() if isinstance(labels, torch.Tensor) else labels:
+            if isinstance(label, str) and label in names:
+                label = names.index(label)
+            if not isinstance(label, int) or not 0 <= label < len(names):
+                raise GenlabError(f"labels: {label!r} is not a class of this model: {', '.join(names)}")
+            ids.append(label)
+        if len(ids) != n:
+            raise GenlabError(f"labels: got {len(ids)} labels for {n} samples")
+        return torch.tensor(ids, device=self.device)
+
     def tokens_in(self, batch: dict) -> int:
         """Tokens a training batch holds, for tokens/s; 0 for families that do not train on tokens."""
         return 0
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _nothing() -> None:
+    pass

@@ -119,19 +119,7 @@ class Diffusion(GenerativeModel):
             return None
         if labels is None:
             return self._null(n)
-        if isinstance(labels, int | str):
-            labels = [labels] * n
-        names = self.spec.class_names
-        ids = []
-        for label in labels.tolist() if isinstance(labels, torch.Tensor) else labels:
-            if isinstance(label, str) and label in names:
-                label = names.index(label)
-            if not isinstance(label, int) or not 0 <= label < len(names):
-                raise GenlabError(f"labels: {label!r} is not a class of this model: {', '.join(names)}")
-            ids.append(label)
-        if len(ids) != n:
-            raise GenlabError(f"labels: got {len(ids)} labels for {n} samples")
-        return torch.tensor(ids, device=self.device)
+        return self.label_ids(n, labels)
 
     def _null(self, n: int) -> torch.Tensor:
         return torch.full((n,), self.null_class, device=self.device)

@@ -16,6 +16,8 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
                   "genlab.models.diffusion:Diffusion"),
     "transformer": ("genlab.config.transformer:TransformerConfig", "genlab.config.transformer:TextSampling",
                     "genlab.models.transformer:Transformer"),
+    "gan": ("genlab.config.gan:GANConfig", "genlab.config.gan:GANSampling", "genlab.models.gan:GAN"),
+    "sr_gan": ("genlab.config.sr_gan:SRConfig", "genlab.config.sr_gan:SRSampling", "genlab.models.sr_gan:SRGAN"),
     "seq2seq": ("genlab.config.seq2seq:Seq2SeqConfig", "genlab.config.seq2seq:Seq2SeqSampling",
                 "genlab.models.seq2seq:Seq2Seq"),
 }

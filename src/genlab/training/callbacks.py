@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, RichProgressBar, WeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from genlab.errors import GenlabError
@@ -57,6 +58,16 @@ class GradientWatch(L.Callback):
         self.log_every, self.max_norm, self.sync_every = log_every, max_norm, sync_every
         self._due = EveryNSteps(log_every)
         self._first_bad: dict[str, torch.Tensor] = {}  # what -> the step it first went non-finite (-1: never)
+        self._logged_step = -1
+
+    @staticmethod
+    def _key(trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> str:
+        """train/grad_norm, or train/grad_norm_<name> for each of several optimizers (a GAN's G and D)."""
+        names = getattr(pl_module, "optimizer_names", ())
+        if len(trainer.optimizers) < 2 or optimizer not in trainer.optimizers:
+            return "train/grad_norm"
+        i = trainer.optimizers.index(optimizer)
+        return f"train/grad_norm_{names[i] if i < len(names) else i}"
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.sync_every is None:  # a CPU has nothing to stall
@@ -76,8 +87,10 @@ class GradientWatch(L.Callback):
         # with fp16 a GradScaler skips inf steps on purpose; everywhere else they are a bug
         if trainer.precision != "16-mixed":
             self._watch(trainer, "gradient norm", norm)
-        if self._due(trainer.global_step):
-            pl_module.log("train/grad_norm", norm)
+        step = trainer.global_step
+        if self._due(step) or step == self._logged_step:  # every optimizer of a due step
+            self._logged_step = step
+            pl_module.log(self._key(trainer, pl_module, optimizer), norm)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self._raise_if_bad(trainer)  # before the file is written: no checkpoint holds a bad step
@@ -225,7 +238,9 @@ def _batch_size(batch) -> int:
 
 
 class EMA(WeightAveraging):
-    """Lightning's weight averaging with an EMA whose decay warms up as (1 + n) / (10 + n)."""
+    """Lightning's weight averaging with an EMA whose decay warms up as (1 + n) / (10 + n), over the
+    family's `ema_module()`: the whole model, or a GAN's generator alone. Checkpoints keep Lightning's
+    layout: `state_dict` holds the averaged weights (the rest as trained), `current_model_state` the raw."""
 
     def __init__(self, decay: float, warmup: bool) -> None:
         def lerp_all(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
@@ -236,6 +251,35 @@ class EMA(WeightAveraging):
             torch._foreach_lerp_(averaged, current, 1 - d)
 
         super().__init__(multi_avg_fn=lerp_all)
+        self._prefix = ""  # where the averaged module sits in the model's state_dict
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            module = pl_module.ema_module()
+            self._prefix = next(f"{name}." if name else "" for name, m in pl_module.named_modules() if m is module)
+            self._average_model = AveragedModel(module, device=self._device or pl_module.device,
+                                                use_buffers=self._use_buffers, **self._kwargs)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module.ema_module(), outputs, batch, batch_idx)
+
+    def _swap_models(self, pl_module: L.LightningModule) -> None:
+        super()._swap_models(pl_module.ema_module())
+
+    def _copy_average_to_current(self, pl_module: L.LightningModule) -> None:
+        super()._copy_average_to_current(pl_module.ema_module())
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)  # state_dict: the averaged module's keys
+        if "current_model_state" in checkpoint:
+            averaged = {self._prefix + k: v for k, v in checkpoint["state_dict"].items()}
+            checkpoint["state_dict"] = {**checkpoint["current_model_state"], **averaged}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        n = len(self._prefix)
+        state = {k[n:]: v for k, v in checkpoint["state_dict"].items() if k.startswith(self._prefix)}
+        super().on_load_checkpoint(trainer, pl_module, {**checkpoint, "state_dict": state})
 
 
 class SamplePreview(L.Callback):
@@ -303,8 +347,8 @@ class ProgressBar(RichProgressBar):
 class LogLines(L.Callback):
     """One line of progress every N steps, for logs where a live progress bar is noise."""
 
-    SHOWN = {"train/loss": "loss", "val/loss": "val_loss", "train/grad_norm": "grad_norm",
-             "perf/samples_per_s": "samples/s", "perf/mfu": "mfu"}
+    SHOWN = {"train/loss": "loss", "train/d_loss": "d_loss", "val/loss": "val_loss", "val/fid": "val_fid",
+             "train/grad_norm": "grad_norm", "perf/samples_per_s": "samples/s", "perf/mfu": "mfu"}
 
     def __init__(self, every: int) -> None:
         self._due = EveryNSteps(every)

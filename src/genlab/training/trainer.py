@@ -27,12 +27,15 @@ from genlab.training.callbacks import (
 
 
 def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool, manual_optimization: bool = False,
-                  callbacks: list[L.Callback] = ()) -> L.Trainer:
+                  monitor: str = "val/loss", judges: list[L.Callback] = (), callbacks: list[L.Callback] = ()
+                  ) -> L.Trainer:
     """Everything engineering about a fit lives here; the family module holds only research code.
 
     Clipping is `GradientWatch`'s (it needs the gradient norm anyway, so it is computed once), which
     also covers manual optimization (GANs), where Lightning cannot clip; Lightning cannot accumulate
     for a manually optimized module either, so accumulation is refused there with a clear error.
+    `judges` score the validated weights (a GAN's collapse watch), so they run while EMA's are swapped
+    in; `monitor` (the family's, lower is better) picks best.ckpt.
     """
     if manual_optimization and cfg.accumulate_grad_batches > 1:
         raise GenlabError("train.accumulate_grad_batches: this family steps its optimizers itself (manual "
@@ -43,13 +46,14 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool, ma
         GradientWatch(cfg.log_every, max_norm=cfg.grad_clip),
         Throughput(torch.bfloat16 if cfg.precision.startswith("bf16") else torch.float32, cfg.log_every),
         SamplePreview(cfg.grid_size, paths.samples),  # before EMA, so it runs while EMA weights are swapped in
+        *judges,
     ]
     if loggers:
         core.append(LearningRateMonitor(logging_interval="step"))
     if cfg.ema.enabled:
         core.append(EMA(cfg.ema.decay, cfg.ema.warmup))
     if has_validation:
-        core.append(ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor="val/loss", mode="min",
+        core.append(ModelCheckpoint(dirpath=paths.checkpoints, filename="best", monitor=monitor, mode="min",
                                     save_top_k=1, enable_version_counter=False))
     if cfg.early_stopping.enabled:
         es = cfg.early_stopping

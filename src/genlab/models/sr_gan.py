@@ -1,0 +1,223 @@
+"""Super-resolution family: x2 or x4 upscaling learned from the training images themselves.
+
+Each high-resolution batch is downscaled (bicubic, antialiased) to make its own low-resolution
+inputs, so no paired data is needed. The generator is ESRGAN-style and small: residual blocks
+without normalization, then pixel-shuffle upsampling, added to the bicubic upscaling of the input,
+so it starts at bicubic and learns what bicubic misses. Loss: L1, then (after an L1-only warm-up)
+a relativistic average adversarial loss and L1 between the discriminator's features of the
+upscaled and the real image (feature matching: no ImageNet network can be downloaded here).
+The model folder is the generator's `PyTorchModelHubMixin` folder plus genlab.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from safetensors.torch import load_model
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from genlab.config import TrainConfig
+from genlab.config.sr_gan import SRConfig, SRSampling
+from genlab.data.sources import Dataset, DataSpec
+from genlab.errors import GenlabError
+from genlab.models.base import GenerativeModel
+
+MIN_SIDE, MAX_SIDE = 4, 2048  # input sides `upscale` accepts
+
+
+def downscale(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """The low-resolution input of a high-resolution image: bicubic with antialiasing (as MATLAB's imresize)."""
+    return F.interpolate(images, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
+
+
+def bicubic(images: torch.Tensor, scale: int) -> torch.Tensor:
+    return F.interpolate(images, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def conv3(a: int, b: int) -> nn.Conv2d:
+    """3x3, padded by repeating the edge: zero padding makes a dark frame that shows on small inputs."""
+    return nn.Conv2d(a, b, 3, padding=1, padding_mode="replicate")
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv3(width, width), nn.ReLU(inplace=True), conv3(width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.2 * self.body(x)  # residual scaling keeps a deep stack stable without normalization
+
+
+class SRGenerator(nn.Module, PyTorchModelHubMixin):
+    """Low-resolution image in [-1, 1] -> `scale` times larger image, as bicubic + a learned residual."""
+
+    def __init__(self, scale: int, width: int, blocks: int, image_channels: int) -> None:
+        super().__init__()
+        self.scale = scale
+        self.head = conv3(image_channels, width)
+        self.body = nn.Sequential(*(ResidualBlock(width) for _ in range(blocks)), conv3(width, width))
+        ups: list[nn.Module] = []
+        for _ in range(scale.bit_length() - 1):  # one x2 pixel shuffle per factor of two
+            ups += [conv3(width, 4 * width), nn.PixelShuffle(2), nn.LeakyReLU(0.2, inplace=True)]
+        self.tail = nn.Sequential(*ups, conv3(width, image_channels))
+        nn.init.zeros_(self.tail[-1].weight)  # start as exactly bicubic; learn only what it misses
+        nn.init.zeros_(self.tail[-1].bias)
+
+    def forward(self, low: torch.Tensor) -> torch.Tensor:
+        h = self.head(low)
+        return bicubic(low, self.scale) + self.tail(h + self.body(h))
+
+
+class SRDiscriminator(nn.Module):
+    """Strided convolutions and a global average: scores any image size; returns the score and its features."""
+
+    def __init__(self, channels: list[int], image_channels: int) -> None:
+        super().__init__()
+        widths = [image_channels, *channels]
+        self.stages = nn.ModuleList(
+            nn.Sequential(spectral_norm(nn.Conv2d(a, b, 3, padding=1)), nn.LeakyReLU(0.2),
+                          spectral_norm(nn.Conv2d(b, b, 4, stride=2, padding=1)), nn.LeakyReLU(0.2))
+            for a, b in zip(widths, widths[1:]))
+        self.score = spectral_norm(nn.Linear(channels[-1], 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return self.score(x.mean(dim=(2, 3))).squeeze(1), features
+
+
+class SRGAN(GenerativeModel):
+    Config = SRConfig
+    Sampling = SRSampling
+    modality = "image"
+    task = "upscale"
+    optimizer_names = ("generator", "discriminator")
+
+    def __init__(self, config: SRConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
+        super().__init__(config, spec, train)
+        self.automatic_optimization = False
+        channels, size = spec.shape[0], spec.shape[-1]
+        if size % config.scale:
+            raise GenlabError(f"data.image_size: {size} must divide by model.scale={config.scale}")
+        self.generator = SRGenerator(config.scale, config.width, config.blocks, channels)
+        self.discriminator = SRDiscriminator(config.d_channels, channels)
+        self.register_buffer("preview_images", torch.empty(0), persistent=False)
+
+    @classmethod
+    def build(cls, config: SRConfig, dataset: Dataset, train: TrainConfig | None = None) -> tuple[SRGAN, Dataset]:
+        model = cls(config, dataset.spec, train)
+        model.preview_images = (dataset.val if len(dataset.val) else dataset.train).x[:3].clone()
+        return model, dataset
+
+    def ema_module(self) -> nn.Module:
+        return self.generator
+
+    def configure_optimizers(self):
+        cfg = self.config
+        return self.configure_each((self.generator, {"lr": cfg.g_lr}), (self.discriminator, {"lr": cfg.d_lr}))
+
+    # --- training --------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        cfg = self.config
+        opt_g, opt_d = self.optimizers()
+        high = batch["x"]
+        upscaled = self.generator(downscale(high, cfg.scale))
+        l1 = F.l1_loss(upscaled, high)
+        logs = {"train/l1": l1}
+        adversarial = self.global_step >= cfg.warmup_steps and (cfg.adversarial_weight or cfg.feature_weight)
+        if not adversarial:  # the PSNR stage
+            g_loss = cfg.l1_weight * l1
+        else:
+            d_real, _ = self.discriminator(high)
+            d_fake, _ = self.discriminator(upscaled.detach())
+            d_loss = _relativistic(d_real, d_fake)
+            self.step_optimizer(opt_d, d_loss, counts_as_step=False)
+            self.discriminator.requires_grad_(False)
+            d_real, real_features = self.discriminator(high)
+            d_fake, fake_features = self.discriminator(upscaled)
+            matching = sum(F.l1_loss(f, r.detach()) for f, r in zip(fake_features, real_features))
+            g_loss = (cfg.l1_weight * l1 + cfg.adversarial_weight * _relativistic(d_fake, d_real)
+                      + cfg.feature_weight * matching)
+            logs.update({"train/d_loss": d_loss, "train/feature_matching": matching,
+                         "train/d_acc": (d_real > d_fake.mean()).float().mean()})
+        self.step_optimizer(opt_g, g_loss)
+        self.discriminator.requires_grad_(True)
+        self.step_schedules()
+        self.log_dict({"train/loss": g_loss, **logs})
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        high = batch["x"]
+        upscaled = self.generator(downscale(high, self.config.scale)).clamp(-1, 1)
+        mse = F.mse_loss(upscaled / 2 + 0.5, high / 2 + 0.5, reduction="none").flatten(1).mean(1)
+        self.log_dict({"val/loss": F.l1_loss(upscaled, high), "val/psnr": (-10 * mse.log10()).mean()},
+                      batch_size=len(high), sync_dist=True)
+
+    # --- upscaling -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def upscale(self, images: torch.Tensor | list[torch.Tensor], name: str = "images"
+                ) -> torch.Tensor | list[torch.Tensor]:
+        """Images in [0, 1], (N, C, h, w) or a list of (C, h, w) of any sizes -> `scale` times larger.
+        A bad input raises a GenlabError that names it (`name`)."""
+        if isinstance(images, list):
+            return [self.upscale(image[None], f"{name}[{i}]")[0] for i, image in enumerate(images)]
+        self.check_input(images, name)
+        out = self.generator(images.to(self.device, torch.float32) * 2 - 1)
+        return (out / 2 + 0.5).clamp(0, 1)
+
+    def check_input(self, images: torch.Tensor, name: str = "images") -> None:
+        """A one-line GenlabError naming what is wrong with an input batch."""
+        want = self.spec.shape[0]
+        if images.ndim != 4:
+            raise GenlabError(f"{name}: expected (N, C, H, W), got shape {tuple(images.shape)}")
+        if images.shape[1] != want:
+            kinds = {1: "grey (1 channel)", 3: "colour (3 channels)"}
+            raise GenlabError(f"{name}: {kinds.get(images.shape[1], f'{images.shape[1]} channels')}, but this model "
+                              f"upscales {kinds.get(want, want)} images")
+        h, w = images.shape[-2:]
+        if min(h, w) < MIN_SIDE or max(h, w) > MAX_SIDE:
+            raise GenlabError(f"{name}: {w}x{h} pixels; inputs must be {MIN_SIDE} to {MAX_SIDE} pixels a side")
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None,
+               images: torch.Tensor | None = None) -> torch.Tensor:
+        """The upscaling of `images` (n of them): a super-resolution model draws nothing at random."""
+        if images is None:
+            raise GenlabError("images: an sr_gan model upscales given images: `genlab upscale RUN IN --out OUT`, "
+                              "or run.model.upscale(images)")
+        return self.upscale(images)
+
+    def preview(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Rows of (bicubic, upscaled, original) for a few fixed validation crops."""
+        high = self.preview_images / 2 + 0.5
+        if not len(high):
+            raise GenlabError("preview: this model was loaded from a folder, which holds no preview images")
+        low = downscale(high, self.config.scale)
+        rows = [bicubic(low, self.config.scale).clamp(0, 1), self.upscale(low), high]
+        return torch.stack(rows, dim=1).flatten(0, 1)
+
+    # --- the model folder --------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.generator.save_pretrained(Path(path))
+        self.write_meta(Path(path))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> SRGAN:
+        config, spec = cls.read_meta(path)
+        model = cls(config, spec)
+        model.generator = SRGenerator(**json.loads((Path(path) / "config.json").read_text()))
+        load_model(model.generator, Path(path) / "model.safetensors")
+        return model.eval()
+
+
+def _relativistic(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Relativistic average loss (ESRGAN): `a` should score above b's mean, and b below a's."""
+    return (F.softplus(-(a - b.mean())).mean() + F.softplus(b - a.mean()).mean()) / 2

@@ -1,0 +1,98 @@
+"""Super-resolution: trained on one photograph, it beats bicubic on the other; upscaling names bad inputs
+and keeps the good ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import genlab
+from genlab.cli import app
+from genlab.data import load_dataset
+from genlab.models.sr_gan import SRGenerator
+
+SR_TINY = ["data.source=photos", "data.image_size=32", "data.channels=3", "model.family=sr_gan", "model.scale=2",
+           "model.width=32", "model.blocks=4", "model.warmup_steps=100000", "train.batch_size=16",
+           "train.max_steps=250", "train.val_every=125", "train.checkpoint_every=125", "train.grid_size=9",
+           "train.optimizer.name=adam", "train.optimizer.lr=0.0005", "train.schedule.name=cosine",
+           "train.grad_clip=null", "train.ema.decay=0.99", "train.progress=none"]
+
+
+@pytest.fixture(scope="module")
+def sr_run(tmp_path_factory) -> genlab.Run:
+    return genlab.fit(None, overrides=SR_TINY, out=tmp_path_factory.mktemp("sr") / "run")
+
+
+def test_photos_train_on_china_and_test_on_flower():
+    from sklearn.datasets import load_sample_images
+
+    cfg = genlab.load_config(None, ["data.source=photos", "data.image_size=32", "data.channels=3"]).data
+    data = load_dataset(cfg)
+    flower = torch.from_numpy(np.array(load_sample_images().images[1])).permute(2, 0, 1).float() / 255 * 2 - 1
+    assert data.test.x.shape == (1, 3, 424, 640) and torch.allclose(data.test.x[0], flower[:, :424, :640])
+    assert len(data.train) == 1024 and len(data.val) == 64 and data.train.x.shape[1:] == (3, 32, 32)
+    china = torch.from_numpy(np.array(load_sample_images().images[0])).permute(2, 0, 1).float() / 255 * 2 - 1
+    left = china[..., :-160].unfold(1, 32, 1).unfold(2, 32, 1)  # every 32x32 window of the training part
+    val = data.val.x[0]
+    assert not (left == val[:, None, None]).flatten(3).all(-1).all(0).any(), "val crops come from the other part"
+
+
+def test_a_trained_model_beats_bicubic_on_the_unseen_photograph(sr_run):
+    metrics = genlab.evaluate(sr_run)
+    assert metrics["psnr"] > metrics["psnr_bicubic"] and metrics["image_size"] == [424, 640]
+    assert metrics["measured_on"] == "Y channel (BT.601)" and metrics["border_cropped"] == 2
+    assert 0 < metrics["ssim_bicubic"] < 1 and metrics["split"] == "test"
+    assert "bicubic" in (sr_run.path / "report.html").read_text()
+
+
+def test_upscale_in_python_and_the_folder_format(sr_run):
+    model = sr_run.model
+    out = model.upscale(torch.rand(2, 3, 10, 12))
+    assert out.shape == (2, 3, 20, 24) and 0 <= out.min() and out.max() <= 1
+    sizes = [o.shape for o in model.upscale([torch.rand(3, 8, 8), torch.rand(3, 5, 9)])]
+    assert sizes == [(3, 16, 16), (3, 10, 18)]
+    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    hub = SRGenerator.from_pretrained(sr_run.path / "model")  # huggingface_hub's loader, no genlab code
+    assert torch.equal(hub(x), model.generator(x))
+    with pytest.raises(genlab.GenlabError, match=r"images: grey \(1 channel\), but this model upscales colour"):
+        model.upscale(torch.rand(1, 1, 8, 8))
+    with pytest.raises(genlab.GenlabError, match="3x2 pixels; inputs must be 4 to 2048"):
+        model.upscale(torch.rand(1, 3, 2, 3))
+    with pytest.raises(genlab.GenlabError, match="genlab upscale RUN IN"):
+        sr_run.sample(4)
+
+
+def test_the_cli_upscales_a_folder_and_names_each_bad_file(sr_run, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.full((12, 10, 3), 120, np.uint8)).save(folder / "good.png")
+    Image.fromarray(np.full((12, 10), 80, np.uint8)).save(folder / "grey.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    result = CliRunner().invoke(app, ["upscale", str(sr_run.path), str(folder), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "grey.png: grey (1 channel), but this model upscales colour" in result.output
+    assert "broken.png: not a readable image" in result.output and "Traceback" not in result.output
+    with Image.open(tmp_path / "out/good.png") as im:
+        assert im.size == (20, 24) and im.mode == "RGB"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]
+
+    single = CliRunner().invoke(app, ["upscale", str(sr_run.path), str(folder / "good.png")])
+    assert single.exit_code == 0 and (folder / "good_x2.png").is_file()
+
+
+def test_upscaling_with_a_run_of_another_family_is_one_line(tiny_run, tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    result = CliRunner().invoke(app, ["upscale", str(tiny_run.path), str(tmp_path / "a.png")])
+    assert result.exit_code == 1 and "a diffusion run; upscaling needs an sr_gan run" in result.output
+
+
+def test_the_adversarial_stage_trains_both_networks(tmp_path):
+    over = [*SR_TINY, "model.warmup_steps=3", "train.max_steps=6", "train.val_every=6", "train.log_every=1"]
+    run = genlab.fit(None, overrides=over, out=tmp_path / "gan")
+    ckpt = torch.load(run.paths.last_checkpoint, weights_only=True)
+    steps = [int(next(iter(s["state"].values()))["step"]) for s in ckpt["optimizer_states"]]
+    assert steps == [6, 3], "G every step, D from the end of the L1 warm-up"
+    assert sorted((run.path / "samples").glob("*.png")), "rows of bicubic, upscaled, original"
