@@ -81,6 +81,18 @@ def test_the_folder_is_the_hub_mixin_layout_and_a_seed_gives_the_same_images(gan
     assert not torch.equal(a, genlab.load(run.path).sample(6, seed=4))
 
 
+def test_a_seed_gives_the_same_images_before_and_after_saving(gan_run, tmp_path):
+    run, _ = gan_run
+    config = run.model.config.model_copy(update={"class_conditional": True})
+    spec = genlab.data.load_dataset(run.config.data.model_copy(update={"channels": 3})).spec
+    model = GAN(config, spec).eval()  # colour, conditional, never saved
+    before = model.sample(5, generator=torch.Generator().manual_seed(7), labels=[1, 2, 3, 4, "5"], truncation=2.0)
+    model.save_pretrained(tmp_path / "m")
+    after = GAN.from_pretrained(tmp_path / "m").sample(5, generator=torch.Generator().manual_seed(7),
+                                                       labels=[1, 2, 3, 4, 5], truncation=2.0)
+    assert before.shape == (5, 3, 8, 8) and torch.equal(before, after)
+
+
 def test_truncation_draws_latents_within_the_cut(gan_run):
     run, _ = gan_run
     model = run.model

@@ -130,6 +130,39 @@ def sample_to_file(run: Run | str | Path, n: int, out: str | Path | None = None,
     return save_samples(samples, out)
 
 
+LATENT_MODES = ("reconstruct", "interpolate", "traverse")
+
+
+def latent_grid(run: Run | str | Path, mode: str, n: int = 8, *, seed: int = 0, steps: int = 8,
+                dims: list[int] | None = None, out: str | Path | None = None) -> Path:
+    """A VAE's latent space as a PNG grid, from held-out images drawn by `seed`: `reconstruct` (a row of
+    n originals over their reconstructions), `interpolate` (n rows from one image to another in `steps`),
+    `traverse` (a row per latent dimension in `dims`, each swept over `steps` values from -3 to 3)."""
+    from genlab.images import save_grid
+
+    run = run if isinstance(run, Run) else Run(run)
+    if mode not in LATENT_MODES:
+        raise GenlabError(f"mode: {mode!r} is not one of: {', '.join(LATENT_MODES)}")
+    model = run.model
+    if getattr(model, "task", "") != "autoencode":
+        raise GenlabError(f"mode: a {run.config.model.family} model has no latent space to {mode}; it needs a vae run")
+    dataset = load_dataset(run.config.data)
+    held_out = dataset.test if len(dataset.test) else dataset.val
+    pick = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed))
+    images = held_out.x[pick[: 2 * n]] / 2 + 0.5
+    if mode == "reconstruct":
+        grid, columns = torch.cat([images[:n], model.reconstruct(images[:n])]), min(n, len(images))
+    elif mode == "interpolate":
+        pairs = images[: 2 * (len(images) // 2)].view(-1, 2, *images.shape[1:])[:n]
+        grid, columns = torch.cat([model.interpolate(a, b, steps) for a, b in pairs]), steps
+    else:
+        values = torch.linspace(-3, 3, steps)
+        dims = list(range(model.config.latent_dim)) if dims is None else dims
+        grid, columns = torch.cat([model.traverse(d, values, base=images[0]) for d in dims]), steps
+    out = Path(out) if out is not None else run.paths.samples / f"{mode}_seed{seed}.png"
+    return save_grid(grid, out, nrow=columns, scale=4)
+
+
 def upscale_files(run: Run | str | Path, source: str | Path, out: str | Path | None = None
                   ) -> tuple[list[Path], list[str]]:
     """Upscale an image file, or every image in a folder, with an sr_gan run. Returns the files written

@@ -126,12 +126,22 @@ def sample(
     source_file: Annotated[Path | None, typer.Option(help="Seq2seq: a JSONL file of sources (data.source_field); "
                                                           "writes each record with a `prediction`.")] = None,
     num_beams: Annotated[int | None, typer.Option(min=1, help="Seq2seq: beam search width.")] = None,
+    mode: Annotated[str | None, typer.Option(help="VAE: reconstruct | interpolate | traverse (held-out "
+                                                  "images; --steps points per row).")] = None,
+    dim: Annotated[list[int], typer.Option(help="VAE traverse: latent dimension to sweep (repeatable; "
+                                                "default all).")] = [],  # noqa: B006
 ) -> None:
     """Draw samples from a trained run: an image grid, or text continuations."""
     import genlab
     from genlab.config import sampling_options, with_given
 
     run = genlab.load(run_dir)
+    if mode is not None:
+        from genlab.api import latent_grid
+
+        path = latent_grid(run, mode, n or 8, seed=seed, steps=steps or 8, dims=dim or None, out=out_file)
+        out.print(f"wrote the {mode} grid to {path}")
+        return
     options = sampling_options(run.config.model.family, with_given(
         run.config.eval.sampling, sampler=sampler, steps=steps, guidance_scale=guidance, truncation=truncation,
         max_new_tokens=max_new_tokens,

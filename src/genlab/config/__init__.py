@@ -116,6 +116,8 @@ class EvalConfig(Section):
     batch_size: int = Field(250, ge=1)
     seed: int = 0
     feature_steps: int = Field(600, ge=1)  # training steps of the feature classifier
+    likelihood_samples: int = Field(64, ge=1)  # importance samples of a VAE's likelihood bound (IWAE)
+    latent_images: int = Field(2000, ge=2)  # held-out images a VAE's latent figures (ELBO, MIG) are computed on
 
 
 class RunConfig(Section):

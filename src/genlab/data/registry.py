@@ -13,6 +13,7 @@ BUILTIN: dict[str, str] = {
     "digits": "genlab.data.sources:digits",
     "image_folder": "genlab.data.sources:image_folder",
     "photos": "genlab.data.photos:photos",
+    "shapes": "genlab.data.shapes:shapes",
     "text": "genlab.data.text:text",
     "python_docs": "genlab.data.text:python_docs",
     "python_code": "genlab.data.text:python_code",

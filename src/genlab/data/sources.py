@@ -39,6 +39,7 @@ class DataSpec:
 class Split:
     x: torch.Tensor | list[str]  # examples; text before tokenizing: documents
     y: torch.Tensor | None = None
+    factors: torch.Tensor | None = None  # (N, K) generative factor indices, when the source knows them (shapes)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -55,6 +56,8 @@ class Loaded:
     modality: str = "image"
     parts: tuple[int, int] | None = None  # a source's own split: the first a are train, the next b val, then test
     test: torch.Tensor | None = None  # a source's own test examples when their size differs (a whole photograph)
+    factors: torch.Tensor | None = None  # (N, K) indices of the factors that generated each example
+    factor_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Dataset:
     val: Split
     test: Split
     notes: list[str] = field(default_factory=list)  # what loading skipped or changed, for the report
+    factor_names: tuple[str, ...] = ()  # names of Split.factors' columns
 
 
 def load_dataset(cfg) -> Dataset:
@@ -82,10 +86,10 @@ def load_dataset(cfg) -> Dataset:
     spec = DataSpec(modality=data.modality, shape=tuple(x.shape[1:]), class_names=tuple(data.class_names))
 
     def take(idx: np.ndarray) -> Split:
-        return Split(x[idx], None if y is None else y[idx])
+        return Split(x[idx], None if y is None else y[idx], None if data.factors is None else data.factors[idx])
 
     held_out = take(test) if data.test is None else Split(data.test)
-    return Dataset(spec, take(train), take(val), held_out, data.notes)
+    return Dataset(spec, take(train), take(val), held_out, data.notes, data.factor_names)
 
 
 def _split_documents(data: Loaded, cfg) -> Dataset:

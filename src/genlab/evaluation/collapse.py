@@ -28,7 +28,7 @@ MIN_COVERAGE = 0.5  # under half of the classes drawn
 class CollapseWatch(L.Callback):
     """Score `n` fixed-seed samples against held-out reals at each validation (with EMA weights when on).
     The feature net is the evaluation's own (trained on the train split, cached in the run's eval/),
-    made when training starts, once the run directory exists."""
+    made at the first validation."""
 
     def __init__(self, train: Split, held_out: Split, num_classes: int, n: int, feature_steps: int,
                  cache_dir: Path) -> None:
@@ -37,15 +37,13 @@ class CollapseWatch(L.Callback):
         self.real = held_out.x[:n] / 2 + 0.5
         self.net: FeatureNet | None = None
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            self.net, _ = feature_net(self.train, self.num_classes, self.feature_steps, self.cache_dir)
-            with torch.no_grad():
-                self.real_spread = _spread(self.net(self.real))
-
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        if self.net is None:  # at the first validation, so a run that never validates never trains it
+            self.net, _ = feature_net(self.train, self.num_classes, self.feature_steps, self.cache_dir)
+            with torch.no_grad():
+                self.real_spread = _spread(self.net(self.real))
         fake = pl_module.preview(self.n, torch.Generator(pl_module.device).manual_seed(1234)).float().cpu()
         figures = collapse_figures(self.net, fake, self.real, self.real_spread, self.num_classes)
         pl_module.log_dict({"val/fid": figures["fid"], "monitor/diversity": figures["diversity"],

@@ -17,7 +17,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from genlab.config import EvalConfig
-from genlab.data.sources import load_dataset
+from genlab.data.sources import Split, load_dataset
 from genlab.errors import GenlabError
 from genlab.evaluation.features import FeatureNet, feature_net, predict
 from genlab.evaluation.report import IMAGE_METRICS, image_samples, write_report
@@ -53,6 +53,12 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[s
         metrics["generated_class_histogram"] = torch.bincount(predicted, minlength=k).tolist()
         if labels is not None:
             metrics["conditional_accuracy"] = (predicted == labels).float().mean().item()
+    if model.task == "autoencode":
+        from genlab.evaluation.latent import latent_metrics
+
+        parts = (held_out.x, held_out.y, held_out.factors)
+        subset = Split(*(None if v is None else v[: ev.latent_images] for v in parts))
+        metrics.update(latent_metrics(model, subset, dataset.factor_names, ev.likelihood_samples, seed=ev.seed))
     metrics.update({
         "feature_extractor": extractor,
         "num_generated": len(fake),

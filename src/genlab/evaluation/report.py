@@ -22,6 +22,11 @@ IMAGE_METRICS = {
     "classifier_accuracy": "feature classifier accuracy on held-out real",
     "class_distribution_tv": "class balance: total variation to the real mix (0 = same)",
     "conditional_accuracy": "generated images classified as the requested class",
+    "elbo": "ELBO (nats per image; higher is better)",
+    "nll_iwae": "NLL, importance-weighted bound (nats per image)",
+    "reconstruction_mse": "reconstruction error (MSE per pixel)",
+    "active_units": "active latent units",
+    "mig": "MIG (disentanglement, 0 to 1)",
 }
 
 

@@ -18,6 +18,7 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
                     "genlab.models.transformer:Transformer"),
     "gan": ("genlab.config.gan:GANConfig", "genlab.config.gan:GANSampling", "genlab.models.gan:GAN"),
     "sr_gan": ("genlab.config.sr_gan:SRConfig", "genlab.config.sr_gan:SRSampling", "genlab.models.sr_gan:SRGAN"),
+    "vae": ("genlab.config.vae:VAEConfig", "genlab.config.vae:VAESampling", "genlab.models.vae:VAE"),
     "seq2seq": ("genlab.config.seq2seq:Seq2SeqConfig", "genlab.config.seq2seq:Seq2SeqSampling",
                 "genlab.models.seq2seq:Seq2Seq"),
 }

@@ -1,0 +1,123 @@
+"""The image VAE: the shapes set, MIG, the latent-space methods and grids, likelihood figures, the folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import genlab
+from genlab.cli import app
+from genlab.data import load_dataset
+from genlab.evaluation.latent import mig
+from genlab.models.vae import VAE, VAENet
+
+from .conftest import tiny
+
+VAE_TINY = [o for o in tiny() if not o.startswith(("model.", "eval.sampling"))] + [
+    "model.family=vae", "model.channels=[16,32]", "model.hidden=64", "model.latent_dim=4", "train.batch_size=32",
+    "model.beta_warmup_steps=300", "train.max_steps=1200", "train.val_every=600", "train.checkpoint_every=600",
+    "train.optimizer.lr=0.002",
+    "train.ema.enabled=false", "eval.likelihood_samples=16", "eval.latent_images=200"]
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory) -> genlab.Run:
+    return genlab.fit(None, overrides=VAE_TINY, out=tmp_path_factory.mktemp("vae") / "run")
+
+
+def test_shapes_are_drawn_from_a_seed_with_their_factors():
+    def data(*extra):
+        return load_dataset(genlab.load_config(None, ["data.source=shapes", "data.limit=300", *extra]).data)
+
+    a, b, other = data(), data(), data("data.split_seed=1")
+    assert torch.equal(a.train.x, b.train.x) and not torch.equal(a.train.x, other.train.x)
+    assert a.factor_names == ("shape", "scale", "rotation", "x", "y") and a.spec.class_names == ("square", "ellipse",
+                                                                                                  "heart")
+    factors = torch.cat([a.train.factors, a.val.factors, a.test.factors])
+    assert factors.shape == (300, 5) and (factors.max(0).values < torch.tensor([3, 6, 40, 32, 32])).all()
+    assert torch.equal(a.train.y, a.train.factors[:, 0])
+    full = data("data.image_size=64")
+    assert full.spec.shape == (1, 64, 64) and set(full.train.x.unique().tolist()) == {-1.0, 1.0}, "binary"
+
+
+def test_mig_rewards_one_dimension_per_factor():
+    rng = np.random.default_rng(0)
+    factors = rng.integers(0, 10, (2000, 3))
+    aligned = factors + rng.normal(0, 0.1, factors.shape)
+    assert mig(aligned, factors)[0] > 0.9
+    mixed = np.stack([factors[:, 0] + factors[:, 1], factors[:, 0] - factors[:, 1], factors[:, 2]], 1).astype(float)
+    assert mig(mixed, factors)[0] < 0.6 * mig(aligned, factors)[0]
+    assert mig(rng.normal(size=(2000, 3)), factors)[0] < 0.05
+
+
+def test_a_trained_vae_beats_an_untrained_one_on_every_likelihood_figure(vae_run):
+    trained = genlab.evaluate(vae_run)
+    torch.manual_seed(0)
+    vae_run.__dict__["model"] = VAE(vae_run.model.config, vae_run.model.spec).eval()
+    untrained = genlab.evaluate(vae_run)
+    del vae_run.__dict__["model"]
+    assert trained["nll_iwae"] < 0.7 * untrained["nll_iwae"] and trained["elbo"] > 0.7 * untrained["elbo"]
+    assert trained["fid"] < 0.5 * untrained["fid"]
+    assert trained["nll_iwae"] <= -trained["elbo"] + 1e-3, "the importance-weighted bound is the tighter"
+    assert len(trained["kl_per_dim"]) == 4 and 1 <= trained["active_units"] <= 4
+    assert trained["iwae_samples"] == 16 and "mig" not in trained  # digits have no factors
+
+
+def test_latent_methods_and_the_folder(vae_run, tmp_path):
+    model = vae_run.model
+    images = load_dataset(vae_run.config.data).test.x[:2] / 2 + 0.5
+    ends = model.interpolate(images[0], images[1], steps=5)
+    assert ends.shape == (5, 1, 8, 8) and torch.allclose(ends[[0, -1]], model.reconstruct(images), atol=1e-6)
+    sweep = model.traverse(2, [-2.0, 0.0, 2.0])
+    codes = model.encode(sweep)[0]
+    assert sweep.shape == (3, 1, 8, 8) and not torch.equal(sweep[0], sweep[2])
+    assert codes[:, 2].argsort().tolist() == [0, 1, 2], "the swept dimension reads back in order"
+    with pytest.raises(genlab.GenlabError, match="dim: 9 is not a latent dimension of this model"):
+        model.traverse(9, [0.0])
+    with pytest.raises(genlab.GenlabError, match=r"images: expected \(N, 1, 8, 8\)"):
+        model.encode(torch.rand(2, 3, 8, 8))
+    assert {"config.json", "model.safetensors", "genlab.json"} <= {p.name for p in (vae_run.path / "model").iterdir()}
+    assert torch.equal(VAENet.from_pretrained(vae_run.path / "model")(torch.ones(1, 4)), model.net(torch.ones(1, 4)))
+    first = genlab.load(vae_run.path).sample(6, seed=2, temperature=0.8)
+    assert torch.equal(first, genlab.load(vae_run.path).sample(6, seed=2, temperature=0.8))
+
+
+def test_a_seed_gives_the_same_images_before_and_after_saving(tmp_path):
+    spec = load_dataset(genlab.load_config(None, ["data.image_size=8"]).data).spec
+    config = genlab.load_config(None, ["model.family=vae", "model.channels=[8]", "model.likelihood=gaussian"]).model
+    model = VAE(config, spec).eval()
+    before = model.sample(4, generator=torch.Generator().manual_seed(1))
+    model.save_pretrained(tmp_path / "m")
+    after = VAE.from_pretrained(tmp_path / "m").sample(4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(before, after) and model.net.log_sigma is not None
+
+
+@pytest.mark.parametrize("mode", ["reconstruct", "interpolate", "traverse"])
+def test_the_cli_writes_each_latent_grid(vae_run, tmp_path, mode):
+    out = tmp_path / f"{mode}.png"
+    result = CliRunner().invoke(app, ["sample", str(vae_run.path), "--mode", mode, "--n", "3", "--steps", "5",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as im:
+        rows = {"reconstruct": 2, "interpolate": 3, "traverse": 4}[mode]
+        columns = 3 if mode == "reconstruct" else 5
+        assert im.size == ((columns * 9 + 1) * 4, (rows * 9 + 1) * 4)
+
+
+def test_latent_modes_need_a_vae_and_a_known_mode(vae_run, tiny_run):
+    result = CliRunner().invoke(app, ["sample", str(tiny_run.path), "--mode", "traverse"])
+    assert result.exit_code == 1 and "a diffusion model has no latent space to traverse" in result.output
+    result = CliRunner().invoke(app, ["sample", str(vae_run.path), "--mode", "morph"])
+    assert result.exit_code == 1 and "mode: 'morph' is not one of: reconstruct, interpolate, traverse" in result.output
+
+
+def test_capacity_and_annealing_shape_the_kl(tmp_path):
+    over = [*VAE_TINY, "train.max_steps=600", "train.val_every=600", "eval.num_samples=100"]
+    free = genlab.fit(None, overrides=over, out=tmp_path / "free")
+    capped = genlab.fit(None, overrides=[*over, "model.capacity=0.5", "model.capacity_steps=300", "model.gamma=50"],
+                        out=tmp_path / "capped")
+    kl = {name: genlab.evaluate(run)["kl"] for name, run in (("free", free), ("capped", capped))}
+    assert abs(kl["capped"] - 0.5) < 0.1 and kl["free"] > 1.0, kl  # the cap holds; unconstrained goes past it
