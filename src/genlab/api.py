@@ -18,7 +18,7 @@ from genlab.data.datamodule import TensorDataModule
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
 from genlab.models.registry import family_class
-from genlab.outputs import SUFFIX, save_samples
+from genlab.outputs import SUFFIX, save_samples, write_table
 from genlab.run import Run, RunPaths, write_json
 from genlab.training.callbacks import NonFiniteLoss, Throughput, TrainingInterrupted
 from genlab.training.optim import lr_factor
@@ -161,6 +161,30 @@ def latent_grid(run: Run | str | Path, mode: str, n: int = 8, *, seed: int = 0, 
         grid, columns = torch.cat([model.traverse(d, values, base=images[0]) for d in dims]), steps
     out = Path(out) if out is not None else run.paths.samples / f"{mode}_seed{seed}.png"
     return save_grid(grid, out, nrow=columns, scale=4)
+
+
+def impute_file(run: Run | str | Path, source: str | Path, out: str | Path, *, seed: int = 0) -> Path:
+    """Fill the missing cells of a CSV or parquet file with a tabular run; every row, column and present
+    cell is written back as it was."""
+    run, frame = _table_run_and_rows(run, source)
+    return write_table(run.model.impute(frame, seed=seed, where=Path(source).name), out)
+
+
+def score_file(run: Run | str | Path, source: str | Path, out: str | Path, *, seed: int = 0) -> Path:
+    """The input rows with an `anomaly_score` column (higher is more anomalous), in order."""
+    run, frame = _table_run_and_rows(run, source)
+    scored = frame.assign(anomaly_score=run.model.score(frame, seed=seed, where=Path(source).name).to_numpy())
+    return write_table(scored, out)
+
+
+def _table_run_and_rows(run: Run | str | Path, source: str | Path):
+    from genlab.data.table import read_table
+
+    run = run if isinstance(run, Run) else Run(run)
+    if getattr(run.model, "task", "") != "tabular":
+        raise GenlabError(f"{run.path}: a {run.config.model.family} run; this needs a tabular_vae run")
+    frame, _ = read_table(Path(source), drop_empty=False)
+    return run, frame
 
 
 def upscale_files(run: Run | str | Path, source: str | Path, out: str | Path | None = None

@@ -194,6 +194,34 @@ def evaluate(
 
 @app.command()
 @_user_errors
+def impute(
+    run_dir: Annotated[Path, typer.Argument(help="A tabular_vae run directory.")],
+    source: Annotated[Path, typer.Argument(help="A CSV or parquet file with missing cells.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Where to write the filled table (.csv or .parquet).")],
+    seed: Annotated[int, typer.Option(help="Same seed, same imputations.")] = 0,
+) -> None:
+    """Fill a table's missing cells; every row, column and present cell is kept as it was."""
+    from genlab.api import impute_file
+
+    out.print(f"wrote the imputed table to {impute_file(run_dir, source, out_path, seed=seed)}")
+
+
+@app.command()
+@_user_errors
+def score(
+    run_dir: Annotated[Path, typer.Argument(help="A tabular_vae run directory.")],
+    source: Annotated[Path, typer.Argument(help="A CSV or parquet file of rows to score.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Where to write the rows with `anomaly_score`.")],
+    seed: Annotated[int, typer.Option(help="Same seed, same scores.")] = 0,
+) -> None:
+    """Score each row for anomaly (negative likelihood bound; higher is more anomalous)."""
+    from genlab.api import score_file
+
+    out.print(f"wrote anomaly scores to {score_file(run_dir, source, out_path, seed=seed)}")
+
+
+@app.command()
+@_user_errors
 def upscale(
     run_dir: Annotated[Path, typer.Argument(help="An sr_gan run directory.")],
     source: Annotated[Path, typer.Argument(help="An image file, or a folder of them.")],

@@ -29,6 +29,8 @@ class DataConfig(Section):
     text_field: str = "text"  # JSONL: the field that holds each document's text
     source_field: str = "source"  # JSONL pairs (seq2seq): the input text
     target_field: str = "target"  # JSONL pairs (seq2seq): the text to produce
+    target: str | None = None  # tables: the label column (kept as a column; stratifies the split)
+    normal_class: str | None = None  # tables: train on rows of this target class; the rest are test anomalies
     limit: int | None = Field(None, ge=1)  # use only the first N documents
     image_size: int | None = Field(16, ge=4, le=1024)  # images are resized to this square side
     channels: Literal[1, 3] | None = None  # None: as the data comes (grey digits -> 1)

@@ -74,6 +74,10 @@ def load_dataset(cfg) -> Dataset:
     """Load `cfg.source` and split it into train/val/test by `cfg.split_seed`."""
     data: Loaded = source(cfg.source)(cfg)
     x, y = data.x, data.y
+    if data.modality == "table":  # a DataFrame, split by rows
+        from genlab.data.table import split_table
+
+        return split_table(data, cfg)
     if isinstance(x, list):  # documents, or (source, target) pairs
         return _split_documents(data, cfg)
     if not torch.isfinite(x).all():

@@ -15,6 +15,10 @@ def evaluate_run(run: Run, *, num_samples: int | None = None, seed: int | None =
     ev = type(cfg.eval).model_validate(with_given(cfg.eval.model_dump(), num_samples=num_samples, seed=seed))
     options = sampling_options(cfg.model.family, with_given(ev.sampling, **sampling))
     modality = run.model.spec.modality  # what the model was trained on: image, text, or pairs
+    if run.model.task == "tabular":
+        from genlab.evaluation.tabular import evaluate_table
+
+        return evaluate_table(run, ev, options)
     if run.model.task == "upscale":
         from genlab.evaluation.upscale import evaluate_upscaling
 

@@ -19,6 +19,8 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
     "gan": ("genlab.config.gan:GANConfig", "genlab.config.gan:GANSampling", "genlab.models.gan:GAN"),
     "sr_gan": ("genlab.config.sr_gan:SRConfig", "genlab.config.sr_gan:SRSampling", "genlab.models.sr_gan:SRGAN"),
     "vae": ("genlab.config.vae:VAEConfig", "genlab.config.vae:VAESampling", "genlab.models.vae:VAE"),
+    "tabular_vae": ("genlab.config.tabular_vae:TabularVAEConfig", "genlab.config.tabular_vae:TabularSampling",
+                    "genlab.models.tabular_vae:TabularVAE"),
     "seq2seq": ("genlab.config.seq2seq:Seq2SeqConfig", "genlab.config.seq2seq:Seq2SeqSampling",
                 "genlab.models.seq2seq:Seq2Seq"),
 }

@@ -296,9 +296,10 @@ class SamplePreview(L.Callback):
         step = trainer.global_step
         save_samples(samples, self.out_dir / f"step_{step:06d}{SUFFIX[pl_module.modality]}")
         for logger in trainer.loggers:
-            if isinstance(samples, list) and hasattr(logger.experiment, "add_text"):
+            texts = [samples.to_string()] if hasattr(samples, "to_string") else samples  # table rows: one block
+            if isinstance(texts, list) and hasattr(logger.experiment, "add_text"):
                 # TensorBoard renders text as markdown: a code block keeps newlines and symbols as they are
-                logger.experiment.add_text("samples", "\n\n".join(f"```\n{t}\n```" for t in samples), step)
+                logger.experiment.add_text("samples", "\n\n".join(f"```\n{t}\n```" for t in texts), step)
             elif hasattr(logger.experiment, "add_image"):
                 logger.experiment.add_image("samples", image_grid(samples), step, dataformats="HWC")
 

@@ -1,0 +1,201 @@
+"""Table runs: imputation, anomaly detection and synthetic rows, each beside scikit-learn's answers
+computed in the same run on the same split.
+
+- Imputation: held-out rows with a share of their cells hidden at random (MCAR), over several seeds;
+  RMSE on numeric cells z-scored by the training statistics, accuracy on categorical cells; beside
+  SimpleImputer (mean / most frequent), KNNImputer and IterativeImputer fitted on the training rows.
+- Anomalies (when `data.normal_class` is set): AUROC of the anomaly score on the test rows, anomalies
+  being the other classes; beside IsolationForest and LocalOutlierFactor(novelty=True).
+- Synthetic rows: per-column similarity to the training rows (KS statistic for numbers, total
+  variation for categories), the mean absolute difference of the correlation matrices, and
+  train-on-synthetic / test-on-real against train-on-real when the table has a target.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import ks_2samp
+from sklearn.ensemble import IsolationForest, RandomForestClassifier, RandomForestRegressor
+from sklearn.experimental import enable_iterative_imputer  # noqa: F401  (makes IterativeImputer importable)
+from sklearn.impute import IterativeImputer, KNNImputer, SimpleImputer
+from sklearn.metrics import r2_score, roc_auc_score
+from sklearn.neighbors import LocalOutlierFactor
+
+from genlab.config import EvalConfig
+from genlab.data.columns import Columns
+from genlab.data.sources import load_dataset
+from genlab.errors import GenlabError
+from genlab.evaluation.report import write_report
+from genlab.run import Run, write_json
+
+MISSING_SHARE, SEEDS = 0.2, (0, 1, 2)
+
+
+def evaluate_table(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str, Any]:
+    data = run.config.data
+    dataset = load_dataset(data)
+    model, columns = run.model, run.model.columns
+    train = dataset.train.x
+    test = dataset.test.x
+    if not len(test):
+        raise GenlabError("evaluate: needs held-out rows; set data.test_fraction > 0 when training")
+    normal = test if data.normal_class is None else test[test[data.target].astype(str) == str(data.normal_class)]
+    metrics: dict[str, Any] = {"split": "test", "rows": {"train": len(train), "test": len(test)}}
+    started = time.perf_counter()
+    metrics["imputation"] = imputation(model, columns, train, normal, MISSING_SHARE, SEEDS)
+    metrics["imputation_seconds"] = time.perf_counter() - started
+    if data.normal_class is not None:
+        odd = test[data.target].astype(str) != str(data.normal_class)
+        metrics["anomaly"] = anomaly(model, columns, train, test, odd)
+    synthetic = model.sample(max(len(train), 200), generator=torch.Generator().manual_seed(ev.seed), **options)
+    metrics["synthetic"] = fidelity(columns, train, synthetic, test, data.target)
+    write_json(run.paths.metrics, metrics)
+    write_report(run, _rows(metrics), [("imputation", f"{MISSING_SHARE:.0%} of held-out cells hidden (MCAR), "
+                                                      f"seeds {list(SEEDS)}; sklearn fitted on the train rows")],
+                 synthetic.head(20).to_html(index=False, float_format="%.4g"))
+    return metrics
+
+
+def imputation(model, columns: Columns, train: pd.DataFrame, rows: pd.DataFrame, share: float,
+               seeds: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """RMSE (z-scored numbers) and accuracy (categories) on the hidden cells, per method, averaged over seeds."""
+    numeric = [c.name for c in columns.columns if c.kind == "numeric"]
+    categorical = [c.name for c in columns.columns if c.kind == "categorical"]
+    results: dict[str, list[dict[str, float]]] = {}
+    for seed in seeds:
+        hidden = np.random.default_rng(seed).random(rows.shape) < share
+        hidden &= rows.notna().to_numpy()
+        masked = rows.mask(hidden)
+        answers = {"genlab": model.impute(masked, seed=seed)}
+        answers.update(_sklearn_imputations(columns, train, masked))
+        for name, filled in answers.items():
+            results.setdefault(name, []).append(_imputation_errors(columns, rows, filled, hidden, numeric, categorical))
+    return {name: {k: float(np.mean([r[k] for r in runs])) for k in runs[0]} for name, runs in results.items()}
+
+
+def _imputation_errors(columns, truth, filled, hidden, numeric, categorical) -> dict[str, float]:
+    out = {}
+    if numeric:
+        idx = [truth.columns.get_loc(c) for c in numeric]
+        z_true, z_fill = columns.standardized(truth), columns.standardized(filled)
+        cells = hidden[:, idx]
+        out["rmse"] = float(np.sqrt(np.mean((z_true[cells] - z_fill[cells]) ** 2)))
+    if categorical:
+        right = [(truth[c].astype(str) == filled[c].astype(str)).to_numpy()[hidden[:, truth.columns.get_loc(c)]]
+                 for c in categorical]
+        right = np.concatenate(right)
+        out["accuracy"] = float(right.mean()) if len(right) else float("nan")
+    return out
+
+
+def _sklearn_imputations(columns: Columns, train: pd.DataFrame, masked: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each imputer on the encoded table (numbers z-scored, categories as codes, rounded back to a code)."""
+    train_x, masked_x = columns.encode(train).numpy(), columns.encode(masked).numpy()
+    cats = [i for i, c in enumerate(columns.columns) if c.kind == "categorical"]
+    nums = [i for i, c in enumerate(columns.columns) if c.kind == "numeric"]
+    simple = np.empty_like(masked_x)
+    if nums:
+        simple[:, nums] = SimpleImputer(strategy="mean").fit(train_x[:, nums]).transform(masked_x[:, nums])
+    if cats:
+        simple[:, cats] = SimpleImputer(strategy="most_frequent").fit(train_x[:, cats]).transform(masked_x[:, cats])
+    out = {"mean / most frequent": simple,
+           "KNNImputer": KNNImputer().fit(train_x).transform(masked_x),
+           "IterativeImputer": IterativeImputer(random_state=0, max_iter=20).fit(train_x).transform(masked_x)}
+    frames = {}
+    for name, values in out.items():
+        for i in cats:
+            values[:, i] = np.clip(np.round(values[:, i]), 0, len(columns.columns[i].categories) - 1)
+        filled = masked.copy()
+        decoded = columns.decode(torch.from_numpy(values))
+        for c in columns.names:
+            hole = filled[c].isna().to_numpy()
+            if hole.any():
+                filled.loc[hole, c] = decoded.loc[hole, c].to_numpy()
+        frames[name] = filled
+    return frames
+
+
+def anomaly(model, columns: Columns, train: pd.DataFrame, test: pd.DataFrame, is_anomaly: pd.Series) -> dict:
+    """AUROC of genlab's score beside IsolationForest and LOF (novelty), fitted on the same train rows."""
+    labels = is_anomaly.to_numpy()
+    if labels.all() or not labels.any():
+        return {"note": "the test rows hold one kind only; AUROC needs both"}
+    features = [c.name for c in columns.columns if c.kind == "numeric"]
+    fit_x = SimpleImputer().fit(columns.standardized(train))
+    train_x, test_x = fit_x.transform(columns.standardized(train)), fit_x.transform(columns.standardized(test))
+    scores = {
+        "genlab": model.score(test).to_numpy(),
+        "IsolationForest": -IsolationForest(random_state=0).fit(train_x).score_samples(test_x),
+        "LocalOutlierFactor": -LocalOutlierFactor(novelty=True).fit(train_x).score_samples(test_x),
+    }
+    return {"auroc": {k: float(roc_auc_score(labels, v)) for k, v in scores.items()},
+            "anomalies": int(labels.sum()), "normal": int((~labels).sum()),
+            "baseline_features": f"{len(features)} numeric columns, z-scored"}
+
+
+def fidelity(columns: Columns, train: pd.DataFrame, synthetic: pd.DataFrame, test: pd.DataFrame,
+             target: str | None) -> dict[str, Any]:
+    per_column = {}
+    for c in columns.columns:
+        real, fake = train[c.name].dropna(), synthetic[c.name].dropna()
+        if c.kind == "numeric":
+            per_column[c.name] = {"ks": float(ks_2samp(real.astype(float), fake.astype(float)).statistic)}
+        else:
+            p = real.astype(str).value_counts(normalize=True)
+            q = fake.astype(str).value_counts(normalize=True)
+            per_column[c.name] = {"tv": float(0.5 * p.subtract(q, fill_value=0).abs().sum())}
+    numeric = [c.name for c in columns.columns if c.kind == "numeric"]
+    out: dict[str, Any] = {
+        "rows": len(synthetic),
+        "mean_ks": float(np.mean([v["ks"] for v in per_column.values() if "ks" in v])) if numeric else None,
+        "mean_tv": float(np.mean([v["tv"] for v in per_column.values() if "tv" in v]))
+        if len(numeric) < len(columns.columns) else None,
+        "correlation_difference": float(np.nanmean(np.abs(train[numeric].astype(float).corr().to_numpy()
+                                                          - synthetic[numeric].astype(float).corr().to_numpy())))
+        if len(numeric) > 1 else None,
+        "per_column": per_column,
+    }
+    if target and train[target].nunique() > 1 and synthetic[target].nunique() > 1:  # one class teaches nothing
+        out["train_on_synthetic"] = _utility(columns, synthetic, test, target)
+        out["train_on_real"] = _utility(columns, train, test, target)
+        out["utility_metric"] = "accuracy" if _is_categorical(columns, target) else "r2"
+        if _is_categorical(columns, target):  # what always answering the commonest class scores
+            out["majority_class"] = float(test[target].dropna().astype(str).value_counts(normalize=True).iloc[0])
+    return out
+
+
+def _utility(columns: Columns, train: pd.DataFrame, test: pd.DataFrame, target: str) -> float:
+    """A random forest trained on `train`'s other columns, scored on predicting `target` in `test`
+    (rows whose target is missing take no part)."""
+    train, test = train[train[target].notna()], test[test[target].notna()]
+    features = [c for c in columns.names if c != target]
+    imputer = SimpleImputer().fit(columns.encode(train).numpy())
+    x_train = pd.DataFrame(imputer.transform(columns.encode(train).numpy()), columns=columns.names)[features]
+    x_test = pd.DataFrame(imputer.transform(columns.encode(test).numpy()), columns=columns.names)[features]
+    if _is_categorical(columns, target):
+        model = RandomForestClassifier(n_estimators=200, random_state=0).fit(x_train, train[target].astype(str))
+        return float((model.predict(x_test) == test[target].astype(str)).mean())
+    model = RandomForestRegressor(n_estimators=200, random_state=0).fit(x_train, train[target].astype(float))
+    return float(r2_score(test[target].astype(float), model.predict(x_test)))
+
+
+def _is_categorical(columns: Columns, name: str) -> bool:
+    return next(c.kind for c in columns.columns if c.name == name) == "categorical"
+
+
+def _rows(m: dict) -> list[tuple[str, str]]:
+    rows = []
+    for method, figures in m["imputation"].items():
+        rows.append((f"imputation: {method}", ", ".join(f"{k} {v:.3f}" for k, v in figures.items())))
+    for method, auc in m.get("anomaly", {}).get("auroc", {}).items():
+        rows.append((f"anomaly AUROC: {method}", f"{auc:.3f}"))
+    s = m["synthetic"]
+    for key in ("mean_ks", "mean_tv", "correlation_difference", "train_on_synthetic", "train_on_real"):
+        if s.get(key) is not None:
+            rows.append((f"synthetic: {key.replace('_', ' ')}", f"{s[key]:.3f}"))
+    return rows

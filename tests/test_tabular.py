@@ -1,0 +1,142 @@
+"""The tabular VAE: table sources, training with missing cells, impute / score / sample on raw rows,
+and evaluation beside scikit-learn."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import genlab
+from genlab.cli import app
+from genlab.data import load_dataset
+
+TAB_TINY = ["model.family=tabular_vae", "model.hidden=[64,64]", "model.impute_samples=50", "train.batch_size=64",
+            "train.max_steps=300", "train.val_every=150", "train.checkpoint_every=150", "train.optimizer.lr=0.003",
+            "train.grid_size=4", "train.progress=none"]
+
+
+@pytest.fixture(scope="module")
+def diabetes_csv(tmp_path_factory):
+    """diabetes with 15% of its cells missing, an integer column, and a categorical `sex`."""
+    from sklearn.datasets import load_diabetes
+
+    frame = load_diabetes(as_frame=True, scaled=False).frame
+    frame["age"] = frame["age"].astype(int)
+    frame["sex"] = frame["sex"].map({1.0: "f", 2.0: "m"})
+    holes = np.random.default_rng(0).random(frame.shape) < 0.15
+    holes[:, frame.columns.get_loc("age")] = False  # age stays whole: an int column read back as int
+    path = tmp_path_factory.mktemp("tables") / "diabetes.csv"
+    frame.mask(holes).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def table_run(diabetes_csv, tmp_path_factory) -> genlab.Run:
+    over = [*TAB_TINY, "data.source=table", f"data.path={diabetes_csv}", "data.target=sex"]
+    return genlab.fit(None, overrides=over, out=tmp_path_factory.mktemp("tab") / "run")
+
+
+def test_built_in_tables_have_categorical_columns_and_an_anomaly_split():
+    def data(*over):
+        return load_dataset(genlab.load_config(None, list(over)).data)
+
+    assert data("data.source=wine").train.x["class"].nunique() == 3
+    assert set(data("data.source=diabetes").train.x["sex"].unique()) == {"1", "2"}
+    cancer = data("data.source=breast_cancer", "data.target=target", "data.normal_class=benign")
+    assert set(cancer.train.x["target"]) == {"benign"} and set(cancer.val.x["target"]) == {"benign"}
+    assert (cancer.test.x["target"] == "malignant").sum() == 212, "every malignant row is a test anomaly"
+
+
+def test_a_csv_with_holes_trains_on_every_row(table_run, diabetes_csv):
+    rows = len(pd.read_csv(diabetes_csv))
+    s = table_run.summary["data"]
+    assert s["train"] + s["val"] + s["test"] == rows, "rows with missing cells are kept, not dropped"
+    folder = table_run.path / "model"
+    assert {"config.json", "model.safetensors", "columns.json", "genlab.json"} <= {p.name for p in folder.iterdir()}
+
+
+def test_impute_fills_only_the_holes_and_keeps_rows_columns_and_dtypes(table_run, diabetes_csv, tmp_path):
+    source = pd.read_csv(diabetes_csv)
+    source.insert(2, "note", "x")  # a column the model does not know: passed through
+    source["bmi"] = source["bmi"].astype(object)
+    source.loc[3, "bmi"] = "heavy"  # a cell of the wrong type: reported, kept as it was
+    path = tmp_path / "in.csv"
+    source.to_csv(path, index=False)
+    result = CliRunner().invoke(app, ["impute", str(table_run.path), str(path), "--out", str(tmp_path / "out.csv")])
+    assert result.exit_code == 0, result.output
+    assert "not the model's" in result.output and "column 'bmi': row 5 ('heavy') is not a number" in result.output
+    out = pd.read_csv(tmp_path / "out.csv")
+    back = pd.read_csv(path)
+    assert list(out.columns) == list(back.columns) and len(out) == len(back)
+    present = back.notna().to_numpy()
+    assert (out.astype(str).to_numpy()[present] == back.astype(str).to_numpy()[present]).all()
+    assert out.drop(columns=["bmi"]).notna().all().all() and out.loc[3, "bmi"] == "heavy"
+    assert out["age"].dtype == np.int64 and set(out["sex"]) == {"f", "m"}
+
+
+def test_impute_fills_a_missing_column_and_is_seeded(table_run, diabetes_csv, tmp_path):
+    frame = pd.read_csv(diabetes_csv).drop(columns=["bp"])
+    model = table_run.model
+    a, b = model.impute(frame, seed=1), genlab.load(table_run.path).model.impute(frame, seed=1)
+    assert a.equals(b) and "bp" in a.columns and a["bp"].notna().all()
+
+
+def test_score_and_sample_write_tables(table_run, tmp_path):
+    source = load_dataset(table_run.config.data).test.x
+    source.to_csv(tmp_path / "rows.csv", index=False)
+    result = CliRunner().invoke(app, ["score", str(table_run.path), str(tmp_path / "rows.csv"),
+                                      "--out", str(tmp_path / "scores.csv")])
+    assert result.exit_code == 0, result.output
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert len(scores) == len(source) and scores["anomaly_score"].notna().all()
+    result = CliRunner().invoke(app, ["sample", str(table_run.path), "--n", "300", "--out", str(tmp_path / "s.csv")])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(tmp_path / "s.csv")
+    assert list(rows.columns) == list(source.columns) and len(rows) == 300
+    assert set(rows["sex"]) <= {"f", "m"} and rows["age"].dtype == np.int64
+    again = genlab.load(table_run.path).sample(300, seed=0)
+    assert again.equals(genlab.load(table_run.path).sample(300, seed=0))
+
+
+def test_bad_tables_are_named(table_run, tmp_path, caplog):
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,b\n1,2\n3,4,5\n6,7\n")
+    empty = tmp_path / "empty_col.csv"
+    empty.write_text("a,b\n1,\n2,\n3,\n")
+    with caplog.at_level(logging.WARNING, logger="genlab"):
+        data = load_dataset(genlab.load_config(None, ["data.source=table", f"data.path={ragged}",
+                                                      "data.val_fraction=0", "data.test_fraction=0"]).data)
+        assert len(data.train) == 2 and "skipped 1 row(s) with more than the header's 2 fields" in caplog.text
+        data = load_dataset(genlab.load_config(None, ["data.source=table", f"data.path={empty}",
+                                                      "data.val_fraction=0", "data.test_fraction=0"]).data)
+        assert list(data.train.x.columns) == ["a"] and "column(s) b hold no values; dropped" in caplog.text
+    with pytest.raises(genlab.GenlabError, match="data.target: no column 'label'"):
+        load_dataset(genlab.load_config(None, ["data.source=wine", "data.target=label"]).data)
+    result = CliRunner().invoke(app, ["impute", str(table_run.path), str(tmp_path / "nope.csv"), "--out", "x.csv"])
+    assert result.exit_code == 1 and "nope.csv is not a file" in result.output
+
+
+def test_evaluate_beats_mean_imputation_and_detects_anomalies(tmp_path):
+    over = [*TAB_TINY, "data.source=breast_cancer", "data.target=target", "data.normal_class=benign",
+            "train.max_steps=500"]
+    run = genlab.fit(None, overrides=over, out=tmp_path / "cancer")
+    m = genlab.evaluate(run)
+    imputation = m["imputation"]
+    assert imputation["genlab"]["rmse"] < 0.8 * imputation["mean / most frequent"]["rmse"]
+    assert {"KNNImputer", "IterativeImputer"} <= set(imputation)
+    auroc = m["anomaly"]["auroc"]
+    assert auroc["genlab"] >= 0.90 and {"IsolationForest", "LocalOutlierFactor"} <= set(auroc)
+    s = m["synthetic"]
+    assert s["mean_ks"] < 0.3 and torch.isfinite(torch.tensor(s["correlation_difference"]))
+    assert "train_on_synthetic" not in s, "trained on one class, the synthetic rows cannot teach a classifier"
+
+
+def test_synthetic_rows_teach_a_classifier(table_run):
+    s = genlab.evaluate(table_run)["synthetic"]
+    assert s["utility_metric"] == "accuracy" and s["train_on_synthetic"] > s["majority_class"] + 0.05, s
+    assert s["mean_tv"] < 0.1 and s["mean_ks"] < 0.3
