@@ -41,7 +41,8 @@ class CollapseWatch(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         if self.net is None:  # at the first validation, so a run that never validates never trains it
-            self.net, _ = feature_net(self.train, self.num_classes, self.feature_steps, self.cache_dir)
+            with torch.inference_mode(False), torch.enable_grad():  # validation runs without autograd
+                self.net, _ = feature_net(self.train, self.num_classes, self.feature_steps, self.cache_dir)
             with torch.no_grad():
                 self.real_spread = _spread(self.net(self.real))
         fake = pl_module.preview(self.n, torch.Generator(pl_module.device).manual_seed(1234)).float().cpu()
