@@ -11,15 +11,15 @@ from genlab.config import ModelConfig, Section
 
 class TabularVAEConfig(ModelConfig):
     family: Literal["tabular_vae"] = "tabular_vae"
-    latent_dim: int = Field(8, ge=1)
+    latent_dim: int = Field(16, ge=1)
     hidden: list[int] = Field([128, 128], min_length=1)  # MLP widths of the encoder (the decoder mirrors them)
     scaling: Literal["standard", "quantile"] = "standard"  # numeric columns
     categorical: list[str] = []  # columns to treat as categories even when they hold numbers
     encoding: Literal["onehot", "embedding"] = "onehot"  # how categories enter the encoder
     embedding_dim: int = Field(4, ge=1)
-    likelihood: Literal["gaussian", "student_t"] = "student_t"  # numeric cells; Student-t is heavy-tailed
+    likelihood: Literal["gaussian", "student_t"] = "gaussian"  # numeric cells; Student-t is heavy-tailed
     degrees_of_freedom: float = Field(3.0, gt=0)  # student_t
-    importance_samples: int = Field(5, ge=1)  # K of the importance-weighted bound trained on (MIWAE); 1 is the ELBO
+    importance_samples: int = Field(20, ge=1)  # K of the importance-weighted bound trained on (MIWAE); 1: the ELBO
     impute_samples: int = Field(200, ge=1)  # importance samples when imputing and scoring
     hide: float = Field(0.5, ge=0, lt=1)  # training hides up to this share of a row's cells from the encoder
 
