@@ -136,7 +136,9 @@ def test_evaluate_beats_mean_imputation_and_detects_anomalies(tmp_path):
     assert "train_on_synthetic" not in s, "trained on one class, the synthetic rows cannot teach a classifier"
 
 
-def test_synthetic_rows_teach_a_classifier(table_run):
-    s = genlab.evaluate(table_run)["synthetic"]
-    assert s["utility_metric"] == "accuracy" and s["train_on_synthetic"] > s["majority_class"] + 0.05, s
+def test_synthetic_rows_teach_a_classifier(tmp_path):
+    run = genlab.fit(None, overrides=[*TAB_TINY, "data.source=wine", "data.target=class", "train.max_steps=600"],
+                     out=tmp_path / "wine")
+    s = genlab.evaluate(run)["synthetic"]
+    assert s["utility_metric"] == "accuracy" and s["train_on_synthetic"] > s["majority_class"] + 0.3, s
     assert s["mean_tv"] < 0.1 and s["mean_ks"] < 0.3
