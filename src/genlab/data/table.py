@@ -3,8 +3,9 @@
 A table is a pandas DataFrame with its own dtypes; missing cells stay missing (the tabular VAE
 learns with them). Rows are split by `data.split_seed`, stratified by `data.target` when given;
 with `data.normal_class`, train and val hold only that class and every other row is a labelled
-anomaly in the test split. Reading names each problem by file, row and column: a ragged CSV row is
-skipped and reported, an all-empty column is dropped with a warning; every valid row is kept.
+anomaly in the test split (the label column leaves the table; `Split.y` marks the anomalies).
+Reading names each problem by file, row and column: a ragged CSV row is skipped and reported, an
+all-empty column is dropped with a warning; every valid row is kept.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from genlab.data.sources import Dataset, DataSpec, Loaded, Split, _split
 from genlab.errors import GenlabError
@@ -125,15 +127,17 @@ def split_table(data: Loaded, cfg) -> Dataset:
     parts = _split(len(rows), codes, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     train, val, test = (rows[p] for p in parts)
     test = np.sort(np.concatenate([test, np.flatnonzero(~normal)]))
+    anomalous = None
+    if cfg.normal_class is not None:  # the label leaves the table: y says which rows are anomalies
+        anomalous = torch.from_numpy(~normal)
+        frame = frame.drop(columns=[cfg.target])
     spec = DataSpec("table", (frame.shape[1],))
 
     def take(idx: np.ndarray) -> Split:
-        return Split(frame.iloc[idx].reset_index(drop=True))
+        return Split(frame.iloc[idx].reset_index(drop=True), None if anomalous is None else anomalous[idx])
 
     return Dataset(spec, take(train), take(val), take(test), data.notes)
 
 
-def _codes(labels: pd.Series):
-    import torch
-
+def _codes(labels: pd.Series) -> torch.Tensor:
     return torch.from_numpy(pd.factorize(labels)[0])

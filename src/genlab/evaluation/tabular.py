@@ -44,14 +44,14 @@ def evaluate_table(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[st
     test = dataset.test.x
     if not len(test):
         raise GenlabError("evaluate: needs held-out rows; set data.test_fraction > 0 when training")
-    normal = test if data.normal_class is None else test[test[data.target].astype(str) == str(data.normal_class)]
+    anomalous = None if dataset.test.y is None else dataset.test.y.numpy()
+    normal = test if anomalous is None else test[~anomalous]
     metrics: dict[str, Any] = {"split": "test", "rows": {"train": len(train), "test": len(test)}}
     started = time.perf_counter()
     metrics["imputation"] = imputation(model, columns, train, normal, MISSING_SHARE, SEEDS)
     metrics["imputation_seconds"] = time.perf_counter() - started
-    if data.normal_class is not None:
-        odd = test[data.target].astype(str) != str(data.normal_class)
-        metrics["anomaly"] = anomaly(model, columns, train, test, odd)
+    if anomalous is not None:
+        metrics["anomaly"] = anomaly(model, columns, train, test, anomalous)
     synthetic = model.sample(max(len(train), 200), generator=torch.Generator().manual_seed(ev.seed), **options)
     metrics["synthetic"] = fidelity(columns, train, synthetic, test, data.target)
     write_json(run.paths.metrics, metrics)
@@ -120,9 +120,8 @@ def _sklearn_imputations(columns: Columns, train: pd.DataFrame, masked: pd.DataF
     return frames
 
 
-def anomaly(model, columns: Columns, train: pd.DataFrame, test: pd.DataFrame, is_anomaly: pd.Series) -> dict:
+def anomaly(model, columns: Columns, train: pd.DataFrame, test: pd.DataFrame, labels: np.ndarray) -> dict:
     """AUROC of genlab's score beside IsolationForest and LOF (novelty), fitted on the same train rows."""
-    labels = is_anomaly.to_numpy()
     if labels.all() or not labels.any():
         return {"note": "the test rows hold one kind only; AUROC needs both"}
     features = [c.name for c in columns.columns if c.kind == "numeric"]
@@ -160,7 +159,7 @@ def fidelity(columns: Columns, train: pd.DataFrame, synthetic: pd.DataFrame, tes
         if len(numeric) > 1 else None,
         "per_column": per_column,
     }
-    if target and train[target].nunique() > 1 and synthetic[target].nunique() > 1:  # one class teaches nothing
+    if target in train.columns and train[target].nunique() > 1 and synthetic[target].nunique() > 1:
         out["train_on_synthetic"] = _utility(columns, synthetic, test, target)
         out["train_on_real"] = _utility(columns, train, test, target)
         out["utility_metric"] = "accuracy" if _is_categorical(columns, target) else "r2"
