@@ -29,10 +29,11 @@ def main() -> None:
         m = genlab.evaluate(run)
         print(f"evaluate: {time.perf_counter() - started:.1f} s (imputation over 3 seeds: "
               f"{m['imputation_seconds']:.1f} s)\n")
-    print(f"imputation, 20% MCAR on {m['rows']['test']} test rows:")
+    print(f"imputation, 20% MCAR on {m['imputation_rows']} held-out rows (not anomalies):")
     print(f"  {'method':<22} {'RMSE (z)':>9} {'cat. acc':>9}")
     for method, f in sorted(m["imputation"].items(), key=lambda kv: kv[1].get("rmse", 0)):
-        print(f"  {method:<22} {f.get('rmse', float('nan')):>9.3f} {f.get('accuracy', float('nan')):>9.3f}")
+        accuracy = f"{f['accuracy']:.3f}" if "accuracy" in f else "-"
+        print(f"  {method:<22} {f.get('rmse', float('nan')):>9.3f} {accuracy:>9}")
     if "anomaly" in m and "auroc" in m["anomaly"]:
         a = m["anomaly"]
         print(f"\nanomaly detection, {a['normal']} normal and {a['anomalies']} anomalous test rows:")

@@ -49,6 +49,7 @@ def evaluate_table(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[st
     metrics: dict[str, Any] = {"split": "test", "rows": {"train": len(train), "test": len(test)}}
     started = time.perf_counter()
     metrics["imputation"] = imputation(model, columns, train, normal, MISSING_SHARE, SEEDS)
+    metrics["imputation_rows"] = len(normal)  # the held-out rows that are not anomalies
     metrics["imputation_seconds"] = time.perf_counter() - started
     if anomalous is not None:
         metrics["anomaly"] = anomaly(model, columns, train, test, anomalous)
