@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from safetensors.torch import load_model
 
 from genlab.config import ModelConfig, Section, TrainConfig
 from genlab.data.sources import Dataset, DataSpec
@@ -158,3 +159,11 @@ class GenerativeModel(L.LightningModule):
 
 def _nothing() -> None:
     pass
+
+
+def load_hub_module(net_class: type[torch.nn.Module], path: str | Path) -> torch.nn.Module:
+    """A `PyTorchModelHubMixin` network from its folder (config.json + model.safetensors). Read here
+    rather than by `net_class.from_pretrained`, which prints a line on every local load."""
+    net = net_class(**json.loads((Path(path) / "config.json").read_text()))
+    load_model(net, Path(path) / "model.safetensors")
+    return net

@@ -10,14 +10,12 @@ model.safetensors) plus genlab.json.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import PyTorchModelHubMixin
-from safetensors.torch import load_model
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -25,7 +23,7 @@ from genlab.config import TrainConfig
 from genlab.config.gan import GANConfig, GANSampling
 from genlab.data.sources import DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import GenerativeModel, load_hub_module
 from genlab.models.diffaugment import diff_augment
 
 
@@ -222,10 +220,7 @@ class GAN(GenerativeModel):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> GAN:
-        # the layout is PyTorchModelHubMixin's (Generator.from_pretrained reads it too); read here
-        # directly, as that loader prints a line on every local load
         config, spec = cls.read_meta(path)
         model = cls(config, spec)
-        model.generator = Generator(**json.loads((Path(path) / "config.json").read_text()))
-        load_model(model.generator, Path(path) / "model.safetensors")
+        model.generator = load_hub_module(Generator, path)
         return model.eval()

@@ -11,13 +11,11 @@ The model folder is the generator's `PyTorchModelHubMixin` folder plus genlab.js
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
-from safetensors.torch import load_model
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -25,7 +23,7 @@ from genlab.config import TrainConfig
 from genlab.config.sr_gan import SRConfig, SRSampling
 from genlab.data.sources import Dataset, DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import GenerativeModel, load_hub_module
 
 MIN_SIDE, MAX_SIDE = 4, 2048  # input sides `upscale` accepts
 
@@ -213,8 +211,7 @@ class SRGAN(GenerativeModel):
     def from_pretrained(cls, path: str | Path) -> SRGAN:
         config, spec = cls.read_meta(path)
         model = cls(config, spec)
-        model.generator = SRGenerator(**json.loads((Path(path) / "config.json").read_text()))
-        load_model(model.generator, Path(path) / "model.safetensors")
+        model.generator = load_hub_module(SRGenerator, path)
         return model.eval()
 
 

@@ -11,7 +11,6 @@ bound on log p(observed cells)) and draw synthetic rows. Raw rows go in and come
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -20,7 +19,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
-from safetensors.torch import load_model
 from torch import nn
 
 from genlab.config import TrainConfig
@@ -28,7 +26,7 @@ from genlab.config.tabular_vae import TabularSampling, TabularVAEConfig
 from genlab.data.columns import Columns
 from genlab.data.sources import Dataset, DataSpec, Split
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import GenerativeModel, load_hub_module
 
 log = logging.getLogger("genlab")
 
@@ -247,8 +245,7 @@ class TabularVAE(GenerativeModel):
     def from_pretrained(cls, path: str | Path) -> TabularVAE:
         config, spec = cls.read_meta(path)
         model = cls(config, spec, Columns.load(Path(path)))
-        model.net = TabularNet(**json.loads((Path(path) / "config.json").read_text()))
-        load_model(model.net, Path(path) / "model.safetensors")
+        model.net = load_hub_module(TabularNet, path)
         return model.eval()
 
 

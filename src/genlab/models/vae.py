@@ -9,7 +9,6 @@ network's `PyTorchModelHubMixin` folder (config.json + model.safetensors) plus g
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,14 +16,13 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import PyTorchModelHubMixin
-from safetensors.torch import load_model
 from torch import nn
 
 from genlab.config import TrainConfig
 from genlab.config.vae import VAEConfig, VAESampling
 from genlab.data.sources import DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import GenerativeModel, load_hub_module
 
 
 class VAENet(nn.Module, PyTorchModelHubMixin):
@@ -178,6 +176,5 @@ class VAE(GenerativeModel):
     def from_pretrained(cls, path: str | Path) -> VAE:
         config, spec = cls.read_meta(path)
         model = cls(config, spec)
-        model.net = VAENet(**json.loads((Path(path) / "config.json").read_text()))
-        load_model(model.net, Path(path) / "model.safetensors")
+        model.net = load_hub_module(VAENet, path)
         return model.eval()
