@@ -41,3 +41,44 @@ def test_step_gate_fires_once_per_crossed_multiple():
     resumed = EveryNSteps(5)
     assert [s for s in (21, 22, 25) if resumed(s)] == [25], "no extra firing right after a resume"
     assert resumed(26, also=True) and not resumed(26, also=True)
+
+
+class TinyLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.hidden, self.norm = nn.Embedding(10, 8), nn.Linear(8, 8), nn.LayerNorm(8)
+        self.head = nn.Linear(8, 10)
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, x):
+        return self.head(self.norm(torch.relu(self.hidden(self.embed(x)))))
+
+
+def test_muon_takes_the_hidden_matrices_adamw_the_rest_and_resumes_exactly():
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = build_optimizer(model, OptimizerConfig(name="muon", lr=0.02, weight_decay=0.01))
+    muon = {id(p) for g in opt.muon.param_groups for p in g["params"]}
+    assert muon == {id(model.hidden.weight)}, "embeddings, the output layer, norms and biases stay on AdamW"
+    x, y = torch.randint(0, 10, (64,)), torch.randint(0, 10, (64,))
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+
+    def step():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        return loss.item()
+
+    first = step()
+    assert opt.muon.param_groups[0]["lr"] == 0.01 and opt.adamw.param_groups[0]["lr"] == 0.01, "schedules reach both"
+    losses = [step() for _ in range(80)]
+    assert losses[-1] < 0.7 * first
+    saved, weights = opt.state_dict(), {k: v.clone() for k, v in model.state_dict().items()}
+    after = step()
+    model.load_state_dict(weights)
+    opt.load_state_dict(saved)
+    assert step() == after, "the state dict holds both inner optimizers"

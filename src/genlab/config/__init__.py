@@ -53,7 +53,7 @@ class ModelConfig(Section):
 
 
 class OptimizerConfig(Section):
-    name: Literal["adam", "adamw", "sgd"] = "adamw"
+    name: Literal["adam", "adamw", "sgd", "muon"] = "adamw"  # muon: hidden weight matrices; AdamW for the rest
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)  # applied to weight matrices only, not biases or norms
     betas: tuple[float, float] = (0.9, 0.999)

@@ -13,17 +13,66 @@ from genlab.config import OptimizerConfig, ScheduleConfig
 def build_optimizer(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """Weight decay on weight matrices and kernels only: biases, norms and embeddings' 1-d params stay free."""
     params = [p for p in module.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
+    if cfg.name == "muon":
+        return MuonWithAdamW(module, params, cfg)
+    groups = _decay_groups(params, cfg.weight_decay)
     extra = {} if cfg.fused is None else {"fused": cfg.fused}
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, **extra)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **extra)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **extra)
+
+
+def _decay_groups(params: list[torch.Tensor], weight_decay: float) -> list[dict]:
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """torch's Muon for the hidden weight matrices and AdamW for everything else (embeddings, the output
+    layer, kernels, norms, biases), as Muon's authors use it, behind one optimizer: Lightning, the
+    schedules, clipping and checkpoints see a single optimizer. Muon's updates are scaled to AdamW's
+    RMS (Moonshot's `match_rms_adamw`), so one learning rate serves both."""
+
+    def __init__(self, module: nn.Module, params: list[torch.Tensor], cfg: OptimizerConfig) -> None:
+        excluded = {id(p) for m in module.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        head = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
+        excluded |= {id(p) for p in head.parameters()} if head is not None else set()
+        matrices = [p for p in params if p.ndim == 2 and id(p) not in excluded]
+        others = [p for p in params if p.ndim != 2 or id(p) in excluded]
+        groups = [{"params": matrices, "weight_decay": cfg.weight_decay}] if matrices else []
+        adamw_groups = _decay_groups(others, cfg.weight_decay)
+        super().__init__([*groups, *adamw_groups], {"lr": cfg.lr})
+        self.muon = torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     adjust_lr_fn="match_rms_adamw") if matrices else None
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=cfg.lr, betas=cfg.betas) if adamw_groups else None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        inner = [o for o in (self.muon, self.adamw) if o is not None]
+        for outer, group in zip(self.param_groups, [g for o in inner for g in o.param_groups], strict=True):
+            group["lr"] = outer["lr"]  # the schedules set the outer groups' lr
+        for optimizer in inner:
+            optimizer.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict() if self.muon else None,
+                "adamw": self.adamw.state_dict() if self.adamw else None,
+                "lrs": [g["lr"] for g in self.param_groups]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("muon", "adamw"):
+            if getattr(self, name) is not None:
+                getattr(self, name).load_state_dict(state[name])
+        for group, lr in zip(self.param_groups, state["lrs"], strict=True):
+            group["lr"] = lr
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, max_steps: int, val_every: int) -> dict:
