@@ -179,3 +179,15 @@ def test_lora_trains_only_adapters_and_exports_loadable_folders(pretrained, tmp_
     assert torch.allclose(loaded(ids).logits, ours, atol=1e-4)
     assert not torch.allclose(AutoModelForCausalLM.from_pretrained(pretrained)(ids).logits, ours, atol=1e-3), \
         "the adapters changed the model"
+
+
+def test_muon_trains_a_language_model_and_resumes_exactly(tmp_path):
+    over = tiny_lm("train.optimizer.name=muon", "train.max_steps=20", "train.val_every=10", "train.checkpoint_every=10")
+    whole = genlab.fit(None, overrides=over, out=tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        genlab.fit(None, overrides=over, out=tmp_path / "broken", callbacks=[Crash(15)])
+    resumed = genlab.fit(resume=tmp_path / "broken")
+    a, b = load_file(whole.paths.model / "model.safetensors"), load_file(resumed.paths.model / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "both inner optimizers' states live in the checkpoint"
+    ckpt = torch.load(whole.paths.last_checkpoint, weights_only=True)
+    assert ckpt["optimizer_states"][0]["muon"]["state"], "the hidden matrices were stepped by Muon"
