@@ -259,6 +259,58 @@ def info(
                   highlight=False, soft_wrap=True)
 
 
+@app.command()
+@_user_errors
+def serve(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories or model folders to serve.")],
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="serve.yaml: batching, keys, limits, "
+                                                                 "filters.")] = None,
+) -> None:
+    """Serve models over an OpenAI-compatible REST API (text, images, upscaling, tables)."""
+    import uvicorn
+
+    from genlab.serving import load_serve_config, serve_app
+
+    cfg = load_serve_config(config, host=host, port=port)
+    served = serve_app(runs, cfg)
+    _json_log_lines()
+    names = ", ".join(served.state.server.models)
+    err.print(f"serving {names} on http://{cfg.host}:{cfg.port} (docs at /docs)", highlight=False)
+    uvicorn.run(served, host=cfg.host, port=cfg.port, access_log=False, log_level="warning",
+                timeout_graceful_shutdown=int(cfg.shutdown_seconds))
+
+
+def _json_log_lines() -> None:
+    """The server's one JSON line per request, to stderr, unadorned."""
+    log = logging.getLogger("genlab.serve")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers, log.propagate = [handler], False
+    log.setLevel(logging.INFO)
+
+
+@app.command("export")
+@_user_errors
+def export_run(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (or model folder).")],
+    to: Annotated[str, typer.Option("--to", help="docker (a build context with Kubernetes manifests) or onnx.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write.")],
+) -> None:
+    """Export a run for deployment: a container build context, or ONNX graphs."""
+    from genlab.export import export_docker, export_onnx
+    from genlab.serving.models import load_model
+
+    if to == "docker":
+        out.print(f"wrote a build context to {export_docker(run_dir, out_dir)} (docker build -t NAME {out_dir})")
+    elif to == "onnx":
+        written = export_onnx(load_model(run_dir)[0], out_dir)
+        out.print(f"wrote {', '.join(p.name for p in written)} to {out_dir}")
+    else:
+        raise GenlabError(f"--to: {to!r} is not one of docker, onnx")
+
+
 def _translate_file(run, path: Path, out_file: Path | None, seed: int, options: dict) -> None:
     """Batch mode of a seq2seq run: each JSONL record's source in, the record with a `prediction` out."""
     field = run.config.data.source_field

@@ -53,7 +53,7 @@ class Generator(nn.Module, PyTorchModelHubMixin):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
             z = torch.cat([z, self.embed(labels)], dim=1)
-        return self.body(self.project(z).view(len(z), -1, self.start, self.start))
+        return self.body(self.project(z).unflatten(1, (-1, self.start, self.start)))  # no batch size: ONNX-friendly
 
 
 class Discriminator(nn.Module):

@@ -1,0 +1,74 @@
+"""What `genlab serve --config serve.yaml` may set: batching, limits, keys, rate limits, filters, CORS."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from genlab.config import Section
+from genlab.errors import ConfigError
+
+
+class RateLimit(Section):
+    requests_per_minute: int | None = Field(None, ge=1)  # per API key (per client address when no keys are set)
+    tokens_per_minute: int | None = Field(None, ge=1)  # generated tokens, charged when a request finishes
+
+
+class Limits(Section):
+    max_n: int = Field(8, ge=1)  # completions or images per request
+    max_prompt_chars: int = Field(32_000, ge=1)
+    max_body_bytes: int = Field(8_000_000, ge=1024)
+    max_image_side: int = Field(1024, ge=8)  # images sent for upscaling
+    max_rows: int = Field(10_000, ge=1)  # table rows per request
+
+
+class BlocklistFilter(Section):
+    """Terms matched case-insensitively on word boundaries; a match replaces the output or refuses it."""
+
+    type: str = "blocklist"
+    terms: list[str] = []
+    action: str = Field("refuse", pattern="^(refuse|replace)$")
+    replacement: str = "[filtered]"
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    names: list[str] = []  # a name per model, in the order given; default: each run's name
+    max_batch_size: int = Field(32, ge=1)  # sequences decoded together, or images sampled in one call
+    max_wait_ms: float = Field(5.0, ge=0)  # how long an idle worker waits for company before it starts
+    max_queue: int = Field(256, ge=1)  # waiting requests per model; beyond it: 503 with Retry-After
+    api_keys: list[str] = []  # also GENLAB_API_KEYS (comma-separated); any key set: generation routes need one
+    rate_limit: RateLimit = RateLimit()
+    limits: Limits = Limits()
+    filters: list[BlocklistFilter] = []
+    cors_origins: list[str] = []
+    shutdown_seconds: float = Field(30.0, ge=0)  # graceful shutdown: how long in-flight requests may finish
+
+    def keys(self) -> set[str]:
+        env = os.environ.get("GENLAB_API_KEYS", "")
+        return {k for k in [*self.api_keys, *env.split(",")] if k.strip()}
+
+
+def load_serve_config(path: str | Path | None, **overrides) -> ServeConfig:
+    """The serve config from YAML (or defaults), with command-line values on top; ConfigError names each problem."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"serve config not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a serve config is a mapping (host, port, api_keys, limits, ...)")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServeConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()]
+        raise ConfigError(f"{path or 'serve config'}:\n" + "\n".join(lines)) from None

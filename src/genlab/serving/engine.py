@@ -1,0 +1,271 @@
+"""Continuous batching for causal language models: requests join the running batch between decoding steps.
+
+One worker thread owns the model. Each step it prefills the requests that arrived (left-padded
+among themselves), merges their KV caches into the running batch's, decodes one token for every
+sequence, and drops the sequences that finished, so a short request never waits for a long one.
+Every sequence keeps its own sampling settings and random generator, so a seeded request gives
+the same text alone or in a crowd. Positions are per sequence and padding is masked, so left
+padding changes nothing but the cache's width, which is trimmed when sequences leave.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+# ("delta", text) | ("done", finish_reason, prompt_tokens, completion_tokens, largest batch) | ("error", message)
+Emit = Callable[[tuple], None]
+
+
+@dataclass(frozen=True)
+class TextParams:
+    """One request's sampling settings."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no cut
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    min_tokens: int = 0  # the end-of-text token is not drawn before this many (fixed lengths for benchmarks)
+
+
+@dataclass
+class _Sequence:
+    ids: list[int]
+    params: TextParams
+    generator: torch.Generator
+    emit: Emit
+    prompt_len: int = 0
+    text: str = ""  # the generated text so far
+    sent: int = 0  # characters of `text` already emitted
+    prefix: int = 0  # incremental detokenization: tokens before `read` that are decoded for context only
+    read: int = 0
+    cancelled: bool = False
+    finish: str | None = None
+    batch: int = 0  # the largest batch it was decoded in
+
+    @property
+    def generated(self) -> int:
+        return len(self.ids) - self.prompt_len
+
+
+@dataclass
+class _Batch:
+    seqs: list[_Sequence] = field(default_factory=list)
+    cache: DynamicCache | None = None
+    mask: torch.Tensor | None = None  # (B, cache width): 0 over left padding
+
+
+class TextEngine:
+    """Continuous batching over one transformers causal LM; `submit` is safe to call from any thread."""
+
+    def __init__(self, lm: torch.nn.Module, tokenizer, *, max_batch_size: int = 32, max_wait_ms: float = 5.0,
+                 max_queue: int = 256, on_step: Callable[[int], None] | None = None) -> None:
+        self.lm, self.tokenizer = lm.eval(), tokenizer
+        self.eos = tokenizer.eos_token_id
+        self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
+        self.incoming: queue.Queue[_Sequence] = queue.Queue(maxsize=max_queue)
+        self.on_step = on_step or (lambda size: None)
+        self.batch = _Batch()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="genlab-text-engine", daemon=True)
+        self._thread.start()
+
+    # --- the public side ---------------------------------------------------------------------------
+
+    def submit(self, prompt_ids: list[int], params: TextParams, seed: int | None, emit: Emit) -> _Sequence:
+        """Queue one sequence; raises queue.Full when the queue is at its bound."""
+        generator = torch.Generator()
+        generator.manual_seed(seed) if seed is not None else generator.seed()
+        seq = _Sequence(list(prompt_ids), params, generator, emit, prompt_len=len(prompt_ids))
+        seq.prefix = seq.read = len(prompt_ids)
+        self.incoming.put_nowait(seq)
+        return seq
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stop.is_set()
+
+    @property
+    def depth(self) -> int:
+        """Sequences waiting or decoding."""
+        return self.incoming.qsize() + len(self.batch.seqs)
+
+    def stop(self, drain_seconds: float = 30.0) -> None:
+        """Finish what is queued and running (up to `drain_seconds`), then stop the worker."""
+        end = time.monotonic() + drain_seconds
+        while self.depth and time.monotonic() < end and self._thread.is_alive():
+            time.sleep(0.01)
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    # --- the worker ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            joiners = self._take()
+            try:
+                with torch.inference_mode():
+                    if joiners:
+                        self._prefill(joiners)
+                    if self.batch.seqs:
+                        self.on_step(len(self.batch.seqs))
+                        self._decode_step()
+            except Exception as err:  # a bug must not hang every client: fail the batch, keep serving
+                for seq in [*self.batch.seqs, *joiners]:
+                    if seq.finish is None:
+                        seq.finish = "error"
+                        seq.emit(("error", f"generation failed: {type(err).__name__}: {err}"))
+                self.batch = _Batch()
+
+    def _take(self) -> list[_Sequence]:
+        """Sequences to join this step: whatever has arrived (waiting up to max_wait_ms for company when idle)."""
+        free = self.max_batch_size - len(self.batch.seqs)
+        taken: list[_Sequence] = []
+        if free <= 0:
+            return taken
+        if not self.batch.seqs:
+            try:
+                taken.append(self.incoming.get(timeout=0.05))
+            except queue.Empty:
+                return taken
+            deadline = time.monotonic() + self.max_wait
+            while len(taken) < free and (left := deadline - time.monotonic()) > 0:
+                try:
+                    taken.append(self.incoming.get(timeout=left))
+                except queue.Empty:
+                    break
+        while len(taken) < free:
+            try:
+                taken.append(self.incoming.get_nowait())
+            except queue.Empty:
+                break
+        return [s for s in taken if not s.cancelled]
+
+    def _prefill(self, joiners: list[_Sequence]) -> None:
+        width = max(len(s.ids) for s in joiners)
+        ids = torch.tensor([[self.eos] * (width - len(s.ids)) + s.ids for s in joiners])
+        mask = torch.tensor([[0] * (width - len(s.ids)) + [1] * len(s.ids) for s in joiners])
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True).logits[:, -1].float()
+        self._merge(joiners, cache, mask)
+        self._advance(joiners, logits)
+
+    def _decode_step(self) -> None:
+        b = self.batch
+        ids = torch.tensor([[s.ids[-1]] for s in b.seqs])
+        positions = torch.tensor([[len(s.ids) - 1] for s in b.seqs])
+        b.mask = torch.cat([b.mask, torch.ones(len(b.seqs), 1, dtype=b.mask.dtype)], 1)
+        logits = self.lm(input_ids=ids, attention_mask=b.mask, position_ids=positions, cache=b.cache,
+                         use_cache=True).logits[:, -1].float()
+        self._advance(b.seqs, logits)
+
+    def _advance(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
+        """Sample one token per sequence, emit its text, and drop the sequences that finished."""
+        for seq, token in zip(seqs, self._pick(seqs, logits), strict=True):
+            seq.batch = max(seq.batch, len(self.batch.seqs))
+            if seq.cancelled:
+                seq.finish = "cancelled"
+            elif token == self.eos:
+                seq.finish = "stop"
+            else:
+                seq.ids.append(token)
+                self._detokenize(seq)
+                if seq.finish is None and seq.generated >= seq.params.max_tokens:
+                    seq.finish = "length"
+            if seq.finish is not None and seq.finish != "cancelled":
+                if seq.sent < len(seq.text):
+                    seq.emit(("delta", seq.text[seq.sent:]))
+                seq.emit(("done", seq.finish, seq.prompt_len, seq.generated, seq.batch))
+        if any(s.finish is not None for s in self.batch.seqs):
+            self._drop_finished()
+
+    def _pick(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int]:
+        """One token per row under that row's settings; each row draws from its own generator."""
+        for i, seq in enumerate(seqs):
+            if seq.generated < seq.params.min_tokens:
+                logits[i, self.eos] = float("-inf")
+            penalty = seq.params.repetition_penalty
+            if penalty != 1.0:  # as transformers' RepetitionPenaltyLogitsProcessor, over prompt and output
+                seen = torch.tensor(sorted(set(seq.ids)))
+                score = logits[i, seen]
+                logits[i, seen] = torch.where(score < 0, score * penalty, score / penalty)
+        temps = torch.tensor([s.params.temperature for s in seqs])
+        greedy = temps == 0
+        scaled = logits / temps.clamp(min=1e-6).unsqueeze(1)
+        ordered, order = scaled.sort(dim=1, descending=True)
+        ranks = torch.arange(logits.shape[1]).unsqueeze(0)
+        top_k = torch.tensor([s.params.top_k or logits.shape[1] for s in seqs]).unsqueeze(1)
+        ordered = ordered.masked_fill(ranks >= top_k, float("-inf"))
+        probs = F.softmax(ordered, dim=1)
+        top_p = torch.tensor([s.params.top_p for s in seqs]).unsqueeze(1)
+        beyond = probs.cumsum(1) - probs >= top_p  # keeps the smallest head whose mass reaches top_p
+        probs = probs.masked_fill(beyond, 0.0)
+        probs = probs / probs.sum(1, keepdim=True)
+        draws = torch.stack([torch.rand((), generator=s.generator) for s in seqs]).unsqueeze(1)
+        index = (probs.cumsum(1) < draws).sum(1).clamp(max=logits.shape[1] - 1)
+        sampled = order.gather(1, index.unsqueeze(1)).squeeze(1)
+        return torch.where(greedy, logits.argmax(1), sampled).tolist()
+
+    def _detokenize(self, seq: _Sequence) -> None:
+        """Append the newest token's text (byte-level tokens may need the next one to complete a character)."""
+        before = self.tokenizer.decode(seq.ids[seq.prefix:seq.read])
+        now = self.tokenizer.decode(seq.ids[seq.prefix:])
+        if now.endswith("\ufffd"):
+            return
+        seq.text += now[len(before):]
+        seq.prefix, seq.read = seq.read, len(seq.ids)
+        stops = seq.params.stop
+        cuts = [seq.text.find(s) for s in stops if s in seq.text]
+        if cuts:
+            seq.text, seq.finish = seq.text[:min(cuts)], "stop"
+            return
+        safe = len(seq.text) - max((len(s) for s in stops), default=1) + 1  # hold back a possible stop's start
+        if safe > seq.sent:
+            seq.emit(("delta", seq.text[seq.sent:safe]))
+            seq.sent = safe
+
+    # --- the running batch's cache ------------------------------------------------------------------------
+
+    def _merge(self, joiners: list[_Sequence], cache: DynamicCache, mask: torch.Tensor) -> None:
+        b = self.batch
+        if not b.seqs:
+            self.batch = _Batch(list(joiners), cache, mask)
+            return
+        width = max(b.mask.shape[1], mask.shape[1])
+        layers = [(torch.cat([_pad(k0, width), _pad(k1, width)]), torch.cat([_pad(v0, width), _pad(v1, width)]))
+                  for (k0, v0, _), (k1, v1, _) in zip(b.cache, cache, strict=True)]
+        self.batch = _Batch([*b.seqs, *joiners], DynamicCache(layers),
+                            torch.cat([_pad(b.mask, width, dim=1), _pad(mask, width, dim=1)]))
+
+    def _drop_finished(self) -> None:
+        b = self.batch
+        keep = [i for i, s in enumerate(b.seqs) if s.finish is None]
+        if not keep:
+            self.batch = _Batch()
+            return
+        mask = b.mask[keep]
+        first = int((mask.sum(0) > 0).nonzero()[0])  # columns of padding only, left by those who left
+        rows = torch.tensor(keep)
+        layers = [(k[rows, :, first:], v[rows, :, first:]) for k, v, _ in b.cache]
+        self.batch = _Batch([b.seqs[i] for i in keep], DynamicCache(layers), mask[:, first:])
+
+
+def _pad(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    """Left-pad `t` with zeros along `dim` (the cache's sequence axis, or the mask's) to `width`."""
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)

@@ -1,0 +1,141 @@
+"""What stands between a request and a model: API keys, per-key rate limits, and output filters."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+from genlab.serving.config import BlocklistFilter, ServeConfig
+
+
+class Refused(Exception):
+    """A request the guard turns away: HTTP status, message, and Retry-After seconds when it may come back."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None, code: str = "") -> None:
+        super().__init__(message)
+        self.status, self.message, self.retry_after, self.code = status, message, retry_after, code
+
+
+class _Bucket:
+    """A token bucket that refills `per_minute` evenly over a minute; it may run into debt (tokens charged late)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.capacity, self.rate = float(per_minute), per_minute / 60.0
+        self.level, self.stamp = float(per_minute), time.monotonic()
+
+    def refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until `amount` is available (0 when it is)."""
+        self.refill()
+        return max(0.0, (amount - self.level) / self.rate)
+
+
+class Guard:
+    """API keys (constant-time comparison) and per-identity request and token budgets."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.keys = sorted(config.keys())
+        self.limits = config.rate_limit
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def identify(self, authorization: str | None, client: str) -> str:
+        """The identity a request is limited under: its key, or its address when the server has no keys."""
+        if not self.keys:
+            return f"address:{client}"
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Refused(401, "missing API key: send it as 'Authorization: Bearer <key>'", code="invalid_api_key")
+        if not any(hmac.compare_digest(token.strip(), key) for key in self.keys):
+            raise Refused(401, "invalid API key", code="invalid_api_key")
+        return f"key:{token.strip()}"
+
+    def admit(self, identity: str) -> None:
+        """Take one request from the identity's budget, and check its token budget is not spent; 429 otherwise."""
+        with self._lock:
+            if self.limits.tokens_per_minute:
+                wait = self._bucket(identity, "tokens").wait_for(1)
+                if wait > 0:
+                    raise Refused(429, f"token rate limit of {self.limits.tokens_per_minute} per minute reached",
+                                  wait, "rate_limit_exceeded")
+            if self.limits.requests_per_minute:
+                bucket = self._bucket(identity, "requests")
+                wait = bucket.wait_for(1)
+                if wait > 0:
+                    raise Refused(429, f"request rate limit of {self.limits.requests_per_minute} per minute reached",
+                                  wait, "rate_limit_exceeded")
+                bucket.level -= 1
+
+    def charge(self, identity: str, tokens: int) -> None:
+        """Charge generated tokens once a request has finished."""
+        if self.limits.tokens_per_minute and tokens:
+            with self._lock:
+                bucket = self._bucket(identity, "tokens")
+                bucket.refill()
+                bucket.level -= tokens
+
+    def _bucket(self, identity: str, kind: str) -> _Bucket:
+        key = (identity, kind)
+        if key not in self._buckets:
+            per_minute = self.limits.tokens_per_minute if kind == "tokens" else self.limits.requests_per_minute
+            self._buckets[key] = _Bucket(per_minute)
+        return self._buckets[key]
+
+
+@dataclass
+class Verdict:
+    name: str  # the filter that acted
+    action: str  # "refuse" or "replace"
+    reason: str
+
+
+class OutputFilter:
+    """The serve config's filters over one output, fed as it streams.
+
+    Text is released only up to a word boundary at least the longest term's length back from
+    the end, so a term split across tokens is judged whole before any of it is sent."""
+
+    def __init__(self, filters: list[BlocklistFilter]) -> None:
+        self.rules = [(f, re.compile(r"\b(?:" + "|".join(map(re.escape, f.terms)) + r")\b", re.IGNORECASE))
+                      for f in filters if f.terms]
+        self.hold = max((len(t) for f, _ in self.rules for t in f.terms), default=0)
+        self.text, self.released = "", 0
+        self.verdict: Verdict | None = None
+
+    def feed(self, delta: str) -> str:
+        """Text that may be sent now."""
+        self.text += delta
+        if not self.rules:
+            return self._release(len(self.text))
+        return self._release(self.text.rfind(" ", self.released, max(len(self.text) - self.hold, 0)) + 1)
+
+    def finish(self) -> str:
+        """The rest of the text, once the output is complete."""
+        return self._release(len(self.text))
+
+    def _release(self, upto: int) -> str:
+        if self.verdict and self.verdict.action == "refuse":
+            return ""
+        for rule, pattern in self.rules:
+            if rule.action == "refuse" and pattern.search(self.text):
+                self.verdict = Verdict(rule.type, "refuse", "the output contains a blocked term")
+                return ""
+        end = len(self.text) - upto  # measured from the end: replacements change lengths before it
+        for rule, pattern in self.rules:
+            if rule.action == "replace":
+                tail, count = pattern.subn(rule.replacement, self.text[self.released:])
+                if count:
+                    self.text = self.text[:self.released] + tail
+                    self.verdict = Verdict(rule.type, "replace", "blocked terms were replaced")
+        upto = len(self.text) - end
+        if upto <= self.released:
+            return ""
+        out, self.released = self.text[self.released:upto], upto
+        return out

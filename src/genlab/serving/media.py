@@ -1,0 +1,151 @@
+"""Image and table routes: /v1/images/generations (OpenAI's shape), /v1/images/upscale and /v1/tabular/*.
+
+Images from concurrent requests share one sampler call when their settings match; every image
+keeps its own seed, label and guidance scale. A seeded request gives the same images alone or
+batched with others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from genlab.errors import GenlabError
+from genlab.serving.app import Server, authorize
+from genlab.serving.guard import Refused
+from genlab.serving.models import Served, decode_image
+from genlab.serving.schemas import ImageRequest, RowsRequest, TableSampleRequest, UpscaleRequest
+from genlab.serving.workers import QueueFull
+
+router = APIRouter()
+
+# which genlab image fields each family takes (the others are refused, naming the field)
+IMAGE_FIELDS = {"diffusion": ("sampler", "steps", "guidance_scale"), "gan": ("truncation",), "vae": ("temperature",)}
+
+
+async def _run(served: Served, key: Any, items: list[Any], request: Request) -> list[Any]:
+    """Queue a job on the model's worker and wait for it; 503 when the queue is full, 400 for a bad input."""
+    try:
+        future: Future = served.submit(key, items)
+    except QueueFull:
+        raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded") from None
+    try:
+        out = await asyncio.wrap_future(future)
+    except GenlabError:
+        raise
+    except (ValueError, KeyError, TypeError) as err:  # a model that rejects the input, in its own words
+        raise GenlabError(f"input: {err}") from None
+    request.state.batch_size = getattr(future, "batch_size", None)
+    return out
+
+
+def _served(request: Request, name: str, kinds: tuple[str, ...], route: str) -> tuple[Server, Served]:
+    server: Server = request.app.state.server
+    served = server.model(name, kinds, route)
+    request.state.model = served.name
+    return server, served
+
+
+@router.post("/v1/images/generations", tags=["images"])
+async def images(body: ImageRequest, request: Request, identity: str = Depends(authorize)) -> dict:
+    """Images in OpenAI's shape (b64_json), with genlab's seed, label, sampler, steps and guidance_scale."""
+    server, served = _served(request, body.model, ("image",), "/v1/images/generations")
+    if body.n > server.config.limits.max_n:
+        raise Refused(400, f"n: {body.n} images; the limit is {server.config.limits.max_n}", code="invalid_value")
+    if body.size is not None and body.size != served.size:
+        raise Refused(400, f"size: this model draws {served.size} images, not {body.size}", code="invalid_value")
+    options = {}
+    for name in ("sampler", "steps", "guidance_scale", "truncation", "temperature"):
+        value = getattr(body, name)
+        if value is None or (name == "guidance_scale" and value == 1.0):
+            continue
+        if name not in IMAGE_FIELDS.get(served.family, ()):
+            raise Refused(400, f"{name}: a {served.family} model does not take it", code="invalid_value")
+        if name != "guidance_scale":
+            options[name] = value
+    if "sampler" in options:
+        from genlab.models.diffusion import SAMPLERS
+
+        if options["sampler"] not in SAMPLERS:
+            raise Refused(400, f"sampler: {options['sampler']!r} is not one of {', '.join(SAMPLERS)}",
+                          code="invalid_value")
+    label = body.label
+    if label is None and body.prompt.strip() in served.model.spec.class_names:
+        label = body.prompt.strip()
+    if label is not None:
+        try:
+            served.model.label_ids(1, label)
+        except GenlabError as err:  # the model says "labels"; the request's field is "label"
+            raise Refused(400, f"label: {str(err).split(': ', 1)[-1]}", code="invalid_value") from None
+    if body.guidance_scale != 1.0 and label is None:
+        raise Refused(400, "guidance_scale: guidance needs a class label", code="invalid_value")
+    seed = body.seed if body.seed is not None else random.randrange(2**62)
+    items = [(seed + i, label, body.guidance_scale) for i in range(body.n)]
+    key = tuple(sorted({**options, "labelled": label is not None}.items()))
+    images = await _run(served, key, items, request)
+    server.metrics.images.labels(served.name).inc(len(images))
+    return {"created": int(time.time()), "data": [{"b64_json": b} for b in images]}
+
+
+@router.post("/v1/images/upscale", tags=["images"])
+async def upscale(body: UpscaleRequest, request: Request, identity: str = Depends(authorize)) -> dict:
+    """Each base64 image upscaled by the super-resolution model, as base64 PNG."""
+    server, served = _served(request, body.model, ("upscale",), "/v1/images/upscale")
+    limits = server.config.limits
+    if len(body.images) > limits.max_n:
+        raise Refused(400, f"images: {len(body.images)} images; the limit is {limits.max_n}", code="invalid_value")
+    channels = served.model.spec.shape[0]
+    tensors = [decode_image(data, channels, f"images[{i}]", limits.max_image_side)
+               for i, data in enumerate(body.images)]
+    for i, t in enumerate(tensors):
+        served.model.check_input(t[None], f"images[{i}]")
+    out = await _run(served, object(), tensors, request)  # a key of its own: never batched with another request
+    server.metrics.images.labels(served.name).inc(len(out))
+    return {"created": int(time.time()), "data": [{"b64_json": b} for b in out]}
+
+
+def _rows(server: Server, served: Served, body: RowsRequest) -> list[str]:
+    """Refuse too many rows or rows with none of the model's columns; warnings for columns it does not know."""
+    if len(body.rows) > server.config.limits.max_rows:
+        raise Refused(400, f"rows: {len(body.rows)} rows; the limit is {server.config.limits.max_rows}",
+                      code="invalid_value")
+    known = [c.name for c in served.model.columns.columns]
+    sent = sorted(set().union(*(row.keys() for row in body.rows)))
+    if not set(sent) & set(known):
+        raise Refused(400, f"rows: none of the columns sent ({', '.join(sent)}) is the model's: {', '.join(known)}",
+                      code="invalid_value")
+    extra = [c for c in sent if c not in known]
+    return [f"rows: column(s) {', '.join(extra)} are not the model's; passed through unchanged"] if extra else []
+
+
+@router.post("/v1/tabular/impute", tags=["tables"])
+async def impute(body: RowsRequest, request: Request, identity: str = Depends(authorize)) -> dict:
+    """The rows with every missing cell (null or absent) filled; present cells come back as sent."""
+    server, served = _served(request, body.model, ("table",), "/v1/tabular/impute")
+    warnings = _rows(server, served, body)
+    rows = (await _run(served, ("impute", body.seed, object()), [body.rows], request))[0]
+    return {"object": "list", "model": served.name, "rows": rows, "warnings": warnings}
+
+
+@router.post("/v1/tabular/score", tags=["tables"])
+async def score(body: RowsRequest, request: Request, identity: str = Depends(authorize)) -> dict:
+    """An anomaly score per row (higher is odder): the negative bound on the row's log-likelihood."""
+    server, served = _served(request, body.model, ("table",), "/v1/tabular/score")
+    warnings = _rows(server, served, body)
+    scores = (await _run(served, ("score", body.seed, object()), [body.rows], request))[0]
+    return {"object": "list", "model": served.name, "scores": scores, "warnings": warnings}
+
+
+@router.post("/v1/tabular/sample", tags=["tables"])
+async def sample_rows(body: TableSampleRequest, request: Request, identity: str = Depends(authorize)) -> dict:
+    """`n` synthetic rows, with the training table's columns; the same seed gives the same rows."""
+    server, served = _served(request, body.model, ("table",), "/v1/tabular/sample")
+    if body.n > server.config.limits.max_rows:
+        raise Refused(400, f"n: {body.n} rows; the limit is {server.config.limits.max_rows}", code="invalid_value")
+    rows = (await _run(served, ("sample", body.seed, object()), [body.n], request))[0]
+    return {"object": "list", "model": served.name, "rows": rows}

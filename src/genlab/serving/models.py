@@ -1,0 +1,239 @@
+"""The models a server holds: each family behind the worker that batches its requests.
+
+`load_served` reads a run directory (or a bare model folder, as a container holds) and wraps
+its model by what it does: a causal LM behind the continuous-batching engine, a seq2seq model,
+an image generator, an upscaler or a table model behind a `BatchWorker`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from genlab.errors import GenlabError
+from genlab.models.base import META_FILE
+from genlab.serving.config import ServeConfig
+from genlab.serving.engine import TextEngine
+from genlab.serving.workers import BatchWorker
+
+PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def model_folder(path: str | Path) -> tuple[Path, str]:
+    """(model folder, default name) of a run directory or of a model folder itself."""
+    path = Path(path)
+    if (path / "model" / META_FILE).is_file():
+        from genlab.config import load_config
+
+        name = load_config(path / "config.yaml").name if (path / "config.yaml").is_file() else path.name
+        return path / "model", name
+    if (path / META_FILE).is_file():
+        return path, path.parent.name if path.name == "model" else path.name
+    if (path / "config.yaml").is_file():
+        raise GenlabError(f"{path}: this run has no exported model yet (no model/); finish `genlab fit` first")
+    raise GenlabError(f"{path}: neither a run directory nor a genlab model folder (no {META_FILE})")
+
+
+def load_model(path: str | Path) -> tuple[Any, str]:
+    """(model, default name) from a run directory or model folder; weights are read from safetensors only."""
+    from genlab.models.registry import family_class
+
+    folder, name = model_folder(path)
+    pickled = sorted(str(p.relative_to(folder)) for pattern in PICKLES for p in folder.rglob(pattern))
+    if pickled:
+        raise GenlabError(f"{folder}: holds pickled weights ({', '.join(pickled)}); genlab serves safetensors only")
+    family = json.loads((folder / META_FILE).read_text())["family"]
+    return family_class(family).from_pretrained(folder).eval(), name
+
+
+def load_served(path: str | Path, config: ServeConfig, name: str | None = None,
+                observe: Callable[[str, int], None] | None = None) -> Served:
+    """The model at `path`, behind the worker that batches its requests."""
+    model, default = load_model(path)
+    name = name or default
+    family = model.config.family
+    on_batch = (lambda size: observe(name, size)) if observe else None
+    kind = {"text": ServedLM, "image": ServedImages}.get(model.modality, ServedTable)
+    if family == "seq2seq":
+        kind = ServedSeq2Seq
+    elif model.task == "upscale":
+        kind = ServedUpscaler
+    return kind(name, family, model, config, on_batch)
+
+
+class Served:
+    """One loaded model under its name; `kind` decides which routes serve it."""
+
+    kind = "model"
+
+    def __init__(self, name: str, family: str, model: Any, config: ServeConfig,
+                 on_batch: Callable[[int], None] | None) -> None:
+        self.name, self.family, self.model, self.config = name, family, model, config
+        self.created = int(time.time())
+        self.worker = self.start_worker(on_batch)
+
+    def start_worker(self, on_batch: Callable[[int], None] | None) -> Any:
+        """The thread that owns the model: it has `alive`, `depth` and `stop(drain_seconds)`."""
+        c = self.config
+        return BatchWorker(self.run_batch, max_batch_size=c.max_batch_size, max_wait_ms=c.max_wait_ms,
+                           max_queue=c.max_queue, name=f"genlab-{self.name}", on_batch=on_batch)
+
+    def run_batch(self, key: Any, items: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def submit(self, key: Any, items: list[Any]) -> Future:
+        return self.worker.submit(key, items)
+
+    @property
+    def alive(self) -> bool:
+        return self.worker.alive
+
+    @property
+    def depth(self) -> int:
+        return self.worker.depth
+
+    def stop(self, drain_seconds: float) -> None:
+        self.worker.stop(drain_seconds)
+
+
+class ServedLM(Served):
+    """A causal LM: completions, chat and responses through continuous batching."""
+
+    kind = "text"
+
+    def start_worker(self, on_batch: Callable[[int], None] | None) -> TextEngine:
+        self.tokenizer, self.context = self.model.tokenizer, self.model.context
+        c = self.config
+        return TextEngine(self.model.lm, self.tokenizer, max_batch_size=c.max_batch_size, max_wait_ms=c.max_wait_ms,
+                          max_queue=c.max_queue, on_step=on_batch)
+
+    @property
+    def engine(self) -> TextEngine:
+        return self.worker
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        return ids or [self.tokenizer.eos_token_id]  # an empty prompt starts a new document
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
+        """The prompt for chat messages, and the stop strings its template implies.
+
+        With the tokenizer's chat template when it has one; otherwise the plain template
+        "System: ...\\nUser: ...\\nAssistant:" and generation stops where the model starts a new "User:" turn."""
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return text, ()
+        turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
+        return f"{turns}Assistant:", ("\nUser:",)
+
+
+class ServedSeq2Seq(Served):
+    """An encoder-decoder: greedy requests with equal settings share one `generate` call."""
+
+    kind = "seq2seq"
+    context = None
+
+    def run_batch(self, key: Any, items: list[Any]) -> list[str]:
+        options = dict(key)
+        sources = [source for source, _ in items]
+        if options.get("temperature", 0) == 0:  # no randomness: one call for the batch
+            return self.model.sample(len(items), source=sources, **options)
+        generators = [torch.Generator().manual_seed(seed) for _, seed in items]
+        return self.model.sample(len(items), source=sources, generator=generators, **options)
+
+    def encode(self, text: str) -> list[int]:
+        return self.model.tokenizer(text)["input_ids"]
+
+
+class ServedImages(Served):
+    """Diffusion, GAN and VAE: concurrent requests sampled in one call, a seed and label per image."""
+
+    kind = "image"
+
+    def run_batch(self, key: Any, items: list[Any]) -> list[str]:
+        """Items are (seed, label, guidance scale); the key holds the sampler options and whether labels are given
+        (a batch mixes labelled and unlabelled requests never: their conditioning differs)."""
+        options = dict(key)
+        labelled = options.pop("labelled")
+        generators = [torch.Generator().manual_seed(seed) for seed, _, _ in items]
+        conditions: dict[str, Any] = {"labels": [label for _, label, _ in items]} if labelled else {}
+        scales = [g for _, _, g in items]
+        if self.family == "diffusion" and any(g != 1.0 for g in scales):
+            conditions["guidance_scale"] = torch.tensor(scales, dtype=torch.float32)
+        images = self.model.sample(len(items), generator=generators, **conditions, **options)
+        return [png_b64(image) for image in images]
+
+    @property
+    def size(self) -> str:
+        _, h, w = self.model.spec.shape
+        return f"{w}x{h}"
+
+
+class ServedUpscaler(Served):
+    """A super-resolution model: each request's images upscaled in turn (sizes differ, so no batching)."""
+
+    kind = "upscale"
+
+    def run_batch(self, key: Any, items: list[Any]) -> list[str]:
+        return [png_b64(self.model.upscale(image[None])[0]) for image in items]
+
+
+class ServedTable(Served):
+    """A tabular VAE: impute, score and sample rows, one request per call."""
+
+    kind = "table"
+
+    def run_batch(self, key: Any, items: list[Any]) -> list[Any]:
+        action, seed = key[0], key[1]
+        out = []
+        for rows in items:
+            if action == "sample":
+                frame = self.model.sample(rows, generator=torch.Generator().manual_seed(seed))
+                out.append(records(frame))
+            elif action == "impute":
+                out.append(records(self.model.impute(pd.DataFrame.from_records(rows), seed=seed, where="rows")))
+            else:
+                out.append(self.model.score(pd.DataFrame.from_records(rows), seed=seed, where="rows").tolist())
+        return out
+
+
+def png_b64(image: torch.Tensor) -> str:
+    """A (C, H, W) image in [0, 1] as base64 PNG."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def decode_image(data: str, channels: int, field: str, max_side: int) -> torch.Tensor:
+    """A base64 PNG or JPEG as a (C, H, W) tensor in [0, 1]; GenlabError naming `field` when it is not one."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
+            if max(img.size) > max_side:
+                raise GenlabError(f"{field}: {img.size[0]}x{img.size[1]} pixels, more than {max_side} a side")
+            img = img.convert("L" if channels == 1 else "RGB")
+            array = np.asarray(img, dtype=np.float32) / 255
+    except GenlabError:
+        raise
+    except Exception as err:
+        raise GenlabError(f"{field}: not a base64-encoded PNG or JPEG image ({type(err).__name__})") from None
+    tensor = torch.from_numpy(array)
+    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts: missing cells become null."""
+    return json.loads(frame.to_json(orient="records"))

@@ -1,0 +1,357 @@
+"""Text routes in OpenAI's shapes: /v1/completions, /v1/chat/completions and /v1/responses, streamed or not.
+
+Each choice is one sequence in the model's worker; its events come back to the event loop through
+an asyncio queue. A stream is server-sent events ending with `data: [DONE]` (the Responses API
+ends with its `response.completed` event instead, as OpenAI's does). A client that goes away
+cancels its sequences, which leave the batch at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from genlab.serving.app import Server, authorize
+from genlab.serving.engine import TextParams
+from genlab.serving.guard import OutputFilter, Refused
+from genlab.serving.models import ServedLM, ServedSeq2Seq
+from genlab.serving.schemas import ChatRequest, CompletionRequest, ResponsesRequest, Sampling
+from genlab.serving.workers import QueueFull
+
+router = APIRouter(tags=["text"])
+TEXT_KINDS = ("text", "seq2seq")
+
+
+@dataclass
+class Choice:
+    index: int
+    filter: OutputFilter
+    text: str = ""  # what was released to the client
+    finish: str | None = None
+    prompt_tokens: int = 0
+    tokens: int = 0
+    batch: int = 0
+    handle: object = None  # the engine's sequence, to cancel it
+    first_at: float | None = None
+
+
+@dataclass
+class Generation:
+    """The choices of one request, and their events as they arrive."""
+
+    served: ServedLM | ServedSeq2Seq
+    choices: list[Choice]
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    async def deltas(self) -> AsyncIterator[tuple[Choice, str]]:
+        """(choice, released text) as text arrives; (choice, "") once more when a choice finishes."""
+        open_ = len(self.choices)
+        while open_:
+            index, event = await self.events.get()
+            choice = self.choices[index]
+            if event[0] == "delta":
+                out = choice.filter.feed(event[1])
+            elif event[0] == "error":
+                raise Refused(500, event[1], code="generation_failed")
+            else:
+                _, choice.finish, choice.prompt_tokens, choice.tokens, choice.batch = event
+                out = choice.filter.finish()
+                open_ -= 1
+            if choice.filter.verdict is not None and choice.finish is not None:
+                choice.finish = "content_filter"
+            if out and choice.first_at is None:
+                choice.first_at = time.perf_counter()
+            choice.text += out
+            if out or choice.finish is not None:
+                yield choice, out
+
+    def cancel(self) -> None:
+        for choice in self.choices:
+            if choice.finish is None and choice.handle is not None:
+                choice.handle.cancelled = True
+
+
+def start(server: Server, served: ServedLM | ServedSeq2Seq, prompts: list[str], body: Sampling,
+          max_tokens: int | None, extra_stops: tuple[str, ...] = ()) -> Generation:
+    """Validate against the model's limits, then queue n choices per prompt; Refused names the field at fault."""
+    limits = server.config.limits
+    n = len(prompts) * body.n
+    if n > limits.max_n:
+        raise Refused(400, f"n: {n} choices asked for ({len(prompts)} prompts x n={body.n}); the limit is "
+                      f"{limits.max_n}", code="invalid_value")
+    for prompt in prompts:
+        if len(prompt) > limits.max_prompt_chars:
+            raise Refused(400, f"prompt: {len(prompt)} characters, more than the limit of {limits.max_prompt_chars}",
+                          code="invalid_value")
+    loop = asyncio.get_running_loop()
+    gen = Generation(served, [Choice(i, OutputFilter(server.config.filters)) for i in range(n)])
+    params = [_params(served, p, body, max_tokens, extra_stops) for p in prompts]
+    if served.depth + n > server.config.max_queue:
+        raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded")
+    try:
+        for i, choice in enumerate(gen.choices):
+            ids, p = params[i // body.n]
+            seed = None if body.seed is None else body.seed + i % body.n
+            emit = _emitter(loop, gen.events, i)
+            if isinstance(served, ServedLM):
+                choice.handle = served.engine.submit(ids, p, seed, emit)
+            else:
+                _seq2seq(served, prompts[i // body.n], p, seed, emit)
+    except (queue.Full, QueueFull):
+        gen.cancel()
+        raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded") from None
+    return gen
+
+
+def _params(served, prompt: str, body: Sampling, max_tokens: int | None, stops: tuple[str, ...]
+            ) -> tuple[list[int], TextParams]:
+    ids = served.encode(prompt)
+    context = served.context
+    if context is not None:
+        room = context - len(ids)
+        if room < 1:
+            raise Refused(400, f"prompt: {len(ids)} tokens, and the model's context is {context}",
+                          code="context_length_exceeded")
+        if max_tokens is not None and max_tokens > room:
+            raise Refused(400, f"max_tokens: {max_tokens} new tokens after a prompt of {len(ids)} exceed the model's "
+                          f"context of {context}; at most {room}", code="context_length_exceeded")
+        max_tokens = max_tokens or room
+    params = TextParams(max_tokens=max_tokens or 64, temperature=body.temperature, top_p=body.top_p,
+                        top_k=body.top_k, repetition_penalty=body.repetition_penalty,
+                        stop=(*body.stop, *stops), min_tokens=min(body.min_tokens, max_tokens or 64))
+    return ids, params
+
+
+def _emitter(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, index: int):
+    def emit(event: tuple) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, (index, event))
+    return emit
+
+
+def _seq2seq(served: ServedSeq2Seq, source: str, p: TextParams, seed: int | None, emit) -> None:
+    """A seq2seq choice through the batching worker; its whole text arrives as one delta."""
+    key = tuple(sorted({"max_new_tokens": p.max_tokens, "temperature": p.temperature,
+                        **({"top_p": p.top_p} if p.temperature else {}),
+                        **({"top_k": p.top_k} if p.temperature and p.top_k else {})}.items()))
+    future = served.submit(key, [(source, seed or 0)])
+
+    def done(f) -> None:
+        if f.exception() is not None:
+            emit(("error", f"generation failed: {f.exception()}"))
+            return
+        text = f.result()[0]
+        cuts = [text.find(s) for s in p.stop if s in text]
+        text = text[:min(cuts)] if cuts else text
+        tokens = len(served.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        emit(("delta", text))
+        emit(("done", "stop" if cuts or tokens < p.max_tokens else "length", len(served.encode(source)), tokens,
+              getattr(f, "batch_size", 1)))
+    future.add_done_callback(done)
+
+
+def _usage(gen: Generation, per_prompt: int) -> dict:
+    prompt = sum(c.prompt_tokens for c in gen.choices[::per_prompt])
+    completion = sum(c.tokens for c in gen.choices)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _account(server: Server, request: Request, identity: str, gen: Generation) -> None:
+    """Charge the tokens, count them and the filtered outputs, and note them for the log line."""
+    tokens = sum(c.tokens for c in gen.choices)
+    server.guard.charge(identity, tokens)
+    m, name = server.metrics, gen.served.name
+    m.tokens.labels(name).inc(tokens)
+    for c in gen.choices:
+        if c.filter.verdict is not None:
+            m.filtered.labels(name, c.filter.verdict.name, c.filter.verdict.action).inc()
+    request.state.tokens = tokens
+    request.state.batch_size = max((c.batch for c in gen.choices), default=0)
+
+
+async def _collect(gen: Generation) -> None:
+    try:
+        async for _ in gen.deltas():
+            pass
+    except BaseException:
+        gen.cancel()
+        raise
+
+
+def _sse(data: dict | str, event: str | None = None) -> str:
+    payload = data if isinstance(data, str) else json.dumps(data)
+    return (f"event: {event}\n" if event else "") + f"data: {payload}\n\n"
+
+
+def _refusal(choice: Choice) -> dict | None:
+    v = choice.filter.verdict
+    return {"filter": v.name, "action": v.action, "reason": v.reason} if v else None
+
+
+def _final_text(choice: Choice) -> str:
+    v = choice.filter.verdict
+    return "" if v is not None and v.action == "refuse" else choice.text
+
+
+# --- /v1/completions -------------------------------------------------------------------------------------
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request, identity: str = Depends(authorize)):
+    """Text completion, in OpenAI's shape; `stream: true` sends server-sent events ending with [DONE]."""
+    server: Server = request.app.state.server
+    served = server.model(body.model, TEXT_KINDS, "/v1/completions")
+    request.state.model = served.name
+    gen = start(server, served, body.prompts, body, body.max_tokens)
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": rid, "object": "text_completion", "created": created, "model": served.name}
+    if not body.stream:
+        await _collect(gen)
+        _account(server, request, identity, gen)
+        return {**head, "choices": [{"index": c.index, "text": _final_text(c), "finish_reason": c.finish,
+                                     "logprobs": None, **({"genlab_filter": _refusal(c)} if _refusal(c) else {})}
+                                    for c in gen.choices], "usage": _usage(gen, body.n)}
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for c, out in gen.deltas():
+                choice = {"index": c.index, "text": out, "finish_reason": c.finish, "logprobs": None}
+                if c.finish == "content_filter":
+                    choice["genlab_filter"] = _refusal(c)
+                yield _sse({**head, "choices": [choice]})
+            _account(server, request, identity, gen)
+            if body.stream_options and body.stream_options.include_usage:
+                yield _sse({**head, "choices": [], "usage": _usage(gen, body.n)})
+        except Refused as err:
+            yield _sse({"error": {"message": err.message, "type": "server_error", "code": err.code}})
+        finally:
+            gen.cancel()
+        yield _sse("[DONE]")
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+# --- /v1/chat/completions -------------------------------------------------------------------------------
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request, identity: str = Depends(authorize)):
+    """Chat completion: the messages become a prompt by the tokenizer's chat template, or genlab's plain one."""
+    server: Server = request.app.state.server
+    served = server.model(body.model, TEXT_KINDS, "/v1/chat/completions")
+    request.state.model = served.name
+    prompt, stops = _chat_prompt(served, [m.text() for m in body.messages])
+    gen = start(server, served, [prompt], body, body.limit, stops)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": rid, "object": "chat.completion", "created": created, "model": served.name}
+    if not body.stream:
+        await _collect(gen)
+        _account(server, request, identity, gen)
+        return {**head, "choices": [
+            {"index": c.index, "message": {"role": "assistant", "content": _final_text(c),
+                                           **({"refusal": _refusal(c)["reason"]} if _refusal(c) else {})},
+             "finish_reason": c.finish, "logprobs": None} for c in gen.choices], "usage": _usage(gen, body.n)}
+
+    head["object"] = "chat.completion.chunk"
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            for c in gen.choices:  # the role comes first, as OpenAI sends it
+                yield _sse({**head, "choices": [{"index": c.index, "delta": {"role": "assistant", "content": ""},
+                                                 "finish_reason": None}]})
+            async for c, out in gen.deltas():
+                yield _sse({**head, "choices": [{"index": c.index, "delta": {"content": out} if out else {},
+                                                 "finish_reason": c.finish}]})
+            _account(server, request, identity, gen)
+            if body.stream_options and body.stream_options.include_usage:
+                yield _sse({**head, "choices": [], "usage": _usage(gen, body.n)})
+        except Refused as err:
+            yield _sse({"error": {"message": err.message, "type": "server_error", "code": err.code}})
+        finally:
+            gen.cancel()
+        yield _sse("[DONE]")
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _chat_prompt(served, messages: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
+    if isinstance(served, ServedSeq2Seq):  # an encoder-decoder answers the last user message
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        if not users:
+            raise Refused(400, "messages: a seq2seq model needs a user message to transform", code="invalid_value")
+        return users[-1], ()
+    return served.chat_prompt(messages)
+
+
+# --- /v1/responses ----------------------------------------------------------------------------------------
+
+@router.post("/v1/responses")
+async def responses(body: ResponsesRequest, request: Request, identity: str = Depends(authorize)):
+    """OpenAI's Responses API for plain text input and output, streamed as its typed events or not."""
+    server: Server = request.app.state.server
+    served = server.model(body.model, TEXT_KINDS, "/v1/responses")
+    request.state.model = served.name
+    messages = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else \
+        [m.text() for m in body.input]
+    if body.instructions:
+        messages.insert(0, {"role": "system", "content": body.instructions})
+    prompt, stops = _chat_prompt(served, messages)
+    sampling = Sampling(model=body.model, temperature=body.temperature, top_p=body.top_p, seed=body.seed)
+    gen = start(server, served, [prompt], sampling, body.max_output_tokens, stops)
+    rid, item = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}"
+    created = int(time.time())
+
+    def response(status: str) -> dict:
+        c = gen.choices[0]
+        done = status == "completed"
+        content = [{"type": "output_text", "text": _final_text(c), "annotations": []}] if done else []
+        output = [{"id": item, "type": "message", "status": status, "role": "assistant", "content": content}]
+        usage = _usage(gen, 1)
+        return {"id": rid, "object": "response", "created_at": created, "model": served.name, "status": status,
+                "output": output if done else [], "parallel_tool_calls": False, "tool_choice": "none", "tools": [],
+                "temperature": body.temperature, "top_p": body.top_p, "max_output_tokens": body.max_output_tokens,
+                "instructions": body.instructions, "error": None, "incomplete_details": None,
+                "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
+                          "total_tokens": usage["total_tokens"],
+                          "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens_details": {"reasoning_tokens": 0}} if done else None}
+
+    if not body.stream:
+        await _collect(gen)
+        _account(server, request, identity, gen)
+        return response("completed")
+
+    async def events() -> AsyncIterator[str]:
+        seq = iter(range(1 << 30))
+        where = {"item_id": item, "output_index": 0, "content_index": 0}
+
+        def event(kind: str, **data) -> str:
+            return _sse({"type": kind, "sequence_number": next(seq), **data}, kind)
+        try:
+            yield event("response.created", response=response("in_progress"))
+            yield event("response.output_item.added", output_index=0,
+                        item={"id": item, "type": "message", "status": "in_progress", "role": "assistant",
+                              "content": []})
+            yield event("response.content_part.added", item_id=item, output_index=0, content_index=0,
+                        part={"type": "output_text", "text": "", "annotations": []})
+            async for _, out in gen.deltas():
+                if out:
+                    yield event("response.output_text.delta", **where, delta=out, logprobs=[])
+            _account(server, request, identity, gen)
+            final = response("completed")
+            text = final["output"][0]["content"][0]["text"]
+            yield event("response.output_text.done", **where, text=text, logprobs=[])
+            yield event("response.content_part.done", **where, part=final["output"][0]["content"][0])
+            yield event("response.output_item.done", output_index=0, item=final["output"][0])
+            yield event("response.completed", response=final)
+        except Refused as err:
+            yield event("error", message=err.message, code=err.code, param=None)
+        finally:
+            gen.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream")

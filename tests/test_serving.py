@@ -1,0 +1,392 @@
+"""genlab serve: the OpenAI-compatible app with the official client, continuous batching, streaming,
+keys and rate limits, request limits, filters, metrics and logs, and the Lambda handler."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import re
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import torch
+import uvicorn
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import genlab
+from genlab.serving import ServeConfig, serve_app
+from genlab.serving.engine import TextParams
+from genlab.serving.models import ServedLM
+
+LM = ["model.family=transformer", "data.source=python_docs", "model.tokenizer=bpe", "model.vocab_size=300",
+      "model.context=96", "model.width=32", "model.layers=2", "model.heads=2", "train.batch_size=16",
+      "train.max_steps=60", "train.val_every=60", "train.checkpoint_every=60", "train.progress=none",
+      "train.optimizer.lr=0.003", "train.grid_size=2", "eval.sampling.max_new_tokens=10"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_run) -> dict[str, genlab.Run]:
+    root = tmp_path_factory.mktemp("served")
+    return {"lm": genlab.fit(None, overrides=LM, out=root / "lm"), "digits": tiny_run}
+
+
+@contextmanager
+def running(app):
+    """The app under a real uvicorn server on a free loopback port; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def png(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_the_official_openai_client_does_everything_it_is_asked(runs):
+    from openai import OpenAI
+
+    app = serve_app([runs["lm"].path, runs["digits"].path], ServeConfig(names=["lm", "digits"]))
+    with running(app) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert {m.id for m in client.models.list()} == {"lm", "digits"}
+
+        done = client.completions.create(model="lm", prompt="The import statement", max_tokens=12, seed=1)
+        assert done.choices[0].text and done.usage.completion_tokens <= 12 and done.usage.prompt_tokens > 0
+        again = client.completions.create(model="lm", prompt="The import statement", max_tokens=12, seed=1)
+        assert again.choices[0].text == done.choices[0].text, "same seed, same text"
+
+        chunks = list(client.completions.create(model="lm", prompt="The import statement", max_tokens=12, seed=1,
+                                                stream=True, stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == done.choices[0].text
+        assert chunks[-1].usage.completion_tokens == done.usage.completion_tokens
+
+        chat = client.chat.completions.create(model="lm", messages=[{"role": "user", "content": "Hello"}],
+                                              max_tokens=10, n=2, seed=3)
+        assert len(chat.choices) == 2 and chat.choices[0].message.role == "assistant"
+        streamed = client.chat.completions.create(model="lm", messages=[{"role": "user", "content": "Hello"}],
+                                                  max_tokens=10, seed=3, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        assert text == chat.choices[0].message.content
+
+        response = client.responses.create(model="lm", input="Describe the for statement", max_output_tokens=10)
+        assert response.status == "completed" and response.output_text and response.usage.output_tokens > 0
+        events = [e.type for e in client.responses.create(model="lm", input="Describe", max_output_tokens=8,
+                                                          stream=True)]
+        assert events[0] == "response.created" and events[-1] == "response.completed"
+        assert "response.output_text.delta" in events
+
+        images = client.images.generate(model="digits", prompt="", n=3, response_format="b64_json",
+                                        extra_body={"seed": 4, "steps": 5})
+        first = png(images.data[0].b64_json)
+        assert len(images.data) == 3 and first.size == (8, 8)
+        repeat = client.images.generate(model="digits", prompt="", n=1, extra_body={"seed": 4, "steps": 5})
+        assert repeat.data[0].b64_json == images.data[0].b64_json, "a seeded image is the same alone or in a batch"
+
+
+def test_streams_are_server_sent_events_that_end_with_done(runs):
+    app = serve_app([runs["lm"].path], ServeConfig(names=["lm"]))
+    with running(app) as url:
+        with httpx.stream("POST", f"{url}/v1/completions", json={"model": "lm", "prompt": "x", "max_tokens": 5,
+                                                                  "stream": True}) as r:
+            lines = [line for line in r.iter_lines() if line]
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_continuous_batching_lets_a_short_request_finish_while_a_long_one_runs(runs):
+    served = ServedLM("lm", "transformer", runs["lm"].model, ServeConfig(max_wait_ms=0), None)
+    finished: dict[str, float] = {}
+    events: dict[str, list] = {"long": [], "short": []}
+
+    def submit(name: str, tokens: int, prompt: str) -> None:
+        def emit(event):
+            events[name].append(event)
+            if event[0] == "done":
+                finished[name] = time.perf_counter()
+        params = TextParams(max_tokens=tokens, temperature=1.0)
+        served.engine.submit(served.encode(prompt), params, 0, emit)
+
+    try:
+        submit("long", 80, "x")
+        while not events["long"]:  # the long one is decoding
+            time.sleep(0.001)
+        submit("short", 3, "The import statement")
+        while len(finished) < 2:
+            time.sleep(0.01)
+    finally:
+        served.stop(5)
+    assert finished["short"] < finished["long"], "the short request left the batch first"
+    done = events["short"][-1]
+    assert done[0] == "done" and done[3] <= 3 and done[4] == 2, "it was decoded in the long one's batch"
+
+
+def test_a_seeded_request_gives_the_same_text_alone_and_in_a_crowd(runs):
+    served = ServedLM("lm", "transformer", runs["lm"].model, ServeConfig(max_wait_ms=20), None)
+
+    def run(requests: list[tuple[str, int, float]]) -> list[str]:
+        texts, done = [[] for _ in requests], threading.Semaphore(0)
+
+        def emitter(i):
+            def emit(event):
+                if event[0] == "delta":
+                    texts[i].append(event[1])
+                elif event[0] == "done":
+                    done.release()
+            return emit
+        for i, (prompt, seed, temperature) in enumerate(requests):
+            served.engine.submit(served.encode(prompt), TextParams(max_tokens=20, temperature=temperature, top_k=20,
+                                                                   top_p=0.9), seed, emitter(i))
+        for _ in requests:
+            done.acquire()
+        return ["".join(t) for t in texts]
+
+    try:
+        alone = run([("The import statement", 7, 0.9)])[0]
+        crowd = run([("x", 1, 1.0), ("The import statement", 7, 0.9), ("A longer prompt about modules", 2, 0.0),
+                     ("def", 3, 1.5)])
+    finally:
+        served.stop(5)
+    assert crowd[1] == alone and len(set(crowd)) == 4
+
+
+def client_for(runs, **config) -> TestClient:
+    cfg = ServeConfig(names=["lm", "digits"], **config)
+    return TestClient(serve_app([runs["lm"].path, runs["digits"].path], cfg), raise_server_exceptions=False)
+
+
+def test_keys_are_required_when_configured_and_health_stays_open(runs, monkeypatch):
+    monkeypatch.setenv("GENLAB_API_KEYS", "env-key")
+    with client_for(runs, api_keys=["k1"]) as client:
+        body = {"model": "lm", "prompt": "x", "max_tokens": 2}
+        assert client.get("/health").status_code == 200 and client.get("/ready").json()["status"] == "ready"
+        missing = client.post("/v1/completions", json=body)
+        assert missing.status_code == 401 and "Authorization: Bearer" in missing.json()["error"]["message"]
+        assert client.post("/v1/completions", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+        for key in ("k1", "env-key"):
+            assert client.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}).is_success
+        assert client.get("/v1/models").status_code == 401
+
+
+def test_rate_limits_answer_429_with_retry_after_per_key(runs):
+    limits = {"requests_per_minute": 2}
+    with client_for(runs, api_keys=["a", "b"], rate_limit=limits) as client:
+        body = {"model": "lm", "prompt": "x", "max_tokens": 2}
+        a, b = {"Authorization": "Bearer a"}, {"Authorization": "Bearer b"}
+        assert [client.post("/v1/completions", json=body, headers=a).status_code for _ in range(3)] == [200, 200, 429]
+        limited = client.post("/v1/completions", json=body, headers=a)
+        assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+        assert client.post("/v1/completions", json=body, headers=b).status_code == 200, "b has a budget of its own"
+    with client_for(runs, rate_limit={"tokens_per_minute": 5}) as client:
+        assert client.post("/v1/completions", json={**body, "max_tokens": 8, "temperature": 0}).is_success
+        spent = client.post("/v1/completions", json=body)
+        assert spent.status_code == 429 and "token rate limit" in spent.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("body", "status", "names"), [
+    ({"model": "lm", "prompt": "x", "max_tokens": 500}, 400, "max_tokens"),
+    ({"model": "lm", "prompt": "x", "n": 50}, 400, "n:"),
+    ({"model": "lm", "prompt": "word " * 3000}, 400, "prompt"),
+    ({"model": "lm", "prompt": "x", "temperature": 5}, 422, "temperature"),
+    ({"model": "lm"}, 422, "prompt"),
+    ({"model": "nope", "prompt": "x"}, 404, "'nope' is not served here"),
+    ({"model": "digits", "prompt": "x"}, 400, "does not serve /v1/completions"),
+    ({"model": "lm", "prompt": "x", "logprobs": 3}, 422, "logprobs"),
+])
+def test_bad_requests_get_an_error_that_names_the_field(runs, body, status, names):
+    with client_for(runs, limits={"max_prompt_chars": 10_000}) as client:
+        r = client.post("/v1/completions", json=body)
+    assert r.status_code == status and names in r.json()["error"]["message"], r.json()
+
+
+def test_image_and_body_limits_and_malformed_json(runs):
+    with client_for(runs, limits={"max_body_bytes": 2048}) as client:
+        url = "/v1/images/generations"
+        assert "size: this model draws 8x8" in client.post(url, json={"model": "digits", "size": "64x64"}).text
+        assert "n: 20 images" in client.post(url, json={"model": "digits", "n": 20}).text
+        assert "truncation: a diffusion model" in client.post(url, json={"model": "digits", "truncation": 1}).text
+        assert "sampler: 'magic'" in client.post(url, json={"model": "digits", "sampler": "magic"}).text
+        big = client.post("/v1/completions", json={"model": "lm", "prompt": "x" * 5000})
+        assert big.status_code == 413 and "body" in big.json()["error"]["message"]
+        broken = client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+        assert broken.status_code == 422 and "error" in broken.json()
+
+
+def test_a_full_queue_answers_503_with_retry_after(runs):
+    app = serve_app([runs["lm"].path], ServeConfig(names=["lm"], max_queue=2, max_batch_size=1))
+
+    async def flood():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            body = {"model": "lm", "prompt": "x", "max_tokens": 40, "temperature": 1.0}
+            return await asyncio.gather(*(client.post("/v1/completions", json=body) for _ in range(8)))
+
+    answers = asyncio.run(flood())
+    codes = sorted(r.status_code for r in answers)
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}, codes
+    busy = next(r for r in answers if r.status_code == 503)
+    assert busy.headers["Retry-After"] == "1" and "queue is full" in busy.json()["error"]["message"]
+
+
+def test_filters_refuse_or_replace_blocked_terms_and_are_counted(runs):
+    with client_for(runs) as client:
+        body = {"model": "lm", "prompt": "The ", "max_tokens": 40, "min_tokens": 40, "temperature": 0.7, "seed": 0}
+        text = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    word = max(re.findall(r"\b[A-Za-z]{2,}\b", text), key=len)
+    with client_for(runs, filters=[{"terms": [word.upper()], "action": "refuse"}]) as client:
+        refused = client.post("/v1/completions", json=body).json()["choices"][0]
+        metrics = client.get("/metrics").text
+    assert refused["text"] == "" and refused["finish_reason"] == "content_filter"
+    assert refused["genlab_filter"]["reason"] == "the output contains a blocked term"
+    assert 'genlab_filtered_outputs_total{action="refuse",filter="blocklist",model="lm"} 1.0' in metrics
+    with client_for(runs, filters=[{"terms": [word], "action": "replace", "replacement": "***"}]) as client:
+        replaced = client.post("/v1/completions", json=body).json()["choices"][0]
+        streamed = client.post("/v1/completions", json={**body, "stream": True}).text
+    assert word not in replaced["text"] and "***" in replaced["text"]
+    pieces = [json.loads(line[6:])["choices"][0]["text"] for line in streamed.splitlines()
+              if line.startswith("data: {")]
+    assert "".join(pieces) == replaced["text"], "a stream is filtered as the whole text is"
+
+
+def test_metrics_and_one_json_log_line_per_request(runs, caplog):
+    with client_for(runs) as client, caplog.at_level(logging.INFO, logger="genlab.serve"):
+        client.post("/v1/completions", json={"model": "lm", "prompt": "x", "max_tokens": 3},
+                    headers={"X-Request-ID": "req-42"})
+        client.post("/v1/images/generations", json={"model": "digits", "n": 2, "steps": 3})
+        client.post("/v1/completions", json={"model": "lm"})
+        text = client.get("/metrics").text
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "genlab.serve"]
+    first = lines[0]
+    assert first["id"] == "req-42" and first["model"] == "lm" and first["route"] == "/v1/completions"
+    assert first["status"] == 200 and first["tokens"] >= 1 and first["batch_size"] >= 1 and first["latency_ms"] > 0
+    assert lines[1]["batch_size"] == 2 and lines[2]["status"] == 422
+    assert 'genlab_requests_total{route="/v1/completions",status="200"} 1.0' in text
+    assert 'genlab_requests_total{route="/v1/completions",status="422"} 1.0' in text
+    assert 'genlab_images_generated_total{model="digits"} 2.0' in text
+    assert "genlab_batch_size_bucket" in text and 'genlab_queue_depth{model="lm"}' in text
+
+
+def test_the_lambda_handler_answers_an_api_gateway_v2_event(runs, monkeypatch):
+    import genlab.serving.aws as aws
+
+    monkeypatch.setenv("GENLAB_MODELS", str(runs["lm"].path))
+    monkeypatch.setattr(aws, "_handler", None)
+    name = runs["lm"].config.name  # no names in the config: a run is served under its own name
+    body = json.dumps({"model": name, "prompt": "The ", "max_tokens": 4, "seed": 0})
+    event = {
+        "version": "2.0", "routeKey": "$default", "rawPath": "/v1/completions", "rawQueryString": "",
+        "headers": {"content-type": "application/json", "host": "abc.execute-api.eu-west-1.amazonaws.com"},
+        "requestContext": {"accountId": "123", "apiId": "abc", "domainName": "abc.execute-api.eu-west-1.amazonaws.com",
+                           "http": {"method": "POST", "path": "/v1/completions", "protocol": "HTTP/1.1",
+                                    "sourceIp": "10.0.0.1", "userAgent": "test"},
+                           "requestId": "r1", "routeKey": "$default", "stage": "$default", "time": "now",
+                           "timeEpoch": 0},
+        "body": body, "isBase64Encoded": False,
+    }
+    answer = aws.lambda_handler(event, None)
+    assert answer["statusCode"] == 200, answer
+    choice = json.loads(answer["body"])["choices"][0]
+    usage = json.loads(answer["body"])["usage"]
+    assert choice["finish_reason"] in ("stop", "length") and 1 <= usage["completion_tokens"] <= 4
+    missing = aws.lambda_handler({**event, "rawPath": "/v1/models", "requestContext": {
+        **event["requestContext"], "http": {**event["requestContext"]["http"], "method": "GET",
+                                            "path": "/v1/models"}}, "body": None}, None)
+    assert json.loads(missing["body"])["data"][0]["id"] == name
+
+
+def test_serving_refuses_what_is_not_a_model_folder_or_holds_pickles(runs, tmp_path):
+    from genlab.errors import GenlabError
+
+    with pytest.raises(GenlabError, match="neither a run directory nor a genlab model folder"):
+        serve_app([tmp_path])
+    folder = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(runs["lm"].paths.model, folder)
+    torch.save({"x": torch.zeros(1)}, folder / "pytorch_model.bin")
+    with pytest.raises(GenlabError, match="pickled weights"):
+        serve_app([folder])
+    with pytest.raises(GenlabError, match="a second model named"):
+        serve_app([runs["lm"].path, runs["lm"].path])
+
+
+def test_each_family_gets_its_routes(tmp_path_factory):
+    from .test_gan import GAN_TINY
+    from .test_sr import SR_TINY
+    from .test_tabular import TAB_TINY
+
+    root = tmp_path_factory.mktemp("families")
+    few = ["train.max_steps=4", "train.val_every=4", "train.checkpoint_every=4"]
+    gan = genlab.fit(None, overrides=[*GAN_TINY, *few], out=root / "gan")
+    sr = genlab.fit(None, overrides=[*SR_TINY, *few], out=root / "sr")
+    table = genlab.fit(None, overrides=[*TAB_TINY, "data.source=wine", *few], out=root / "table")
+    app = serve_app([gan.path, sr.path, table.path], ServeConfig(names=["gan", "sr", "table"]))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        one = client.post("/v1/images/generations", json={"model": "gan", "n": 2, "seed": 1, "truncation": 0.5})
+        assert [png(d["b64_json"]).size for d in one.json()["data"]] == [(8, 8), (8, 8)]
+        assert "label:" in client.post("/v1/images/generations", json={"model": "gan", "label": 42}).text
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (20, 12), (200, 30, 30)).save(buffer, format="PNG")
+        up = client.post("/v1/images/upscale", json={"model": "sr", "images": [base64.b64encode(
+            buffer.getvalue()).decode()]})
+        assert png(up.json()["data"][0]["b64_json"]).size == (40, 24)
+        bad = client.post("/v1/images/upscale", json={"model": "sr", "images": ["aGVsbG8="]})
+        assert bad.status_code == 400 and "images[0]: not a base64-encoded PNG or JPEG" in bad.text
+
+        rows = client.post("/v1/tabular/sample", json={"model": "table", "n": 5, "seed": 3}).json()["rows"]
+        assert len(rows) == 5 and set(rows[0]) >= {"alcohol", "class"}
+        holes = [{**row, "alcohol": None} for row in rows]
+        filled = client.post("/v1/tabular/impute", json={"model": "table", "rows": holes}).json()["rows"]
+        assert all(isinstance(r["alcohol"], float) for r in filled)
+        assert [r["magnesium"] for r in filled] == [r["magnesium"] for r in rows], "present cells come back as sent"
+        scores = client.post("/v1/tabular/score", json={"model": "table", "rows": rows}).json()["scores"]
+        assert len(scores) == 5 and all(isinstance(s, float) for s in scores)
+        unknown = client.post("/v1/tabular/score", json={"model": "table", "rows": [{"nonsense": 1}]})
+        assert unknown.status_code == 400 and "nonsense" in unknown.text
+
+
+def test_a_seq2seq_model_answers_completions_and_chat_batched(tmp_path_factory):
+    from .test_seq2seq import TINY_DATES
+
+    run = genlab.fit(None, overrides=[*TINY_DATES, "train.max_steps=30", "train.val_every=30",
+                                      "train.checkpoint_every=30", "data.limit=600"],
+                     out=tmp_path_factory.mktemp("s2s") / "run")
+    sources = ["3 March 1987", "Tuesday, 4 May 2021", "12/01/1999"]
+    want = run.sample(3, source=sources, temperature=0, max_new_tokens=12)
+    app = serve_app([run.path], ServeConfig(names=["dates"], max_wait_ms=50))
+
+    async def together():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            asks = [client.post("/v1/completions", json={"model": "dates", "prompt": s, "max_tokens": 12,
+                                                         "temperature": 0}) for s in sources]
+            return await asyncio.gather(*asks)
+
+    answers = [r.json()["choices"][0]["text"] for r in asyncio.run(together())]
+    assert answers == want
+    batches = app.state.server.metrics.render().decode()
+    assert 'genlab_batch_size_count{model="dates"} 1.0' in batches, "the three greedy requests shared one call"
+    with TestClient(app) as client:
+        chat = client.post("/v1/chat/completions", json={"model": "dates", "temperature": 0, "max_tokens": 12,
+                                                         "messages": [{"role": "system", "content": "be brief"},
+                                                                      {"role": "user", "content": sources[0]}]})
+        assert chat.json()["choices"][0]["message"]["content"] == want[0]
+        no_user = client.post("/v1/chat/completions", json={"model": "dates", "messages": [
+            {"role": "system", "content": "x"}]})
+        assert no_user.status_code == 400 and "needs a user message" in no_user.text
