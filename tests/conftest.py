@@ -40,3 +40,17 @@ def _quiet():
 def tiny_run(tmp_path_factory) -> genlab.Run:
     """One tiny trained run, shared by the tests that only read a run."""
     return genlab.fit(None, overrides=tiny(), out=tmp_path_factory.mktemp("runs") / "tiny")
+
+
+# A small BPE language model on CPython's docs, for serving and export (context 96, ~60 steps).
+LM = ["model.family=transformer", "data.source=python_docs", "model.tokenizer=bpe", "model.vocab_size=300",
+      "model.context=96", "model.width=32", "model.layers=2", "model.heads=2", "train.batch_size=16",
+      "train.max_steps=60", "train.val_every=60", "train.checkpoint_every=60", "train.progress=none",
+      "train.optimizer.lr=0.003", "train.grid_size=2", "eval.sampling.max_new_tokens=10"]
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, tiny_run) -> dict[str, genlab.Run]:
+    """A language model and the tiny diffusion run: what the serving tests serve."""
+    root = tmp_path_factory.mktemp("served")
+    return {"lm": genlab.fit(None, overrides=LM, out=root / "lm"), "digits": tiny_run}

@@ -24,8 +24,8 @@ from genlab.cli import app
 from genlab.export.onnx import graphs
 from genlab.serving.models import load_model
 
+from .conftest import LM
 from .test_gan import GAN_TINY
-from .test_serving import LM
 from .test_sr import SR_TINY
 from .test_vae import VAE_TINY
 

@@ -25,17 +25,6 @@ from genlab.serving import ServeConfig, serve_app
 from genlab.serving.engine import TextParams
 from genlab.serving.models import ServedLM
 
-LM = ["model.family=transformer", "data.source=python_docs", "model.tokenizer=bpe", "model.vocab_size=300",
-      "model.context=96", "model.width=32", "model.layers=2", "model.heads=2", "train.batch_size=16",
-      "train.max_steps=60", "train.val_every=60", "train.checkpoint_every=60", "train.progress=none",
-      "train.optimizer.lr=0.003", "train.grid_size=2", "eval.sampling.max_new_tokens=10"]
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_run) -> dict[str, genlab.Run]:
-    root = tmp_path_factory.mktemp("served")
-    return {"lm": genlab.fit(None, overrides=LM, out=root / "lm"), "digits": tiny_run}
-
 
 @contextmanager
 def running(app):

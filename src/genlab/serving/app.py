@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
@@ -106,7 +107,20 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, met
 
     app.include_router(text.router)
     app.include_router(media.router)
+    app.openapi = lambda: _openapi(app, list(models))
     return app
+
+
+def _openapi(app: FastAPI, names: list[str]) -> dict:
+    """FastAPI's spec, with each request's `model` listing the models this server holds."""
+    if app.openapi_schema is None:
+        spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for component in spec.get("components", {}).get("schemas", {}).values():
+            field = component.get("properties", {}).get("model")
+            if field is not None and names:
+                field["enum"] = names
+        app.openapi_schema = spec
+    return app.openapi_schema
 
 
 def authorize(request: Request) -> str:

@@ -23,6 +23,7 @@ class Limits(Section):
     max_body_bytes: int = Field(8_000_000, ge=1024)
     max_image_side: int = Field(1024, ge=8)  # images sent for upscaling
     max_rows: int = Field(10_000, ge=1)  # table rows per request
+    max_steps: int = Field(250, ge=1)  # diffusion sampler steps per request
 
 
 class BlocklistFilter(Section):

@@ -57,6 +57,8 @@ async def images(body: ImageRequest, request: Request, identity: str = Depends(a
     server, served = _served(request, body.model, ("image",), "/v1/images/generations")
     if body.n > server.config.limits.max_n:
         raise Refused(400, f"n: {body.n} images; the limit is {server.config.limits.max_n}", code="invalid_value")
+    if body.steps is not None and body.steps > server.config.limits.max_steps:
+        raise Refused(400, f"steps: {body.steps}; the limit is {server.config.limits.max_steps}", code="invalid_value")
     if body.size is not None and body.size != served.size:
         raise Refused(400, f"size: this model draws {served.size} images, not {body.size}", code="invalid_value")
     options = {}

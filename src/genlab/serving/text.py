@@ -9,10 +9,12 @@ cancels its sequences, which leave the batch at the next step.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import queue
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -52,26 +54,34 @@ class Generation:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
 
     async def deltas(self) -> AsyncIterator[tuple[Choice, str]]:
-        """(choice, released text) as text arrives; (choice, "") once more when a choice finishes."""
+        """(choice, released text) as text arrives; (choice, "") once more when a choice finishes.
+        Events that arrived together are merged per choice, so a client that lags gets fewer, larger chunks."""
         open_ = len(self.choices)
         while open_:
-            index, event = await self.events.get()
-            choice = self.choices[index]
-            if event[0] == "delta":
-                out = choice.filter.feed(event[1])
-            elif event[0] == "error":
-                raise Refused(500, event[1], code="generation_failed")
-            else:
-                _, choice.finish, choice.prompt_tokens, choice.tokens, choice.batch = event
-                out = choice.filter.finish()
-                open_ -= 1
-            if choice.filter.verdict is not None and choice.finish is not None:
-                choice.finish = "content_filter"
-            if out and choice.first_at is None:
-                choice.first_at = time.perf_counter()
-            choice.text += out
-            if out or choice.finish is not None:
-                yield choice, out
+            events = [await self.events.get()]
+            while not self.events.empty():
+                events.append(self.events.get_nowait())
+            released: dict[int, str] = {}
+            for index, event in events:
+                choice = self.choices[index]
+                if event[0] == "delta":
+                    out = choice.filter.feed(event[1])
+                elif event[0] == "error":
+                    raise Refused(500, event[1], code="generation_failed")
+                else:
+                    _, choice.finish, choice.prompt_tokens, choice.tokens, choice.batch = event
+                    out = choice.filter.finish()
+                    open_ -= 1
+                released[index] = released.get(index, "") + out
+            for index, out in released.items():
+                choice = self.choices[index]
+                if choice.filter.verdict is not None and choice.finish is not None:
+                    choice.finish = "content_filter"
+                if out and choice.first_at is None:
+                    choice.first_at = time.perf_counter()
+                choice.text += out
+                if out or choice.finish is not None:
+                    yield choice, out
 
     def cancel(self) -> None:
         for choice in self.choices:
@@ -130,9 +140,34 @@ def _params(served, prompt: str, body: Sampling, max_tokens: int | None, stops: 
     return ids, params
 
 
+class _Dispatcher:
+    """Events from worker threads into one event loop, with one wake-up per burst rather than per token:
+    a decoding step emits a token for every sequence in the batch, and each wake-up costs a system call."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.pending, self.scheduled = loop, collections.deque(), False
+
+    def put(self, events: asyncio.Queue, item: tuple) -> None:  # any thread
+        self.pending.append((events, item))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:  # the loop's thread
+        self.scheduled = False
+        while self.pending:
+            events, item = self.pending.popleft()
+            events.put_nowait(item)
+
+
+_dispatchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _emitter(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, index: int):
+    dispatcher = _dispatchers.get(loop) or _dispatchers.setdefault(loop, _Dispatcher(loop))
+
     def emit(event: tuple) -> None:
-        loop.call_soon_threadsafe(events.put_nowait, (index, event))
+        dispatcher.put(events, (index, event))
     return emit
 
 
