@@ -1,7 +1,8 @@
 """One lever at a time: training tokens/s of the shakespeare model under each speed lever, by one clock.
 
 The model is `configs/shakespeare-char.yaml`'s (genlab's Transformer.build on the same data); each
-variant runs the same training step (forward, loss, backward, AdamW) for STEPS steps after warm-up.
+variant runs the same training step (forward, loss, backward, AdamW or genlab's Muon) for STEPS steps
+after warm-up.
 Rounds interleave the variants and medians are reported. torch.compile is timed once, with its
 warm-up printed apart: in a 180 s budget the warm-up is part of the cost. Figures only.
 
@@ -18,8 +19,10 @@ import warnings
 import torch
 
 import genlab
+from genlab.config import OptimizerConfig
 from genlab.data import load_dataset
 from genlab.models import Transformer
+from genlab.training.optim import build_optimizer
 
 warnings.filterwarnings("ignore")
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 15
@@ -31,12 +34,12 @@ BATCH = CONFIG.train.batch_size
 
 
 def tokens_per_s(precision: str, attention: str, fused: bool | None = None, compiled: bool = False,
-                 steps: int = STEPS) -> tuple[float, float]:
+                 steps: int = STEPS, optimizer: str = "adamw") -> tuple[float, float]:
     """(tokens/s after warm-up, seconds spent in warm-up) of the training step."""
     torch.manual_seed(0)
     model, data = Transformer.build(CONFIG.model, DATA)
     model.lm.set_attn_implementation(attention)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)
+    optimizer = build_optimizer(model, OptimizerConfig(name=optimizer, lr=1e-3, weight_decay=0.1, fused=fused))
     lm = torch.compile(model.lm) if compiled else model.lm
     x, began = data.train.x, time.perf_counter()
     for step in range(WARMUP + steps):
@@ -62,6 +65,7 @@ def main() -> None:
         "bf16 autocast, sdpa": ("bf16", "sdpa", None),
         "bf16 autocast, eager (genlab's CPU default)": ("bf16", "eager", None),
         "bf16, eager, fused AdamW": ("bf16", "eager", True),
+        "bf16, eager, Muon on hidden matrices + AdamW": ("bf16", "eager", None, False, STEPS, "muon"),
     }
     figures: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(ROUNDS):

@@ -216,6 +216,15 @@ def test_image_and_body_limits_and_malformed_json(runs):
         assert broken.status_code == 422 and "error" in broken.json()
 
 
+def test_cors_origins_come_from_the_config(runs):
+    with client_for(runs, cors_origins=["https://app.example.com"]) as client:
+        allowed = client.options("/v1/completions", headers={"Origin": "https://app.example.com",
+                                                             "Access-Control-Request-Method": "POST"})
+        other = client.get("/health", headers={"Origin": "https://evil.example.com"})
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "access-control-allow-origin" not in other.headers
+
+
 def test_a_full_queue_answers_503_with_retry_after(runs):
     app = serve_app([runs["lm"].path], ServeConfig(names=["lm"], max_queue=2, max_batch_size=1))
 
@@ -337,6 +346,11 @@ def test_each_family_gets_its_routes(tmp_path_factory):
         assert png(up.json()["data"][0]["b64_json"]).size == (40, 24)
         bad = client.post("/v1/images/upscale", json={"model": "sr", "images": ["aGVsbG8="]})
         assert bad.status_code == 400 and "images[0]: not a base64-encoded PNG or JPEG" in bad.text
+        buffer = io.BytesIO()
+        Image.new("RGB", (1500, 10)).save(buffer, format="PNG")
+        huge = client.post("/v1/images/upscale", json={"model": "sr", "images": [base64.b64encode(
+            buffer.getvalue()).decode()]})
+        assert huge.status_code == 400 and "images[0]: 1500x10 pixels, more than 1024 a side" in huge.text
 
         rows = client.post("/v1/tabular/sample", json={"model": "table", "n": 5, "seed": 3}).json()["rows"]
         assert len(rows) == 5 and set(rows[0]) >= {"alcohol", "class"}

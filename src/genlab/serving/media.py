@@ -77,7 +77,8 @@ async def images(body: ImageRequest, request: Request, identity: str = Depends(a
             raise Refused(400, f"sampler: {options['sampler']!r} is not one of {', '.join(SAMPLERS)}",
                           code="invalid_value")
     label = body.label
-    if label is None and body.prompt.strip() in served.model.spec.class_names:
+    conditional = getattr(served.model.config, "class_conditional", False)
+    if label is None and conditional and body.prompt.strip() in served.model.spec.class_names:
         label = body.prompt.strip()
     if label is not None:
         try:
