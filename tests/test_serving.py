@@ -98,6 +98,22 @@ def test_streams_are_server_sent_events_that_end_with_done(runs):
     assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
 
 
+def test_a_client_that_goes_away_frees_its_place_in_the_batch(runs):
+    app = serve_app([runs["lm"].path], ServeConfig(names=["lm"]))
+    engine = app.state.server.models["lm"].engine
+    with running(app) as url:
+        body = {"model": "lm", "prompt": "x", "max_tokens": 90, "min_tokens": 90, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body) as r:
+            next(line for line in r.iter_lines() if line.startswith("data: {"))
+            seq = engine.batch.seqs[0]
+        deadline = time.monotonic() + 10
+        while seq.finish is None and time.monotonic() < deadline:  # closed after one chunk of ninety
+            time.sleep(0.01)
+        assert seq.finish == "cancelled" and seq.generated < 90, (seq.finish, seq.generated)
+        time.sleep(0.05)
+        assert engine.depth == 0, "the sequence left the batch when its client went away"
+
+
 def test_continuous_batching_lets_a_short_request_finish_while_a_long_one_runs(runs):
     served = ServedLM("lm", "transformer", runs["lm"].model, ServeConfig(max_wait_ms=0), None)
     finished: dict[str, float] = {}

@@ -244,19 +244,44 @@ def upscale(
 @app.command()
 @_user_errors
 def info(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, or a folder genlab prepare wrote.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """What a run is: family, parameters, data, training done, metrics."""
     import genlab
 
-    details = genlab.load(run_dir).info()
+    prepared = run_dir / "prepared.json"
+    details = genlab.load(run_dir).info() if not prepared.is_file() else {
+        k: v for k, v in json.loads(prepared.read_text()).items() if k in ("name", "modality", "source", "read",
+                                                                         "items", "splits", "class_names", "labels")}
     if as_json:
         print(json.dumps(details, indent=2))
         return
     for key, value in details.items():
         out.print(f"[bold]{key}[/bold]: {json.dumps(value) if isinstance(value, dict | list) else value}",
                   highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_user_errors
+def prepare(
+    config: Annotated[Path, typer.Argument(help="Run config YAML: its data section is prepared.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the prepared set (default "
+                                                                "prepared/<name>).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set data.image_size=32.")] = [],  # noqa: B006
+) -> None:
+    """Validate, clean, normalize, deduplicate and split a data set; write it with data_report.html."""
+    from genlab.prepare import prepare as run_prepare
+
+    folder = run_prepare(config, out_dir, set_)
+    summary = json.loads((folder / "prepared.json").read_text())
+    for step in summary["steps"]:
+        removed = ", ".join(f"{reason} {n}" for reason, n in step["reasons"].items())
+        out.print(f"{step['step']:<12} kept {step['kept']:>7}  changed {step['changed']:>6}  removed "
+                  f"{step['removed']:>6}{'  (' + removed + ')' if removed else ''}", highlight=False)
+    splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    out.print(f"wrote {summary['items']} {summary['modality']} items ({splits}) and data_report.html to {folder}; "
+              f"train on them with data.prepared: {folder}")
 
 
 @app.command()

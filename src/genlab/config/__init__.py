@@ -23,6 +23,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+from genlab.config.prepare import Step  # noqa: E402 (it builds on Section, above)
+
+
 class DataConfig(Section):
     source: str = "digits"  # a built-in data set or a user format (image_folder, text, ...)
     path: Path | None = None  # the user's file or folder, for user formats
@@ -37,6 +40,8 @@ class DataConfig(Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     test_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     split_seed: int = 0  # the split depends on this alone, so runs with other train seeds compare
+    pipeline: list[Step] | None = None  # genlab prepare's steps; None: the modality's default pipeline
+    prepared: Path | None = None  # a folder `genlab prepare` wrote: fit trains on it as it is
 
     @field_validator("source")
     @classmethod

@@ -71,8 +71,13 @@ class Dataset:
 
 
 def load_dataset(cfg) -> Dataset:
-    """Load `cfg.source` and split it into train/val/test by `cfg.split_seed`."""
-    data: Loaded = source(cfg.source)(cfg)
+    """Load `cfg.source` (or the set `genlab prepare` wrote, `cfg.prepared`) and split it by `cfg.split_seed`."""
+    if cfg.prepared is not None:
+        from genlab.prepare.store import load_prepared
+
+        data: Loaded = load_prepared(cfg.prepared)
+    else:
+        data = source(cfg.source)(cfg)
     x, y = data.x, data.y
     if data.modality == "table":  # a DataFrame, split by rows
         from genlab.data.table import split_table
@@ -101,6 +106,9 @@ def _split_documents(data: Loaded, cfg) -> Dataset:
     parts instead, train first and test last, as nanoGPT splits tiny shakespeare."""
     docs = data.x
     spec = DataSpec(data.modality, ())
+    if data.parts is not None:
+        a, b = data.parts
+        return Dataset(spec, Split(docs[:a]), Split(docs[a:a + b]), Split(docs[a + b:]), data.notes)
     if len(docs) == 1 and isinstance(docs[0], str):
         text, n = docs[0], len(docs[0])
         a, b = round(n * (1 - cfg.val_fraction - cfg.test_fraction)), round(n * (1 - cfg.test_fraction))

@@ -123,9 +123,13 @@ def split_table(data: Loaded, cfg) -> Dataset:
         raise GenlabError(f"data.normal_class: no row of {cfg.target!r} is {cfg.normal_class!r} "
                           f"(values: {', '.join(sorted(labels.unique()))})")
     rows = np.flatnonzero(normal)
-    codes = None if labels is None else _codes(labels.iloc[rows])
-    parts = _split(len(rows), codes, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    train, val, test = (rows[p] for p in parts)
+    if data.parts is not None:  # a prepared set's own split (anomalies still go to test)
+        a, b = data.parts
+        train, val, test = rows[rows < a], rows[(rows >= a) & (rows < a + b)], rows[rows >= a + b]
+    else:
+        codes = None if labels is None else _codes(labels.iloc[rows])
+        parts = _split(len(rows), codes, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        train, val, test = (rows[p] for p in parts)
     test = np.sort(np.concatenate([test, np.flatnonzero(~normal)]))
     anomalous = None
     if cfg.normal_class is not None:  # the label leaves the table: y says which rows are anomalies

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from genlab.serving.config import BlocklistFilter, ServeConfig
 
+MAX_IDENTITIES = 10_000  # buckets kept before full ones are forgotten (addresses, when no keys are set)
+
 
 class Refused(Exception):
     """A request the guard turns away: HTTP status, message, and Retry-After seconds when it may come back."""
@@ -84,6 +86,9 @@ class Guard:
     def _bucket(self, identity: str, kind: str) -> _Bucket:
         key = (identity, kind)
         if key not in self._buckets:
+            if len(self._buckets) >= MAX_IDENTITIES:  # forget identities whose budget has refilled: they owe nothing
+                for old in [k for k, b in self._buckets.items() if b.wait_for(b.capacity) == 0]:
+                    del self._buckets[old]
             per_minute = self.limits.tokens_per_minute if kind == "tokens" else self.limits.requests_per_minute
             self._buckets[key] = _Bucket(per_minute)
         return self._buckets[key]

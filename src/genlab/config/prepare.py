@@ -1,0 +1,85 @@
+"""`data.pipeline`: the steps of `genlab prepare`, each with its options (pydantic only).
+
+A step's options say which modality they apply to; the others ignore them. `default_pipeline`
+gives each modality's steps when the config names none.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from genlab.config import Section
+
+
+class Validate(Section):
+    """Read every input; name and skip what cannot be read (file and line or cell)."""
+
+    step: Literal["validate"] = "validate"
+
+
+class Clean(Section):
+    step: Literal["clean"] = "clean"
+    nfc: bool = True  # text: Unicode NFC
+    control: bool = True  # text: drop control characters (tabs and newlines stay)
+    whitespace: bool = True  # text: runs of spaces and tabs become one space; trailing spaces go
+    boilerplate: int | None = Field(5, ge=2)  # text: drop lines repeated in at least this many documents
+    min_chars: int = Field(1, ge=0)  # text: shorter documents are removed
+    max_chars: int | None = Field(None, ge=1)  # text: longer documents are removed
+    mode: Literal["L", "RGB"] | None = None  # images: None keeps grey data grey and makes the rest RGB
+    min_side: int = Field(8, ge=1)  # images: smaller images are removed
+    outlier_z: float = Field(6.0, gt=0)  # tables: numeric cells this many deviations out are flagged (kept)
+    numeric_share: float = Field(0.75, gt=0, le=1)  # tables: a column this much numbers is numeric; the rest emptied
+
+
+class Normalize(Section):
+    step: Literal["normalize"] = "normalize"
+    keep_aspect: bool = True  # images: centre-crop to square before resizing (False: stretch)
+    lowercase: bool = False  # text
+    scaling: Literal["none", "standard", "minmax"] = "none"  # tables: per numeric column, stored to invert
+
+
+class Deduplicate(Section):
+    step: Literal["deduplicate"] = "deduplicate"
+    exact: bool = True  # by content hash, every modality
+    near: bool = True  # text: MinHash LSH; images: perceptual hash
+    near_action: Literal["remove", "group"] = "remove"  # group: keep near copies, and split each cluster whole
+    threshold: float = Field(0.8, gt=0, le=1)  # text: estimated Jaccard similarity of shingles
+    shingle: int = Field(5, ge=1)  # text: characters per shingle
+    num_perm: int = Field(128, ge=16)  # text: MinHash permutations
+    hamming: int = Field(4, ge=0, le=64)  # images: at most this many of the 64 pHash bits differ
+
+
+class Missing(Section):
+    step: Literal["missing"] = "missing"
+    strategy: Literal["drop", "mean", "median", "mode", "constant", "flag"] = "flag"  # flag: keep the holes
+    value: float | str | None = None  # constant
+
+
+class Labels(Section):
+    step: Literal["labels"] = "labels"
+    min_share: float = Field(0.05, ge=0, lt=1)  # warn when a class holds less than this share of the items
+    weights: bool = False  # write class-balanced sampling weights beside the items
+
+
+class Split(Section):
+    """Train, val and test by data.val_fraction, data.test_fraction and data.split_seed, stratified by label;
+    a near-duplicate cluster goes to one split whole."""
+
+    step: Literal["split"] = "split"
+
+
+Step = Annotated[Validate | Clean | Normalize | Deduplicate | Missing | Labels | Split, Field(discriminator="step")]
+
+DEFAULTS = {
+    "image": ["validate", "clean", "normalize", "deduplicate", "labels", "split"],
+    "text": ["validate", "clean", "deduplicate", "split"],
+    "table": ["validate", "clean", "deduplicate", "missing", "labels", "split"],
+}
+
+
+def default_pipeline(modality: str) -> list[Step]:
+    kinds = {c.model_fields["step"].default: c for c in (Validate, Clean, Normalize, Deduplicate, Missing, Labels,
+                                                        Split)}
+    return [kinds[name]() for name in DEFAULTS[modality]]

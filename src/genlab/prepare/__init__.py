@@ -1,0 +1,199 @@
+"""`genlab prepare`: a data config's inputs through its pipeline into a prepared set and a report.
+
+    read (validate) -> clean -> normalize -> deduplicate -> missing -> labels -> split -> write
+
+Steps run in the order `data.pipeline` lists them (`config/prepare.py` has each modality's
+default). Reading always comes first: a step cannot work on what could not be read. The set is
+written to a fresh folder beside `--out` and moved into place at the end, so a failed or killed
+run leaves the earlier prepared set as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genlab.config import RunConfig, load_config
+from genlab.config.prepare import Normalize, default_pipeline
+from genlab.errors import GenlabError
+from genlab.prepare import dedup, read, steps
+from genlab.prepare.record import Item, StepLog
+from genlab.prepare.report import write_reports
+from genlab.prepare.split import assign_splits, check_labels
+from genlab.prepare.store import MANIFEST, SPLITS, load_prepared, write_split
+
+__all__ = ["load_prepared", "prepare"]
+
+USER_SOURCES = {"image_folder": "image", "text": "text", "table": "table"}
+
+
+def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None = None,
+            overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Run the data config's pipeline; returns the folder holding the prepared set and its reports."""
+    cfg = config if isinstance(config, RunConfig) else load_config(config, list(overrides))
+    data = cfg.data
+    out = Path(out) if out is not None else Path("prepared") / cfg.name
+    started = time.perf_counter()
+    log = StepLog("validate")
+    modality, items = _read(data, log)
+    log.seconds = time.perf_counter() - started
+    read_count = log.kept + log.removed
+    logs, extra = [log], {}
+    for step in data.pipeline or default_pipeline(modality):
+        if step.step in ("validate", "split"):
+            continue
+        log = StepLog(step.step, megabytes=_megabytes(items, modality))
+        began = time.perf_counter()
+        items = _run(step, items, modality, data, log, extra)
+        log.seconds = time.perf_counter() - began
+        logs.append(log)
+    if not len(items):
+        raise GenlabError(f"data: nothing is left after the pipeline ({'; '.join(_removals(logs))})")
+    labels = _labels(items, modality, data)
+    clusters = [i.cluster for i in items] if modality != "table" else [None] * len(items)
+    split = assign_splits(labels, clusters, data.val_fraction, data.test_fraction, data.split_seed)
+    logs.append(StepLog("split", kept=len(items), notes=[f"{n} {SPLITS[k]}" for k, n in
+                                                          zip(*np.unique(split, return_counts=True))]))
+    return _write(cfg, out, modality, items, labels, split, logs, extra, read_count)
+
+
+def _read(data, log: StepLog) -> tuple[str, Any]:
+    if data.prepared is not None:
+        raise GenlabError("data.prepared: this config reads a prepared set already; prepare the raw data's config")
+    if data.source in USER_SOURCES:
+        if data.path is None:
+            raise GenlabError(f"data.path: required to prepare data.source {data.source!r}")
+        root, modality = Path(data.path).expanduser(), USER_SOURCES[data.source]
+        if modality == "image":
+            return modality, read.read_images(root, log)
+        if modality == "text":
+            return modality, read.read_text(root, data.text_field, log)
+        return modality, read.read_table(root, log)
+    from genlab.data.registry import source  # a built-in set: nothing to skip, but every other step applies
+
+    loaded = source(data.source)(data)
+    if loaded.modality == "table":
+        frame = loaded.x.astype("object").where(loaded.x.notna(), None)
+        frame.index = [f"row {i + 1}" for i in range(len(frame))]
+        log.kept = len(frame)
+        return "table", frame
+    if loaded.modality == "text":
+        log.kept = len(loaded.x)
+        return "text", [Item(f"document {i + 1}", doc) for i, doc in enumerate(loaded.x)]
+    if loaded.modality != "image":
+        raise GenlabError(f"data.source {data.source!r}: genlab prepare handles images, text and tables, "
+                          f"not {loaded.modality}")
+    from PIL import Image
+
+    arrays = ((loaded.x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    names = loaded.class_names
+    items = [Item(f"item {i + 1}", Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a),
+                  names[int(loaded.y[i])] if loaded.y is not None and names else None) for i, a in enumerate(arrays)]
+    log.kept = len(items)
+    return "image", items
+
+
+def _run(step, items, modality: str, data, log: StepLog, extra: dict):
+    kind = step.step
+    if modality == "table":
+        if kind == "clean":
+            return steps.clean_table(items, step, log)
+        if kind == "normalize":
+            items, extra["scaling"] = steps.normalize_table(items, step, log)
+            return items
+        if kind == "deduplicate":
+            return dedup.deduplicate_table(items, step, log)
+        if kind == "missing":
+            return steps.missing_table(items, step, log)
+    elif kind == "clean":
+        return (steps.clean_images if modality == "image" else steps.clean_text)(items, step, log)
+    elif kind == "normalize":
+        return steps.normalize_images(items, step, data.image_size, log) if modality == "image" else \
+            steps.normalize_text(items, step, log)
+    elif kind == "deduplicate":
+        if modality == "image" and items and not isinstance(items[0].value, np.ndarray):
+            items = steps.normalize_images(items, Normalize(), data.image_size, StepLog("normalize"))
+        return dedup.deduplicate(items, step, modality, log)
+    if kind == "labels":
+        extra["labels"] = check_labels(_labels(items, modality, data), step, log)
+        return items
+    log.notes.append(f"does not apply to {modality}")
+    log.kept = len(items)
+    return items
+
+
+def _labels(items, modality: str, data) -> list[str | None]:
+    if modality == "table":
+        if data.target is None:
+            return [None] * len(items)
+        if data.target not in items.columns:
+            raise GenlabError(f"data.target: no column {data.target!r} (columns: {', '.join(items.columns)})")
+        return [None if pd.isna(v) else str(v) for v in items[data.target]]
+    return [i.label for i in items]
+
+
+def _megabytes(items, modality: str) -> float:
+    if modality == "table":
+        return float(items.memory_usage(deep=True).sum()) / 1e6
+    if modality == "text":
+        return sum(len(i.value) for i in items) / 1e6
+    return 0.0
+
+
+def _removals(logs: list[StepLog]) -> list[str]:
+    return [f"{log.step}: {reason} {n}" for log in logs for reason, n in log.reasons.items()]
+
+
+def _write(cfg: RunConfig, out: Path, modality: str, items, labels: list, split: np.ndarray, logs: list[StepLog],
+           extra: dict, read_count: int) -> Path:
+    if modality == "image" and items and not isinstance(items[0].value, np.ndarray):  # no normalize step ran
+        items = steps.normalize_images(items, Normalize(), cfg.data.image_size, StepLog("normalize"))
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    names = sorted({label for label in labels if label is not None})
+    counts = {}
+    for k, name in enumerate(SPLITS):
+        rows = np.flatnonzero(split == k)
+        counts[name] = len(rows)
+        if modality == "table":
+            write_split(staging, modality, name, items.iloc[rows], None, [])
+            continue
+        chosen = [items[i] for i in rows]
+        codes = [names.index(labels[i]) for i in rows] if names and all(labels[i] is not None for i in rows) \
+            else None
+        write_split(staging, modality, name, [i.value for i in chosen], codes, [i.where for i in chosen])
+    label_info = extra.get("labels", {})
+    if "weights" in label_info:
+        weights = np.array(label_info.pop("weights"))
+        (staging / "weights.json").write_text(json.dumps({s: weights[split == k].round(6).tolist()
+                                                          for k, s in enumerate(SPLITS)}))
+    summary = {"name": cfg.name, "modality": modality, "source": str(cfg.data.path or cfg.data.source),
+               "read": read_count, "items": len(items), "splits": counts, "class_names": names,
+               "labels": label_info, "scaling": extra.get("scaling", {}),
+               "steps": [log.as_dict() for log in logs], "data": cfg.data.model_dump(mode="json")}
+    (staging / MANIFEST).write_text(json.dumps(summary, indent=2, default=str))
+    write_reports(staging, summary, *_preview(items, modality))
+    if out.exists():
+        backup = out.parent / f".{out.name}.old"
+        shutil.rmtree(backup, ignore_errors=True)
+        out.rename(backup)
+        staging.rename(out)
+        shutil.rmtree(backup)
+    else:
+        staging.rename(out)
+    return out
+
+
+def _preview(items, modality: str) -> tuple[Any, list[float], str]:
+    if modality == "table":
+        return items.head(10).to_html(), [], ""
+    if modality == "text":
+        return [i.value for i in items], [len(i.value) for i in items], "characters per document"
+    return np.stack([i.value for i in items[:32]]) if items else np.zeros((0, 1, 1, 1), np.uint8), [], ""

@@ -1,0 +1,114 @@
+"""deduplicate: exact copies by content hash, near copies by MinHash LSH (text) or perceptual hash (images).
+
+Near copies form clusters (union-find over the matched pairs). With `near_action: remove` one item
+of each cluster is kept, the first read; with `group` all are kept and carry their cluster, which
+the split keeps whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+import pandas as pd
+
+from genlab.config.prepare import Deduplicate
+from genlab.prepare.record import Item, StepLog
+
+
+def deduplicate(items: list[Item], opts: Deduplicate, modality: str, log: StepLog) -> list[Item]:
+    if opts.exact:
+        seen: dict[str, str] = {}
+        kept = []
+        for item in items:
+            digest = _digest(item.value)
+            if digest in seen:
+                log.remove("exact duplicate", f"{item.where} (copy of {seen[digest]})")
+            else:
+                seen[digest] = item.where
+                kept.append(item)
+        items = kept
+    if opts.near and len(items) > 1:
+        pairs = _near_text(items, opts) if modality == "text" else _near_images(items, opts)
+        items = _clusters(items, pairs, opts.near_action, log)
+    log.kept = len(items)
+    return items
+
+
+def deduplicate_table(frame: pd.DataFrame, opts: Deduplicate, log: StepLog) -> pd.DataFrame:
+    if opts.exact:
+        copies = frame.astype(str).duplicated(keep="first")
+        for where in copies[copies].index:
+            log.remove("exact duplicate row", where)
+        frame = frame[~copies]
+    log.kept = len(frame)
+    return frame
+
+
+def _digest(value) -> str:
+    data = value.encode() if isinstance(value, str) else np.ascontiguousarray(value).tobytes()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+_WORDS = re.compile(r"\s+")
+
+
+def shingles(text: str, k: int) -> set[bytes]:
+    """Character k-grams of the text with its whitespace collapsed and case folded."""
+    flat = _WORDS.sub(" ", text.casefold()).strip()
+    return {flat[i:i + k].encode() for i in range(max(1, len(flat) - k + 1))}
+
+
+def _near_text(items: list[Item], opts: Deduplicate) -> list[tuple[int, int]]:
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=opts.threshold, num_perm=opts.num_perm)
+    pairs = []
+    for i, item in enumerate(items):
+        sketch = MinHash(num_perm=opts.num_perm)
+        sketch.update_batch(list(shingles(item.value, opts.shingle)))
+        pairs += [(int(j), i) for j in lsh.query(sketch)]
+        lsh.insert(str(i), sketch)
+    return pairs
+
+
+def _near_images(items: list[Item], opts: Deduplicate) -> list[tuple[int, int]]:
+    import imagehash
+    from PIL import Image
+
+    hashes = np.array([imagehash.phash(Image.fromarray(i.value.squeeze(-1) if i.value.shape[-1] == 1 else i.value))
+                       .hash.flatten() for i in items], dtype=bool)
+    packed = np.packbits(hashes, axis=1).view(np.uint64).ravel()
+    pairs = []
+    for i in range(1, len(items)):  # Hamming distance to every earlier image, 64 bits at a time
+        distance = np.unpackbits((packed[:i] ^ packed[i]).view(np.uint8).reshape(i, 8), axis=1).sum(1)
+        pairs += [(int(j), i) for j in np.flatnonzero(distance <= opts.hamming)]
+    return pairs
+
+
+def _clusters(items: list[Item], pairs: list[tuple[int, int]], action: str, log: StepLog) -> list[Item]:
+    parent = list(range(len(items)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # the first read stays the cluster's representative
+    roots = [root(i) for i in range(len(items))]
+    sizes = pd.Series(roots).value_counts()
+    multi = sizes[sizes > 1]
+    log.notes.append(f"{len(multi)} near-duplicate cluster(s)" + (
+        f", sizes {', '.join(map(str, multi.tolist()[:10]))}" if len(multi) else ""))
+    out = []
+    for i, item in enumerate(items):
+        if action == "remove" and roots[i] != i:
+            log.remove("near duplicate", f"{item.where} (near {items[roots[i]].where})")
+            continue
+        out.append(Item(item.where, item.value, item.label, roots[i] if sizes[roots[i]] > 1 else None))
+    return out

@@ -1,0 +1,155 @@
+"""validate: read every input of a data config, naming and skipping what cannot be read.
+
+Images: every file under data.path (zero bytes, not an image, truncated), labels from subfolders.
+Text: .txt / .md / .rst files (one document each) and JSONL (one per line); a line with bytes that
+are not UTF-8 is named with its file and line and skipped, the rest of the file kept. Tables: CSV
+rows with another number of fields than the header are named by line and skipped. A built-in
+source (digits, python_docs, wine...) is read through its loader: it holds nothing to skip.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from genlab.errors import GenlabError
+from genlab.prepare.record import Item, StepLog
+
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".jsonl"}
+TABLE_SUFFIXES = {".csv", ".parquet"}
+
+
+def files_under(path: Path, suffixes: set[str] | None = None) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise GenlabError(f"data.path: {path} does not exist")
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and (suffixes is None or p.suffix.lower() in suffixes))
+
+
+def read_images(root: Path, log: StepLog) -> list[Item]:
+    """Every file under `root` that decodes as an image; subfolder names are the labels."""
+    from PIL import Image
+
+    items = []
+    for path in files_under(root):
+        where = path.relative_to(root).as_posix() if root.is_dir() else path.name
+        log.megabytes += path.stat().st_size / 1e6
+        if path.stat().st_size == 0:
+            log.remove("zero-byte file", where)
+            continue
+        try:
+            with Image.open(path) as img:
+                img.load()  # decodes every pixel: a truncated file fails here, not later
+                image = img.copy()
+                kind = img.format
+        except Exception as err:  # PIL raises several kinds; every one is a file that is not a readable image
+            log.remove("not a readable image", f"{where} ({type(err).__name__}: {str(err)[:80]})")
+            continue
+        if kind and path.suffix.lower().lstrip(".") not in _SUFFIX.get(kind, {kind.lower()}):
+            log.notes.append(f"{where}: the content is {kind}, the name says {path.suffix}; read as {kind}")
+            log.changed += 1
+        label = path.parent.relative_to(root).as_posix() if root.is_dir() and path.parent != root else None
+        items.append(Item(where, image, label))
+    log.kept = len(items)
+    return items
+
+
+_SUFFIX = {"JPEG": {"jpg", "jpeg"}, "PNG": {"png"}, "TIFF": {"tif", "tiff"}}
+
+
+def read_text(root: Path, text_field: str, log: StepLog) -> list[Item]:
+    """Documents: one per text file, one per JSONL line; undecodable and malformed lines are named and skipped."""
+    items = []
+    for path in files_under(root, TEXT_SUFFIXES):
+        where = path.relative_to(root).as_posix() if root.is_dir() else path.name
+        raw = path.read_bytes()
+        log.megabytes += len(raw) / 1e6
+        lines = []
+        for number, line in enumerate(raw.splitlines(keepends=True), 1):
+            try:
+                lines.append((number, line.decode("utf-8")))
+            except UnicodeDecodeError as err:
+                log.remove("not UTF-8", f"{where}:{number} (byte {err.start})")
+        if path.suffix.lower() == ".jsonl":
+            items += _jsonl(lines, where, text_field, log)
+        elif "".join(t for _, t in lines).strip():
+            items.append(Item(where, "".join(t for _, t in lines)))
+        elif not lines or not raw.strip():
+            log.remove("empty file", where)
+    log.kept = len(items)
+    return items
+
+
+def _jsonl(lines: list[tuple[int, str]], where: str, field: str, log: StepLog) -> list[Item]:
+    items = []
+    for number, line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            log.remove("not a JSON object", f"{where}:{number}")
+            continue
+        value = record.get(field) if isinstance(record, dict) else None
+        if isinstance(value, str) and value.strip():
+            items.append(Item(f"{where}:{number}", value))
+        else:
+            log.remove(f"no text in field {field!r}", f"{where}:{number}")
+    return items
+
+
+def read_table(root: Path, log: StepLog) -> pd.DataFrame:
+    """Rows of every CSV or parquet file under `root` as strings (clean coerces types), with `where` per row."""
+    frames = []
+    for path in files_under(root, TABLE_SUFFIXES):
+        where = path.relative_to(root).as_posix() if root.is_dir() else path.name
+        log.megabytes += path.stat().st_size / 1e6
+        if path.suffix.lower() == ".parquet":
+            try:
+                frame = pd.read_parquet(path).astype("object")
+            except Exception as err:
+                log.remove("not a readable parquet file", f"{where} ({type(err).__name__})")
+                continue
+            frame.index = [f"{where}:row {i + 1}" for i in range(len(frame))]
+            frames.append(frame)
+            continue
+        frame = _csv(path, where, log)
+        if frame is not None:
+            frames.append(frame)
+    if not frames:
+        raise GenlabError(f"data.path: no readable CSV or parquet rows under {root}")
+    table = pd.concat(frames)
+    log.kept = len(table)
+    return table
+
+
+def _csv(path: Path, where: str, log: StepLog) -> pd.DataFrame | None:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        log.remove("not UTF-8", f"{where} (byte {err.start})")
+        return None
+    rows = csv.reader(io.StringIO(text, newline=""))
+    header = next(rows, None)
+    if not header:
+        log.remove("empty file", where)
+        return None
+    kept, places = [], []
+    for row in rows:
+        line = rows.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            log.remove("wrong number of fields", f"{where}:{line} ({len(row)} fields, the header has {len(header)})")
+            continue
+        kept.append(row)
+        places.append(f"{where}:{line}")
+    frame = pd.DataFrame(kept, columns=header, index=places, dtype="object")
+    return frame.replace({"": None})

@@ -1,0 +1,45 @@
+"""What `genlab prepare` passes between steps (items with their provenance) and what each step records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+EXAMPLES = 5  # removals shown per reason in the report
+
+
+@dataclass
+class Item:
+    """One example and where it came from (file, file:line), through every step."""
+
+    where: str
+    value: Any  # text: str; image: a PIL image, then a uint8 array (H, W, C)
+    label: str | None = None
+    cluster: int | None = None  # near-duplicate cluster, when deduplicate groups rather than removes
+
+
+@dataclass
+class StepLog:
+    """What one step kept, changed and removed, with a few examples of each removal by reason."""
+
+    step: str
+    kept: int = 0
+    changed: int = 0
+    removed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    megabytes: float = 0.0  # of input the step read: its MB/s in the report
+
+    def remove(self, reason: str, where: str) -> None:
+        self.removed += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < EXAMPLES:
+            shown.append(where)
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "kept": self.kept, "changed": self.changed, "removed": self.removed,
+                "reasons": self.reasons, "examples": self.examples, "notes": self.notes,
+                "seconds": round(self.seconds, 3), "megabytes": round(self.megabytes, 3)}

@@ -1,0 +1,61 @@
+"""The prepared set on disk (open formats) and back: safetensors for images, JSONL for text, parquet for tables.
+
+    DIR/prepared.json           modality, class names, counts per split, the steps run, table scaling
+    DIR/{train,val,test}.*      the items of each split
+    DIR/weights.json            class-balanced sampling weights per split (labels.weights)
+    DIR/data_report.{json,html}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from genlab.errors import GenlabError
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "prepared.json"
+
+
+def write_split(out: Path, modality: str, split: str, values, labels: list[int] | None, wheres: list[str]) -> None:
+    if modality == "image":
+        x = torch.from_numpy(np.stack(values).transpose(0, 3, 1, 2).copy()) if values else torch.zeros(0, 1, 1, 1,
+                                                                                                      dtype=torch.uint8)
+        tensors = {"x": x.to(torch.uint8)}
+        if labels is not None:
+            tensors["y"] = torch.tensor(labels, dtype=torch.long)
+        save_file(tensors, str(out / f"{split}.safetensors"), metadata={"where": json.dumps(wheres)})
+    elif modality == "text":
+        with (out / f"{split}.jsonl").open("w") as f:
+            for text, where in zip(values, wheres, strict=True):
+                f.write(json.dumps({"text": text, "where": where}, ensure_ascii=False) + "\n")
+    else:
+        values.to_parquet(out / f"{split}.parquet")
+
+
+def load_prepared(path: str | Path):
+    """A prepared folder as a source's `Loaded`, with its own split (`parts`)."""
+    from genlab.data.sources import Loaded
+
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise GenlabError(f"data.prepared: {path} holds no {MANIFEST}; `genlab prepare CONFIG --out {path}` writes one")
+    manifest = json.loads((path / MANIFEST).read_text())
+    modality, counts = manifest["modality"], manifest["splits"]
+    notes = [f"prepared by genlab prepare: {path}"]
+    parts = (counts["train"], counts["val"])
+    if modality == "image":
+        loaded = [load_file(str(path / f"{s}.safetensors")) for s in SPLITS]
+        x = torch.cat([d["x"] for d in loaded]).float() / 255 * 2 - 1
+        y = torch.cat([d["y"] for d in loaded]) if all("y" in d for d in loaded) else None
+        return Loaded(x, y, manifest.get("class_names", []), notes, "image", parts)
+    if modality == "text":
+        docs = [json.loads(line)["text"] for s in SPLITS for line in (path / f"{s}.jsonl").open() if line.strip()]
+        return Loaded(docs, notes=notes, modality="text", parts=parts)
+    frame = pd.concat([pd.read_parquet(path / f"{s}.parquet") for s in SPLITS]).reset_index(drop=True)
+    return Loaded(frame, notes=notes, modality="table", parts=parts)

@@ -1,0 +1,183 @@
+"""genlab prepare: bad files named and skipped with every valid item kept, deduplication, a split that
+keeps near copies together, tables' coercion and missing values, the reports, and fit on a prepared set."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import genlab
+from genlab.cli import app
+from genlab.errors import GenlabError
+from genlab.prepare import prepare
+from genlab.prepare.dedup import shingles
+
+
+def png_bytes(seed: int, size=(16, 16), mode="RGB", kind="PNG") -> bytes:
+    """A noise image (solid colours would all be near copies of one another to a perceptual hash)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def broken(tmp_path):
+    """The fixture folder of issue 17: every broken kind beside valid items of each modality."""
+    root = tmp_path / "mixed"
+    root.mkdir()
+    for i in range(6):
+        (root / f"good{i}.png").write_bytes(png_bytes(i))
+    (root / "truncated.png").write_bytes(png_bytes(10, size=(64, 64))[:150])
+    (root / "empty.png").write_bytes(b"")
+    (root / "renamed.png").write_bytes(png_bytes(11, kind="JPEG"))
+    (root / "cmyk.jpg").write_bytes(png_bytes(12, mode="CMYK", kind="JPEG"))
+    (root / "tiny.png").write_bytes(png_bytes(13, size=(1, 1)))
+    (root / "notes.txt").write_text("The first document, long enough to keep.\nIt has two lines.\n")
+    (root / "latin1.txt").write_bytes(b"A valid first line.\ncaf\xe9 is not UTF-8 here\nA valid last line.\n")
+    (root / "ragged.csv").write_text("a,b,c\n1,2,x\n3,4,y\n5,6,z,extra\n7,8,x\n")
+    (root / "cells.csv").write_text("a,b,c\n9,10,y\n11,abc,z\n13,14,x\n")
+    return root
+
+
+def report(folder) -> dict:
+    return json.loads((folder / "data_report.json").read_text())
+
+
+def removed(summary: dict) -> dict[str, list[str]]:
+    return {reason: places for step in summary["steps"] for reason, places in step["examples"].items()}
+
+
+def test_a_folder_of_broken_files_is_prepared_naming_each_and_keeping_every_valid_item(broken, tmp_path):
+    over = ["data.val_fraction=0.0", "data.test_fraction=0.0"]
+    images = report(prepare(None, tmp_path / "images", ["data.source=image_folder", f"data.path={broken}",
+                                                         "data.image_size=16", *over]))
+    gone = removed(images)
+    assert images["items"] == 8, "six good images, the JPEG named .png and the CMYK JPEG"
+    assert gone["zero-byte file"] == ["empty.png"]
+    unreadable = " ".join(gone["not a readable image"])
+    assert "truncated.png" in unreadable and "notes.txt" in unreadable and "ragged.csv" in unreadable
+    assert any("tiny.png (1x1)" in p for p in gone["smaller than 8 pixels a side"])
+    notes = " ".join(n for s in images["steps"] for n in s["notes"])
+    assert "renamed.png: the content is JPEG, the name says .png" in notes
+    x = load_file(str(tmp_path / "images/train.safetensors"))["x"]
+    assert x.shape == (8, 3, 16, 16), "CMYK came out as RGB like the rest"
+
+    text = report(prepare(None, tmp_path / "text", ["data.source=text", f"data.path={broken}", *over,
+                                                    "model.family=transformer"]))
+    assert text["items"] == 2 and removed(text)["not UTF-8"] == ["latin1.txt:2 (byte 3)"]
+    kept = [json.loads(line)["text"] for line in (tmp_path / "text/train.jsonl").open()]
+    assert any("A valid first line." in t and "A valid last line." in t for t in kept), "the file's valid lines stay"
+
+    table = report(prepare(None, tmp_path / "table", ["data.source=table", f"data.path={broken}", *over,
+                                                      "model.family=tabular_vae"]))
+    gone = removed(table)
+    assert gone["wrong number of fields"] == ["ragged.csv:4 (4 fields, the header has 3)"]
+    assert gone["not a number in numeric column 'b' (cell emptied, row kept)"] == ["cells.csv:3, b: 'abc'"]
+    assert table["items"] == 6, "every row but the ragged one"
+    rows = pd.read_parquet(tmp_path / "table/train.parquet")
+    assert rows["b"].isna().sum() == 1 and pd.api.types.is_numeric_dtype(rows["b"])
+
+
+def near_copies(root, bases: int = 30, copies: int = 3) -> None:
+    rng = random.Random(0)
+    words = ["alpha", "river", "stone", "light", "garden", "window", "silver", "market", "forest", "engine"]
+    root.mkdir()
+    for b in range(bases):
+        text = " ".join(rng.choice(words) + str(rng.randrange(1000)) for _ in range(60))
+        for c in range(copies):
+            edited = text.replace(text.split()[c], "changed", 1)  # one word differs per copy
+            (root / f"base{b:02d}_copy{c}.txt").write_text(edited)
+    (root / "exact.txt").write_text((root / "base00_copy0.txt").read_text())
+
+
+def test_near_copies_are_removed_or_kept_together_in_one_split(tmp_path):
+    near_copies(tmp_path / "docs")
+    base = ["data.source=text", f"data.path={tmp_path / 'docs'}", "model.family=transformer",
+            "data.val_fraction=0.2", "data.test_fraction=0.2"]
+    removed_run = report(prepare(None, tmp_path / "removed", base))
+    dedup = next(s for s in removed_run["steps"] if s["step"] == "deduplicate")
+    assert dedup["reasons"] == {"exact duplicate": 1, "near duplicate": 60} and removed_run["items"] == 30
+
+    grouped = tmp_path / "grouped"
+    prepare(None, grouped, [*base, "data.pipeline=[{step: clean}, {step: deduplicate, near_action: group}]"])
+    split_of = {}
+    for k, split in enumerate(("train", "val", "test")):
+        for line in (grouped / f"{split}.jsonl").open():
+            record = json.loads(line)
+            split_of[record["where"]] = (k, record["text"])
+    assert len(split_of) == 90 and {k for k, _ in split_of.values()} == {0, 1, 2}
+    for b in range(30):
+        assert len({split_of[f"base{b:02d}_copy{c}.txt"][0] for c in range(3)}) == 1, f"base {b} straddles splits"
+    texts = [(k, shingles(t, 5)) for k, t in split_of.values()]
+    for k, a in texts:  # and no near copy across splits at all
+        for j, b in texts:
+            if k != j:
+                assert len(a & b) / len(a | b) < 0.8
+
+
+def test_tables_fill_or_drop_missing_cells_and_scale_invertibly(tmp_path):
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"x": [1.0, None, 3.0, 4.0, 100.0], "kind": ["a", "b", None, "a", "a"]}).to_csv(path, index=False)
+    base = ["data.source=table", f"data.path={path}", "data.val_fraction=0.0", "data.test_fraction=0.0",
+            "model.family=tabular_vae"]
+
+    def rows(name, steps):
+        prepare(None, tmp_path / name, [*base, f"data.pipeline={steps}"])
+        return pd.read_parquet(tmp_path / name / "train.parquet"), report(tmp_path / name)
+
+    filled, _ = rows("mean", "[{step: clean}, {step: missing, strategy: mean}]")
+    assert filled["x"].tolist() == [1.0, 27.0, 3.0, 4.0, 100.0] and filled["kind"].tolist()[2] == "a"
+    dropped, summary = rows("drop", "[{step: clean}, {step: missing, strategy: drop}]")
+    assert len(dropped) == 3 and removed(summary)["a missing cell"] == ["t.csv:3", "t.csv:4"]
+    flagged, _ = rows("flag", "[{step: clean}, {step: missing}]")
+    assert flagged["x"].isna().sum() == 1, "flag keeps the holes for models that learn with them"
+    scaled, summary = rows("scaled", "[{step: clean}, {step: normalize, scaling: standard}]")
+    p = summary["scaling"]["x"]
+    assert np.allclose(scaled["x"].dropna() * p["scale"] + p["shift"], [1.0, 3.0, 4.0, 100.0])
+    notes = " ".join(n for s in summary["steps"] for n in s["notes"])
+    assert "x: 1 outlier cell(s)" in notes
+
+
+def test_fit_trains_on_a_prepared_set_and_info_shows_it(tmp_path):
+    from .conftest import tiny
+
+    steps = "[{step: labels, weights: true}, {step: deduplicate, near: false}]"  # 8x8 is too small for pHash
+    folder = prepare(None, tmp_path / "digits", ["data.image_size=8", f"data.pipeline={steps}"])
+    summary = report(folder)
+    assert summary["labels"]["imbalance_ratio"] < 1.2 and set(json.loads((folder / "weights.json").read_text())) \
+        == {"train", "val", "test"}
+    html = (folder / "data_report.html").read_text()
+    assert "<table>" in html and html.count("data:image/png;base64") >= 2, "the class chart and the sample grid"
+    run = genlab.fit(None, overrides=tiny(f"data.prepared={folder}"), out=tmp_path / "run")
+    assert run.summary["steps"] == 30
+    data = genlab.load_config(None, [f"data.prepared={folder}"]).data
+    from genlab.data import load_dataset
+
+    loaded = load_dataset(data)
+    assert (len(loaded.train), len(loaded.val), len(loaded.test)) == tuple(summary["splits"].values())
+    shown = CliRunner().invoke(app, ["info", str(folder), "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["items"] == summary["items"]
+
+
+def test_running_twice_replaces_and_a_failed_run_leaves_the_earlier_set_intact(tmp_path, broken):
+    base = ["data.source=text", f"data.path={broken}", "model.family=transformer"]
+    first = prepare(None, tmp_path / "set", base)
+    items = (first / "train.jsonl").read_text()
+    assert prepare(None, tmp_path / "set", base) == first and (first / "train.jsonl").read_text() == items
+    before = (first / "prepared.json").read_text()
+    with pytest.raises(GenlabError, match="nothing is left after the pipeline"):
+        prepare(None, tmp_path / "set", [*base, "data.pipeline=[{step: clean, min_chars: 100000}]"])
+    assert (first / "prepared.json").read_text() == before and not list(tmp_path.glob(".set.*"))
+    result = CliRunner().invoke(app, ["prepare", "--set", "data.source=text", "--set", f"data.path={broken}",
+                                      "--set", "data.pipeline=[{step: nope}]", "--out", str(tmp_path / "x"),
+                                      "configs/python-docs-lm.yaml"])
+    assert result.exit_code == 2 and "data.pipeline.0" in result.output
