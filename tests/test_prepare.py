@@ -181,3 +181,34 @@ def test_running_twice_replaces_and_a_failed_run_leaves_the_earlier_set_intact(t
                                       "--set", "data.pipeline=[{step: nope}]", "--out", str(tmp_path / "x"),
                                       "configs/python-docs-lm.yaml"])
     assert result.exit_code == 2 and "data.pipeline.0" in result.output
+
+
+def test_augmentation_changes_images_reproducibly_and_an_augmented_run_resumes_exactly(tmp_path):
+    import torch
+
+    from genlab.config.prepare import Augment
+    from genlab.data.augment import augment_images
+
+    from .conftest import tiny
+    from .test_training import Crash, weights
+
+    x = torch.rand(16, 3, 12, 12) * 2 - 1
+    opts = Augment(hflip=True, crop_scale=(0.6, 1.0), rotation=15, color_jitter=0.3)
+    torch.manual_seed(1)
+    a = augment_images(x, opts)
+    torch.manual_seed(1)
+    assert torch.equal(a, augment_images(x, opts)) and a.shape == x.shape
+    assert a.min() >= -1 and a.max() <= 1 and (a - x).abs().mean() > 0.05
+    assert torch.equal(augment_images(x, Augment()), x), "nothing switched on, nothing changed"
+    flipped = augment_images(x, Augment(hflip=True))
+    assert all(torch.equal(f, i) or torch.equal(f, i.flip(-1)) for f, i in zip(flipped, x, strict=True))
+
+    steps = "data.pipeline=[{step: augment, hflip: true, crop_scale: [0.7, 1.0], rotation: 10}]"
+    whole = genlab.fit(None, overrides=tiny(steps), out=tmp_path / "whole")
+    plain = genlab.fit(None, overrides=tiny(), out=tmp_path / "plain")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        genlab.fit(None, overrides=tiny(steps), out=tmp_path / "broken", callbacks=[Crash(20)])
+    resumed = genlab.fit(resume=tmp_path / "broken")
+    a, b, c = weights(whole.path), weights(resumed.path), weights(plain.path)
+    assert all(torch.equal(a[k], b[k]) for k in a), "an augmented run resumes bit for bit"
+    assert not all(torch.equal(a[k], c[k]) for k in a), "and augmentation changed what was learned"

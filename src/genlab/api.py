@@ -49,7 +49,8 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
     dataset = load_dataset(cfg.data)
     model, dataset = family_class(cfg.model.family).build(cfg.model, dataset, cfg.train)
     trainer = build_trainer(cfg.train, paths, has_validation=len(dataset.val) > 0, monitor=model.monitor,
-                            manual_optimization=not model.automatic_optimization, callbacks=list(callbacks),
+                            manual_optimization=not model.automatic_optimization,
+                            callbacks=[*_augmentation(cfg, dataset), *callbacks],
                             judges=_judges(cfg, model, dataset, paths))
     if leader:  # only now, with data and model known good, does the run directory appear
         paths.root.mkdir(parents=True, exist_ok=True)
@@ -84,6 +85,20 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
 
 
 _RUN_DIR_ENV = "GENLAB_RUN_DIR"
+
+
+def _augmentation(cfg: RunConfig, dataset) -> list:
+    """The augment step of the data pipeline, as a callback that runs after the step is seeded (images only)."""
+    from genlab.data.augment import augment_options
+    from genlab.training.callbacks import AugmentBatches
+
+    options = augment_options(cfg.data)
+    if options is None:
+        return []
+    if dataset.spec.modality != "image":
+        log.warning(f"data.pipeline: augment applies to images; this {dataset.spec.modality} data is left as it is")
+        return []
+    return [AugmentBatches(options)]
 
 
 def _judges(cfg: RunConfig, model, dataset, paths: RunPaths) -> list[L.Callback]:

@@ -70,7 +70,18 @@ class Split(Section):
     step: Literal["split"] = "split"
 
 
-Step = Annotated[Validate | Clean | Normalize | Deduplicate | Missing | Labels | Split, Field(discriminator="step")]
+class Augment(Section):
+    """Images, applied on the fly to each training batch (in torch, reproducible on resume); text and tables: none."""
+
+    step: Literal["augment"] = "augment"
+    hflip: bool = False  # mirror half the images
+    crop_scale: tuple[float, float] | None = None  # random resized crops keeping this range of the area, e.g. [0.7, 1]
+    rotation: float = Field(0.0, ge=0, le=180)  # degrees, either way
+    color_jitter: float = Field(0.0, ge=0, lt=1)  # brightness, contrast and saturation each scaled by 1 +- this
+
+
+Step = Annotated[Validate | Clean | Normalize | Deduplicate | Missing | Labels | Split | Augment,
+                 Field(discriminator="step")]
 
 DEFAULTS = {
     "image": ["validate", "clean", "normalize", "deduplicate", "labels", "split"],
@@ -81,5 +92,5 @@ DEFAULTS = {
 
 def default_pipeline(modality: str) -> list[Step]:
     kinds = {c.model_fields["step"].default: c for c in (Validate, Clean, Normalize, Deduplicate, Missing, Labels,
-                                                        Split)}
+                                                        Split, Augment)}
     return [kinds[name]() for name in DEFAULTS[modality]]

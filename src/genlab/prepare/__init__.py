@@ -123,6 +123,11 @@ def _run(step, items, modality: str, data, log: StepLog, extra: dict):
     if kind == "labels":
         extra["labels"] = check_labels(_labels(items, modality, data), step, log)
         return items
+    if kind == "augment" and modality == "image":  # nothing to do now: fit applies it to each training batch
+        on = [k for k, v in step.model_dump(exclude={"step"}).items() if v]
+        log.notes.append(f"applied during training: {', '.join(on) or 'nothing switched on'}")
+        log.kept = len(items)
+        return items
     log.notes.append(f"does not apply to {modality}")
     log.kept = len(items)
     return items

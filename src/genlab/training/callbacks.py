@@ -44,6 +44,19 @@ class SeedEveryStep(L.Callback):
         torch.manual_seed(step_seed)
 
 
+class AugmentBatches(L.Callback):
+    """Augment each training batch's images (`data.pipeline`'s augment step) after SeedEveryStep has seeded the
+    step, so an augmented run resumes exactly; validation and test batches stay as they are."""
+
+    def __init__(self, options) -> None:
+        self.options = options
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        from genlab.data.augment import augment_images
+
+        batch["x"] = augment_images(batch["x"], self.options)
+
+
 class GradientWatch(L.Callback):
     """Clip the gradients and log their global norm (one norm serves both); stop on a non-finite loss
     or gradient before it reaches a checkpoint.
