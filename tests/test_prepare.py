@@ -212,3 +212,41 @@ def test_augmentation_changes_images_reproducibly_and_an_augmented_run_resumes_e
     a, b, c = weights(whole.path), weights(resumed.path), weights(plain.path)
     assert all(torch.equal(a[k], b[k]) for k in a), "an augmented run resumes bit for bit"
     assert not all(torch.equal(a[k], c[k]) for k in a), "and augmentation changed what was learned"
+
+
+MEMORY_CAP_MB = 40  # what preparing text may add to the process's peak memory, whatever the corpus size
+
+BOUNDED = """
+import json, resource, sys
+from genlab.prepare import prepare
+steps = "data.pipeline=[{step: clean}, {step: deduplicate, near: false}]"
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+prepare(None, sys.argv[3], ["data.source=text", f"data.path={sys.argv[1]}", steps])  # imports and first use
+before = peak()
+prepare(None, sys.argv[4], ["data.source=text", f"data.path={sys.argv[2]}", steps])
+print(json.dumps({"before": before, "after": peak()}))
+"""
+
+
+def test_a_text_corpus_several_times_the_memory_cap_prepares_in_bounded_memory(tmp_path):
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz     ", dtype=np.uint8)
+    big, small = tmp_path / "big.jsonl", tmp_path / "small.jsonl"
+    with big.open("w") as f:
+        for _ in range(3200):  # 3200 distinct documents of 40 kB: 128 MB, over three times the cap
+            f.write(json.dumps({"text": letters[rng.integers(0, len(letters), 40_000)].tobytes().decode()}) + "\n")
+    small.write_text(json.dumps({"text": "a small warm-up document"}) + "\n")
+    size = big.stat().st_size / 2**20
+    assert size > 3 * MEMORY_CAP_MB
+    done = subprocess.run([sys.executable, "-c", BOUNDED, str(small), str(big), str(tmp_path / "a"),
+                           str(tmp_path / "b")], capture_output=True, text=True, check=True)
+    rss = json.loads(done.stdout.strip().splitlines()[-1])
+    grew = rss["after"] - rss["before"]
+    print(f"peak RSS grew {grew:.1f} MB preparing {size:.0f} MB of text")
+    assert grew < MEMORY_CAP_MB, f"peak RSS grew {grew:.0f} MB preparing {size:.0f} MB of text"
+    summary = report(tmp_path / "b")
+    assert summary["items"] == 3200 and sum(summary["splits"].values()) == 3200

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pandas as pd
 from genlab.config import RunConfig, load_config
 from genlab.config.prepare import Normalize, default_pipeline
 from genlab.errors import GenlabError
-from genlab.prepare import dedup, read, steps
+from genlab.prepare import dedup, read, steps, stream
 from genlab.prepare.record import Item, StepLog
 from genlab.prepare.report import write_reports
 from genlab.prepare.split import assign_splits, check_labels
@@ -39,6 +40,10 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
     cfg = config if isinstance(config, RunConfig) else load_config(config, list(overrides))
     data = cfg.data
     out = Path(out) if out is not None else Path("prepared") / cfg.name
+    if data.prepared is not None:
+        raise GenlabError("data.prepared: this config reads a prepared set already; prepare the raw data's config")
+    if USER_SOURCES.get(data.source) == "text" or (data.source not in USER_SOURCES and _modality(data) == "text"):
+        return _prepare_text(cfg, out)
     started = time.perf_counter()
     log = StepLog("validate")
     modality, items = _read(data, log)
@@ -63,17 +68,76 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
     return _write(cfg, out, modality, items, labels, split, logs, extra, read_count)
 
 
+def _modality(data) -> str:
+    """A source's modality: built-ins by the module that loads them, a user's registered source by loading it."""
+    from genlab.data.registry import BUILTIN, source
+
+    if data.source in BUILTIN:
+        return "text" if BUILTIN[data.source].startswith("genlab.data.text:") else "other"
+    return source(data.source)(data).modality
+
+
+def _documents(data) -> Callable[[StepLog], Iterator[Item]]:
+    """A way to read the text again from the start (boilerplate counting takes a pass of its own)."""
+    if data.source == "text":
+        if data.path is None:
+            raise GenlabError("data.path: required to prepare data.source 'text'")
+        root = Path(data.path).expanduser()
+        return lambda log: read.iter_text(root, data.text_field, log)
+    from genlab.data.registry import source
+
+    docs = source(data.source)(data).x
+
+    def built_in(log: StepLog) -> Iterator[Item]:
+        for i, doc in enumerate(docs):
+            log.kept += 1
+            yield Item(f"document {i + 1}", doc)
+    return built_in
+
+
+def _prepare_text(cfg: RunConfig, out: Path) -> Path:
+    """Text streams through every step (`stream.py`), straight into the staged split files."""
+    data = cfg.data
+    documents = _documents(data)
+    pipeline = [s for s in data.pipeline or default_pipeline("text") if s.step not in ("validate", "split")]
+    read_log = StepLog("validate")
+    logs, items, dedup = [read_log], documents(read_log), None
+    for step in pipeline:
+        log = StepLog(step.step)
+        logs.append(log)
+        if step.step == "clean":
+            repeated = stream.boilerplate(lambda: documents(StepLog("count")), step.boilerplate) \
+                if step.boilerplate else set()
+            items = stream.clean(items, step, repeated, log)
+        elif step.step == "normalize":
+            items = stream.normalize(items, step, log)
+        elif step.step == "deduplicate":
+            dedup = stream.Deduplicator(step, log)
+            items = dedup(items)
+        else:
+            log.notes.append("does not apply to text")
+    staging = _staging(out)
+    counts, lengths, first = stream.write(items, staging, data, dedup.unit if dedup else lambda i: i.where)
+    if dedup is not None and dedup.clusters:
+        next(g for g in logs if g.step == "deduplicate").notes.append(
+            f"{dedup.clusters} document(s) kept in near-duplicate clusters, each cluster in one split")
+    for log in logs[1:]:
+        log.kept = log.kept or 0
+    if not sum(counts.values()):
+        shutil.rmtree(staging)
+        raise GenlabError(f"data: nothing is left after the pipeline ({'; '.join(_removals(logs))})")
+    logs.append(StepLog("split", kept=sum(counts.values()), notes=[f"{n} {s}" for s, n in counts.items()]))
+    summary = _summary(cfg, "text", sum(counts.values()), counts, [], {}, logs, read_log.kept + read_log.removed)
+    return _finish(staging, out, summary, (first, lengths, "characters per document"))
+
+
 def _read(data, log: StepLog) -> tuple[str, Any]:
-    if data.prepared is not None:
-        raise GenlabError("data.prepared: this config reads a prepared set already; prepare the raw data's config")
     if data.source in USER_SOURCES:
         if data.path is None:
             raise GenlabError(f"data.path: required to prepare data.source {data.source!r}")
         root, modality = Path(data.path).expanduser(), USER_SOURCES[data.source]
         if modality == "image":
             return modality, read.read_images(root, log)
-        if modality == "text":
-            return modality, read.read_text(root, data.text_field, log)
         return modality, read.read_table(root, log)
     from genlab.data.registry import source  # a built-in set: nothing to skip, but every other step applies
 
@@ -83,9 +147,6 @@ def _read(data, log: StepLog) -> tuple[str, Any]:
         frame.index = [f"row {i + 1}" for i in range(len(frame))]
         log.kept = len(frame)
         return "table", frame
-    if loaded.modality == "text":
-        log.kept = len(loaded.x)
-        return "text", [Item(f"document {i + 1}", doc) for i, doc in enumerate(loaded.x)]
     if loaded.modality != "image":
         raise GenlabError(f"data.source {data.source!r}: genlab prepare handles images, text and tables, "
                           f"not {loaded.modality}")
@@ -112,10 +173,9 @@ def _run(step, items, modality: str, data, log: StepLog, extra: dict):
         if kind == "missing":
             return steps.missing_table(items, step, log)
     elif kind == "clean":
-        return (steps.clean_images if modality == "image" else steps.clean_text)(items, step, log)
+        return steps.clean_images(items, step, log)
     elif kind == "normalize":
-        return steps.normalize_images(items, step, data.image_size, log) if modality == "image" else \
-            steps.normalize_text(items, step, log)
+        return steps.normalize_images(items, step, data.image_size, log)
     elif kind == "deduplicate":
         if modality == "image" and items and not isinstance(items[0].value, np.ndarray):
             items = steps.normalize_images(items, Normalize(), data.image_size, StepLog("normalize"))
@@ -144,11 +204,7 @@ def _labels(items, modality: str, data) -> list[str | None]:
 
 
 def _megabytes(items, modality: str) -> float:
-    if modality == "table":
-        return float(items.memory_usage(deep=True).sum()) / 1e6
-    if modality == "text":
-        return sum(len(i.value) for i in items) / 1e6
-    return 0.0
+    return float(items.memory_usage(deep=True).sum()) / 1e6 if modality == "table" else 0.0
 
 
 def _removals(logs: list[StepLog]) -> list[str]:
@@ -159,9 +215,7 @@ def _write(cfg: RunConfig, out: Path, modality: str, items, labels: list, split:
            extra: dict, read_count: int) -> Path:
     if modality == "image" and items and not isinstance(items[0].value, np.ndarray):  # no normalize step ran
         items = steps.normalize_images(items, Normalize(), cfg.data.image_size, StepLog("normalize"))
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = _staging(out)
     names = sorted({label for label in labels if label is not None})
     counts = {}
     for k, name in enumerate(SPLITS):
@@ -179,12 +233,29 @@ def _write(cfg: RunConfig, out: Path, modality: str, items, labels: list, split:
         weights = np.array(label_info.pop("weights"))
         (staging / "weights.json").write_text(json.dumps({s: weights[split == k].round(6).tolist()
                                                           for k, s in enumerate(SPLITS)}))
-    summary = {"name": cfg.name, "modality": modality, "source": str(cfg.data.path or cfg.data.source),
-               "read": read_count, "items": len(items), "splits": counts, "class_names": names,
-               "labels": label_info, "scaling": extra.get("scaling", {}),
-               "steps": [log.as_dict() for log in logs], "data": cfg.data.model_dump(mode="json")}
+    summary = _summary(cfg, modality, len(items), counts, names, extra, logs, read_count)
+    return _finish(staging, out, summary, _preview(items, modality))
+
+
+def _staging(out: Path) -> Path:
+    """A fresh folder beside `out`: the set is written there and moved into place only once complete."""
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _summary(cfg: RunConfig, modality: str, items: int, counts: dict, names: list, extra: dict,
+             logs: list[StepLog], read_count: int) -> dict:
+    return {"name": cfg.name, "modality": modality, "source": str(cfg.data.path or cfg.data.source),
+            "read": read_count, "items": items, "splits": counts, "class_names": names,
+            "labels": extra.get("labels", {}), "scaling": extra.get("scaling", {}),
+            "steps": [log.as_dict() for log in logs], "data": cfg.data.model_dump(mode="json")}
+
+
+def _finish(staging: Path, out: Path, summary: dict, preview: tuple) -> Path:
     (staging / MANIFEST).write_text(json.dumps(summary, indent=2, default=str))
-    write_reports(staging, summary, *_preview(items, modality))
+    write_reports(staging, summary, *preview)
     if out.exists():
         backup = out.parent / f".{out.name}.old"
         shutil.rmtree(backup, ignore_errors=True)
@@ -199,6 +270,4 @@ def _write(cfg: RunConfig, out: Path, modality: str, items, labels: list, split:
 def _preview(items, modality: str) -> tuple[Any, list[float], str]:
     if modality == "table":
         return items.head(10).to_html(), [], ""
-    if modality == "text":
-        return [i.value for i in items], [len(i.value) for i in items], "characters per document"
     return np.stack([i.value for i in items[:32]]) if items else np.zeros((0, 1, 1, 1), np.uint8), [], ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -63,31 +64,34 @@ def read_images(root: Path, log: StepLog) -> list[Item]:
 _SUFFIX = {"JPEG": {"jpg", "jpeg"}, "PNG": {"png"}, "TIFF": {"tif", "tiff"}}
 
 
-def read_text(root: Path, text_field: str, log: StepLog) -> list[Item]:
-    """Documents: one per text file, one per JSONL line; undecodable and malformed lines are named and skipped."""
-    items = []
+def iter_text(root: Path, text_field: str, log: StepLog) -> Iterator[Item]:
+    """Documents, one at a time: one per text file, one per JSONL line; undecodable and malformed lines are
+    named and skipped. A JSONL file is read line by line, so its size is not bounded by memory."""
     for path in files_under(root, TEXT_SUFFIXES):
         where = path.relative_to(root).as_posix() if root.is_dir() else path.name
-        raw = path.read_bytes()
-        log.megabytes += len(raw) / 1e6
-        lines = []
-        for number, line in enumerate(raw.splitlines(keepends=True), 1):
+        log.megabytes += path.stat().st_size / 1e6
+        lines = _decoded(path, where, log)
+        if path.suffix.lower() == ".jsonl":
+            yield from _jsonl(lines, where, text_field, log)
+            continue
+        text = "".join(t for _, t in lines)
+        if text.strip():
+            log.kept += 1
+            yield Item(where, text)
+        else:
+            log.remove("empty file", where)
+
+
+def _decoded(path: Path, where: str, log: StepLog) -> Iterator[tuple[int, str]]:
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
             try:
-                lines.append((number, line.decode("utf-8")))
+                yield number, line.decode("utf-8")
             except UnicodeDecodeError as err:
                 log.remove("not UTF-8", f"{where}:{number} (byte {err.start})")
-        if path.suffix.lower() == ".jsonl":
-            items += _jsonl(lines, where, text_field, log)
-        elif "".join(t for _, t in lines).strip():
-            items.append(Item(where, "".join(t for _, t in lines)))
-        elif not lines or not raw.strip():
-            log.remove("empty file", where)
-    log.kept = len(items)
-    return items
 
 
-def _jsonl(lines: list[tuple[int, str]], where: str, field: str, log: StepLog) -> list[Item]:
-    items = []
+def _jsonl(lines: Iterable[tuple[int, str]], where: str, field: str, log: StepLog) -> Iterator[Item]:
     for number, line in lines:
         if not line.strip():
             continue
@@ -98,10 +102,10 @@ def _jsonl(lines: list[tuple[int, str]], where: str, field: str, log: StepLog) -
             continue
         value = record.get(field) if isinstance(record, dict) else None
         if isinstance(value, str) and value.strip():
-            items.append(Item(f"{where}:{number}", value))
+            log.kept += 1
+            yield Item(f"{where}:{number}", value)
         else:
             log.remove(f"no text in field {field!r}", f"{where}:{number}")
-    return items
 
 
 def read_table(root: Path, log: StepLog) -> pd.DataFrame:

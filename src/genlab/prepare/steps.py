@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -22,48 +21,17 @@ _SPACES = re.compile(r"[ \t\u00a0]+")
 
 # --- text ------------------------------------------------------------------------------------------------
 
-def clean_text(items: list[Item], opts: Clean, log: StepLog) -> list[Item]:
-    repeated = _boilerplate(items, opts.boilerplate) if opts.boilerplate else set()
-    if repeated:
-        log.notes.append(f"{len(repeated)} boilerplate line(s) removed, e.g. {sorted(repeated)[0][:60]!r}")
-    out = []
-    for item in items:
-        text = item.value
-        if opts.nfc:
-            text = unicodedata.normalize("NFC", text)
-        if opts.control:
-            text = _CONTROL.sub("", text.replace("\r\n", "\n"))
-        if repeated:
-            text = "".join(line for line in text.splitlines(keepends=True) if line.strip() not in repeated)
-        if opts.whitespace:
-            text = "\n".join(_SPACES.sub(" ", line).rstrip() for line in text.split("\n")).strip("\n")
-        if len(text.strip()) < opts.min_chars:
-            log.remove(f"shorter than {opts.min_chars} characters", item.where)
-            continue
-        if opts.max_chars is not None and len(text) > opts.max_chars:
-            log.remove(f"longer than {opts.max_chars} characters", item.where)
-            continue
-        log.changed += text != item.value
-        out.append(Item(item.where, text, item.label, item.cluster))
-    log.kept = len(out)
-    return out
-
-
-def _boilerplate(items: list[Item], repeats: int) -> set[str]:
-    """Non-trivial lines that appear in at least `repeats` documents (licence headers, navigation, footers)."""
-    if len(items) < repeats:
-        return set()
-    counts = Counter(line for item in items for line in {ln.strip() for ln in item.value.splitlines()}
-                     if len(line) >= 20)
-    return {line for line, n in counts.items() if n >= repeats}
-
-
-def normalize_text(items: list[Item], opts: Normalize, log: StepLog) -> list[Item]:
-    if opts.lowercase:
-        items = [Item(i.where, i.value.lower(), i.label, i.cluster) for i in items]
-        log.changed = len(items)
-    log.kept = len(items)
-    return items
+def clean_document(text: str, opts: Clean, boilerplate: set[str]) -> str:
+    """One document cleaned: NFC, control characters, the corpus's boilerplate lines, runs of spaces."""
+    if opts.nfc:
+        text = unicodedata.normalize("NFC", text)
+    if opts.control:
+        text = _CONTROL.sub("", text.replace("\r\n", "\n"))
+    if boilerplate:
+        text = "".join(line for line in text.splitlines(keepends=True) if line.strip() not in boilerplate)
+    if opts.whitespace:
+        text = "\n".join(_SPACES.sub(" ", line).rstrip() for line in text.split("\n")).strip("\n")
+    return text
 
 
 # --- images -----------------------------------------------------------------------------------------------

@@ -1,0 +1,167 @@
+"""Text through the pipeline one document at a time, so a corpus larger than memory prepares in bounded memory.
+
+Each step is a generator over documents; what a step must remember is per document, never its
+text: a 16-byte digest (exact duplicates), a MinHash in the LSH index (near duplicates), a cluster
+root (union-find over document numbers). Boilerplate lines are counted in a first pass over the
+input (lossy counting: lines seen once are forgotten when the table fills). The split is a hash of
+(split_seed, the document's cluster root), so near copies land together without holding the corpus,
+and each document is appended to its split's JSONL file as it comes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from genlab.config.prepare import Clean, Deduplicate, Normalize
+from genlab.prepare import steps
+from genlab.prepare.dedup import _digest, shingles
+from genlab.prepare.record import Item, StepLog
+from genlab.prepare.store import SPLITS
+
+MAX_LINES = 2_000_000  # boilerplate counting: distinct lines tracked before the singletons are dropped
+
+
+def timed(items: Iterable[Item], log: StepLog, work: Callable[[Item], Item | None]) -> Iterator[Item]:
+    """Apply `work` to each item, timing only the step's own work and counting what it reads and keeps."""
+    for item in items:
+        began = time.perf_counter()
+        log.megabytes += len(item.value) / 1e6
+        out = work(item)
+        log.seconds += time.perf_counter() - began
+        if out is not None:
+            log.kept += 1
+            yield out
+
+
+def boilerplate(documents: Callable[[], Iterable[Item]], repeats: int) -> set[str]:
+    """Lines of at least 20 characters found in `repeats` or more documents, counted in one streaming pass."""
+    counts: Counter[bytes] = Counter()
+    for item in documents():
+        for line in {ln.strip() for ln in item.value.splitlines() if len(ln.strip()) >= 20}:
+            counts[hashlib.blake2b(line.encode(), digest_size=8).digest()] += 1
+        if len(counts) > MAX_LINES:
+            counts = Counter({k: n for k, n in counts.items() if n > 1})
+    frequent = {k for k, n in counts.items() if n >= repeats}
+    if not frequent:
+        return set()
+    lines = set()  # a second look recovers the text of the frequent lines
+    for item in documents():
+        for line in item.value.splitlines():
+            line = line.strip()
+            if len(line) >= 20 and hashlib.blake2b(line.encode(), digest_size=8).digest() in frequent:
+                lines.add(line)
+        if len(lines) == len(frequent):
+            break
+    return lines
+
+
+def clean(items: Iterable[Item], opts: Clean, repeated: set[str], log: StepLog) -> Iterator[Item]:
+    if repeated:
+        log.notes.append(f"{len(repeated)} boilerplate line(s) removed, e.g. {sorted(repeated)[0][:60]!r}")
+
+    def work(item: Item) -> Item | None:
+        text = steps.clean_document(item.value, opts, repeated)
+        if len(text.strip()) < opts.min_chars:
+            log.remove(f"shorter than {opts.min_chars} characters", item.where)
+            return None
+        if opts.max_chars is not None and len(text) > opts.max_chars:
+            log.remove(f"longer than {opts.max_chars} characters", item.where)
+            return None
+        log.changed += text != item.value
+        return Item(item.where, text, item.label)
+
+    return timed(items, log, work)
+
+
+def normalize(items: Iterable[Item], opts: Normalize, log: StepLog) -> Iterator[Item]:
+    def work(item: Item) -> Item:
+        if opts.lowercase:
+            log.changed += 1
+            return Item(item.where, item.value.lower(), item.label)
+        return item
+    return timed(items, log, work)
+
+
+class Deduplicator:
+    """Exact and near duplicates over a stream; remembers digests, MinHashes and cluster roots, never text."""
+
+    def __init__(self, opts: Deduplicate, log: StepLog) -> None:
+        from datasketch import MinHashLSH
+
+        self.opts, self.log = opts, log
+        self.digests: dict[str, str] = {}
+        self.lsh = MinHashLSH(threshold=opts.threshold, num_perm=opts.num_perm) if opts.near else None
+        self.parent: list[int] = []  # union-find over document numbers
+        self.roots: dict[int, str] = {}  # a cluster root's `where`: its split is a hash of it
+        self.clusters = 0
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        return timed(items, self.log, self.one)
+
+    def one(self, item: Item) -> Item | None:
+        opts = self.opts
+        if opts.exact:
+            digest = _digest(item.value)
+            if digest in self.digests:
+                self.log.remove("exact duplicate", f"{item.where} (copy of {self.digests[digest]})")
+                return None
+            self.digests[digest] = item.where
+        if self.lsh is None:
+            return item
+        from datasketch import MinHash
+
+        sketch = MinHash(num_perm=opts.num_perm)
+        sketch.update_batch(list(shingles(item.value, opts.shingle)))
+        number = len(self.parent)
+        matches = [self._root(int(k)) for k in self.lsh.query(sketch)]
+        if matches and opts.near_action == "remove":
+            self.log.remove("near duplicate", f"{item.where} (near {self.roots[min(matches)]})")
+            return None
+        self.parent.append(min(matches) if matches else number)
+        for root in matches:  # a document that bridges clusters joins them under the oldest root
+            self.parent[root] = min(matches)
+        self.lsh.insert(str(number), sketch)
+        root = self._root(number)
+        if root == number:
+            self.roots[number] = item.where
+        else:
+            self.clusters += 1
+        return Item(item.where, item.value, item.label, root if root != number or matches else None)
+
+    def _root(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def unit(self, item: Item) -> str:
+        """What the split hashes: the cluster root's place, so a cluster goes to one split."""
+        return self.roots.get(item.cluster, item.where) if item.cluster is not None else item.where
+
+
+def split_of(unit: str, seed: int, val: float, test: float) -> int:
+    u = int.from_bytes(hashlib.blake2b(f"{seed}:{unit}".encode(), digest_size=8).digest(), "big") / 2**64
+    return 2 if u < test else 1 if u < test + val else 0
+
+
+def write(items: Iterable[Item], staging: Path, data, unit: Callable[[Item], str]) -> tuple[dict, list[int], list]:
+    """Append each document to its split's JSONL file; (counts per split, lengths, the first documents)."""
+    files = {s: (staging / f"{s}.jsonl").open("w") for s in SPLITS}
+    counts, lengths, first = dict.fromkeys(SPLITS, 0), [], []
+    try:
+        for item in items:
+            split = SPLITS[split_of(unit(item), data.split_seed, data.val_fraction, data.test_fraction)]
+            files[split].write(json.dumps({"text": item.value, "where": item.where}, ensure_ascii=False) + "\n")
+            counts[split] += 1
+            lengths.append(len(item.value))
+            if len(first) < 5:
+                first.append(item.value)
+    finally:
+        for f in files.values():
+            f.close()
+    return counts, lengths, first
