@@ -250,3 +250,57 @@ def test_a_text_corpus_several_times_the_memory_cap_prepares_in_bounded_memory(t
     assert grew < MEMORY_CAP_MB, f"peak RSS grew {grew:.0f} MB preparing {size:.0f} MB of text"
     summary = report(tmp_path / "b")
     assert summary["items"] == 3200 and sum(summary["splits"].values()) == 3200
+
+
+def test_fit_prepares_a_pipeline_once_and_never_serves_a_changed_input_stale(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from .conftest import tiny
+
+    monkeypatch.setenv("GENLAB_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"{i}.png").write_bytes(png_bytes(i))
+    over = tiny("data.source=image_folder", f"data.path={folder}", "data.pipeline=[{step: clean}, {step: normalize}]")
+    first = genlab.fit(None, overrides=over, out=tmp_path / "a")
+    cache = tmp_path / "cache/prepared"
+    assert len(list(cache.iterdir())) == 1 and first.summary["data"]["train"] > 0
+    with caplog.at_level(logging.INFO, logger="genlab"):
+        genlab.fit(None, overrides=over, out=tmp_path / "b")
+    assert "using the prepared set cached at" in caplog.text
+    (folder / "0.png").write_bytes(png_bytes(99))  # same name, new content: a new fingerprint
+    genlab.fit(None, overrides=over, out=tmp_path / "c")
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_class_balanced_weights_make_training_batches_balanced(tmp_path):
+    import torch
+
+    from genlab.data import load_dataset
+    from genlab.data.datamodule import SeededBatches
+
+    for name, count in (("common", 45), ("rare", 5)):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(count):
+            (tmp_path / "imgs" / name / f"{i}.png").write_bytes(png_bytes(1000 * len(name) + i))
+    over = ["data.source=image_folder", f"data.path={tmp_path / 'imgs'}", "data.image_size=8",
+            "data.val_fraction=0.0", "data.test_fraction=0.0"]
+    plain = prepare(None, tmp_path / "plain", [*over, "data.pipeline=[{step: labels}]"])
+    weighted = prepare(None, tmp_path / "weighted", [*over, "data.pipeline=[{step: labels, weights: true, "
+                                                                 "min_share: 0.2}]"])
+    assert report(weighted)["labels"]["rare"] == ["rare"], "10% of the items is under a min_share of 20%"
+
+    def rare_share(folder) -> float:
+        split = load_dataset(genlab.load_config(None, [f"data.prepared={folder}"]).data).train
+        batches = SeededBatches(split, 10, seed=0)
+        labels = torch.cat([b["y"] for _, b in zip(range(200), _forever(batches))])
+        return float((labels == 1).float().mean())
+
+    assert rare_share(plain) == pytest.approx(0.1, abs=0.02)
+    assert rare_share(weighted) == pytest.approx(0.5, abs=0.06)
+
+
+def _forever(batches):
+    while True:
+        yield from batches

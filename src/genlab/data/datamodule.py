@@ -34,7 +34,12 @@ class SeededBatches:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         per_epoch = len(self)
         epoch, start = divmod(self.batches_done, per_epoch)
-        order = torch.randperm(len(self.split), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        if self.split.weights is None:
+            order = torch.randperm(len(self.split), generator=generator)
+        else:  # class-balanced (or any weighted) sampling: an epoch draws as many items, with replacement
+            order = torch.multinomial(self.split.weights.double(), len(self.split), replacement=True,
+                                      generator=generator)
         for i in range(start, per_epoch):
             first = (i * self.world + self.rank) * self.batch_size
             self.batches_done += 1

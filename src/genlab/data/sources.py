@@ -40,6 +40,7 @@ class Split:
     x: torch.Tensor | list[str]  # examples; text before tokenizing: documents
     y: torch.Tensor | None = None
     factors: torch.Tensor | None = None  # (N, K) generative factor indices, when the source knows them (shapes)
+    weights: torch.Tensor | None = None  # (N,) sampling weights: training batches draw items in proportion
 
     def __len__(self) -> int:
         return len(self.x)
@@ -58,6 +59,7 @@ class Loaded:
     test: torch.Tensor | None = None  # a source's own test examples when their size differs (a whole photograph)
     factors: torch.Tensor | None = None  # (N, K) indices of the factors that generated each example
     factor_names: tuple[str, ...] = ()
+    weights: torch.Tensor | None = None  # (N,) sampling weights (genlab prepare's labels step, weights: true)
 
 
 @dataclass
@@ -72,10 +74,10 @@ class Dataset:
 
 def load_dataset(cfg) -> Dataset:
     """Load `cfg.source` (or the set `genlab prepare` wrote, `cfg.prepared`) and split it by `cfg.split_seed`."""
-    if cfg.prepared is not None:
-        from genlab.prepare.store import load_prepared
+    if cfg.prepared is not None or any(step.step != "augment" for step in cfg.pipeline or []):
+        from genlab.prepare.store import cached, load_prepared
 
-        data: Loaded = load_prepared(cfg.prepared)
+        data: Loaded = load_prepared(cfg.prepared or cached(cfg))
     else:
         data = source(cfg.source)(cfg)
     x, y = data.x, data.y
@@ -95,7 +97,8 @@ def load_dataset(cfg) -> Dataset:
     spec = DataSpec(modality=data.modality, shape=tuple(x.shape[1:]), class_names=tuple(data.class_names))
 
     def take(idx: np.ndarray) -> Split:
-        return Split(x[idx], None if y is None else y[idx], None if data.factors is None else data.factors[idx])
+        return Split(x[idx], None if y is None else y[idx], None if data.factors is None else data.factors[idx],
+                     None if data.weights is None else data.weights[idx])
 
     held_out = take(test) if data.test is None else Split(data.test)
     return Dataset(spec, take(train), take(val), held_out, data.notes, data.factor_names)

@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from genlab.errors import GenlabError
 
+log = logging.getLogger("genlab")
 SPLITS = ("train", "val", "test")
 MANIFEST = "prepared.json"
 
@@ -38,6 +42,34 @@ def write_split(out: Path, modality: str, split: str, values, labels: list[int] 
         values.to_parquet(out / f"{split}.parquet")
 
 
+def fingerprint(data) -> str:
+    """The data config (less `prepared`) plus every input file's name, size and mtime: a changed input, a new key."""
+    from genlab import __version__
+    from genlab.prepare.read import files_under
+
+    parts = [json.dumps(data.model_dump(mode="json", exclude={"prepared"}), sort_keys=True), __version__]
+    if data.path is not None:
+        root = Path(data.path).expanduser()
+        for f in files_under(root) if root.exists() else []:
+            stat = f.stat()
+            parts.append(f"{f.relative_to(root) if root.is_dir() else f.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def cached(data) -> Path:
+    """The prepared set for `data` from the cache (GENLAB_CACHE, default ~/.cache/genlab), preparing it if new."""
+    from genlab.config import RunConfig
+    from genlab.prepare import prepare
+
+    root = Path(os.environ.get("GENLAB_CACHE", Path.home() / ".cache" / "genlab")) / "prepared"
+    folder = root / fingerprint(data)
+    if (folder / MANIFEST).is_file():
+        log.info(f"data: using the prepared set cached at {folder}")
+        return folder
+    log.info(f"data: preparing (data.pipeline) into the cache at {folder}")
+    return prepare(RunConfig(name=folder.name, data=data), folder)
+
+
 def load_prepared(path: str | Path):
     """A prepared folder as a source's `Loaded`, with its own split (`parts`)."""
     from genlab.data.sources import Loaded
@@ -51,9 +83,14 @@ def load_prepared(path: str | Path):
     parts = (counts["train"], counts["val"])
     if modality == "image":
         loaded = [load_file(str(path / f"{s}.safetensors")) for s in SPLITS]
-        x = torch.cat([d["x"] for d in loaded]).float() / 255 * 2 - 1
+        x = torch.cat([d["x"] for d in loaded if len(d["x"])]).float() / 255 * 2 - 1  # an empty split has no shape
         y = torch.cat([d["y"] for d in loaded]) if all("y" in d for d in loaded) else None
-        return Loaded(x, y, manifest.get("class_names", []), notes, "image", parts)
+        weights = None
+        if (path / "weights.json").is_file():
+            per_split = json.loads((path / "weights.json").read_text())
+            weights = torch.tensor([w for s in SPLITS for w in per_split[s]], dtype=torch.float64)
+            notes.append("class-balanced sampling weights (weights.json)")
+        return Loaded(x, y, manifest.get("class_names", []), notes, "image", parts, weights=weights)
     if modality == "text":
         docs = [json.loads(line)["text"] for s in SPLITS for line in (path / f"{s}.jsonl").open() if line.strip()]
         return Loaded(docs, notes=notes, modality="text", parts=parts)
