@@ -156,7 +156,7 @@ def test_fit_trains_on_a_prepared_set_and_info_shows_it(tmp_path):
     assert summary["labels"]["imbalance_ratio"] < 1.2 and set(json.loads((folder / "weights.json").read_text())) \
         == {"train", "val", "test"}
     html = (folder / "data_report.html").read_text()
-    assert "<table>" in html and html.count("data:image/png;base64") >= 2, "the class chart and the sample grid"
+    assert "<table>" in html and html.count("data:image/png;base64") >= 3, "class chart, size histogram, samples"
     run = genlab.fit(None, overrides=tiny(f"data.prepared={folder}"), out=tmp_path / "run")
     assert run.summary["steps"] == 30
     data = genlab.load_config(None, [f"data.prepared={folder}"]).data

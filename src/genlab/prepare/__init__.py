@@ -50,6 +50,8 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
     log.seconds = time.perf_counter() - started
     read_count = log.kept + log.removed
     logs, extra = [log], {}
+    if modality == "image":  # as read, before normalize brings them to one size: the report's histogram
+        extra["sizes"] = [max(item.value.size) for item in items]
     for step in data.pipeline or default_pipeline(modality):
         if step.step in ("validate", "split"):
             continue
@@ -234,7 +236,10 @@ def _write(cfg: RunConfig, out: Path, modality: str, items, labels: list, split:
         (staging / "weights.json").write_text(json.dumps({s: weights[split == k].round(6).tolist()
                                                           for k, s in enumerate(SPLITS)}))
     summary = _summary(cfg, modality, len(items), counts, names, extra, logs, read_count)
-    return _finish(staging, out, summary, _preview(items, modality))
+    samples, lengths, label = _preview(items, modality)
+    if modality == "image":
+        lengths, label = extra["sizes"], "longest side in pixels, as read"
+    return _finish(staging, out, summary, (samples, lengths, label))
 
 
 def _staging(out: Path) -> Path:
