@@ -181,7 +181,7 @@ def _run(step, items, modality: str, data, log: StepLog, extra: dict):
     elif kind == "deduplicate":
         if modality == "image" and items and not isinstance(items[0].value, np.ndarray):
             items = steps.normalize_images(items, Normalize(), data.image_size, StepLog("normalize"))
-        return dedup.deduplicate(items, step, modality, log)
+        return dedup.deduplicate_images(items, step, log)
     if kind == "labels":
         extra["labels"] = check_labels(_labels(items, modality, data), step, log)
         return items

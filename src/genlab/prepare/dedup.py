@@ -1,4 +1,5 @@
-"""deduplicate: exact copies by content hash, near copies by MinHash LSH (text) or perceptual hash (images).
+"""deduplicate images and table rows: exact copies by content hash, near images by perceptual hash
+(text is deduplicated as it streams, by MinHash LSH: `stream.Deduplicator`).
 
 Near copies form clusters (union-find over the matched pairs). With `near_action: remove` one item
 of each cluster is kept, the first read; with `group` all are kept and carry their cluster, which
@@ -17,21 +18,20 @@ from genlab.config.prepare import Deduplicate
 from genlab.prepare.record import Item, StepLog
 
 
-def deduplicate(items: list[Item], opts: Deduplicate, modality: str, log: StepLog) -> list[Item]:
+def deduplicate_images(items: list[Item], opts: Deduplicate, log: StepLog) -> list[Item]:
     if opts.exact:
         seen: dict[str, str] = {}
         kept = []
         for item in items:
-            digest = _digest(item.value)
-            if digest in seen:
-                log.remove("exact duplicate", f"{item.where} (copy of {seen[digest]})")
+            key = digest(item.value)
+            if key in seen:
+                log.remove("exact duplicate", f"{item.where} (copy of {seen[key]})")
             else:
-                seen[digest] = item.where
+                seen[key] = item.where
                 kept.append(item)
         items = kept
     if opts.near and len(items) > 1:
-        pairs = _near_text(items, opts) if modality == "text" else _near_images(items, opts)
-        items = _clusters(items, pairs, opts.near_action, log)
+        items = _clusters(items, _near_images(items, opts), opts.near_action, log)
     log.kept = len(items)
     return items
 
@@ -46,7 +46,7 @@ def deduplicate_table(frame: pd.DataFrame, opts: Deduplicate, log: StepLog) -> p
     return frame
 
 
-def _digest(value) -> str:
+def digest(value) -> str:
     data = value.encode() if isinstance(value, str) else np.ascontiguousarray(value).tobytes()
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
@@ -58,19 +58,6 @@ def shingles(text: str, k: int) -> set[bytes]:
     """Character k-grams of the text with its whitespace collapsed and case folded."""
     flat = _WORDS.sub(" ", text.casefold()).strip()
     return {flat[i:i + k].encode() for i in range(max(1, len(flat) - k + 1))}
-
-
-def _near_text(items: list[Item], opts: Deduplicate) -> list[tuple[int, int]]:
-    from datasketch import MinHash, MinHashLSH
-
-    lsh = MinHashLSH(threshold=opts.threshold, num_perm=opts.num_perm)
-    pairs = []
-    for i, item in enumerate(items):
-        sketch = MinHash(num_perm=opts.num_perm)
-        sketch.update_batch(list(shingles(item.value, opts.shingle)))
-        pairs += [(int(j), i) for j in lsh.query(sketch)]
-        lsh.insert(str(i), sketch)
-    return pairs
 
 
 def _near_images(items: list[Item], opts: Deduplicate) -> list[tuple[int, int]]:

@@ -34,11 +34,7 @@ def write_split(out: Path, modality: str, split: str, values, labels: list[int] 
         if labels is not None:
             tensors["y"] = torch.tensor(labels, dtype=torch.long)
         save_file(tensors, str(out / f"{split}.safetensors"), metadata={"where": json.dumps(wheres)})
-    elif modality == "text":
-        with (out / f"{split}.jsonl").open("w") as f:
-            for text, where in zip(values, wheres, strict=True):
-                f.write(json.dumps({"text": text, "where": where}, ensure_ascii=False) + "\n")
-    else:
+    else:  # text is written as it streams (stream.write)
         values.to_parquet(out / f"{split}.parquet")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from genlab.config.prepare import Clean, Deduplicate, Normalize
 from genlab.prepare import steps
-from genlab.prepare.dedup import _digest, shingles
+from genlab.prepare.dedup import digest, shingles
 from genlab.prepare.record import Item, StepLog
 from genlab.prepare.store import SPLITS
 
@@ -106,11 +106,11 @@ class Deduplicator:
     def one(self, item: Item) -> Item | None:
         opts = self.opts
         if opts.exact:
-            digest = _digest(item.value)
-            if digest in self.digests:
-                self.log.remove("exact duplicate", f"{item.where} (copy of {self.digests[digest]})")
+            key = digest(item.value)
+            if key in self.digests:
+                self.log.remove("exact duplicate", f"{item.where} (copy of {self.digests[key]})")
                 return None
-            self.digests[digest] = item.where
+            self.digests[key] = item.where
         if self.lsh is None:
             return item
         from datasketch import MinHash
