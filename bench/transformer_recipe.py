@@ -49,7 +49,7 @@ LEVERS: dict[str, list[str]] = {
 }
 
 NANOGPT = ["model.architecture=gpt2", "model.layers=4", "model.width=128", "model.heads=4", "model.context=64",
-           "train.batch_size=12", "train.max_steps=2000", "train.max_time=null", "train.precision=32",
+           "train.batch_size=12", "train.max_steps=2000", "train.max_time=null", "train.precision=32-true",
            "train.optimizer.name=adamw", "train.optimizer.lr=0.001", "train.schedule.warmup_steps=100",
            "train.val_every=500", "train.checkpoint_every=1000"]
 
