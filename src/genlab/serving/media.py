@@ -129,19 +129,20 @@ def _rows(server: Server, served: Served, body: RowsRequest) -> list[str]:
 @router.post("/v1/tabular/impute", tags=["tables"])
 async def impute(body: RowsRequest, request: Request, identity: str = Depends(authorize)) -> dict:
     """The rows with every missing cell (null or absent) filled; present cells come back as sent."""
-    server, served = _served(request, body.model, ("table",), "/v1/tabular/impute")
-    warnings = _rows(server, served, body)
-    rows = (await _run(served, ("impute", body.seed, object()), [body.rows], request))[0]
-    return {"object": "list", "model": served.name, "rows": rows, "warnings": warnings}
+    return await _on_rows(request, body, "impute", "rows")
 
 
 @router.post("/v1/tabular/score", tags=["tables"])
 async def score(body: RowsRequest, request: Request, identity: str = Depends(authorize)) -> dict:
     """An anomaly score per row (higher is odder): the negative bound on the row's log-likelihood."""
-    server, served = _served(request, body.model, ("table",), "/v1/tabular/score")
+    return await _on_rows(request, body, "score", "scores")
+
+
+async def _on_rows(request: Request, body: RowsRequest, action: str, field: str) -> dict:
+    server, served = _served(request, body.model, ("table",), f"/v1/tabular/{action}")
     warnings = _rows(server, served, body)
-    scores = (await _run(served, ("score", body.seed, object()), [body.rows], request))[0]
-    return {"object": "list", "model": served.name, "scores": scores, "warnings": warnings}
+    out = (await _run(served, (action, body.seed, object()), [body.rows], request))[0]
+    return {"object": "list", "model": served.name, field: out, "warnings": warnings}
 
 
 @router.post("/v1/tabular/sample", tags=["tables"])

@@ -253,23 +253,11 @@ async def completions(body: CompletionRequest, request: Request, identity: str =
                                      "logprobs": None, **({"genlab_filter": _refusal(c)} if _refusal(c) else {})}
                                     for c in gen.choices], "usage": _usage(gen, body.n)}
 
-    async def events() -> AsyncIterator[str]:
-        try:
-            async for c, out in gen.deltas():
-                choice = {"index": c.index, "text": out, "finish_reason": c.finish, "logprobs": None}
-                if c.finish == "content_filter":
-                    choice["genlab_filter"] = _refusal(c)
-                yield _sse({**head, "choices": [choice]})
-            _account(server, request, identity, gen)
-            if body.stream_options and body.stream_options.include_usage:
-                yield _sse({**head, "choices": [], "usage": _usage(gen, body.n)})
-        except Refused as err:
-            yield _sse({"error": {"message": err.message, "type": "server_error", "code": err.code}})
-        finally:
-            gen.cancel()
-        yield _sse("[DONE]")
+    def chunk(c: Choice, out: str) -> dict:
+        choice = {"index": c.index, "text": out, "finish_reason": c.finish, "logprobs": None}
+        return {**choice, "genlab_filter": _refusal(c)} if c.finish == "content_filter" else choice
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return _stream(server, request, identity, gen, head, chunk, body)
 
 
 # --- /v1/chat/completions -------------------------------------------------------------------------------
@@ -293,15 +281,24 @@ async def chat_completions(body: ChatRequest, request: Request, identity: str = 
              "finish_reason": c.finish, "logprobs": None} for c in gen.choices], "usage": _usage(gen, body.n)}
 
     head["object"] = "chat.completion.chunk"
+    roles = [{**head, "choices": [{"index": c.index, "delta": {"role": "assistant", "content": ""},
+                                   "finish_reason": None}]} for c in gen.choices]  # the role first, as OpenAI does
 
+    def chunk(c: Choice, out: str) -> dict:
+        return {"index": c.index, "delta": {"content": out} if out else {}, "finish_reason": c.finish}
+
+    return _stream(server, request, identity, gen, head, chunk, body, roles)
+
+
+def _stream(server: Server, request: Request, identity: str, gen: Generation, head: dict, chunk, body: Sampling,
+            opening: list[dict] = ()) -> StreamingResponse:
+    """Server-sent events: `opening`, a chunk per delta, usage if asked for, then `data: [DONE]`."""
     async def events() -> AsyncIterator[str]:
         try:
-            for c in gen.choices:  # the role comes first, as OpenAI sends it
-                yield _sse({**head, "choices": [{"index": c.index, "delta": {"role": "assistant", "content": ""},
-                                                 "finish_reason": None}]})
+            for event in opening:
+                yield _sse(event)
             async for c, out in gen.deltas():
-                yield _sse({**head, "choices": [{"index": c.index, "delta": {"content": out} if out else {},
-                                                 "finish_reason": c.finish}]})
+                yield _sse({**head, "choices": [chunk(c, out)]})
             _account(server, request, identity, gen)
             if body.stream_options and body.stream_options.include_usage:
                 yield _sse({**head, "choices": [], "usage": _usage(gen, body.n)})
