@@ -123,8 +123,6 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
     if dedup is not None and dedup.clusters:
         next(g for g in logs if g.step == "deduplicate").notes.append(
             f"{dedup.clusters} document(s) kept in near-duplicate clusters, each cluster in one split")
-    for log in logs[1:]:
-        log.kept = log.kept or 0
     if not sum(counts.values()):
         shutil.rmtree(staging)
         raise GenlabError(f"data: nothing is left after the pipeline ({'; '.join(_removals(logs))})")

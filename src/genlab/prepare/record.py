@@ -34,6 +34,14 @@ class StepLog:
 
     def remove(self, reason: str, where: str) -> None:
         self.removed += 1
+        self._example(reason, where)
+
+    def change(self, reason: str, where: str) -> None:
+        """A change worth naming in the report (a cell emptied), not a removal."""
+        self.changed += 1
+        self._example(reason, where)
+
+    def _example(self, reason: str, where: str) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         shown = self.examples.setdefault(reason, [])
         if len(shown) < EXAMPLES:

@@ -94,10 +94,8 @@ def clean_table(frame: pd.DataFrame, opts: Clean, log: StepLog) -> pd.DataFrame:
             continue  # a text or category column
         bad = present & numbers.isna()
         for where in bad[bad].index:
-            log.remove(f"not a number in numeric column {column!r} (cell emptied, row kept)",
+            log.change(f"not a number in numeric column {column!r} (cell emptied, row kept)",
                        f"{where}, {column}: {values[where]!r}")
-        log.removed -= int(bad.sum())  # a cell emptied is a change, not a removed row
-        log.changed += int(bad.sum())
         frame[column] = numbers
         spread = (numbers - numbers.median()).abs()
         scale = 1.4826 * spread.median() or numbers.std() or 1.0
