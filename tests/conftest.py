@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -27,6 +28,12 @@ TINY = [
 
 def tiny(*extra: str) -> list[str]:
     return [*TINY, *extra]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache(tmp_path_factory):
+    """Prepared sets that fit caches go to the session's own folder, not the user's ~/.cache/genlab."""
+    os.environ["GENLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(autouse=True)

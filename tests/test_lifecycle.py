@@ -150,6 +150,6 @@ def test_skipped_images_are_one_clean_line_on_the_command_line(tmp_path):
                                              f"data.path={tmp_path / 'images'}") for a in ("--set", o)],
                            "--out", str(tmp_path / "r")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "warning: skipped 1 unreadable image(s) under" in proc.stderr and "dogs/broken.png" in proc.stderr
+    assert "warning: data: read 21; validate: not a readable image: 1, e.g. dogs/broken.png" in proc.stderr
     assert "UserWarning" not in proc.stderr and "sources.py" not in proc.stderr
     assert any("broken.png" in n for n in genlab.load(tmp_path / "r").summary["data"]["notes"])

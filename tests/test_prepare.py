@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -122,6 +124,31 @@ def test_near_copies_are_removed_or_kept_together_in_one_split(tmp_path):
         for j, b in texts:
             if k != j:
                 assert len(a & b) / len(a | b) < 0.8
+
+
+def test_clean_removes_boilerplate_when_asked_and_keeps_code_indentation(tmp_path):
+    docs = tmp_path / "pages"
+    docs.mkdir()
+    banner = "Copyright (c) Example Corp. All rights reserved."
+    for i in range(6):
+        body = f"def page_{i}():\n    if __name__ == 'page_{i}':\t \n        return {i}   \n"
+        (docs / f"p{i}.md").write_text(f"{banner}\n{body}" if i < 4 else body)
+    base = ["data.source=text", f"data.path={docs}", "model.family=transformer", "data.val_fraction=0.0",
+            "data.test_fraction=0.0"]
+
+    def texts(name: str, steps: str) -> list[str]:
+        prepare(None, tmp_path / name, [*base, f"data.pipeline={steps}"])
+        return [json.loads(line)["text"] for line in (tmp_path / name / "train.jsonl").open()]
+
+    code = [f"def page_{i}():\n    if __name__ == 'page_{i}':\n        return {i}" for i in range(6)]
+    kept = texts("default", "[{step: clean}]")  # trailing spaces and tabs go; indentation and the banner stay
+    assert sorted(kept) == sorted(f"{banner}\n{c}" if i < 4 else c for i, c in enumerate(code))
+    cleaned = texts("boilerplate", "[{step: clean, boilerplate: 4}]")
+    assert sorted(cleaned) == sorted(code), "a line in 4 documents is boilerplate at boilerplate: 4"
+    kept5 = texts("five", "[{step: clean, boilerplate: 5}]")
+    assert sum(banner in t for t in kept5) == 4, "4 documents are under a threshold of 5"
+    collapsed = texts("collapse", "[{step: clean, whitespace: collapse}]")
+    assert any(" if __name__ == 'page_2':\n return 2" in t for t in collapsed), "collapse: runs of spaces become one"
 
 
 def test_tables_fill_or_drop_missing_cells_and_scale_invertibly(tmp_path):
@@ -252,7 +279,7 @@ def test_a_text_corpus_several_times_the_memory_cap_prepares_in_bounded_memory(t
     assert summary["items"] == 3200 and sum(summary["splits"].values()) == 3200
 
 
-def test_fit_prepares_a_pipeline_once_and_never_serves_a_changed_input_stale(tmp_path, monkeypatch, caplog):
+def test_fit_prepares_a_users_files_once_and_never_serves_a_changed_input_stale(tmp_path, monkeypatch, caplog):
     import logging
 
     from .conftest import tiny
@@ -262,16 +289,49 @@ def test_fit_prepares_a_pipeline_once_and_never_serves_a_changed_input_stale(tmp
     folder.mkdir()
     for i in range(40):
         (folder / f"{i}.png").write_bytes(png_bytes(i))
-    over = tiny("data.source=image_folder", f"data.path={folder}", "data.pipeline=[{step: clean}, {step: normalize}]")
-    first = genlab.fit(None, overrides=over, out=tmp_path / "a")
+    (folder / "copy.png").write_bytes(png_bytes(3))
+    (folder / "empty.png").write_bytes(b"")
     cache = tmp_path / "cache/prepared"
-    assert len(list(cache.iterdir())) == 1 and first.summary["data"]["train"] > 0
+
+    def sets() -> list[Path]:
+        return [p for p in cache.iterdir() if not p.name.startswith(".")] if cache.exists() else []
+
+    over = tiny("data.source=image_folder", f"data.path={folder}")  # no data.pipeline: the default one
+    with caplog.at_level(logging.INFO, logger="genlab"):
+        first = genlab.fit(None, overrides=over, out=tmp_path / "a")
+    assert len(sets()) == 1 and sum(first.summary["data"][s] for s in ("train", "val", "test")) == 40
+    assert "read 42; validate: zero-byte file: 1, e.g. empty.png; deduplicate: exact duplicate: 1, e.g. " \
+           "copy.png (copy of 3.png); " in caplog.text
+    assert (sets()[0] / "data_report.html").is_file()
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="genlab"):
         genlab.fit(None, overrides=over, out=tmp_path / "b")
-    assert "using the prepared set cached at" in caplog.text
+    assert "using the prepared set cached at" in caplog.text and len(sets()) == 1
     (folder / "0.png").write_bytes(png_bytes(99))  # same name, new content: a new fingerprint
     genlab.fit(None, overrides=over, out=tmp_path / "c")
-    assert len(list(cache.iterdir())) == 2
+    assert len(sets()) == 2
+    raw = genlab.fit(None, overrides=[*over, "data.pipeline=[]"], out=tmp_path / "raw")  # the source as it is
+    assert len(sets()) == 2 and sum(raw.summary["data"][s] for s in ("train", "val", "test")) == 41
+
+
+def test_class_balanced_weights_reach_the_tabular_vaes_batches(tmp_path):
+    import pandas as pd
+
+    from genlab.data import load_dataset
+    from genlab.data.datamodule import SeededBatches
+    from genlab.models.tabular_vae import TabularVAE
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=200), "y": rng.normal(size=200),
+                          "kind": ["rare" if i % 10 == 0 else "common" for i in range(200)]})
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    steps = "data.pipeline=[{step: clean}, {step: labels, weights: true}]"
+    cfg = genlab.load_config(None, ["model.family=tabular_vae", "data.source=table", "data.target=kind",
+                                    f"data.path={tmp_path / 'rows.csv'}", steps])
+    model, data = TabularVAE.build(cfg.model, load_dataset(cfg.data), cfg.train)
+    kind = model.columns.names.index("kind")  # categories in order: common 0, rare 1
+    codes = torch.cat([b["x"][:, kind] for _, b in zip(range(100), _forever(SeededBatches(data.train, 20, seed=0)))])
+    assert (codes == 1).float().mean() == pytest.approx(0.5, abs=0.06), "the rare tenth fills half the batches"
 
 
 def test_class_balanced_weights_make_training_batches_balanced(tmp_path):

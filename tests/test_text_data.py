@@ -1,6 +1,7 @@
 """Text sources, tokenizers and packing: what the transformer family trains on."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from genlab import GenlabError, load_config
 from genlab.data import load_dataset
 from genlab.data.tokenize import EOS, pack, train_tokenizer
+from genlab.prepare.store import cache_folder
 
 
 def text_data(*overrides):
@@ -22,19 +24,49 @@ def test_a_single_file_is_split_in_order_train_first_as_nanogpt_does(tmp_path):
     assert d.train.x[0] + d.val.x[0] == path.read_text() and len(d.val.x[0]) == 100
 
 
+def test_a_long_file_streams_in_pieces_that_join_back_exactly(tmp_path, monkeypatch):
+    from genlab.prepare import read
+
+    monkeypatch.setattr(read, "PIECE", 300)  # pieces of ~300 characters instead of a MB
+    lines = [f"line {i}: caf\u00e9 \u2603{' ' * (i % 3)}\n" for i in range(400)]  # 2- and 3-byte characters
+    path = tmp_path / "long.txt"
+    path.write_text("".join(lines))
+    over = ["data.source=text", f"data.path={path}", "data.val_fraction=0.1", "data.test_fraction=0.1"]
+    d = text_data(*over)
+    text = re.sub(" +\n", "\n", "".join(lines))  # clean: trailing spaces go
+    assert [len(s.x) for s in (d.train, d.val, d.test)] == [1, 1, 1]
+    assert d.train.x[0] + d.val.x[0] + d.test.x[0] == text
+    raw = path.read_bytes()  # train ends at 80% of the bytes, as nanoGPT cuts by position (never inside a character)
+    assert d.train.x[0] == re.sub(" +\n", "\n", raw[: round(0.8 * len(raw))].decode("utf-8", "ignore"))
+    records = (cache_folder(load_config(None, over).data) / "train.jsonl").read_text().splitlines()
+    assert len(records) > 10 and all(json.loads(r).get("continues") for r in records[1:])
+
+
 def test_a_folder_keeps_valid_text_and_reports_what_it_skipped(tmp_path, caplog):
+    folder = tmp_path / "docs"
+    folder.mkdir()
     for i in range(10):
-        (tmp_path / f"doc{i}.txt").write_text(f"document number {i} " * 5)
-    (tmp_path / "empty.txt").write_text("  \n")
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
-    (tmp_path / "rows.jsonl").write_text('{"text": "from jsonl"}\nnot json\n{"other": 1}\n{"text": "second"}\n')
-    d = text_data("data.source=text", f"data.path={tmp_path}", "data.split_seed=3")
+        (folder / f"doc{i}.txt").write_text(f"document number {i} " * 5)
+    (folder / "empty.txt").write_text("  \n")
+    (folder / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (folder / "rows.jsonl").write_text('{"text": "from jsonl"}\nnot json\n{"other": 1}\n{"text": "second"}\n')
+    d = text_data("data.source=text", f"data.path={folder}", "data.split_seed=3")  # prepared, as fit reads it
     docs = d.train.x + d.val.x + d.test.x
-    assert len(docs) == 13 and "caf au lait" in docs and "from jsonl" in docs and "second" in docs
+    assert len(docs) == 12 and "from jsonl" in docs and "second" in docs and ("document number 0 " * 5).rstrip() in docs
     notes = " | ".join(d.notes)
+    for reason in ("empty file: 1, e.g. empty.txt", "not UTF-8: 1, e.g. latin1.txt:1", "not a JSON object: 1",
+                   "no text in field 'text': 1, e.g. rows.jsonl:3"):
+        assert f"validate: {reason}" in notes and f"validate: {reason}" in caplog.text
+    report = cache_folder(load_config(None, ["data.source=text", f"data.path={folder}", "data.split_seed=3"]).data)
+    examples = json.loads((report / "data_report.json").read_text())["steps"][0]["examples"]
+    assert examples["not UTF-8"] == ["latin1.txt:1 (byte 3)"] and examples["not a JSON object"] == ["rows.jsonl:2"]
+
+    raw = text_data("data.source=text", f"data.path={folder}", "data.pipeline=[]")  # the source as it is
+    docs = raw.train.x + raw.val.x + raw.test.x
+    assert len(docs) == 13 and "caf au lait" in docs, "the raw source keeps a line's valid bytes"
+    notes = " | ".join(raw.notes)
     assert "empty file: 1: empty.txt" in notes and "undecodable bytes dropped: 1 bytes in 1 file(s)" in notes
     assert "line not a JSON object: 1: rows.jsonl:2" in notes and "no text in field 'text': 1: rows.jsonl:3" in notes
-    assert "empty file: 1" in caplog.text
 
 
 def test_jsonl_field_is_configurable_and_no_text_is_a_clear_error(tmp_path):
@@ -42,7 +74,7 @@ def test_jsonl_field_is_configurable_and_no_text_is_a_clear_error(tmp_path):
     path.write_text("\n".join(json.dumps({"body": f"text {i}"}) for i in range(20)))
     d = text_data("data.source=text", f"data.path={path}", "data.text_field=body")
     assert len(d.train.x) + len(d.val.x) + len(d.test.x) == 20
-    with pytest.raises(GenlabError, match="no usable text"):
+    with pytest.raises(GenlabError, match="nothing is left.*no text in field 'text': 20, e.g. d.jsonl:1"):
         text_data("data.source=text", f"data.path={path}")
     with pytest.raises(GenlabError, match="data.path: required"):
         text_data("data.source=text")

@@ -1,7 +1,8 @@
 """`data.pipeline`: the steps of `genlab prepare`, each with its options (pydantic only).
 
 A step's options say which modality they apply to; the others ignore them. `default_pipeline`
-gives each modality's steps when the config names none.
+gives each modality's steps when the config names none (`data.pipeline` unset); `data.pipeline: []`
+runs none, and `fit` then reads the source as it is.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ class Clean(Section):
     step: Literal["clean"] = "clean"
     nfc: bool = True  # text: Unicode NFC
     control: bool = True  # text: drop control characters (tabs and newlines stay)
-    whitespace: bool = True  # text: runs of spaces and tabs become one space; trailing spaces go
-    boilerplate: int | None = Field(5, ge=2)  # text: drop lines repeated in at least this many documents
+    # text: trailing spaces and tabs go; collapse: runs of them become one space too (not for code or verse)
+    whitespace: Literal["keep", "trailing", "collapse"] = "trailing"
+    # text: drop lines (20+ characters) found in at least this many documents; off by default, because
+    # in code and verse a repeated line is content (`if __name__ == "__main__":`)
+    boilerplate: int | None = Field(None, ge=2)
     min_chars: int = Field(1, ge=0)  # text: shorter documents are removed
     max_chars: int | None = Field(None, ge=1)  # text: longer documents are removed
     mode: Literal["L", "RGB"] | None = None  # images: None keeps grey data grey and makes the rest RGB

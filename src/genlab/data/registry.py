@@ -25,6 +25,7 @@ BUILTIN: dict[str, str] = {
     "dates": "genlab.data.pairs:dates",
     "docstrings": "genlab.data.pairs:docstrings",
 }
+FILES: dict[str, str] = {"image_folder": "image", "text": "text", "table": "table"}  # a user's files: fit prepares
 _registered: dict[str, Callable] = {}
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genlab.data.registry import source
+from genlab.data.registry import FILES, source
 from genlab.errors import GenlabError
 
 log = logging.getLogger("genlab")
@@ -74,7 +74,7 @@ class Dataset:
 
 def load_dataset(cfg) -> Dataset:
     """Load `cfg.source` (or the set `genlab prepare` wrote, `cfg.prepared`) and split it by `cfg.split_seed`."""
-    if cfg.prepared is not None or any(step.step != "augment" for step in cfg.pipeline or []):
+    if prepares(cfg):
         from genlab.prepare.store import cached, load_prepared
 
         data: Loaded = load_prepared(cfg.prepared or cached(cfg))
@@ -102,6 +102,17 @@ def load_dataset(cfg) -> Dataset:
 
     held_out = take(test) if data.test is None else Split(data.test)
     return Dataset(spec, take(train), take(val), held_out, data.notes, data.factor_names)
+
+
+def prepares(cfg) -> bool:
+    """Whether training reads a prepared set: `data.prepared`; a user's files (image folder, text, table) through
+    the default pipeline or the config's; a built-in set, fixed for benchmarks, only when the config lists steps.
+    A pipeline of no steps, or only `augment`, reads the source as it is."""
+    if cfg.prepared is not None:
+        return True
+    if cfg.pipeline is None:
+        return cfg.source in FILES
+    return any(step.step != "augment" for step in cfg.pipeline)
 
 
 def _split_documents(data: Loaded, cfg) -> Dataset:

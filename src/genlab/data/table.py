@@ -138,7 +138,8 @@ def split_table(data: Loaded, cfg) -> Dataset:
     spec = DataSpec("table", (frame.shape[1],))
 
     def take(idx: np.ndarray) -> Split:
-        return Split(frame.iloc[idx].reset_index(drop=True), None if anomalous is None else anomalous[idx])
+        return Split(frame.iloc[idx].reset_index(drop=True), None if anomalous is None else anomalous[idx],
+                     weights=None if data.weights is None else data.weights[idx])
 
     return Dataset(spec, take(train), take(val), take(test), data.notes)
 

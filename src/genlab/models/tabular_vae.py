@@ -95,7 +95,7 @@ class TabularVAE(GenerativeModel):
               ) -> tuple[TabularVAE, Dataset]:
         columns = Columns.fit(dataset.train.x, config.scaling, config.categorical)
         model = cls(config, dataset.spec, columns, train)
-        encoded = [Split(columns.encode(s.x, f"{name} split")) for name, s in
+        encoded = [Split(columns.encode(s.x, f"{name} split"), weights=s.weights) for name, s in
                    (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))]
         return model, Dataset(dataset.spec, *encoded, dataset.notes)
 

@@ -14,6 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,16 @@ import pandas as pd
 
 from genlab.config import RunConfig, load_config
 from genlab.config.prepare import Normalize, default_pipeline
+from genlab.data.registry import FILES
 from genlab.errors import GenlabError
 from genlab.prepare import dedup, read, steps, stream
 from genlab.prepare.record import Item, StepLog
 from genlab.prepare.report import write_reports
 from genlab.prepare.split import assign_splits, check_labels
-from genlab.prepare.store import MANIFEST, SPLITS, load_prepared, write_split
+from genlab.prepare.store import MANIFEST, SPLITS, load_prepared, reasons, write_split
 
 __all__ = ["load_prepared", "prepare"]
 
-USER_SOURCES = {"image_folder": "image", "text": "text", "table": "table"}
 
 
 def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None = None,
@@ -42,7 +43,7 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
     out = Path(out) if out is not None else Path("prepared") / cfg.name
     if data.prepared is not None:
         raise GenlabError("data.prepared: this config reads a prepared set already; prepare the raw data's config")
-    if USER_SOURCES.get(data.source) == "text" or (data.source not in USER_SOURCES and _modality(data) == "text"):
+    if FILES.get(data.source) == "text" or (data.source not in FILES and _modality(data) == "text"):
         return _prepare_text(cfg, out)
     started = time.perf_counter()
     log = StepLog("validate")
@@ -52,7 +53,7 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
     logs, extra = [log], {}
     if modality == "image":  # as read, before normalize brings them to one size: the report's histogram
         extra["sizes"] = [max(item.value.size) for item in items]
-    for step in data.pipeline or default_pipeline(modality):
+    for step in pipeline_of(data, modality):
         if step.step in ("validate", "split"):
             continue
         log = StepLog(step.step, megabytes=_megabytes(items, modality))
@@ -61,13 +62,18 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
         log.seconds = time.perf_counter() - began
         logs.append(log)
     if not len(items):
-        raise GenlabError(f"data: nothing is left after the pipeline ({'; '.join(_removals(logs))})")
+        raise _nothing_left(logs)
     labels = _labels(items, modality, data)
     clusters = [i.cluster for i in items] if modality != "table" else [None] * len(items)
     split = assign_splits(labels, clusters, data.val_fraction, data.test_fraction, data.split_seed)
     logs.append(StepLog("split", kept=len(items), notes=[f"{n} {SPLITS[k]}" for k, n in
                                                           zip(*np.unique(split, return_counts=True))]))
     return _write(cfg, out, modality, items, labels, split, logs, extra, read_count)
+
+
+def pipeline_of(data, modality: str) -> list:
+    """The config's steps; unset, the modality's default; `[]`, none."""
+    return default_pipeline(modality) if data.pipeline is None else data.pipeline
 
 
 def _modality(data) -> str:
@@ -84,15 +90,14 @@ def _documents(data) -> Callable[[StepLog], Iterator[Item]]:
     if data.source == "text":
         if data.path is None:
             raise GenlabError("data.path: required to prepare data.source 'text'")
-        root = Path(data.path).expanduser()
-        return lambda log: read.iter_text(root, data.text_field, log)
+        root, fractions = Path(data.path).expanduser(), (data.val_fraction, data.test_fraction)
+        return lambda log: islice(read.iter_text(root, data.text_field, log, fractions), data.limit)
     from genlab.data.registry import source
 
-    docs = source(data.source)(data).x
-
-    def built_in(log: StepLog) -> Iterator[Item]:
-        for i, doc in enumerate(docs):
+    def built_in(log: StepLog) -> Iterator[Item]:  # loads on first use, so the read is timed as validate's
+        for i, doc in enumerate(source(data.source)(data).x):
             log.kept += 1
+            log.megabytes += len(doc) / 1e6
             yield Item(f"document {i + 1}", doc)
     return built_in
 
@@ -101,9 +106,9 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
     """Text streams through every step (`stream.py`), straight into the staged split files."""
     data = cfg.data
     documents = _documents(data)
-    pipeline = [s for s in data.pipeline or default_pipeline("text") if s.step not in ("validate", "split")]
+    pipeline = [s for s in pipeline_of(data, "text") if s.step not in ("validate", "split")]
     read_log = StepLog("validate")
-    logs, items, dedup = [read_log], documents(read_log), None
+    logs, items, dedup = [read_log], stream.clocked(documents(read_log), read_log), None
     for step in pipeline:
         log = StepLog(step.step)
         logs.append(log)
@@ -125,20 +130,20 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
             f"{dedup.clusters} document(s) kept in near-duplicate clusters, each cluster in one split")
     if not sum(counts.values()):
         shutil.rmtree(staging)
-        raise GenlabError(f"data: nothing is left after the pipeline ({'; '.join(_removals(logs))})")
+        raise _nothing_left(logs)
     logs.append(StepLog("split", kept=sum(counts.values()), notes=[f"{n} {s}" for s, n in counts.items()]))
     summary = _summary(cfg, "text", sum(counts.values()), counts, [], {}, logs, read_log.kept + read_log.removed)
     return _finish(staging, out, summary, (first, lengths, "characters per document"))
 
 
 def _read(data, log: StepLog) -> tuple[str, Any]:
-    if data.source in USER_SOURCES:
+    if data.source in FILES:
         if data.path is None:
             raise GenlabError(f"data.path: required to prepare data.source {data.source!r}")
-        root, modality = Path(data.path).expanduser(), USER_SOURCES[data.source]
+        root, modality = Path(data.path).expanduser(), FILES[data.source]
         if modality == "image":
-            return modality, read.read_images(root, log)
-        return modality, read.read_table(root, log)
+            return modality, read.read_images(root, log, data.limit)
+        return modality, read.read_table(root, log).iloc[: data.limit]
     from genlab.data.registry import source  # a built-in set: nothing to skip, but every other step applies
 
     loaded = source(data.source)(data)
@@ -173,6 +178,8 @@ def _run(step, items, modality: str, data, log: StepLog, extra: dict):
         if kind == "missing":
             return steps.missing_table(items, step, log)
     elif kind == "clean":
+        if step.mode is None and data.channels is not None:
+            step = step.model_copy(update={"mode": "L" if data.channels == 1 else "RGB"})
         return steps.clean_images(items, step, log)
     elif kind == "normalize":
         return steps.normalize_images(items, step, data.image_size, log)
@@ -207,8 +214,8 @@ def _megabytes(items, modality: str) -> float:
     return float(items.memory_usage(deep=True).sum()) / 1e6 if modality == "table" else 0.0
 
 
-def _removals(logs: list[StepLog]) -> list[str]:
-    return [f"{log.step}: {reason} {n}" for log in logs for reason, n in log.reasons.items()]
+def _nothing_left(logs: list[StepLog]) -> GenlabError:
+    return GenlabError(f"data: nothing is left after the pipeline ({'; '.join(reasons([g.as_dict() for g in logs]))})")
 
 
 def _write(cfg: RunConfig, out: Path, modality: str, items, labels: list, split: np.ndarray, logs: list[StepLog],

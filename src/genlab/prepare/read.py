@@ -33,12 +33,14 @@ def files_under(path: Path, suffixes: set[str] | None = None) -> list[Path]:
                   and (suffixes is None or p.suffix.lower() in suffixes))
 
 
-def read_images(root: Path, log: StepLog) -> list[Item]:
-    """Every file under `root` that decodes as an image; subfolder names are the labels."""
+def read_images(root: Path, log: StepLog, limit: int | None = None) -> list[Item]:
+    """Every file under `root` that decodes as an image (the first `limit`); subfolder names are the labels."""
     from PIL import Image
 
     items = []
     for path in files_under(root):
+        if limit is not None and len(items) >= limit:
+            break
         where = path.relative_to(root).as_posix() if root.is_dir() else path.name
         log.megabytes += path.stat().st_size / 1e6
         if path.stat().st_size == 0:
@@ -50,7 +52,8 @@ def read_images(root: Path, log: StepLog) -> list[Item]:
                 image = img.copy()
                 kind = img.format
         except Exception as err:  # PIL raises several kinds; every one is a file that is not a readable image
-            log.remove("not a readable image", f"{where} ({type(err).__name__}: {str(err)[:80]})")
+            message = str(err).replace(f" '{path}'", "")[:80]  # PIL names the whole path; `where` says it shorter
+            log.remove("not a readable image", f"{where} ({type(err).__name__}: {message})")
             continue
         if kind and path.suffix.lower().lstrip(".") not in _SUFFIX.get(kind, {kind.lower()}):
             log.notes.append(f"{where}: the content is {kind}, the name says {path.suffix}; read as {kind}")
@@ -64,35 +67,83 @@ def read_images(root: Path, log: StepLog) -> list[Item]:
 _SUFFIX = {"JPEG": {"jpg", "jpeg"}, "PNG": {"png"}, "TIFF": {"tif", "tiff"}}
 
 
-def iter_text(root: Path, text_field: str, log: StepLog) -> Iterator[Item]:
+def iter_text(root: Path, text_field: str, log: StepLog, fractions: tuple[float, float] | None = None
+              ) -> Iterator[Item]:
     """Documents, one at a time: one per text file, one per JSONL line; undecodable and malformed lines are
-    named and skipped. A JSONL file is read line by line, so its size is not bounded by memory."""
+    named and skipped. JSONL is read line by line, so its size is not bounded by memory; so is `root` when it
+    is one plain text file and `fractions` (val, test) are given: it comes in pieces, cut where the splits
+    begin, as nanoGPT cuts tiny shakespeare."""
     for path in files_under(root, TEXT_SUFFIXES):
         where = path.relative_to(root).as_posix() if root.is_dir() else path.name
-        log.megabytes += path.stat().st_size / 1e6
+        size = path.stat().st_size
+        log.megabytes += size / 1e6
         lines = _decoded(path, where, log)
         if path.suffix.lower() == ".jsonl":
             yield from _jsonl(lines, where, text_field, log)
-            continue
-        text = "".join(t for _, t in lines)
-        if text.strip():
-            log.kept += 1
-            yield Item(where, text)
+        elif root.is_file() and fractions is not None:
+            yield from _pieces(lines, where, size, fractions, log)
         else:
-            log.remove("empty file", where)
+            named = log.removed
+            text = "".join(t for _, _, t in lines)
+            if text.strip():
+                log.kept += 1
+                yield Item(where, text)
+            elif log.removed == named:  # not a file whose every line was named as undecodable already
+                log.remove("empty file", where)
 
 
-def _decoded(path: Path, where: str, log: StepLog) -> Iterator[tuple[int, str]]:
+PIECE = 1 << 20  # characters: what one piece of a long text file holds in memory
+
+
+def _pieces(lines: Iterable[tuple[int, int, str]], where: str, size: int, fractions: tuple[float, float],
+            log: StepLog) -> Iterator[Item]:
+    """One long document in pieces: train takes the first 1 - val - test of its bytes, then val, then test."""
+    val, test = fractions
+    bounds = [round(size * (1 - val - test)), round(size * (1 - test)), size + 1]
+    split, offset, held, chars, first_line, starts = 0, 0, [], 0, 1, True
+
+    def piece() -> Item:
+        nonlocal held, chars, starts
+        item = Item(f"{where}:{first_line}", "".join(held), split=split, continues=not starts)
+        held, chars, starts = [], 0, False
+        return item
+
+    for number, nbytes, text in lines:
+        if not held:
+            first_line = number
+        while offset + nbytes > bounds[split]:  # this line crosses into the next split: cut it there
+            k = len(text.encode()[: bounds[split] - offset].decode("utf-8", "ignore"))
+            held.append(text[:k])
+            if any(held):
+                yield piece()
+            held, chars, starts, first_line = [], 0, True, number
+            cut = len(text[:k].encode())
+            offset, nbytes, text, split = offset + cut, nbytes - cut, text[k:], split + 1
+        if text:
+            held.append(text)
+        offset, chars = offset + nbytes, chars + len(text)
+        if chars >= PIECE:
+            yield piece()
+    if any(held):
+        yield piece()
+    if offset:
+        log.kept += 1
+    else:
+        log.remove("empty file", where)
+
+
+def _decoded(path: Path, where: str, log: StepLog) -> Iterator[tuple[int, int, str]]:
+    """(line number, its bytes, its text) for each line that is UTF-8."""
     with path.open("rb") as f:
         for number, line in enumerate(f, 1):
             try:
-                yield number, line.decode("utf-8")
+                yield number, len(line), line.decode("utf-8")
             except UnicodeDecodeError as err:
                 log.remove("not UTF-8", f"{where}:{number} (byte {err.start})")
 
 
-def _jsonl(lines: Iterable[tuple[int, str]], where: str, field: str, log: StepLog) -> Iterator[Item]:
-    for number, line in lines:
+def _jsonl(lines: Iterable[tuple[int, int, str]], where: str, field: str, log: StepLog) -> Iterator[Item]:
+    for number, _, line in lines:
         if not line.strip():
             continue
         try:

@@ -17,21 +17,26 @@ from genlab.prepare.record import Item, StepLog
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPACES = re.compile(r"[ \t\u00a0]+")
+_TRAILING = re.compile(r"[ \t\u00a0]+$", re.MULTILINE)
+_BEFORE_NEWLINE = re.compile(r"[ \t\u00a0]+(?=\n)")  # a piece may end mid-line: its last spaces stay
 
 
 # --- text ------------------------------------------------------------------------------------------------
 
-def clean_document(text: str, opts: Clean, boilerplate: set[str]) -> str:
-    """One document cleaned: NFC, control characters, the corpus's boilerplate lines, runs of spaces."""
+def clean_document(text: str, opts: Clean, boilerplate: set[str], piece: bool = False) -> str:
+    """One document cleaned: NFC, control characters, the corpus's boilerplate lines, spaces. A `piece` of a
+    longer document keeps its blank lines at both ends: the pieces are joined back as they were."""
     if opts.nfc:
         text = unicodedata.normalize("NFC", text)
     if opts.control:
         text = _CONTROL.sub("", text.replace("\r\n", "\n"))
     if boilerplate:
         text = "".join(line for line in text.splitlines(keepends=True) if line.strip() not in boilerplate)
-    if opts.whitespace:
-        text = "\n".join(_SPACES.sub(" ", line).rstrip() for line in text.split("\n")).strip("\n")
-    return text
+    if opts.whitespace == "collapse":
+        text = _SPACES.sub(" ", text)
+    if opts.whitespace != "keep":
+        text = (_BEFORE_NEWLINE if piece else _TRAILING).sub("", text)
+    return text if piece else text.strip("\n")
 
 
 # --- images -----------------------------------------------------------------------------------------------
@@ -83,9 +88,13 @@ def normalize_images(items: list[Item], opts: Normalize, size: int | None, log: 
 # --- tables -----------------------------------------------------------------------------------------------
 
 def clean_table(frame: pd.DataFrame, opts: Clean, log: StepLog) -> pd.DataFrame:
-    """Columns that are mostly numbers (`numeric_share`) become numeric; each cell that is not a number is
-    named and emptied. Numeric cells more than `outlier_z` deviations from their column's median are flagged (kept)."""
-    frame = frame.copy()
+    """Columns with no values go. Columns that are mostly numbers (`numeric_share`) become numeric; each cell
+    that is not a number is named and emptied. Numeric cells more than `outlier_z` deviations from their
+    column's median are flagged (kept)."""
+    empty = [c for c in frame.columns if frame[c].isna().all()]  # a column with no values teaches nothing
+    for column in empty:
+        log.change("column with no values dropped", str(column))
+    frame = frame.drop(columns=empty)
     for column in frame.columns:
         values = frame[column]
         numbers = pd.to_numeric(values, errors="coerce")

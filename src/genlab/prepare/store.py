@@ -52,18 +52,43 @@ def fingerprint(data) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
+def cache_folder(data) -> Path:
+    """Where `fit` keeps the prepared set of `data`: GENLAB_CACHE (default ~/.cache/genlab)/prepared/<fingerprint>."""
+    return Path(os.environ.get("GENLAB_CACHE", Path.home() / ".cache" / "genlab")) / "prepared" / fingerprint(data)
+
+
 def cached(data) -> Path:
-    """The prepared set for `data` from the cache (GENLAB_CACHE, default ~/.cache/genlab), preparing it if new."""
+    """The prepared set for `data` from the cache (GENLAB_CACHE, default ~/.cache/genlab), preparing it if new.
+    A file lock makes one process prepare while the others (DDP ranks, a second fit) wait and reuse it."""
+    from filelock import FileLock
+
     from genlab.config import RunConfig
     from genlab.prepare import prepare
 
-    root = Path(os.environ.get("GENLAB_CACHE", Path.home() / ".cache" / "genlab")) / "prepared"
-    folder = root / fingerprint(data)
-    if (folder / MANIFEST).is_file():
-        log.info(f"data: using the prepared set cached at {folder}")
-        return folder
-    log.info(f"data: preparing (data.pipeline) into the cache at {folder}")
-    return prepare(RunConfig(name=folder.name, data=data), folder)
+    folder = cache_folder(data)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+        if (folder / MANIFEST).is_file():
+            log.info(f"data: using the prepared set cached at {folder}")
+            return folder
+        log.info(f"data: preparing {data.path or data.source} into the cache at {folder}")
+        prepare(RunConfig(name=folder.name, data=data), folder)
+    line = summary(folder)
+    (log.info if "nothing removed" in line else log.warning)(f"data: {line}; report: {folder / 'data_report.html'}")
+    return folder
+
+
+def summary(folder: Path) -> str:
+    """One line: how many items were read, what the steps removed or changed and why, what each split holds."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    splits = ", ".join(f"{n} {s}" for s, n in manifest["splits"].items())
+    return f"read {manifest['read']}; {'; '.join(reasons(manifest['steps'])) or 'nothing removed'}; {splits}"
+
+
+def reasons(steps: list[dict]) -> list[str]:
+    """Each step's reasons for removing or changing items, with a count and the first example."""
+    return [f"{step['step']}: {reason}: {n}, e.g. {step['examples'][reason][0]}" for step in steps
+            for reason, n in step["reasons"].items()]
 
 
 def load_prepared(path: str | Path):
@@ -75,20 +100,35 @@ def load_prepared(path: str | Path):
         raise GenlabError(f"data.prepared: {path} holds no {MANIFEST}; `genlab prepare CONFIG --out {path}` writes one")
     manifest = json.loads((path / MANIFEST).read_text())
     modality, counts = manifest["modality"], manifest["splits"]
-    notes = [f"prepared by genlab prepare: {path}"]
+    notes = [f"prepared by genlab prepare: {path} ({summary(path)})"]
     parts = (counts["train"], counts["val"])
+    weights = None
+    if (path / "weights.json").is_file():
+        per_split = json.loads((path / "weights.json").read_text())
+        weights = torch.tensor([w for s in SPLITS for w in per_split[s]], dtype=torch.float64)
+        notes.append("class-balanced sampling weights (weights.json)")
     if modality == "image":
         loaded = [load_file(str(path / f"{s}.safetensors")) for s in SPLITS]
         x = torch.cat([d["x"] for d in loaded if len(d["x"])]).float() / 255 * 2 - 1  # an empty split has no shape
         y = torch.cat([d["y"] for d in loaded]) if all("y" in d for d in loaded) else None
-        weights = None
-        if (path / "weights.json").is_file():
-            per_split = json.loads((path / "weights.json").read_text())
-            weights = torch.tensor([w for s in SPLITS for w in per_split[s]], dtype=torch.float64)
-            notes.append("class-balanced sampling weights (weights.json)")
         return Loaded(x, y, manifest.get("class_names", []), notes, "image", parts, weights=weights)
     if modality == "text":
-        docs = [json.loads(line)["text"] for s in SPLITS for line in (path / f"{s}.jsonl").open() if line.strip()]
-        return Loaded(docs, notes=notes, modality="text", parts=parts)
+        splits = [_documents(path / f"{s}.jsonl") for s in SPLITS]
+        docs = [d for split in splits for d in split]
+        return Loaded(docs, notes=notes, modality="text", parts=(len(splits[0]), len(splits[1])))
     frame = pd.concat([pd.read_parquet(path / f"{s}.parquet") for s in SPLITS]).reset_index(drop=True)
-    return Loaded(frame, notes=notes, modality="table", parts=parts)
+    return Loaded(frame, notes=notes, modality="table", parts=parts, weights=weights)
+
+
+def _documents(path: Path) -> list[str]:
+    """A split's documents; the pieces of one long text file join back into one."""
+    docs: list[list[str]] = []
+    with path.open() as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                if record.get("continues") and docs:
+                    docs[-1].append(record["text"])
+                else:
+                    docs.append([record["text"]])
+    return ["".join(d) for d in docs]

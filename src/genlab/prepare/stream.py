@@ -5,7 +5,9 @@ text: a 16-byte digest (exact duplicates), a MinHash in the LSH index (near dupl
 root (union-find over document numbers). Boilerplate lines are counted in a first pass over the
 input (lossy counting: lines seen once are forgotten when the table fills). The split is a hash of
 (split_seed, the document's cluster root), so near copies land together without holding the corpus,
-and each document is appended to its split's JSONL file as it comes.
+and each document is appended to its split's JSONL file as it comes. One long text file comes in
+pieces already split by position (`read.iter_text`); they are cleaned as parts of one document and
+not deduplicated.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from genlab.config.prepare import Clean, Deduplicate, Normalize
@@ -34,14 +37,28 @@ def timed(items: Iterable[Item], log: StepLog, work: Callable[[Item], Item | Non
         out = work(item)
         log.seconds += time.perf_counter() - began
         if out is not None:
-            log.kept += 1
+            log.kept += not out.continues  # documents, not the pieces of one
             yield out
+
+
+def clocked(items: Iterable[Item], log: StepLog) -> Iterator[Item]:
+    """The reader's own time (next() on it), not the time later steps spend on what it yields."""
+    items = iter(items)
+    while True:
+        began = time.perf_counter()
+        item = next(items, None)
+        log.seconds += time.perf_counter() - began
+        if item is None:
+            return
+        yield item
 
 
 def boilerplate(documents: Callable[[], Iterable[Item]], repeats: int) -> set[str]:
     """Lines of at least 20 characters found in `repeats` or more documents, counted in one streaming pass."""
     counts: Counter[bytes] = Counter()
     for item in documents():
+        if item.split is not None:  # a piece of one long file: one document has no boilerplate of its own
+            continue
         for line in {ln.strip() for ln in item.value.splitlines() if len(ln.strip()) >= 20}:
             counts[hashlib.blake2b(line.encode(), digest_size=8).digest()] += 1
         if len(counts) > MAX_LINES:
@@ -65,6 +82,8 @@ def clean(items: Iterable[Item], opts: Clean, repeated: set[str], log: StepLog) 
         log.notes.append(f"{len(repeated)} boilerplate line(s) removed, e.g. {sorted(repeated)[0][:60]!r}")
 
     def work(item: Item) -> Item | None:
+        if item.split is not None:  # a piece: lengths are the whole document's, which has no boilerplate
+            return replace(item, value=steps.clean_document(item.value, opts, set(), piece=True))
         text = steps.clean_document(item.value, opts, repeated)
         if len(text.strip()) < opts.min_chars:
             log.remove(f"shorter than {opts.min_chars} characters", item.where)
@@ -73,7 +92,7 @@ def clean(items: Iterable[Item], opts: Clean, repeated: set[str], log: StepLog) 
             log.remove(f"longer than {opts.max_chars} characters", item.where)
             return None
         log.changed += text != item.value
-        return Item(item.where, text, item.label)
+        return replace(item, value=text)
 
     return timed(items, log, work)
 
@@ -82,7 +101,7 @@ def normalize(items: Iterable[Item], opts: Normalize, log: StepLog) -> Iterator[
     def work(item: Item) -> Item:
         if opts.lowercase:
             log.changed += 1
-            return Item(item.where, item.value.lower(), item.label)
+            return replace(item, value=item.value.lower())
         return item
     return timed(items, log, work)
 
@@ -105,6 +124,8 @@ class Deduplicator:
 
     def one(self, item: Item) -> Item | None:
         opts = self.opts
+        if item.split is not None:  # a piece of one long file, which is one document
+            return item
         if opts.exact:
             key = digest(item.value)
             if key in self.digests:
@@ -155,8 +176,13 @@ def write(items: Iterable[Item], staging: Path, data, unit: Callable[[Item], str
     counts, lengths, first = dict.fromkeys(SPLITS, 0), [], []
     try:
         for item in items:
-            split = SPLITS[split_of(unit(item), data.split_seed, data.val_fraction, data.test_fraction)]
-            files[split].write(json.dumps({"text": item.value, "where": item.where}, ensure_ascii=False) + "\n")
+            split = SPLITS[item.split if item.split is not None else
+                           split_of(unit(item), data.split_seed, data.val_fraction, data.test_fraction)]
+            record = {"text": item.value, "where": item.where} | ({"continues": True} if item.continues else {})
+            files[split].write(json.dumps(record, ensure_ascii=False) + "\n")
+            if item.continues:
+                lengths[-1] += len(item.value)
+                continue
             counts[split] += 1
             lengths.append(len(item.value))
             if len(first) < 5:
