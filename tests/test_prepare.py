@@ -151,6 +151,33 @@ def test_clean_removes_boilerplate_when_asked_and_keeps_code_indentation(tmp_pat
     assert any(" if __name__ == 'page_2':\n return 2" in t for t in collapsed), "collapse: runs of spaces become one"
 
 
+def test_a_document_near_copies_in_two_splits_is_removed_and_bridged_clusters_merge():
+    from types import SimpleNamespace
+
+    from genlab.config.prepare import Deduplicate
+    from genlab.prepare.record import Item, StepLog
+    from genlab.prepare.stream import Deduplicator, split_of
+
+    rng = random.Random(1)
+    common, a, b = ([f"w{rng.randrange(10**6)}" for _ in range(n)] for n in (80, 20, 20))
+    first, second = " ".join(common + a), " ".join(common + b)  # Jaccard 0.68: not near at 0.75
+    bridge = " ".join(common + a[:10] + b[:10])  # 0.82 to each: near both
+    data = SimpleNamespace(split_seed=0, val_fraction=0.3, test_fraction=0.3)
+    assert split_of("a.txt", 0, 0.3, 0.3) != split_of("b.txt", 0, 0.3, 0.3) == split_of("c.txt", 0, 0.3, 0.3)
+    opts = Deduplicate(threshold=0.75, near_action="group")
+
+    log = StepLog("deduplicate")  # the first two went to different splits: the bridge would straddle them
+    kept = list(Deduplicator(opts, log, data)([Item("a.txt", first), Item("b.txt", second), Item("x.txt", bridge)]))
+    assert [i.where for i in kept] == ["a.txt", "b.txt"] and log.examples["near copies in two splits"] == [
+        "x.txt (near a.txt, b.txt)"]
+
+    log = StepLog("deduplicate")  # the same split: the bridge joins both clusters under the oldest
+    dedup = Deduplicator(opts, log, data)
+    kept = list(dedup([Item("b.txt", first), Item("c.txt", second), Item("x.txt", bridge)]))
+    assert len(kept) == 3 and dedup.unit(kept[2]) == "b.txt"
+    assert dedup.note() == "1 near-duplicate cluster(s), largest sizes 3; each kept whole in one split"
+
+
 def test_tables_fill_or_drop_missing_cells_and_scale_invertibly(tmp_path):
     path = tmp_path / "t.csv"
     pd.DataFrame({"x": [1.0, None, 3.0, 4.0, 100.0], "kind": ["a", "b", None, "a", "a"]}).to_csv(path, index=False)

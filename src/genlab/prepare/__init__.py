@@ -119,15 +119,14 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
         elif step.step == "normalize":
             items = stream.normalize(items, step, log)
         elif step.step == "deduplicate":
-            dedup = stream.Deduplicator(step, log)
+            dedup = stream.Deduplicator(step, log, data)
             items = dedup(items)
         else:
             log.notes.append("does not apply to text")
     staging = _staging(out)
-    counts, lengths, first = stream.write(items, staging, data, dedup.unit if dedup else lambda i: i.where)
-    if dedup is not None and dedup.clusters:
-        next(g for g in logs if g.step == "deduplicate").notes.append(
-            f"{dedup.clusters} document(s) kept in near-duplicate clusters, each cluster in one split")
+    counts, lengths, first = stream.write(items, staging, data, dedup.unit if dedup is not None else lambda i: i.where)
+    if dedup is not None and dedup.note():
+        next(g for g in logs if g.step == "deduplicate").notes.append(dedup.note())
     if not sum(counts.values()):
         shutil.rmtree(staging)
         raise _nothing_left(logs)

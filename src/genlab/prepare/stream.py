@@ -107,17 +107,19 @@ def normalize(items: Iterable[Item], opts: Normalize, log: StepLog) -> Iterator[
 
 
 class Deduplicator:
-    """Exact and near duplicates over a stream; remembers digests, MinHashes and cluster roots, never text."""
+    """Exact and near duplicates over a stream; remembers digests, MinHashes and cluster roots, never text.
+    With `near_action: group` a document goes to its cluster's split; one that is near copies in two
+    different splits (it bridges clusters already written) is removed, so no near copy straddles splits."""
 
-    def __init__(self, opts: Deduplicate, log: StepLog) -> None:
+    def __init__(self, opts: Deduplicate, log: StepLog, data) -> None:
         from datasketch import MinHashLSH
 
-        self.opts, self.log = opts, log
+        self.opts, self.log, self.data = opts, log, data
         self.digests: dict[str, str] = {}
         self.lsh = MinHashLSH(threshold=opts.threshold, num_perm=opts.num_perm) if opts.near else None
         self.parent: list[int] = []  # union-find over document numbers
         self.roots: dict[int, str] = {}  # a cluster root's `where`: its split is a hash of it
-        self.clusters = 0
+        self.sizes: Counter[int] = Counter()  # documents in each cluster of two or more, by root
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
         return timed(items, self.log, self.one)
@@ -139,20 +141,26 @@ class Deduplicator:
         sketch = MinHash(num_perm=opts.num_perm)
         sketch.update_batch(list(shingles(item.value, opts.shingle)))
         number = len(self.parent)
-        matches = [self._root(int(k)) for k in self.lsh.query(sketch)]
+        matches = sorted({self._root(int(k)) for k in self.lsh.query(sketch)})
         if matches and opts.near_action == "remove":
-            self.log.remove("near duplicate", f"{item.where} (near {self.roots[min(matches)]})")
+            self.log.remove("near duplicate", f"{item.where} (near {self.roots[matches[0]]})")
+            self.sizes[matches[0]] = self.sizes.get(matches[0], 1) + 1
             return None
-        self.parent.append(min(matches) if matches else number)
-        for root in matches:  # a document that bridges clusters joins them under the oldest root
-            self.parent[root] = min(matches)
+        if len({self.split(self.roots[r]) for r in matches}) > 1:
+            places = ", ".join(self.roots[r] for r in matches)
+            self.log.remove("near copies in two splits", f"{item.where} (near {places})")
+            return None
+        root = matches[0] if matches else number
+        self.parent.append(root)
         self.lsh.insert(str(number), sketch)
-        root = self._root(number)
-        if root == number:
+        if not matches:
             self.roots[number] = item.where
-        else:
-            self.clusters += 1
-        return Item(item.where, item.value, item.label, root if root != number or matches else None)
+            return item
+        self.sizes[root] = self.sizes.get(root, 1) + 1
+        for other in matches[1:]:  # a document that bridges clusters joins them under the oldest root
+            self.parent[other] = root
+            self.sizes[root] += self.sizes.pop(other, 1)
+        return replace(item, cluster=root)
 
     def _root(self, i: int) -> int:
         while self.parent[i] != i:
@@ -160,9 +168,19 @@ class Deduplicator:
             i = self.parent[i]
         return i
 
+    def split(self, unit: str) -> int:
+        return split_of(unit, self.data.split_seed, self.data.val_fraction, self.data.test_fraction)
+
     def unit(self, item: Item) -> str:
         """What the split hashes: the cluster root's place, so a cluster goes to one split."""
-        return self.roots.get(item.cluster, item.where) if item.cluster is not None else item.where
+        return self.roots[self._root(item.cluster)] if item.cluster is not None else item.where
+
+    def note(self) -> str | None:
+        if not self.sizes:
+            return None
+        largest = sorted(self.sizes.values(), reverse=True)[:10]
+        kept = "one of each kept" if self.opts.near_action == "remove" else "each kept whole in one split"
+        return f"{len(self.sizes)} near-duplicate cluster(s), largest sizes {', '.join(map(str, largest))}; {kept}"
 
 
 def split_of(unit: str, seed: int, val: float, test: float) -> int:
