@@ -47,6 +47,9 @@ def broken(tmp_path):
     (root / "latin1.txt").write_bytes(b"A valid first line.\ncaf\xe9 is not UTF-8 here\nA valid last line.\n")
     (root / "ragged.csv").write_text("a,b,c\n1,2,x\n3,4,y\n5,6,z,extra\n7,8,x\n")
     (root / "cells.csv").write_text("a,b,c\n9,10,y\n11,abc,z\n13,14,x\n")
+    (root / "quote.csv").write_text('a,b,c\n20,21,x\n22,"unclosed,y\n')  # the quote would swallow the file
+    (root / "latin.csv").write_bytes(b"a,b,c\n30,31,x\ncaf\xe9,1,y\n32,33,z\n")
+    (root / "garbage.parquet").write_bytes(b"\xff\xfe not parquet")
     return root
 
 
@@ -65,8 +68,10 @@ def test_a_folder_of_broken_files_is_prepared_naming_each_and_keeping_every_vali
     gone = removed(images)
     assert images["items"] == 8, "six good images, the JPEG named .png and the CMYK JPEG"
     assert gone["zero-byte file"] == ["empty.png"]
-    unreadable = " ".join(gone["not a readable image"])
-    assert "truncated.png" in unreadable and "notes.txt" in unreadable and "ragged.csv" in unreadable
+    every = [json.loads(line) for line in (tmp_path / "images/removed.jsonl").open()]  # each one named, not 5
+    unreadable = " ".join(r["where"] for r in every if r["reason"] == "not a readable image")
+    assert sum(r["reason"] == "not a readable image" for r in every) == 8 and len(gone["not a readable image"]) == 5
+    assert "truncated.png" in unreadable and "notes.txt" in unreadable and "garbage.parquet" in unreadable
     assert any("tiny.png (1x1)" in p for p in gone["smaller than 8 pixels a side"])
     notes = " ".join(n for s in images["steps"] for n in s["notes"])
     assert "renamed.png: the content is JPEG, the name says .png" in notes
@@ -84,7 +89,10 @@ def test_a_folder_of_broken_files_is_prepared_naming_each_and_keeping_every_vali
     gone = removed(table)
     assert gone["wrong number of fields"] == ["ragged.csv:4 (4 fields, the header has 3)"]
     assert gone["not a number in numeric column 'b' (cell emptied, row kept)"] == ["cells.csv:3, b: 'abc'"]
-    assert table["items"] == 6, "every row but the ragged one"
+    assert gone["malformed CSV row"] == ["quote.csv:3 (unexpected end of data)"]
+    assert gone["not UTF-8"] == ["latin.csv:3 (byte 3)"] and gone["not a readable parquet file"] == [
+        "garbage.parquet (ArrowInvalid)"]
+    assert table["items"] == 9, "every row but the ragged, the unclosed and the undecodable one"
     rows = pd.read_parquet(tmp_path / "table/train.parquet")
     assert rows["b"].isna().sum() == 1 and pd.api.types.is_numeric_dtype(rows["b"])
 

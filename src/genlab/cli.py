@@ -265,7 +265,8 @@ def info(
 @app.command()
 @_user_errors
 def prepare(
-    config: Annotated[Path, typer.Argument(help="Run config YAML: its data section is prepared.")],
+    config: Annotated[Path | None, typer.Argument(help="Run config YAML: its data section is prepared "
+                                                       "(optional: --set data.source=... alone).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the prepared set (default "
                                                                 "prepared/<name>).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set data.image_size=32.")] = [],  # noqa: B006

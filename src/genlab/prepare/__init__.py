@@ -29,7 +29,7 @@ from genlab.prepare import dedup, read, steps, stream
 from genlab.prepare.record import Item, StepLog
 from genlab.prepare.report import write_reports
 from genlab.prepare.split import assign_splits, check_labels
-from genlab.prepare.store import MANIFEST, SPLITS, load_prepared, reasons, write_split
+from genlab.prepare.store import MANIFEST, REMOVED, SPLITS, load_prepared, reasons, write_split
 
 __all__ = ["load_prepared", "prepare"]
 
@@ -132,7 +132,7 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
         raise _nothing_left(logs)
     logs.append(StepLog("split", kept=sum(counts.values()), notes=[f"{n} {s}" for s, n in counts.items()]))
     summary = _summary(cfg, "text", sum(counts.values()), counts, [], {}, logs, read_log.kept + read_log.removed)
-    return _finish(staging, out, summary, (first, lengths, "characters per document"))
+    return _finish(staging, out, summary, (first, lengths, "characters per document"), logs)
 
 
 def _read(data, log: StepLog) -> tuple[str, Any]:
@@ -243,7 +243,7 @@ def _write(cfg: RunConfig, out: Path, modality: str, items, labels: list, split:
     samples, lengths, label = _preview(items, modality)
     if modality == "image":
         lengths, label = extra["sizes"], "longest side in pixels, as read"
-    return _finish(staging, out, summary, (samples, lengths, label))
+    return _finish(staging, out, summary, (samples, lengths, label), logs)
 
 
 def _staging(out: Path) -> Path:
@@ -262,8 +262,12 @@ def _summary(cfg: RunConfig, modality: str, items: int, counts: dict, names: lis
             "steps": [log.as_dict() for log in logs], "data": cfg.data.model_dump(mode="json")}
 
 
-def _finish(staging: Path, out: Path, summary: dict, preview: tuple) -> Path:
+def _finish(staging: Path, out: Path, summary: dict, preview: tuple, logs: list[StepLog]) -> Path:
     (staging / MANIFEST).write_text(json.dumps(summary, indent=2, default=str))
+    with (staging / REMOVED).open("w") as f:  # every removal, where the report shows a few of each reason
+        for log in logs:
+            for reason, where in log.gone:
+                f.write(json.dumps({"step": log.step, "reason": reason, "where": where}, ensure_ascii=False) + "\n")
     write_reports(staging, summary, *preview)
     if out.exists():
         backup = out.parent / f".{out.name}.old"

@@ -133,8 +133,13 @@ def _pieces(lines: Iterable[tuple[int, int, str]], where: str, size: int, fracti
 
 
 def _decoded(path: Path, where: str, log: StepLog) -> Iterator[tuple[int, int, str]]:
-    """(line number, its bytes, its text) for each line that is UTF-8."""
-    with path.open("rb") as f:
+    """(line number, its bytes, its text) for each line that is UTF-8; a file that cannot be opened is named."""
+    try:
+        f = path.open("rb")
+    except OSError as err:
+        log.remove("cannot be opened", f"{where} ({err.strerror})")
+        return
+    with f:
         for number, line in enumerate(f, 1):
             try:
                 yield number, len(line), line.decode("utf-8")
@@ -185,20 +190,29 @@ def read_table(root: Path, log: StepLog) -> pd.DataFrame:
 
 
 def _csv(path: Path, where: str, log: StepLog) -> pd.DataFrame | None:
-    raw = path.read_bytes()
+    lines = []
+    for number, _, line in _decoded(path, where, log):  # a line that is not UTF-8 is named; its row is skipped
+        lines.extend([""] * (number - 1 - len(lines)) + [line.removeprefix("\ufeff") if number == 1 else line])
+    text = "\n".join(line.rstrip("\r\n") for line in lines)
+    rows = csv.reader(io.StringIO(text, newline=""), strict=True)  # strict: a stray quote is an error, not a merge
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        log.remove("not UTF-8", f"{where} (byte {err.start})")
+        header = next(rows, None)
+    except csv.Error as err:
+        log.remove("malformed CSV header", f"{where}:1 ({err})")
         return None
-    rows = csv.reader(io.StringIO(text, newline=""))
-    header = next(rows, None)
     if not header:
         log.remove("empty file", where)
         return None
     kept, places = [], []
-    for row in rows:
-        line = rows.line_num
+    while True:
+        line = rows.line_num + 1  # where the next row starts; it may span lines inside quotes
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as err:  # the reader goes on with the next line
+            log.remove("malformed CSV row", f"{where}:{line} ({err})")
+            continue
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):

@@ -34,8 +34,11 @@ class StepLog:
     seconds: float = 0.0
     megabytes: float = 0.0  # of input the step read: its MB/s in the report
 
+    gone: list[tuple[str, str]] = field(default_factory=list, repr=False)  # every removal: removed.jsonl
+
     def remove(self, reason: str, where: str) -> None:
         self.removed += 1
+        self.gone.append((reason, where))
         self._example(reason, where)
 
     def change(self, reason: str, where: str) -> None:

@@ -39,7 +39,8 @@ img{{image-rendering:pixelated;margin:4px}}</style></head><body>
 {summary['items']} prepared; splits: {splits}.</p>
 <h2>Steps</h2><table><tr><th>step</th><th>kept</th><th>changed</th><th>removed</th><th>MB/s</th><th>notes</th></tr>
 {rows}</table>
-<h2>Removed or changed, and why</h2><ul>{removed}</ul>
+<h2>Removed or changed, and why</h2>
+<p>A few examples of each reason; removed.jsonl beside this page names every removed item.</p><ul>{removed}</ul>
 <h2>Distributions</h2>{charts}
 <h2>Samples</h2>{_samples(samples)}
 </body></html>"""

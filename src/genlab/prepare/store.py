@@ -3,6 +3,7 @@
     DIR/prepared.json           modality, class names, counts per split, the steps run, table scaling
     DIR/{train,val,test}.*      the items of each split
     DIR/weights.json            class-balanced sampling weights per split (labels.weights)
+    DIR/removed.jsonl           every item a step removed: step, reason, where (file, file:line, file:row)
     DIR/data_report.{json,html}
 """
 
@@ -24,6 +25,7 @@ from genlab.errors import GenlabError
 log = logging.getLogger("genlab")
 SPLITS = ("train", "val", "test")
 MANIFEST = "prepared.json"
+REMOVED = "removed.jsonl"
 
 
 def write_split(out: Path, modality: str, split: str, values, labels: list[int] | None, wheres: list[str]) -> None:
