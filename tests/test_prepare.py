@@ -276,6 +276,55 @@ def test_augmentation_changes_images_reproducibly_and_an_augmented_run_resumes_e
     assert not all(torch.equal(a[k], c[k]) for k in a), "and augmentation changed what was learned"
 
 
+def test_a_killed_prepare_leaves_the_earlier_set_intact_and_a_rerun_finishes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(0)
+    letters = np.frombuffer(b"abcdefghij klmnopqrst uvwxyz", dtype=np.uint8)
+    corpus = tmp_path / "corpus.jsonl"
+    with corpus.open("w") as f:  # 100 documents of 40 kB: seconds of near-duplicate hashing
+        for _ in range(100):
+            f.write(json.dumps({"text": letters[rng.integers(0, len(letters), 40_000)].tobytes().decode()}) + "\n")
+    small = tmp_path / "small.txt"
+    small.write_text("an earlier, small corpus that was prepared first")
+    out = tmp_path / "set"
+    prepare(None, out, ["data.source=text", f"data.path={small}", "data.val_fraction=0", "data.test_fraction=0"])
+    before = (out / "prepared.json").read_text()
+    command = [sys.executable, "-m", "genlab", "prepare", "--set", "data.source=text", "--set", f"data.path={corpus}",
+               "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / ".set.partial" / "train.jsonl"
+    deadline = time.monotonic() + 120
+    while not (partial.is_file() and partial.stat().st_size) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # midway: documents are being written to the staged folder
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the kill came after prepare had finished: make the corpus larger"
+    assert (out / "prepared.json").read_text() == before, "the earlier set is untouched"
+    assert (out / "train.jsonl").read_text().strip() and json.loads(before)["items"] == 1
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "prepared.json").read_text())["items"] == 100 and not partial.parent.exists()
+
+
+def test_files_a_source_does_not_read_get_one_line_naming_them(tmp_path):
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(png_bytes(0))
+    (tmp_path / "empty").mkdir()
+    for source in ("text", "table"):
+        with pytest.raises(GenlabError, match="data.path: photo.png is not one of the files this source reads"):
+            prepare(None, tmp_path / "x", [f"data.source={source}", f"data.path={picture}"])
+    with pytest.raises(GenlabError, match=r"data.path: no text files \(.txt, .md, .rst, .jsonl\) found under"):
+        prepare(None, tmp_path / "x", ["data.source=text", f"data.path={tmp_path / 'empty'}"])
+    result = CliRunner().invoke(app, ["prepare", "--set", "data.source=image_folder", "--set",
+                                      f"data.path={tmp_path / 'empty'}"])
+    assert result.exit_code == 1 and "no image files found under" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()
+
+
 MEMORY_CAP_MB = 40  # what preparing text may add to the process's peak memory, whatever the corpus size
 
 BOUNDED = """

@@ -62,7 +62,7 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
         log.seconds = time.perf_counter() - began
         logs.append(log)
     if not len(items):
-        raise _nothing_left(logs)
+        raise _nothing_left(logs, data)
     labels = _labels(items, modality, data)
     clusters = [i.cluster for i in items] if modality != "table" else [None] * len(items)
     split = assign_splits(labels, clusters, data.val_fraction, data.test_fraction, data.split_seed)
@@ -129,7 +129,7 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
         next(g for g in logs if g.step == "deduplicate").notes.append(dedup.note())
     if not sum(counts.values()):
         shutil.rmtree(staging)
-        raise _nothing_left(logs)
+        raise _nothing_left(logs, data)
     logs.append(StepLog("split", kept=sum(counts.values()), notes=[f"{n} {s}" for s, n in counts.items()]))
     summary = _summary(cfg, "text", sum(counts.values()), counts, [], {}, logs, read_log.kept + read_log.removed)
     return _finish(staging, out, summary, (first, lengths, "characters per document"), logs)
@@ -213,7 +213,10 @@ def _megabytes(items, modality: str) -> float:
     return float(items.memory_usage(deep=True).sum()) / 1e6 if modality == "table" else 0.0
 
 
-def _nothing_left(logs: list[StepLog]) -> GenlabError:
+def _nothing_left(logs: list[StepLog], data) -> GenlabError:
+    if not logs[0].kept + logs[0].removed:
+        kinds = {"image": "image files", "text": "text files (.txt, .md, .rst, .jsonl)"}
+        return GenlabError(f"data.path: no {kinds.get(FILES.get(data.source), 'items')} found under {data.path}")
     return GenlabError(f"data: nothing is left after the pipeline ({'; '.join(reasons([g.as_dict() for g in logs]))})")
 
 

@@ -26,6 +26,9 @@ TABLE_SUFFIXES = {".csv", ".parquet"}
 
 def files_under(path: Path, suffixes: set[str] | None = None) -> list[Path]:
     if path.is_file():
+        if suffixes is not None and path.suffix.lower() not in suffixes:
+            raise GenlabError(f"data.path: {path.name} is not one of the files this source reads "
+                              f"({', '.join(sorted(suffixes))})")
         return [path]
     if not path.is_dir():
         raise GenlabError(f"data.path: {path} does not exist")
