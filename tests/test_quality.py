@@ -13,9 +13,12 @@ def test_fid_of_the_trained_demo_model_is_far_below_the_untrained_one(tmp_path):
     untrained = genlab.fit(DEMO, overrides=[*SHORT, "train.max_steps=1"], out=tmp_path / "untrained")
     good, bad = genlab.evaluate(trained), genlab.evaluate(untrained)
     print(f"FID trained {good['fid']:.3f}, untrained {bad['fid']:.3f}, real-vs-real {good['fid_real_baseline']:.3f}")
+    print(f"precision / recall: trained {good['precision']:.2f} / {good['recall']:.2f}, "
+          f"untrained {bad['precision']:.2f} / {bad['recall']:.2f}")
     assert good["fid"] <= 0.5 * bad["fid"]
     assert good["fid_real_baseline"] < good["fid"]
     assert good["kid_mean"] < bad["kid_mean"]
+    assert good["precision"] > 3 * bad["precision"] + 0.1 and good["recall"] > bad["recall"] + 0.4  # 0.46/0.84 vs 0.05/0
     assert good["class_distribution_tv"] < bad["class_distribution_tv"]
     assert good["classifier_accuracy"] > 0.9, "the feature extractor itself must be meaningful"
     # each run trained its own extractor; on the same data they must be the same one, or FIDs do not compare

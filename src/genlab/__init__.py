@@ -10,19 +10,20 @@ __version__ = "0.1.0"
 # Imported on first use, so `genlab --help` and config checks do not pay for torch and Lightning.
 _EXPORTS = {
     "fit": "genlab.api", "load": "genlab.run", "evaluate": "genlab.api", "sample_to_file": "genlab.api",
-    "upscale_files": "genlab.api",
+    "upscale_files": "genlab.api", "bakeoff": "genlab.selection",
     "RunConfig": "genlab.config", "load_config": "genlab.config",
     "ConfigError": "genlab.errors", "GenlabError": "genlab.errors",
     "Run": "genlab.run",
 }
-__all__ = ["ConfigError", "GenlabError", "Run", "RunConfig", "__version__", "evaluate", "fit", "load", "load_config",
-           "sample_to_file", "upscale_files"]
+__all__ = ["ConfigError", "GenlabError", "Run", "RunConfig", "__version__", "bakeoff", "evaluate", "fit", "load",
+           "load_config", "sample_to_file", "upscale_files"]
 
 if TYPE_CHECKING:
     from genlab.api import evaluate, fit, sample_to_file, upscale_files
     from genlab.config import RunConfig, load_config
     from genlab.errors import ConfigError, GenlabError
     from genlab.run import Run, load
+    from genlab.selection import bakeoff
 
 
 def __getattr__(name: str) -> Any:

@@ -185,11 +185,35 @@ def evaluate(
 
     metrics = genlab.evaluate(run_dir, num_samples=n, sampler=sampler, steps=steps, guidance_scale=guidance,
                               truncation=truncation)
-    for key in ("fid", "kid_mean", "fid_real_baseline", "class_distribution_tv", "classifier_accuracy"):
+    for key in ("fid", "kid_mean", "precision", "recall", "fid_real_baseline", "class_distribution_tv",
+                "classifier_accuracy"):
         if key in metrics:
             out.print(f"{key}: {metrics[key]:.4g}")
     out.print(f"metrics: {Path(run_dir) / 'metrics.json'}")
     out.print(f"report: {Path(run_dir) / 'report.html'}")
+
+
+@app.command()
+@_user_errors
+def bakeoff(
+    entries: Annotated[list[str], typer.Argument(help="Run configs or family names; the first one's data is used.")],
+    budget: Annotated[float, typer.Option(help="Seconds of training for each entry.")] = 120.0,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the entries' runs and bakeoff.html.")] = Path(
+        "runs/bakeoff"),
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key of every entry.")] = [],  # noqa: B006
+) -> None:
+    """Train several families on the same data for the same time, evaluate them alike, and rank them."""
+    from genlab.selection import HEADLINE
+    from genlab.selection import bakeoff as run_bakeoff
+
+    result = run_bakeoff(entries, budget=budget, out=out_dir, overrides=set_)
+    headline = HEADLINE.get(result["modality"], [])
+    out.print(f"{'entry':<16} {'family':<12} {'steps':>6} " + " ".join(f"{label:>10}" for _, label, _ in headline))
+    for e in result["entries"]:
+        values = " ".join(f"{e['metrics'][k]:>10.4g}" if e["metrics"].get(k) is not None else f"{'':>10}"
+                          for k, _, _ in headline)
+        out.print(f"{e['name']:<16} {e['family']:<12} {e['steps']:>6} {values}", highlight=False)
+    out.print(f"ranking: {' > '.join(result['ranking'])}; report: {out_dir / 'bakeoff.html'}")
 
 
 @app.command()

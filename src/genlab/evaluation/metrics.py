@@ -1,4 +1,4 @@
-"""Image runs: FID and KID against held-out images, and class balance.
+"""Image runs: FID, KID and precision / recall against held-out images, and class balance.
 
 Writes metrics.json and report.html.
 
@@ -44,6 +44,7 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[s
         "fid": frechet_distance(net, real_test, fake),
         "fid_real_baseline": frechet_distance(net, real_test, real_train),
         **kernel_distance(net, real_test, fake),
+        **precision_recall(net, real_test, fake),
     }
     if dataset.spec.num_classes > 1 and held_out.y is not None:
         k = dataset.spec.num_classes
@@ -108,6 +109,25 @@ def kernel_distance(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor) -> 
         torch.manual_seed(0)
         mean, std = kid.compute()
     return {"kid_mean": float(mean), "kid_std": float(std)}
+
+
+def precision_recall(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall (Kynkaenniemi et al., 2019) in the extractor's feature space: precision is
+    the share of generated images inside the real images' manifold (each real feature's ball reaching its k-th
+    nearest real neighbour), recall the share of real images inside the generated manifold. A sharp generator
+    that drops modes keeps precision and loses recall; a blurry one the opposite."""
+    real_f, fake_f = _features(net, real), _features(net, fake)
+
+    def covered(points: torch.Tensor, support: torch.Tensor) -> float:
+        radii = torch.cdist(support, support).kthvalue(k + 1, dim=1).values  # k+1: each point is its own nearest
+        return (torch.cdist(points, support) <= radii).any(dim=1).double().mean().item()
+
+    return {"precision": covered(fake_f, real_f), "recall": covered(real_f, fake_f)}
+
+
+@torch.no_grad()
+def _features(net: FeatureNet, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([net(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 def total_variation(predicted: torch.Tensor, real: torch.Tensor, k: int) -> float:

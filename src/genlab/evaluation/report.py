@@ -19,6 +19,8 @@ IMAGE_METRICS = {
     "fid": "FID (generated vs held-out; lower is better)",
     "fid_real_baseline": "FID of held-out real vs train real (the floor)",
     "kid_mean": "KID",
+    "precision": "precision: generated images inside the real manifold (0 to 1)",
+    "recall": "recall: real images inside the generated manifold (0 to 1)",
     "classifier_accuracy": "feature classifier accuracy on held-out real",
     "class_distribution_tv": "class balance: total variation to the real mix (0 = same)",
     "conditional_accuracy": "generated images classified as the requested class",
@@ -113,3 +115,45 @@ table{border-collapse:collapse;margin:.5em 0}th,td{padding:3px 10px;border-botto
 th{font-weight:normal;color:#555}.row{display:flex;gap:1em}figure{margin:0}img{image-rendering:pixelated}
 svg{border:1px solid #ddd;margin-top:1em}figcaption{color:#555}
 pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em;border-left:3px solid #1f77b4}"""
+
+
+def write_bakeoff_report(path: Path, result: dict, headline: list[tuple[str, str, bool]], previews: dict) -> Path:
+    """bakeoff.html: the entries side by side (best of each column in bold), then each one's samples."""
+    entries = result["entries"]
+    best = {}
+    for key, _, higher in headline:
+        values = [e["metrics"][key] for e in entries if e["metrics"].get(key) is not None]
+        if values:
+            best[key] = max(values) if higher else min(values)
+    head = "".join(f"<th>{html.escape(label)} {'&uarr;' if higher else '&darr;'}</th>" for _, label, higher in headline)
+    rows = []
+    for e in entries:
+        cells = []
+        for key, _, _ in headline:
+            value = e["metrics"].get(key)
+            text = "" if value is None else f"{value:.4g}"
+            cells.append(f"<td><b>{text}</b></td>" if value is not None and value == best.get(key) else
+                         f"<td>{text}</td>")
+        speed = f"{1 / e['seconds_per_sample']:.1f}" if e.get("seconds_per_sample") else ""
+        rows.append(f"<tr><td>{html.escape(e['name'])}</td><td>{e['family']}</td><td>{e['parameters'] or 0:,}</td>"
+                    f"<td>{e['steps']}</td><td>{e['train_seconds']}</td>{''.join(cells)}<td>{speed}</td></tr>")
+    shown = []
+    for e in entries:
+        preview = previews.get(e["name"])
+        if isinstance(preview, torch.Tensor):
+            body = _png(preview, scale=3, nrow=8)
+        else:
+            body = "".join(f"<pre>{html.escape(t[:400])}</pre>" for t in preview or [])
+        shown.append(f"<h3>{html.escape(e['name'])}</h3>{body}")
+    ranking = " &gt; ".join(html.escape(n) for n in result["ranking"])
+    page = f"""<!doctype html><meta charset="utf-8"><title>genlab bake-off</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
+img{{image-rendering:pixelated}}pre{{background:#f4f4f4;padding:6px}}</style>
+<h1>Bake-off: {len(entries)} entries, {result['budget_seconds']:g} s of training each</h1>
+<p>Data: {html.escape(str(result['data'].get('path') or result['data']['source']))}, the same split for every
+entry. Ranked by {html.escape(headline[0][1]) if headline else 'entry order'}: {ranking}.</p>
+<table><tr><th>entry</th><th>family</th><th>parameters</th><th>steps</th><th>train s</th>{head}
+<th>samples/s (sampling)</th></tr>{''.join(rows)}</table>
+<h2>Samples (seed 0)</h2>{''.join(shown)}"""
+    path.write_text(page)
+    return path

@@ -1,0 +1,172 @@
+"""Architecture selection: the bake-off, several families (or recipes) on the same data for the same budget.
+
+    genlab bakeoff ENTRY... --budget SECONDS --out DIR
+
+An entry is a run config, or a family name (the first config's data and training with that family's
+defaults). Every entry trains on the first entry's data section and is evaluated with its eval
+section (sample count, seed), so one extractor scores them all. The budget is training time: a short
+calibration fit measures each entry's seconds per step on this machine, and its step count and
+schedule are set to what the budget holds, so a cosine anneals within it rather than being cut off.
+Each entry is an ordinary run directory under DIR, to sample, evaluate or serve like any other;
+bakeoff.json and bakeoff.html put them side by side. Running again reuses finished entries and
+resumes one that was interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from genlab.config import RunConfig, load_config
+from genlab.errors import GenlabError
+from genlab.models.registry import family_names
+from genlab.run import Run, RunPaths, read_json, write_json
+
+log = logging.getLogger("genlab")
+CALIBRATION_STEPS = 12  # the Throughput callback skips the first batch and needs 3 timed ones
+# what each modality is compared on: (metrics.json key, column name, True if higher is better); the first ranks
+HEADLINE = {
+    "image": [("fid", "FID", False), ("kid_mean", "KID", False), ("precision", "precision", True),
+              ("recall", "recall", True), ("class_distribution_tv", "class TV", False)],
+    "text": [("bits_per_character", "bits/char", False), ("distinct_2", "distinct-2", True)],
+    "pairs": [("chrf", "chrF", True), ("bleu", "BLEU", True), ("exact_match", "exact match", True)],
+}
+
+
+def bakeoff(entries: list[str | Path], *, budget: float, out: str | Path,
+            overrides: list[str] | tuple = ()) -> dict[str, Any]:
+    """Train and evaluate each entry on the same data for `budget` seconds of training; write bakeoff.json/html."""
+    if budget <= 0:
+        raise GenlabError(f"budget: {budget} seconds; give a positive training time per entry")
+    configs = entry_configs(entries, overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, previews = [], {}
+    for name, cfg in configs:
+        run = _trained(name, cfg, budget, out)
+        metrics = _evaluated(run, out, configs[0][0])
+        rows.append(_row(name, run, metrics))
+        previews[name] = _preview(run, metrics)
+    result = {"budget_seconds": budget, "data": configs[0][1].data.model_dump(mode="json"),
+              "modality": rows[0]["modality"], "entries": rows, "ranking": _ranking(rows)}
+    write_json(out / "bakeoff.json", result)
+    from genlab.evaluation.report import write_bakeoff_report
+
+    write_bakeoff_report(out / "bakeoff.html", result, HEADLINE.get(result["modality"], []), previews)
+    return result
+
+
+def entry_configs(entries: list[str | Path], overrides: list[str] | tuple = ()) -> list[tuple[str, RunConfig]]:
+    """(name, config) per entry, each on the first entry's data and with its eval count and seed."""
+    if not entries:
+        raise GenlabError("bakeoff: name at least two entries (run configs or family names)")
+    families = set(family_names())
+    configs: list[tuple[str, RunConfig]] = []
+    base: RunConfig | None = None
+    for entry in entries:
+        if str(entry) in families:
+            start = base if base is not None else load_config(None, overrides)
+            raw = start.model_dump(mode="json")
+            raw["model"], raw["name"] = {"family": str(entry)}, str(entry)
+            raw["eval"].pop("sampling", None)  # sampling options are the family's own
+            cfg = load_config(raw)
+        elif Path(entry).is_file():
+            cfg = load_config(entry, overrides)
+        else:
+            raise GenlabError(f"bakeoff: {entry} is neither a config file nor a family ({', '.join(sorted(families))})")
+        if base is None:
+            base = cfg
+        else:
+            cfg = cfg.model_copy(update={"data": base.data, "eval": cfg.eval.model_copy(
+                update={"num_samples": base.eval.num_samples, "seed": base.eval.seed})})
+        configs.append((cfg.name, cfg))
+    names = [n for n, _ in configs]
+    if len(set(names)) != len(names):
+        raise GenlabError(f"bakeoff: two entries share a name ({', '.join(names)}); give each config its own `name`")
+    return configs
+
+
+def _trained(name: str, cfg: RunConfig, budget: float, out: Path) -> Run:
+    """The entry's run: trained for the budget, resumed if interrupted, reused if finished."""
+    from genlab.api import fit
+
+    paths = RunPaths(out / name)
+    if paths.summary.is_file():
+        log.info(f"bakeoff: {name} trained already ({paths.root})")
+        return Run(paths.root)
+    if paths.last_checkpoint.is_file():
+        log.info(f"bakeoff: resuming {name} from {paths.last_checkpoint}")
+        return fit(resume=paths.root)
+    shutil.rmtree(paths.root, ignore_errors=True)  # killed before its first checkpoint: nothing to keep
+    steps = _steps_for(name, cfg, budget, out / ".calibration")
+    log.info(f"bakeoff: {name} gets {steps} steps in {budget:g} s")
+    return fit(budgeted(cfg, steps, budget), out=paths.root)
+
+
+def _steps_for(name: str, cfg: RunConfig, budget: float, folder: Path) -> int:
+    """Steps that fill the budget: seconds per step from a short fit of the entry (startup not counted)."""
+    from genlab.api import fit
+
+    shutil.rmtree(folder / name, ignore_errors=True)
+    quick = cfg.model_copy(update={"train": cfg.train.model_copy(update={
+        "max_steps": CALIBRATION_STEPS, "max_time": None, "val_every": 10**9, "checkpoint_every": 10**9,
+        "grid_size": 0, "progress": "none",
+        "early_stopping": cfg.train.early_stopping.model_copy(update={"enabled": False})})})
+    summary = fit(quick, out=folder / name).summary
+    shutil.rmtree(folder / name, ignore_errors=True)
+    rate = summary.get("samples_per_s")
+    if not rate:
+        raise GenlabError(f"bakeoff: {name}'s calibration timed too few steps ({summary.get('throughput')})")
+    return max(1, int(budget * rate / cfg.train.batch_size))
+
+
+def budgeted(cfg: RunConfig, steps: int, budget: float) -> RunConfig:
+    """The entry's config with its steps, validation, checkpoints and warm-up scaled to the budget."""
+    train = cfg.train
+    every = max(1, steps // 4)
+    schedule = train.schedule.model_copy(update={"warmup_steps": min(train.schedule.warmup_steps, steps // 10)})
+    return cfg.model_copy(update={"train": train.model_copy(update={
+        "max_steps": steps, "max_time": 1.5 * budget + 30,  # a cap if this machine slows down, not the budget
+        "val_every": every, "checkpoint_every": every, "schedule": schedule})})
+
+
+def _evaluated(run: Run, out: Path, first: str) -> dict[str, Any]:
+    """The run's metrics, scored with the first entry's feature extractor (the same data, so the same net)."""
+    from genlab.api import evaluate
+
+    if run.paths.metrics.is_file():
+        return read_json(run.paths.metrics)
+    shared = RunPaths(out / first).eval_cache
+    if shared.is_dir() and shared != run.paths.eval_cache:
+        shutil.copytree(shared, run.paths.eval_cache, dirs_exist_ok=True)  # reused only if its key matches
+    return evaluate(run)
+
+
+def _row(name: str, run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+    summary, modality = run.summary, run.model.spec.modality
+    return {"name": name, "family": run.config.model.family, "run": str(run.path), "modality": modality,
+            "parameters": summary.get("parameters"), "steps": summary.get("steps"),
+            "train_seconds": summary.get("train_seconds"), "samples_per_s": summary.get("samples_per_s"),
+            "seconds_per_sample": metrics.get("seconds_per_sample"),
+            "metrics": {key: metrics.get(key) for key, _, _ in HEADLINE.get(modality, [])}}
+
+
+def _preview(run: Run, metrics: dict[str, Any]) -> Any:
+    """What the report shows of an entry: 16 images (seed 0, the run's eval sampling), or text it generated."""
+    from genlab.config import sampling_options
+
+    if run.model.modality == "image":
+        return run.sample(16, seed=0, **sampling_options(run.config.model.family, run.config.eval.sampling))
+    return [e.get("continuation", "") for e in metrics.get("examples", [])[:3]]
+
+
+def _ranking(rows: list[dict[str, Any]]) -> list[str]:
+    """Entry names, best first, by the modality's first headline metric."""
+    headline = HEADLINE.get(rows[0]["modality"])
+    if not headline:
+        return [r["name"] for r in rows]
+    key, _, higher = headline[0]
+    scored = [r for r in rows if r["metrics"].get(key) is not None]
+    return [r["name"] for r in sorted(scored, key=lambda r: r["metrics"][key], reverse=higher)]
