@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
 import genlab
 from genlab.cli import app
-from genlab.evaluation.metrics import precision_recall
+from genlab.evaluation.features import FeatureNet
+from genlab.evaluation.metrics import _features, fid_interval, frechet_distance, frechet_from_features, precision_recall
 
 
 def test_precision_and_recall_tell_a_collapsed_generator_from_a_faithful_one():
@@ -26,6 +28,18 @@ def test_precision_and_recall_tell_a_collapsed_generator_from_a_faithful_one():
     mode_dropping = precision_recall(identity, real, collapsed)
     assert mode_dropping["precision"] > 0.95 and mode_dropping["recall"] < 0.1
     assert precision_recall(identity, real, elsewhere) == {"precision": 0.0, "recall": 0.0}
+
+
+def test_fid_from_features_is_torchmetrics_fid_and_its_interval_narrows_with_more_samples():
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = FeatureNet(1, 10)  # an untrained extractor is still a fixed function of the images
+    real, fake = torch.rand(800, 1, 8, 8, generator=g), torch.rand(800, 1, 8, 8, generator=g) ** 1.5
+    point = frechet_distance(net, real, fake)
+    assert frechet_from_features(_features(net, real), _features(net, fake)) == pytest.approx(point, rel=1e-6)
+    wide, narrow = fid_interval(net, real[:150], fake[:150]), fid_interval(net, real, fake)
+    assert narrow[0] < point < narrow[1] and narrow[1] - narrow[0] < 0.5 * (wide[1] - wide[0])
 
 
 DIFFUSION = {"name": "small-unet", "data": {"source": "digits", "image_size": 16},
@@ -56,6 +70,7 @@ def test_a_bakeoff_trains_each_entry_on_the_same_data_and_budget_ranks_them_and_
     page = (out / "bakeoff.html").read_text()
     assert all(n in page for n in names) and page.count("<img") == 3 and "FID" in page
     assert json.loads((out / "bakeoff.json").read_text())["ranking"] == result["ranking"]
+    assert all(len(e["intervals"]["fid"]) == 2 for e in result["entries"]) and result["ranking"][0] in result["verdict"]
 
     trained = {n: (out / n / "train.json").stat().st_mtime_ns for n in names}
     (out / "vae" / "train.json").unlink()  # as if killed after its last checkpoint: resumed, not retrained

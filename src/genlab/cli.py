@@ -213,7 +213,8 @@ def bakeoff(
         values = " ".join(f"{e['metrics'][k]:>10.4g}" if e["metrics"].get(k) is not None else f"{'':>10}"
                           for k, _, _ in headline)
         out.print(f"{e['name']:<16} {e['family']:<12} {e['steps']:>6} {values}", highlight=False)
-    out.print(f"ranking: {' > '.join(result['ranking'])}; report: {out_dir / 'bakeoff.html'}")
+    out.print(f"ranking: {' > '.join(result['ranking'])}; {result['verdict']}", highlight=False)
+    out.print(f"report: {out_dir / 'bakeoff.html'}")
 
 
 @app.command()

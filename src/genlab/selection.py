@@ -49,8 +49,9 @@ def bakeoff(entries: list[str | Path], *, budget: float, out: str | Path,
         metrics = _evaluated(run, out, configs[0][0])
         rows.append(_row(name, run, metrics))
         previews[name] = _preview(run, metrics)
+    ranking = _ranking(rows)
     result = {"budget_seconds": budget, "data": configs[0][1].data.model_dump(mode="json"),
-              "modality": rows[0]["modality"], "entries": rows, "ranking": _ranking(rows)}
+              "modality": rows[0]["modality"], "entries": rows, "ranking": ranking, "verdict": _verdict(rows, ranking)}
     write_json(out / "bakeoff.json", result)
     from genlab.evaluation.report import write_bakeoff_report
 
@@ -150,7 +151,9 @@ def _row(name: str, run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
             "parameters": summary.get("parameters"), "steps": summary.get("steps"),
             "train_seconds": summary.get("train_seconds"), "samples_per_s": summary.get("samples_per_s"),
             "seconds_per_sample": metrics.get("seconds_per_sample"),
-            "metrics": {key: metrics.get(key) for key, _, _ in HEADLINE.get(modality, [])}}
+            "metrics": {key: metrics.get(key) for key, _, _ in HEADLINE.get(modality, [])},
+            "intervals": {key: metrics[f"{key}_interval"] for key, _, _ in HEADLINE.get(modality, [])
+                          if f"{key}_interval" in metrics}}
 
 
 def _preview(run: Run, metrics: dict[str, Any]) -> Any:
@@ -160,6 +163,22 @@ def _preview(run: Run, metrics: dict[str, Any]) -> Any:
     if run.model.modality == "image":
         return run.sample(16, seed=0, **sampling_options(run.config.model.family, run.config.eval.sampling))
     return [e.get("continuation", "") for e in metrics.get("examples", [])[:3]]
+
+
+def _verdict(rows: list[dict[str, Any]], ranking: list[str]) -> str:
+    """Whether the first two are told apart: their intervals on the ranking metric must not overlap."""
+    headline = HEADLINE.get(rows[0]["modality"])
+    if len(ranking) < 2 or not headline:
+        return ""
+    key, label = headline[0][:2]
+    first, second = (next(r for r in rows if r["name"] == name) for name in ranking[:2])
+    a, b = first["intervals"].get(key), second["intervals"].get(key)
+    if a is None or b is None:
+        return f"{ranking[0]} leads on {label} (no interval to say by how much)"
+    if a[1] < b[0] or b[1] < a[0]:
+        return f"{ranking[0]} is ahead of {ranking[1]} on {label} beyond their 90% intervals"
+    return (f"{ranking[0]} and {ranking[1]} are within each other's 90% intervals on {label}: "
+            f"more eval.num_samples (or a longer budget) would be needed to tell them apart")
 
 
 def _ranking(rows: list[dict[str, Any]]) -> list[str]:

@@ -130,8 +130,9 @@ def write_bakeoff_report(path: Path, result: dict, headline: list[tuple[str, str
     for e in entries:
         cells = []
         for key, _, _ in headline:
-            value = e["metrics"].get(key)
-            text = "" if value is None else f"{value:.4g}"
+            value, interval = e["metrics"].get(key), e.get("intervals", {}).get(key)
+            text = "" if value is None else f"{value:.4g}" + (
+                f" <small>[{interval[0]:.3g}, {interval[1]:.3g}]</small>" if interval else "")
             cells.append(f"<td><b>{text}</b></td>" if value is not None and value == best.get(key) else
                          f"<td>{text}</td>")
         speed = f"{1 / e['seconds_per_sample']:.1f}" if e.get("seconds_per_sample") else ""
@@ -151,7 +152,8 @@ def write_bakeoff_report(path: Path, result: dict, headline: list[tuple[str, str
 img{{image-rendering:pixelated}}pre{{background:#f4f4f4;padding:6px}}</style>
 <h1>Bake-off: {len(entries)} entries, {result['budget_seconds']:g} s of training each</h1>
 <p>Data: {html.escape(str(result['data'].get('path') or result['data']['source']))}, the same split for every
-entry. Ranked by {html.escape(headline[0][1]) if headline else 'entry order'}: {ranking}.</p>
+entry. Ranked by {html.escape(headline[0][1]) if headline else 'entry order'}: {ranking}.
+{html.escape(result.get('verdict', ''))}. Brackets: 90% bootstrap intervals.</p>
 <table><tr><th>entry</th><th>family</th><th>parameters</th><th>steps</th><th>train s</th>{head}
 <th>samples/s (sampling)</th></tr>{''.join(rows)}</table>
 <h2>Samples (seed 0)</h2>{''.join(shown)}"""
