@@ -219,6 +219,44 @@ def bakeoff(
 
 @app.command()
 @_user_errors
+def rate(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run directories to compare.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the drawn samples and ratings.sqlite.")] = Path(
+        "ratings"),
+    n: Annotated[int, typer.Option("--n", min=2, help="Samples drawn per run (seeds 0..n-1).")] = 64,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the rating page.")] = 8800,
+) -> None:
+    """Serve a blind pairwise rating page over the runs' samples; votes go to OUT/ratings.sqlite."""
+    import uvicorn
+
+    from genlab.evaluation.rating import Ratings
+    from genlab.serving.rating import rating_app
+
+    ratings = Ratings.create(runs, out_dir, n)
+    out.print(f"rating {', '.join(ratings.runs)} at http://{host}:{port}/ ; results: genlab ratings {out_dir}")
+    uvicorn.run(rating_app(ratings), host=host, port=port, log_level="warning")
+
+
+@app.command()
+@_user_errors
+def ratings(
+    folder: Annotated[Path, typer.Argument(help="A folder `genlab rate` wrote.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Win rates with 95% intervals and Bradley-Terry strengths from the votes so far."""
+    from genlab.evaluation.rating import Ratings, summary_lines
+
+    results = Ratings(folder).results()
+    if as_json:
+        out.print_json(data=results)
+        return
+    for line in summary_lines(results):
+        out.print(line, highlight=False)
+
+
+@app.command()
+@_user_errors
 def impute(
     run_dir: Annotated[Path, typer.Argument(help="A tabular_vae run directory.")],
     source: Annotated[Path, typer.Argument(help="A CSV or parquet file with missing cells.")],

@@ -25,7 +25,7 @@ from genlab.models.registry import family_names
 from genlab.run import Run, RunPaths, read_json, write_json
 
 log = logging.getLogger("genlab")
-CALIBRATION_STEPS = 12  # the Throughput callback skips the first batch and needs 3 timed ones
+CALIBRATION_STEPS = 30  # the Throughput callback skips the first batch; the first dozen still run slow
 # what each modality is compared on: (metrics.json key, column name, True if higher is better); the first ranks
 HEADLINE = {
     "image": [("fid", "FID", False), ("kid_mean", "KID", False), ("precision", "precision", True),
@@ -162,7 +162,7 @@ def _preview(run: Run, metrics: dict[str, Any]) -> Any:
 
     if run.model.modality == "image":
         return run.sample(16, seed=0, **sampling_options(run.config.model.family, run.config.eval.sampling))
-    return [e.get("continuation", "") for e in metrics.get("examples", [])[:3]]
+    return [e.get("continuation") or e.get("prediction", "") for e in metrics.get("examples", [])[:3]]
 
 
 def _verdict(rows: list[dict[str, Any]], ranking: list[str]) -> str:
