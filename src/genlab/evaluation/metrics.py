@@ -142,10 +142,13 @@ def precision_recall(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor, k:
     the share of generated images inside the real images' manifold (each real feature's ball reaching its k-th
     nearest real neighbour), recall the share of real images inside the generated manifold. A sharp generator
     that drops modes keeps precision and loses recall; a blurry one the opposite."""
+    if min(len(real), len(fake)) < 2:
+        return {}  # a manifold of one point has no radius
     real_f, fake_f = _features(net, real), _features(net, fake)
 
     def covered(points: torch.Tensor, support: torch.Tensor) -> float:
-        radii = torch.cdist(support, support).kthvalue(k + 1, dim=1).values  # k+1: each point is its own nearest
+        nearest = min(k, len(support) - 1) + 1  # +1: each point is its own nearest
+        radii = torch.cdist(support, support).kthvalue(nearest, dim=1).values
         return (torch.cdist(points, support) <= radii).any(dim=1).double().mean().item()
 
     return {"precision": covered(fake_f, real_f), "recall": covered(real_f, fake_f)}
