@@ -219,6 +219,25 @@ def bakeoff(
 
 @app.command()
 @_user_errors
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="An image run directory trained on labelled data.")],
+    n: Annotated[int | None, typer.Option("--n", min=2, help="Samples to audit (default: eval.num_samples).")] = None,
+) -> None:
+    """Audit a run by class: each class's share of the data and of the samples, and how well each is generated."""
+    from genlab.responsible.audit import audit_run
+    from genlab.run import Run
+
+    result = audit_run(Run(run_dir), n)
+    test = result["mix_test"]
+    out.print(f"class mix of {result['samples']} samples against held-out images: p = {test['p_value']:.3g}; "
+              f"training imbalance ratio {result['imbalance_ratio']:.2f}", highlight=False)
+    for flag in result["flags"]:
+        out.print(f"flag: {flag['class']}: {flag['kind']} ({flag['detail']}); {flag['mitigation']}", highlight=False)
+    out.print(f"{len(result['flags'])} flag(s); report: {Path(run_dir) / 'audit.html'}")
+
+
+@app.command()
+@_user_errors
 def rate(
     runs: Annotated[list[Path], typer.Argument(help="Two or more run directories to compare.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the drawn samples and ratings.sqlite.")] = Path(
