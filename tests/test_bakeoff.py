@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 import genlab
 from genlab.cli import app
 from genlab.evaluation.features import FeatureNet
-from genlab.evaluation.metrics import _features, fid_interval, frechet_distance, frechet_from_features, precision_recall
+from genlab.evaluation.metrics import (
+    fid_interval,
+    frechet_distance,
+    frechet_from_features,
+    image_features,
+    precision_recall,
+)
 
 
 def test_precision_and_recall_tell_a_collapsed_generator_from_a_faithful_one():
@@ -37,7 +43,7 @@ def test_fid_from_features_is_torchmetrics_fid_and_its_interval_narrows_with_mor
         net = FeatureNet(1, 10)  # an untrained extractor is still a fixed function of the images
     real, fake = torch.rand(800, 1, 8, 8, generator=g), torch.rand(800, 1, 8, 8, generator=g) ** 1.5
     point = frechet_distance(net, real, fake)
-    assert frechet_from_features(_features(net, real), _features(net, fake)) == pytest.approx(point, rel=1e-6)
+    assert frechet_from_features(image_features(net, real), image_features(net, fake)) == pytest.approx(point, rel=1e-6)
     wide, narrow = fid_interval(net, real[:150], fake[:150]), fid_interval(net, real, fake)
     assert narrow[0] < point < narrow[1] and narrow[1] - narrow[0] < 0.5 * (wide[1] - wide[0])
 

@@ -36,7 +36,7 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[s
     conditional = bool(getattr(model.config, "class_conditional", False))
     labels = _labels_like(dataset.train.y, ev.num_samples, ev.seed) if conditional else None
     started = time.perf_counter()
-    fake = _generate(model, ev, options, labels)
+    fake = generate_images(model, ev, options, labels)
     sample_seconds = time.perf_counter() - started
     real_test, real_train = held_out.x / 2 + 0.5, dataset.train.x / 2 + 0.5
 
@@ -79,7 +79,8 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[s
     return metrics
 
 
-def _generate(model, ev, options: dict[str, Any], labels: torch.Tensor | None) -> torch.Tensor:
+def generate_images(model, ev, options: dict[str, Any], labels: torch.Tensor | None) -> torch.Tensor:
+    """`ev.num_samples` images in [0, 1], in batches of `ev.batch_size`, each batch seeded from `ev.seed`."""
     chunks = []
     for i, start in enumerate(range(0, ev.num_samples, ev.batch_size)):
         n = min(ev.batch_size, ev.num_samples - start)
@@ -118,7 +119,7 @@ def fid_interval(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor, *, see
     Resampling repeats points, which raises FID by about as much for every model, so the interval is the
     bootstrap spread around the estimate (its quantiles less their mean). Models scored on the same number of
     samples whose intervals overlap are not told apart by that many."""
-    real_f, fake_f = _features(net, real), _features(net, fake)
+    real_f, fake_f = image_features(net, real), image_features(net, fake)
     estimate = frechet_from_features(real_f, fake_f)
     g = torch.Generator().manual_seed(seed)
     values = torch.tensor([frechet_from_features(real_f[torch.randint(0, len(real_f), (len(real_f),), generator=g)],
@@ -144,7 +145,7 @@ def precision_recall(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor, k:
     that drops modes keeps precision and loses recall; a blurry one the opposite."""
     if min(len(real), len(fake)) < 2:
         return {}  # a manifold of one point has no radius
-    real_f, fake_f = _features(net, real), _features(net, fake)
+    real_f, fake_f = image_features(net, real), image_features(net, fake)
 
     def covered(points: torch.Tensor, support: torch.Tensor) -> float:
         nearest = min(k, len(support) - 1) + 1  # +1: each point is its own nearest
@@ -155,7 +156,8 @@ def precision_recall(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor, k:
 
 
 @torch.no_grad()
-def _features(net: FeatureNet, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+def image_features(net: FeatureNet, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """The extractor's features of images in [0, 1], in batches."""
     return torch.cat([net(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 

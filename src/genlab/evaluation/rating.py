@@ -30,6 +30,7 @@ create table if not exists votes (id integer primary key, at text not null, rate
                                   choice text not null check (choice in ('left', 'right', 'same')));
 """
 CHOICES = ("left", "right", "same")
+BATCH = 64  # samples drawn per call
 
 
 class Ratings:
@@ -46,6 +47,8 @@ class Ratings:
     @classmethod
     def create(cls, runs: list[str | Path], folder: str | Path, n: int = 64) -> Ratings:
         """Draw `n` samples from each run into `folder` (kept if already drawn) and open its vote database."""
+        import torch
+
         from genlab.config import sampling_options
         from genlab.outputs import save_samples
         from genlab.run import Run
@@ -68,9 +71,12 @@ class Ratings:
                 if known.get(name) == n:
                     continue  # drawn before: votes already name these items
                 options = sampling_options(run.config.model.family, run.config.eval.sampling)
-                for i in range(n):
-                    sample = run.sample(1, seed=i, **options)
-                    save_samples(sample, folder / "samples" / name / f"{i}{_suffix(run.model.modality)}")
+                for start in range(0, n, BATCH):  # one generator per item: item i is what seed i draws alone
+                    seeds = range(start, min(n, start + BATCH))
+                    drawn = run.model.sample(len(seeds), generator=[torch.Generator().manual_seed(i) for i in seeds],
+                                             **options)
+                    for j, i in enumerate(seeds):
+                        save_samples(drawn[j : j + 1], folder / "samples" / name / f"{i}{_suffix(run.model.modality)}")
                 db.execute("insert or replace into runs values (?, ?, ?, ?)",
                            (name, str(run.path.resolve()), run.model.modality, n))
         return cls(folder)

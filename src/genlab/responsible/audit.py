@@ -84,7 +84,7 @@ def audit_run(run: Run, n: int | None = None) -> dict[str, Any]:
     from genlab.config import sampling_options
     from genlab.data.sources import load_dataset
     from genlab.evaluation.features import feature_net
-    from genlab.evaluation.metrics import _generate
+    from genlab.evaluation.metrics import generate_images
 
     cfg = run.config
     if run.model.modality != "image" or run.model.task in ("upscale", "tabular"):
@@ -99,7 +99,7 @@ def audit_run(run: Run, n: int | None = None) -> dict[str, Any]:
     conditional = bool(getattr(run.model.config, "class_conditional", False))
     labels = dataset.train.y[torch.randint(0, len(dataset.train.y), (ev.num_samples,),
                                            generator=torch.Generator().manual_seed(ev.seed))] if conditional else None
-    fake = _generate(run.model, ev, sampling_options(cfg.model.family, ev.sampling), labels)
+    fake = generate_images(run.model, ev, sampling_options(cfg.model.family, ev.sampling), labels)
     result = audit_classes(net, held_out.x / 2 + 0.5, held_out.y, dataset.train.y, fake, names)
     result["feature_extractor"] = extractor
     write_json(run.path / "audit.json", result)
