@@ -159,6 +159,30 @@ def test_clean_removes_boilerplate_when_asked_and_keeps_code_indentation(tmp_pat
     assert any(" if __name__ == 'page_2':\n return 2" in t for t in collapsed), "collapse: runs of spaces become one"
 
 
+def test_near_copies_of_images_are_found_by_perceptual_hash_and_tiny_images_are_not_guessed_at(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):  # smooth random scenes: distinct images whose pHashes differ by ~32 bits
+        scene = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((64, 64), Image.BICUBIC)
+        scene.save(root / f"scene{i:02d}.png")
+        if i < 4:  # a re-encoded, slightly brightened copy: not the same bytes, the same picture
+            brighter = Image.eval(scene, lambda v: min(255, v + 6))
+            brighter.save(root / f"scene{i:02d}_copy.jpg", quality=85)
+    over = ["data.source=image_folder", f"data.path={root}", "data.image_size=64", "data.val_fraction=0.0",
+            "data.test_fraction=0.0", "data.pipeline=[{step: deduplicate}]"]
+    summary = report(prepare(None, tmp_path / "out", over))
+    dedup = next(s for s in summary["steps"] if s["step"] == "deduplicate")
+    assert summary["items"] == 12 and dedup["reasons"] == {"near duplicate": 4}
+    assert sorted(e.split(" ")[0] for e in dedup["examples"]["near duplicate"]) == [
+        f"scene{i:02d}_copy.jpg" for i in range(4)]
+    assert "4 near-duplicate cluster(s), sizes 2, 2, 2, 2" in " ".join(dedup["notes"])
+
+    small = report(prepare(None, tmp_path / "small", [*over[:2], "data.image_size=16", *over[3:]]))
+    notes = " ".join(next(s for s in small["steps"] if s["step"] == "deduplicate")["notes"])
+    assert small["items"] == 16 and "16-pixel images are under pHash's 32" in notes
+
+
 def test_a_document_near_copies_in_two_splits_is_removed_and_bridged_clusters_merge():
     from types import SimpleNamespace
 

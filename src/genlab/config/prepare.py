@@ -52,7 +52,7 @@ class Deduplicate(Section):
     threshold: float = Field(0.8, gt=0, le=1)  # text: estimated Jaccard similarity of shingles
     shingle: int = Field(5, ge=1)  # text: characters per shingle
     num_perm: int = Field(128, ge=16)  # text: MinHash permutations
-    hamming: int = Field(4, ge=0, le=64)  # images: at most this many of the 64 pHash bits differ
+    hamming: int = Field(4, ge=0, le=64)  # images (32 pixels a side or more): at most this many pHash bits differ
 
 
 class Missing(Section):

@@ -17,6 +17,8 @@ import pandas as pd
 from genlab.config.prepare import Deduplicate
 from genlab.prepare.record import Item, StepLog
 
+PHASH_MIN_SIDE = 32  # pHash resizes to 32x32: smaller images are upsampled blurs, and distinct ones collide
+
 
 def deduplicate_images(items: list[Item], opts: Deduplicate, log: StepLog) -> list[Item]:
     if opts.exact:
@@ -30,7 +32,11 @@ def deduplicate_images(items: list[Item], opts: Deduplicate, log: StepLog) -> li
                 seen[key] = item.where
                 kept.append(item)
         items = kept
-    if opts.near and len(items) > 1:
+    side = min(items[0].value.shape[:2]) if items else 0
+    if opts.near and len(items) > 1 and side < PHASH_MIN_SIDE:
+        log.notes.append(f"near duplicates not looked for: {side}-pixel images are under pHash's {PHASH_MIN_SIDE}, "
+                         "where distinct images share hashes (exact copies were)")
+    elif opts.near and len(items) > 1:
         items = _clusters(items, _near_images(items, opts), opts.near_action, log)
     log.kept = len(items)
     return items
