@@ -54,7 +54,8 @@ def fingerprint(split: Split) -> str:
 def feature_net(train: Split, num_classes: int, steps: int, cache_dir: Path, seed: int = 0) -> tuple[FeatureNet, str]:
     """The cached extractor for this training split, or a freshly trained one; returns (net, description)."""
     weights, meta_file = cache_dir / "feature_net.safetensors", cache_dir / "feature_net.json"
-    key = {"data": fingerprint(train), "classes": num_classes, "steps": steps, "seed": seed, "width": WIDTH}
+    key = {"data": fingerprint(train), "classes": num_classes, "steps": steps, "seed": seed, "width": WIDTH,
+           "batches": "class-balanced"}
     with torch.random.fork_rng():  # the same init whatever ran before: runs on the same data compare
         torch.manual_seed(seed)
         net = FeatureNet(train.x.shape[1], num_classes)
@@ -76,8 +77,10 @@ def _train(net: FeatureNet, train: Split, num_classes: int, steps: int, seed: in
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
     images = train.x / 2 + 0.5
+    # class-balanced batches: a rare class is learned as well as the others, so an audit by class can see it
+    balance = (1.0 / torch.bincount(train.y).double())[train.y]
     for _ in range(steps):
-        idx = torch.randint(0, len(images), (128,), generator=gen)
+        idx = torch.multinomial(balance, 128, replacement=True, generator=gen)
         x = _augment(images[idx], gen)
         loss = F.cross_entropy(net.logits(x), train.y[idx])
         opt.zero_grad(set_to_none=True)
