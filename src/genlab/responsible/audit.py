@@ -25,6 +25,7 @@ from genlab.evaluation.features import FeatureNet, predict
 from genlab.evaluation.metrics import precision_recall
 from genlab.run import Run, write_json
 
+MIN_PER_CLASS = 4  # samples of a class (generated and real) for its precision and recall
 MITIGATION = {
     "rare in the training data": "balance the batches: genlab prepare's labels step with `weights: true` "
                                  "(data.pipeline), which fit samples by",
@@ -51,11 +52,18 @@ def audit_classes(net: FeatureNet, real: torch.Tensor, real_y: torch.Tensor, tra
     classes = []
     for c, name in enumerate(names):
         mine, theirs = fake[predicted == c], real[real_y == c]
-        quality = precision_recall(net, theirs, mine) if len(mine) >= 2 and len(theirs) >= 2 else {}
+        # k-NN radii need k + 1 points (k = 3): too few real images, and nothing can be said (None); too few
+        # samples of the class, and they cover nothing measurable (recall 0)
+        if len(theirs) < MIN_PER_CLASS:
+            quality = {"recall": None}
+        elif len(mine) < MIN_PER_CLASS:
+            quality = {"recall": 0.0}
+        else:
+            quality = precision_recall(net, theirs, mine)
         classes.append({"class": name, "train_share": float(train_share[c]), "real_share": float(real_share[c]),
                         "generated_share": float(fake_count[c] / len(fake)),
-                        "precision": quality.get("precision"), "recall": quality.get("recall", 0.0)})
-    recalls = torch.tensor([c["recall"] for c in classes if c["real_share"] > 0])
+                        "precision": quality.get("precision"), "recall": quality["recall"]})
+    recalls = torch.tensor([c["recall"] for c in classes if c["recall"] is not None])
     median = float(recalls.median()) if len(recalls) else 0.0
     flags = []
     for c in classes:
@@ -65,7 +73,7 @@ def audit_classes(net: FeatureNet, real: torch.Tensor, real_y: torch.Tensor, tra
         if c["real_share"] > 0 and c["generated_share"] < 0.5 * c["real_share"]:
             flags.append(_flag("under-represented in the outputs", c["class"], f"{c['generated_share']:.1%} of the "
                                f"samples against {c['real_share']:.1%} of the real images"))
-        if c["real_share"] > 0 and c["recall"] < 0.5 * median:
+        if c["recall"] is not None and c["recall"] < 0.5 * median:
             flags.append(_flag("generated worse than the others", c["class"], f"recall {c['recall']:.2f} against "
                                f"a median of {median:.2f}"))
     shares = train_share[train_share > 0]
