@@ -70,7 +70,7 @@ def bakeoff(entries: list[str | Path], *, budget: float, out: str | Path,
 
 def entry_configs(entries: list[str | Path], overrides: list[str] | tuple = ()) -> list[tuple[str, RunConfig]]:
     """(name, config) per entry, each on the first entry's data and with its eval count and seed."""
-    if not entries:
+    if len(entries) < 2:  # one entry has nothing to be compared with
         raise GenlabError("bakeoff: name at least two entries (run configs or family names)")
     families = set(family_names())
     configs: list[tuple[str, RunConfig]] = []
