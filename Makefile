@@ -26,15 +26,15 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
 
-test: lint
-	$(PY) -m pytest -q
+test: lint  # two workers, one per core; each test file runs whole in one of them (its fixtures are shared there)
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
-bench: setup
+bench: setup  # the speed benchmarks; the README lists the others, each run on its own
 	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) bench/diffusion_throughput.py
-	$(PY) bench/transformer_shakespeare.py
+	$(PY) bench/gan_throughput.py
 	$(PY) bench/transformer_levers.py
-	$(PY) bench/seq2seq_warm_start.py
+	$(PY) bench/transformer_shakespeare.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,6 +1,6 @@
 """Diffusion training throughput: the plain diffusers loop against `genlab fit`, by one clock.
 
-The plain loop is the one a user writes from the diffusers docs (shared/bench/anchor_diffusion.py):
+The plain loop is the one a user writes from the diffusers docs (the `UNet2DModel` training example):
 same UNet, data, batch and precision. genlab runs twice: lean (no EMA, no clipping: the work the
 plain loop does) and with the demo's defaults (EMA, clipping, NaN guard, checkpoints). All three
 are timed the same way: wall-clock seconds from the start of step WARMUP to the end of the last

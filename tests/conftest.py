@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import pytest
+import torch
 
 import genlab
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core: a thread each, for them and their subprocesses
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 # A UNet of ~50k parameters on 8x8 digits: a few dozen steps take seconds on a CPU.
 TINY = [
@@ -34,13 +38,6 @@ def tiny(*extra: str) -> list[str]:
 def _cache(tmp_path_factory):
     """Prepared sets that fit caches go to the session's own folder, not the user's ~/.cache/genlab."""
     os.environ["GENLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,20 @@ def genlab(*args, check=True):
     return proc
 
 
-@pytest.mark.parametrize("verb", ["fit", "sample", "evaluate", "info"])
+VERBS = ["fit", "sample", "evaluate", "bakeoff", "audit", "rate", "ratings", "impute", "score", "upscale", "info",
+         "prepare", "serve", "export"]
+
+
+def test_the_verb_list_is_the_clis():
+    from genlab.cli import app
+
+    assert sorted(VERBS) == sorted(c.name or c.callback.__name__ for c in app.registered_commands)
+
+
+@pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_has_help(verb):
-    assert "Usage" in genlab(verb, "--help").stdout
+    text = genlab(verb, "--help").stdout
+    assert f"Usage: genlab {verb}" in text and "--help" in text
 
 
 def test_fit_sample_info_evaluate_from_the_command_line(tmp_path):
@@ -38,7 +49,7 @@ def test_fit_sample_info_evaluate_from_the_command_line(tmp_path):
     assert info["family"] == "diffusion" and info["training"]["steps"] == 12 and info["model_exported"]
 
     ev = genlab("evaluate", run, "--n", 32, "--steps", 5)
-    assert "fid:" in ev.stdout
+    assert "FID: " in ev.stdout and "(real vs real: " in ev.stdout
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["num_generated"] == 32 and metrics["sampling"]["sampler"] == "dpm-solver"
     assert metrics["sampling"]["steps"] == 5
@@ -62,6 +73,31 @@ def test_user_mistakes_get_one_clear_line(args, message):
     assert proc.returncode != 0
     assert message in proc.stderr.replace("\n", " ") or message in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "no/such/run"], "no/such/run: no such run directory"),
+    (["audit", "no/such/run"], "no/such/run: no such run directory"),
+    (["impute", "no/such/run", "x.csv", "--out", "y.csv"], "no/such/run: no such run directory"),
+    (["score", "no/such/run", "x.csv", "--out", "y.csv"], "no/such/run: no such run directory"),
+    (["upscale", "no/such/run", "x.png"], "no/such/run: no such run directory"),
+    (["rate", "no/such/run"], "rate: name at least two runs to compare"),
+    (["ratings", "."], ".: holds no ratings.sqlite"),
+    (["prepare", "missing.yaml"], "config file not found: missing.yaml"),
+    (["serve", "no/such/run"], "no/such/run: neither a run directory nor a genlab model folder"),
+    (["export", ".", "--to", "zip", "--out", "x"], "--to: 'zip' is not one of docker, onnx"),
+    (["bakeoff", "configs/digits-gan.yaml"], "bakeoff: name at least two entries"),
+])
+def test_every_other_verb_answers_a_mistake_in_one_line(args, message):
+    """In-process (the subprocess path is the one above): the verb's own check, its exit status, no traceback."""
+    from typer.testing import CliRunner
+
+    from genlab.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
 
 
 def test_sampling_options_are_checked(tiny_run):

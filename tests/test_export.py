@@ -111,7 +111,7 @@ def test_graceful_shutdown_lets_a_running_stream_finish(tmp_path_factory):
             proc.send_signal(signal.SIGTERM)  # mid-stream
             rest = [line for line in lines if line]
     finally:
-        proc.wait(timeout=60)
+        proc.communicate(timeout=60)  # reads stderr to its end and closes the pipe
     assert first.startswith("data: {") and rest[-1] == "data: [DONE]", "the stream ran to its end"
     assert json.loads(rest[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
 

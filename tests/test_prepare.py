@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_a_folder_of_broken_files_is_prepared_naming_each_and_keeping_every_vali
     gone = removed(images)
     assert images["items"] == 8, "six good images, the JPEG named .png and the CMYK JPEG"
     assert gone["zero-byte file"] == ["empty.png"]
-    every = [json.loads(line) for line in (tmp_path / "images/removed.jsonl").open()]  # each one named, not 5
+    every = [json.loads(line) for line in (tmp_path / "images/removed.jsonl").read_text().splitlines()]  # all, not 5
     unreadable = " ".join(r["where"] for r in every if r["reason"] == "not a readable image")
     assert sum(r["reason"] == "not a readable image" for r in every) == 8 and len(gone["not a readable image"]) == 5
     assert "truncated.png" in unreadable and "notes.txt" in unreadable and "garbage.parquet" in unreadable
@@ -78,10 +79,11 @@ def test_a_folder_of_broken_files_is_prepared_naming_each_and_keeping_every_vali
     x = load_file(str(tmp_path / "images/train.safetensors"))["x"]
     assert x.shape == (8, 3, 16, 16), "CMYK came out as RGB like the rest"
 
+
     text = report(prepare(None, tmp_path / "text", ["data.source=text", f"data.path={broken}", *over,
                                                     "model.family=transformer"]))
     assert text["items"] == 2 and removed(text)["not UTF-8"] == ["latin1.txt:2 (byte 3)"]
-    kept = [json.loads(line)["text"] for line in (tmp_path / "text/train.jsonl").open()]
+    kept = [json.loads(line)["text"] for line in (tmp_path / "text/train.jsonl").read_text().splitlines()]
     assert any("A valid first line." in t and "A valid last line." in t for t in kept), "the file's valid lines stay"
 
     table = report(prepare(None, tmp_path / "table", ["data.source=table", f"data.path={broken}", *over,
@@ -96,6 +98,38 @@ def test_a_folder_of_broken_files_is_prepared_naming_each_and_keeping_every_vali
     rows = pd.read_parquet(tmp_path / "table/train.parquet")
     assert rows["b"].isna().sum() == 1 and pd.api.types.is_numeric_dtype(rows["b"])
 
+
+def test_a_file_the_decoder_complains_about_is_kept_and_named_in_one_genlab_line(tmp_path):
+    """Pillow warns about a TIFF tag that points past the file's end; the pixels are fine. With warnings as
+    errors in tests, a raw warning reaching the user would fail this test."""
+    import struct
+
+    root = tmp_path / "tiffs"
+    root.mkdir()
+    for i in range(4):
+        (root / f"good{i}.png").write_bytes(png_bytes(i))
+    raw = bytearray(png_bytes(9, kind="TIFF"))
+    Image.open(io.BytesIO(bytes(raw))).save(buffer := io.BytesIO(), format="TIFF", description="a long description")
+    raw = bytearray(buffer.getvalue())
+    ifd = struct.unpack("<I", raw[4:8])[0]
+    for i in range(struct.unpack("<H", raw[ifd : ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack("<H", raw[entry : entry + 2])[0] == 270:  # ImageDescription: claim 100 kB of text
+            raw[entry + 4 : entry + 8] = struct.pack("<I", 100_000)
+    (root / "odd.tif").write_bytes(bytes(raw))
+    said = logging.Handler()
+    said.emit, lines = (lambda record: lines.append(record.getMessage())), []
+    logging.getLogger("genlab").addHandler(said)
+    try:
+        summary = report(prepare(None, tmp_path / "out", ["data.source=image_folder", f"data.path={root}",
+                                                          "data.image_size=16", "data.val_fraction=0.0",
+                                                          "data.test_fraction=0.0"]))
+    finally:
+        logging.getLogger("genlab").removeHandler(said)
+    assert summary["items"] == 5, "the TIFF's pixels are kept"
+    notes = " ".join(n for s in summary["steps"] for n in s["notes"])
+    assert "odd.tif: Tag data larger than file. Skipping tag 270 (read all the same)" in notes
+    assert any("the image decoder complained about 1 file(s): odd.tif" in line for line in lines)
 
 def near_copies(root, bases: int = 30, copies: int = 3) -> None:
     rng = random.Random(0)
@@ -121,7 +155,7 @@ def test_near_copies_are_removed_or_kept_together_in_one_split(tmp_path):
     prepare(None, grouped, [*base, "data.pipeline=[{step: clean}, {step: deduplicate, near_action: group}]"])
     split_of = {}
     for k, split in enumerate(("train", "val", "test")):
-        for line in (grouped / f"{split}.jsonl").open():
+        for line in (grouped / f"{split}.jsonl").read_text().splitlines():
             record = json.loads(line)
             split_of[record["where"]] = (k, record["text"])
     assert len(split_of) == 90 and {k for k, _ in split_of.values()} == {0, 1, 2}
@@ -146,7 +180,7 @@ def test_clean_removes_boilerplate_when_asked_and_keeps_code_indentation(tmp_pat
 
     def texts(name: str, steps: str) -> list[str]:
         prepare(None, tmp_path / name, [*base, f"data.pipeline={steps}"])
-        return [json.loads(line)["text"] for line in (tmp_path / name / "train.jsonl").open()]
+        return [json.loads(line)["text"] for line in (tmp_path / name / "train.jsonl").read_text().splitlines()]
 
     code = [f"def page_{i}():\n    if __name__ == 'page_{i}':\n        return {i}" for i in range(6)]
     kept = texts("default", "[{step: clean}]")  # trailing spaces and tabs go; indentation and the banner stay

@@ -3,12 +3,12 @@
 import genlab
 
 DEMO = "configs/digits-diffusion.yaml"
-SHORT = ["train.progress=none", "eval.num_samples=300", "eval.feature_steps=400", "train.val_every=100",
+SHORT = ["train.progress=none", "eval.num_samples=200", "eval.feature_steps=300", "train.val_every=100",
          "train.checkpoint_every=100"]
 
 
 def test_fid_of_the_trained_demo_model_is_far_below_the_untrained_one(tmp_path):
-    trained = genlab.fit(DEMO, overrides=[*SHORT, "train.max_steps=300", "train.schedule.warmup_steps=30"],
+    trained = genlab.fit(DEMO, overrides=[*SHORT, "train.max_steps=100", "train.schedule.warmup_steps=10"],
                          out=tmp_path / "trained")
     untrained = genlab.fit(DEMO, overrides=[*SHORT, "train.max_steps=1"], out=tmp_path / "untrained")
     good, bad = genlab.evaluate(trained), genlab.evaluate(untrained)
@@ -18,7 +18,7 @@ def test_fid_of_the_trained_demo_model_is_far_below_the_untrained_one(tmp_path):
     assert good["fid"] <= 0.5 * bad["fid"]
     assert good["fid_real_baseline"] < good["fid"]
     assert good["kid_mean"] < bad["kid_mean"]
-    assert good["precision"] > 3 * bad["precision"] + 0.1 and good["recall"] > bad["recall"] + 0.4  # .46/.84, .05/0
+    assert good["precision"] > 2 * bad["precision"] + 0.1 and good["recall"] > 2 * bad["recall"] + 0.2
     assert good["class_distribution_tv"] < bad["class_distribution_tv"]
     assert good["classifier_accuracy"] > 0.9, "the feature extractor itself must be meaningful"
     # each run trained its own extractor; on the same data they must be the same one, or FIDs do not compare
@@ -42,5 +42,6 @@ def test_unlabelled_image_folder_trains_and_evaluates_with_random_features(tmp_p
                                           "train.max_steps=10", "data.test_fraction=0.2"), out=tmp_path / "run")
     assert run.model.spec.shape == (1, 8, 8) and run.model.spec.num_classes == 0
     metrics = genlab.evaluate(run)
-    assert "random init" in metrics["feature_extractor"] and metrics["fid"] > 0
+    # ten steps make a poor model: even random features tell its samples from real discs
+    assert "random init" in metrics["feature_extractor"] and metrics["fid"] > 2 * metrics["fid_real_baseline"] > 0
     assert "classifier_accuracy" not in metrics

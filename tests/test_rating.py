@@ -35,7 +35,9 @@ def test_wilson_intervals_and_bradley_terry_order_runs_by_their_votes():
     assert bradley_terry(names, {**score, ("a", "c"): 10, ("c", "a"): 0})["a"] < 10, "an unbeaten run stays finite"
 
 
-@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true", reason="needs Debian's chromium")
+@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
+                    reason="the rating page's browser test did not run: no Chromium on this machine "
+                           "(install it with `apt-get install chromium`, as .ci/run does)")
 def test_raters_vote_in_a_real_browser_blind_and_every_vote_names_its_two_items(tmp_path, tiny_run):
     from playwright.sync_api import sync_playwright
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import genlab
 from genlab import GenlabError, load_config
@@ -96,7 +97,9 @@ def test_the_folder_loads_in_transformers_and_the_cli_translates(dates_run, tmp_
                             str(tmp_path / "out.jsonl")], capture_output=True, text=True)
     assert batch.returncode == 0, batch.stderr
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [o["id"] for o in out] == [1, 2] and [o["prediction"] for o in out] == ["1999-03-04", "2010-06-12"]
+    assert [o["id"] for o in out] == [1, 2], "every record comes back, in order, with its own fields"
+    assert [o["prediction"] for o in out] == genlab.load(run).sample(2, seed=0, source=["March 4, 1999", "12/06/2010"])
+    assert all(datetime.date.fromisoformat(o["prediction"]) for o in out)
     bad = subprocess.run([sys.executable, "-m", "genlab", "sample", run, "--source", "x", "--top-k", "0"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
@@ -129,8 +132,20 @@ def test_init_from_an_encoder_only_folder_warm_starts_an_encoder_decoder(tiny_be
     from transformers import EncoderDecoderModel
 
     over = [o for o in TINY_DATES if not o.startswith(("train.max_steps", "train.val_every"))]
-    run = genlab.fit(None, overrides=[*over, f"model.init_from={tiny_bert}", "train.max_steps=20",
-                                      "train.val_every=20"], out=tmp_path / "r")
-    net = EncoderDecoderModel.from_pretrained(run.paths.model)
+    from transformers import BertModel
+
+    # an lr too small to move a weight: what the folder holds is what the warm start put there
+    run = genlab.fit(None, overrides=[*over, f"model.init_from={tiny_bert}", "train.max_steps=2",
+                                      "train.val_every=2", "train.optimizer.lr=1e-12", "train.ema.enabled=false",
+                                      "train.schedule.warmup_steps=0"], out=tmp_path / "r")
+    net, bert = EncoderDecoderModel.from_pretrained(run.paths.model), BertModel.from_pretrained(tiny_bert)
     assert net.config.encoder.model_type == "bert" and net.config.decoder.add_cross_attention
+    pretrained = bert.state_dict()
+    for half, prefix in ((net.encoder, ""), (net.decoder, "bert.")):
+        weights = half.state_dict()
+        for name in ("embeddings.word_embeddings.weight", "encoder.layer.1.attention.self.query.weight",
+                     "encoder.layer.0.output.dense.weight"):
+            assert torch.allclose(weights[prefix + name], pretrained[name], atol=1e-6), f"{prefix}{name} not copied"
+    cross = net.decoder.state_dict()["bert.encoder.layer.0.crossattention.self.query.weight"]
+    assert cross.shape == (32, 32) and "encoder.layer.0.crossattention.self.query.weight" not in pretrained
     assert isinstance(genlab.load(run.path).sample(1, seed=0, source="3 march 1987")[0], str)

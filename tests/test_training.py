@@ -140,16 +140,74 @@ def test_max_time_is_a_wall_clock_budget(tmp_path):
     assert run.summary["stopped_because"] == "max_time" and 0 < run.summary["steps"] < 100000
 
 
-@pytest.mark.parametrize("extra", [
-    ["train.precision=bf16-mixed"],
-    ["train.accumulate_grad_batches=2", "train.grad_clip=0.5"],
-    ["train.optimizer.name=sgd", "train.schedule.name=step", "train.schedule.step_size=5"],
-    ["train.optimizer.name=adam", "train.schedule.name=plateau", "train.schedule.patience=0"],
-    ["data.val_fraction=0", "train.schedule.warmup_steps=5"],
-])
-def test_training_options_train(tmp_path, extra):
-    run = genlab.fit(None, overrides=tiny("train.max_steps=20", *extra), out=tmp_path / "r")
+class Probe(L.Callback):
+    """Records what training actually did: the optimizer, lr and clipped gradient norm at each update,
+    the dtype the network computed in, and how many validations ran."""
+
+    def __init__(self) -> None:
+        self.lrs, self.norms, self.dtypes, self.batches, self.validations = [], [], set(), 0, 0
+        self.optimizer = None
+
+    def on_fit_start(self, trainer, pl_module):
+        conv = next(m for m in pl_module.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda module, args, output: self.dtypes.add(output.dtype))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches += 1
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # runs after the core's clipping
+        self.optimizer = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        self.lrs.append(self.optimizer.param_groups[0]["lr"])
+        self.norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in pl_module.parameters()
+                                                                if p.grad is not None])))
+
+    def on_validation_end(self, trainer, pl_module):
+        self.validations += 1
+
+
+def trained_with(tmp_path, *extra: str) -> tuple[genlab.Run, Probe]:
+    probe = Probe()
+    run = genlab.fit(None, overrides=tiny("train.max_steps=20", *extra), out=tmp_path / "r", callbacks=[probe])
     assert run.summary["steps"] == 20 and math.isfinite(run.summary["train_loss"])
+    return run, probe
+
+
+def test_bf16_mixed_computes_in_bfloat16(tmp_path):
+    _, probe = trained_with(tmp_path, "train.precision=bf16-mixed")
+    assert torch.bfloat16 in probe.dtypes
+
+
+def test_fp32_computes_in_float32(tmp_path):
+    _, probe = trained_with(tmp_path)
+    assert probe.dtypes == {torch.float32}
+
+
+def test_accumulation_updates_every_second_batch_and_clipping_bounds_the_norm(tmp_path):
+    _, probe = trained_with(tmp_path, "train.accumulate_grad_batches=2", "train.grad_clip=0.05")
+    assert probe.batches == 40 and len(probe.lrs) == 20, "20 updates, each over two batches"
+    assert max(probe.norms) <= 0.05 * 1.001
+
+
+def test_sgd_with_a_step_schedule_halves_the_lr_every_five_steps(tmp_path):
+    _, probe = trained_with(tmp_path, "train.optimizer.name=sgd", "train.optimizer.lr=0.01",
+                            "train.schedule.name=step", "train.schedule.step_size=5", "train.schedule.warmup_steps=0")
+    assert isinstance(probe.optimizer, torch.optim.SGD)
+    assert probe.lrs[:6] == pytest.approx([0.01] * 5 + [0.005]) and probe.lrs[-1] == pytest.approx(0.01 / 8)
+
+
+def test_plateau_lowers_the_lr_when_val_loss_stops_improving(tmp_path):
+    # an lr too small to move the weights: the second validation cannot improve on the first
+    _, probe = trained_with(tmp_path, "train.optimizer.name=adam", "train.optimizer.lr=1e-12",
+                            "train.schedule.name=plateau", "train.schedule.patience=0", "train.schedule.warmup_steps=0")
+    assert isinstance(probe.optimizer, torch.optim.Adam) and not isinstance(probe.optimizer, torch.optim.AdamW)
+    assert probe.lrs[0] == pytest.approx(1e-12) and probe.lrs[-1] == pytest.approx(0.5e-12)
+
+
+def test_no_validation_split_and_a_linear_warmup(tmp_path):
+    _, probe = trained_with(tmp_path, "data.val_fraction=0", "train.schedule.name=constant",
+                            "train.schedule.warmup_steps=5", "train.optimizer.lr=0.001")
+    assert probe.validations == 0
+    assert probe.lrs[0] < probe.lrs[3] < probe.lrs[5] == pytest.approx(0.001) == probe.lrs[-1]
 
 
 def test_an_existing_run_is_not_overwritten(tiny_run):

@@ -62,8 +62,20 @@ def test_a_trained_vae_beats_an_untrained_one_on_every_likelihood_figure(vae_run
     assert trained["nll_iwae"] < 0.7 * untrained["nll_iwae"] and trained["elbo"] > 0.7 * untrained["elbo"]
     assert trained["fid"] < 0.5 * untrained["fid"]
     assert trained["nll_iwae"] <= -trained["elbo"] + 1e-3, "the importance-weighted bound is the tighter"
-    assert len(trained["kl_per_dim"]) == 4 and 1 <= trained["active_units"] <= 4
+    assert len(trained["kl_per_dim"]) == 4 and trained["active_units"] >= 2
     assert trained["iwae_samples"] == 16 and "mig" not in trained  # digits have no factors
+
+    # the encoder's mean made constant in every dimension but the one with the most KL: one unit stays active
+    keep = int(np.argmax(trained["kl_per_dim"]))
+    silenced = VAE.from_pretrained(vae_run.paths.model).eval()
+    with torch.no_grad():
+        head = silenced.net.encoder[-1]
+        for d in range(4):
+            if d != keep:
+                head.weight[d], head.bias[d] = 0.0, 0.0
+    vae_run.__dict__["model"] = silenced
+    assert genlab.evaluate(vae_run)["active_units"] == 1
+    del vae_run.__dict__["model"]
 
 
 def test_latent_methods_and_the_folder(vae_run, tmp_path):
@@ -120,4 +132,4 @@ def test_capacity_and_annealing_shape_the_kl(tmp_path):
     capped = genlab.fit(None, overrides=[*over, "model.capacity=0.5", "model.capacity_steps=300", "model.gamma=50"],
                         out=tmp_path / "capped")
     kl = {name: genlab.evaluate(run)["kl"] for name, run in (("free", free), ("capped", capped))}
-    assert abs(kl["capped"] - 0.5) < 0.1 and kl["free"] > 1.0, kl  # the cap holds; unconstrained goes past it
+    assert abs(kl["capped"] - 0.5) < 0.1 and kl["free"] > 2 * kl["capped"], kl  # the cap holds; free goes past it

@@ -10,16 +10,17 @@ __version__ = "0.1.0"
 # Imported on first use, so `genlab --help` and config checks do not pay for torch and Lightning.
 _EXPORTS = {
     "fit": "genlab.api", "load": "genlab.run", "evaluate": "genlab.api", "sample_to_file": "genlab.api",
-    "upscale_files": "genlab.api", "bakeoff": "genlab.selection",
+    "upscale_files": "genlab.api", "impute_file": "genlab.api", "score_file": "genlab.api",
+    "bakeoff": "genlab.selection",
     "RunConfig": "genlab.config", "load_config": "genlab.config",
     "ConfigError": "genlab.errors", "GenlabError": "genlab.errors",
     "Run": "genlab.run",
 }
-__all__ = ["ConfigError", "GenlabError", "Run", "RunConfig", "__version__", "bakeoff", "evaluate", "fit", "load",
-           "load_config", "sample_to_file", "upscale_files"]
+__all__ = ["ConfigError", "GenlabError", "Run", "RunConfig", "__version__", "bakeoff", "evaluate", "fit",
+           "impute_file", "load", "load_config", "sample_to_file", "score_file", "upscale_files"]
 
 if TYPE_CHECKING:
-    from genlab.api import evaluate, fit, sample_to_file, upscale_files
+    from genlab.api import evaluate, fit, impute_file, sample_to_file, score_file, upscale_files
     from genlab.config import RunConfig, load_config
     from genlab.errors import ConfigError, GenlabError
     from genlab.run import Run, load

@@ -19,6 +19,7 @@ from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
 from genlab.models.registry import family_class
 from genlab.outputs import SUFFIX, save_samples, write_table
+from genlab.quiet import quiet
 from genlab.run import Run, RunPaths, write_json
 from genlab.training.callbacks import NonFiniteLoss, Throughput, TrainingInterrupted
 from genlab.training.optim import lr_factor
@@ -27,6 +28,7 @@ from genlab.training.trainer import build_trainer
 log = logging.getLogger("genlab")
 
 
+@quiet
 def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[str] | tuple = (),
         out: str | Path | None = None, resume: str | Path | None = None,
         callbacks: list[L.Callback] | tuple = ()) -> Run:
@@ -127,6 +129,7 @@ def _resolve(config, overrides, out, resume, leader: bool) -> tuple[RunConfig, R
     return cfg, paths, None
 
 
+@quiet
 def evaluate(run: Run | str | Path, **options: Any) -> dict[str, Any]:
     """Sample from the run, score the samples against held-out data, write metrics.json; return the metrics."""
     from genlab.evaluation import evaluate_run
@@ -134,6 +137,7 @@ def evaluate(run: Run | str | Path, **options: Any) -> dict[str, Any]:
     return evaluate_run(run if isinstance(run, Run) else Run(run), **options)
 
 
+@quiet
 def sample_to_file(run: Run | str | Path, n: int, out: str | Path | None = None, *, seed: int | None = 0,
                    **conditions: Any) -> Path:
     """Draw `n` samples and write them in the modality's file format (PNG grid, or text after its prompt)."""
@@ -148,6 +152,7 @@ def sample_to_file(run: Run | str | Path, n: int, out: str | Path | None = None,
 LATENT_MODES = ("reconstruct", "interpolate", "traverse")
 
 
+@quiet
 def latent_grid(run: Run | str | Path, mode: str, n: int = 8, *, seed: int = 0, steps: int = 8,
                 dims: list[int] | None = None, out: str | Path | None = None) -> Path:
     """A VAE's latent space as a PNG grid, from held-out images drawn by `seed`: `reconstruct` (a row of
@@ -178,6 +183,7 @@ def latent_grid(run: Run | str | Path, mode: str, n: int = 8, *, seed: int = 0, 
     return save_grid(grid, out, nrow=columns, scale=4)
 
 
+@quiet
 def impute_file(run: Run | str | Path, source: str | Path, out: str | Path, *, seed: int = 0) -> Path:
     """Fill the missing cells of a CSV or parquet file with a tabular run; every row, column and present
     cell is written back as it was."""
@@ -185,6 +191,7 @@ def impute_file(run: Run | str | Path, source: str | Path, out: str | Path, *, s
     return write_table(run.model.impute(frame, seed=seed, where=Path(source).name), out)
 
 
+@quiet
 def score_file(run: Run | str | Path, source: str | Path, out: str | Path, *, seed: int = 0) -> Path:
     """The input rows with an `anomaly_score` column (higher is more anomalous), in order."""
     run, frame = _table_run_and_rows(run, source)
@@ -202,6 +209,7 @@ def _table_run_and_rows(run: Run | str | Path, source: str | Path):
     return run, frame
 
 
+@quiet
 def upscale_files(run: Run | str | Path, source: str | Path, out: str | Path | None = None
                   ) -> tuple[list[Path], list[str]]:
     """Upscale an image file, or every image in a folder, with an sr_gan run. Returns the files written

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,25 +14,22 @@ import typer
 from rich.console import Console
 
 from genlab.errors import GenlabError
+from genlab.quiet import library_noise_silenced
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="genlab: train, sample and evaluate generative models, each verb on a run directory.")
 err = Console(stderr=True)
 out = Console(soft_wrap=True)  # long paths stay on one line in logs
 
-# Library chatter that says nothing to a genlab user (tips, defaults we set on purpose).
-_QUIET = ("litlogger", "`weights_only` was not set", "exists and is not empty", "LeafSpec",
-          "does not have many workers", "smaller than the logging interval", "will save all extracted features")
-
-
 def _user_errors(fn):
     """Turn a user mistake into one red line and a non-zero exit; a bug keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _quiet_libraries()
+        _one_line_logs()
         try:
-            return fn(*args, **kwargs)
+            with library_noise_silenced():
+                return fn(*args, **kwargs)
         except GenlabError as e:
             for line in str(e).splitlines():
                 err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
@@ -50,21 +46,12 @@ class _OneLine(logging.Handler):
         err.print(f"{tag}{record.getMessage()}", highlight=False, soft_wrap=True)
 
 
-def _quiet_libraries() -> None:
+def _one_line_logs() -> None:
     log = logging.getLogger("genlab")
     if not any(isinstance(h, _OneLine) for h in log.handlers):
         log.addHandler(_OneLine())
         log.setLevel(logging.INFO)
         log.propagate = False
-
-    class Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return not any(q in record.getMessage() for q in _QUIET)
-
-    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
-        logging.getLogger(name).addFilter(Drop())
-    for q in _QUIET:
-        warnings.filterwarnings("ignore", message=f".*{q}.*")
 
 
 @app.command()
@@ -180,15 +167,17 @@ def evaluate(
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
     truncation: Annotated[float | None, typer.Option(help="GAN: cut latents at +-this.")] = None,
 ) -> None:
-    """Score a run's samples against held-out data (FID, KID, class balance); writes metrics.json."""
+    """Score a run against held-out data and print its family's headline figures; writes metrics.json."""
     import genlab
 
-    metrics = genlab.evaluate(run_dir, num_samples=n, sampler=sampler, steps=steps, guidance_scale=guidance,
+    run = genlab.load(run_dir)
+    metrics = genlab.evaluate(run, num_samples=n, sampler=sampler, steps=steps, guidance_scale=guidance,
                               truncation=truncation)
-    for key in ("fid", "kid_mean", "precision", "recall", "fid_real_baseline", "class_distribution_tv",
-                "classifier_accuracy"):
-        if key in metrics:
-            out.print(f"{key}: {metrics[key]:.4g}")
+    for figure in run.model.headline:
+        value, baseline = figure.value(metrics), figure.baseline(metrics)
+        if value is not None:
+            beside = f" ({figure.beside[1]}: {baseline:.4g})" if baseline is not None else ""
+            out.print(f"{figure.label}: {value:.4g}{beside}", highlight=False)
     out.print(f"metrics: {Path(run_dir) / 'metrics.json'}")
     out.print(f"report: {Path(run_dir) / 'report.html'}")
 
@@ -203,15 +192,14 @@ def bakeoff(
     set_: Annotated[list[str], typer.Option("--set", help="Override a key of every entry.")] = [],  # noqa: B006
 ) -> None:
     """Train several families on the same data for the same time, evaluate them alike, and rank them."""
-    from genlab.selection import HEADLINE
     from genlab.selection import bakeoff as run_bakeoff
 
     result = run_bakeoff(entries, budget=budget, out=out_dir, overrides=set_)
-    headline = HEADLINE.get(result["modality"], [])
-    out.print(f"{'entry':<16} {'family':<12} {'steps':>6} " + " ".join(f"{label:>10}" for _, label, _ in headline))
+    figures = result["headline"]
+    out.print(f"{'entry':<16} {'family':<12} {'steps':>6} " + " ".join(f"{f['label']:>10}" for f in figures))
     for e in result["entries"]:
-        values = " ".join(f"{e['metrics'][k]:>10.4g}" if e["metrics"].get(k) is not None else f"{'':>10}"
-                          for k, _, _ in headline)
+        values = " ".join(f"{e['metrics'][f['key']]:>10.4g}" if e["metrics"].get(f["key"]) is not None else f"{'':>10}"
+                          for f in figures)
         out.print(f"{e['name']:<16} {e['family']:<12} {e['steps']:>6} {values}", highlight=False)
     out.print(f"ranking: {' > '.join(result['ranking'])}; {result['verdict']}", highlight=False)
     out.print(f"report: {out_dir / 'bakeoff.html'}")

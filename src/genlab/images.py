@@ -1,8 +1,11 @@
-"""Image grids: tensors in [0, 1] to PNG files, the shared output of every image family."""
+"""Image files: tensors in [0, 1] to PNG grids and back, and Pillow's complaints about a file as genlab notes."""
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +37,21 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
     return path
 
 
-def read_image(path: str | Path) -> torch.Tensor:
+@contextmanager
+def decoder_notes(where: str, notes: list[str]) -> Iterator[None]:
+    """Pillow's warnings while a file is read (corrupt EXIF, skipped tags) become one note naming the file,
+    instead of raw lines with Pillow's source location; the image itself is kept."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    said = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    if said:
+        notes.append(f"{where}: {'; '.join(said)} (read all the same)")
+
+
+def read_image(path: str | Path, notes: list[str] | None = None) -> torch.Tensor:
     """An image file as (C, H, W) in [0, 1], with the channels its mode has (L: 1, RGB: 3, RGBA: 4)."""
-    with Image.open(path) as im:
+    with decoder_notes(Path(path).name, notes if notes is not None else []), Image.open(path) as im:
         array = np.asarray(im.convert("RGB") if im.mode in ("P", "CMYK", "YCbCr") else im, dtype=np.float32)
     if array.ndim == 2:
         array = array[..., None]

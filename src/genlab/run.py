@@ -21,6 +21,7 @@ from typing import Any
 
 from genlab.config import RunConfig, load_config
 from genlab.errors import GenlabError
+from genlab.quiet import quiet
 
 # which command writes each file, for the error that says it is missing
 _MADE_BY = {
@@ -98,6 +99,7 @@ class Run:
         return self.paths.root
 
     @cached_property
+    @quiet
     def model(self):
         from genlab.models.registry import family_class
 

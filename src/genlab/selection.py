@@ -16,25 +16,20 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from genlab.config import RunConfig, load_config
 from genlab.errors import GenlabError
-from genlab.models.registry import family_names
+from genlab.models.base import Figure
+from genlab.models.registry import family_class, family_names
+from genlab.quiet import quiet
 from genlab.run import Run, RunPaths, read_json, write_json
 
 log = logging.getLogger("genlab")
 CALIBRATION_STEPS = 30  # the Throughput callback skips the first batch; the first dozen still run slow
-# what each modality is compared on: (metrics.json key, column name, True if higher is better); the first ranks
-HEADLINE = {
-    "image": [("fid", "FID", False), ("kid_mean", "KID", False), ("precision", "precision", True),
-              ("recall", "recall", True), ("class_distribution_tv", "class TV", False)],
-    "text": [("bits_per_character", "bits/char", False), ("distinct_2", "distinct-2", True)],
-    "pairs": [("chrf", "chrF", True), ("bleu", "BLEU", True), ("exact_match", "exact match", True)],
-}
-
-
+@quiet
 def bakeoff(entries: list[str | Path], *, budget: float, out: str | Path,
             overrides: list[str] | tuple = ()) -> dict[str, Any]:
     """Train and evaluate each entry on the same data for `budget` seconds of training; write bakeoff.json/html."""
@@ -45,6 +40,7 @@ def bakeoff(entries: list[str | Path], *, budget: float, out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     from genlab.api import fit
 
+    headline = family_class(configs[0][1].model.family).headline  # the first entry's figures rank every entry
     rows, previews, warm = [], {}, False
     for name, cfg in configs:
         run = _done_or_resumed(out / name)
@@ -56,15 +52,16 @@ def bakeoff(entries: list[str | Path], *, budget: float, out: str | Path,
             log.info(f"bakeoff: {name} gets {steps} steps in {budget:g} s")
             run = fit(budgeted(cfg, steps, budget), out=out / name)
         metrics = _evaluated(run, out, configs[0][0])
-        rows.append(_row(name, run, metrics))
+        rows.append(_row(name, run, metrics, headline))
         previews[name] = _preview(run, metrics)
-    ranking = _ranking(rows)
+    ranking = _ranking(rows, headline)
     result = {"budget_seconds": budget, "data": configs[0][1].data.model_dump(mode="json"),
-              "modality": rows[0]["modality"], "entries": rows, "ranking": ranking, "verdict": _verdict(rows, ranking)}
+              "modality": rows[0]["modality"], "headline": [asdict(f) for f in headline], "entries": rows,
+              "ranking": ranking, "verdict": _verdict(rows, ranking, headline)}
     write_json(out / "bakeoff.json", result)
     from genlab.evaluation.report import write_bakeoff_report
 
-    write_bakeoff_report(out / "bakeoff.html", result, HEADLINE.get(result["modality"], []), previews)
+    write_bakeoff_report(out / "bakeoff.html", result, headline, previews)
     return result
 
 
@@ -152,15 +149,14 @@ def _evaluated(run: Run, out: Path, first: str) -> dict[str, Any]:
     return evaluate(run)
 
 
-def _row(name: str, run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
+def _row(name: str, run: Run, metrics: dict[str, Any], headline: tuple[Figure, ...]) -> dict[str, Any]:
     summary, modality = run.summary, run.model.spec.modality
     return {"name": name, "family": run.config.model.family, "run": str(run.path), "modality": modality,
             "parameters": summary.get("parameters"), "steps": summary.get("steps"),
             "train_seconds": summary.get("train_seconds"), "samples_per_s": summary.get("samples_per_s"),
             "seconds_per_sample": metrics.get("seconds_per_sample"),
-            "metrics": {key: metrics.get(key) for key, _, _ in HEADLINE.get(modality, [])},
-            "intervals": {key: metrics[f"{key}_interval"] for key, _, _ in HEADLINE.get(modality, [])
-                          if f"{key}_interval" in metrics}}
+            "metrics": {f.key: f.value(metrics) for f in headline},
+            "intervals": {f.key: metrics[f"{f.key}_interval"] for f in headline if f"{f.key}_interval" in metrics}}
 
 
 def _preview(run: Run, metrics: dict[str, Any]) -> Any:
@@ -172,12 +168,11 @@ def _preview(run: Run, metrics: dict[str, Any]) -> Any:
     return [e.get("continuation") or e.get("prediction", "") for e in metrics.get("examples", [])[:3]]
 
 
-def _verdict(rows: list[dict[str, Any]], ranking: list[str]) -> str:
+def _verdict(rows: list[dict[str, Any]], ranking: list[str], headline: tuple[Figure, ...]) -> str:
     """Whether the first two are told apart: their intervals on the ranking metric must not overlap."""
-    headline = HEADLINE.get(rows[0]["modality"])
     if len(ranking) < 2 or not headline:
         return ""
-    key, label = headline[0][:2]
+    key, label = headline[0].key, headline[0].label
     first, second = (next(r for r in rows if r["name"] == name) for name in ranking[:2])
     a, b = first["intervals"].get(key), second["intervals"].get(key)
     if a is None or b is None:
@@ -188,11 +183,10 @@ def _verdict(rows: list[dict[str, Any]], ranking: list[str]) -> str:
             f"more eval.num_samples (or a longer budget) would be needed to tell them apart")
 
 
-def _ranking(rows: list[dict[str, Any]]) -> list[str]:
-    """Entry names, best first, by the modality's first headline metric."""
-    headline = HEADLINE.get(rows[0]["modality"])
+def _ranking(rows: list[dict[str, Any]], headline: tuple[Figure, ...]) -> list[str]:
+    """Entry names, best first, by the first headline figure."""
     if not headline:
         return [r["name"] for r in rows]
-    key, _, higher = headline[0]
+    key, higher = headline[0].key, headline[0].higher_is_better
     scored = [r for r in rows if r["metrics"].get(key) is not None]
     return [r["name"] for r in sorted(scored, key=lambda r: r["metrics"][key], reverse=higher)]

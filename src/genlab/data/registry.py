@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 BUILTIN: dict[str, str] = {
     "digits": "genlab.data.sources:digits",
@@ -21,11 +22,14 @@ BUILTIN: dict[str, str] = {
     "text": "genlab.data.text:text",
     "python_docs": "genlab.data.text:python_docs",
     "python_code": "genlab.data.text:python_code",
+    "tinyshakespeare": "genlab.data.text:tinyshakespeare",
     "pairs": "genlab.data.pairs:pairs",
     "dates": "genlab.data.pairs:dates",
     "docstrings": "genlab.data.pairs:docstrings",
 }
 FILES: dict[str, str] = {"image_folder": "image", "text": "text", "table": "table"}  # a user's files: fit prepares
+# built-ins that take seconds to generate and depend on the config alone: made once per process (fit, then evaluate)
+GENERATED = {"shapes", "docstrings", "python_code", "photos"}
 _registered: dict[str, Callable] = {}
 
 
@@ -37,7 +41,19 @@ def source(name: str) -> Callable:
     if name in _registered:
         return _registered[name]
     module, _, attribute = BUILTIN[name].partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    load = getattr(importlib.import_module(module), attribute)
+    return (lambda cfg: _made_once(name, cfg, load)) if name in GENERATED else load
+
+
+_last: dict[tuple[str, str], Any] = {}  # the last generated set, by source and data config
+
+
+def _made_once(name: str, cfg: Any, load: Callable) -> Any:
+    key = (name, cfg.model_dump_json())
+    if key not in _last:
+        _last.clear()
+        _last[key] = load(cfg)
+    return _last[key]
 
 
 def register_source(name: str) -> Callable:

@@ -171,6 +171,8 @@ def image_folder(cfg) -> Loaded:
     """A folder of images; each subfolder is a class (images directly in the folder: no labels)."""
     from PIL import Image, UnidentifiedImageError
 
+    from genlab.images import decoder_notes
+
     root = cfg.path
     if root is None:
         raise GenlabError("data.path: required for data.source 'image_folder' (a folder of PNG/JPEG files)")
@@ -184,10 +186,10 @@ def image_folder(cfg) -> Loaded:
     if classes and any(p.parent == root for p in files):
         raise GenlabError(f"data.path: {root} mixes images at the top with class subfolders; use one or the other")
     size = cfg.image_size
-    arrays, labels, skipped = [], [], []
+    arrays, labels, skipped, complaints = [], [], [], []
     for p in files:
         try:
-            with Image.open(p) as im:
+            with decoder_notes(p.relative_to(root).as_posix(), complaints), Image.open(p) as im:
                 im = im.convert("L" if cfg.channels == 1 or (cfg.channels is None and im.mode in ("L", "1")) else "RGB")
                 im = _center_square(im).resize((size, size), Image.BICUBIC) if size else im
                 arrays.append(np.asarray(im, dtype=np.float32) / 255.0)
@@ -209,7 +211,9 @@ def image_folder(cfg) -> Loaded:
     stack = np.stack(arrays)
     images = torch.from_numpy(stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2).copy())
     y = torch.tensor(labels, dtype=torch.long) if classes else None
-    notes = [f"skipped unreadable: {s}" for s in skipped]
+    if complaints:
+        log.warning(f"the image decoder complained about {len(complaints)} file(s) under {root}: {complaints[0]}")
+    notes = [f"skipped unreadable: {s}" for s in skipped] + complaints
     return Loaded(_to_model_range(images, None, cfg.channels), y, classes, notes)
 
 

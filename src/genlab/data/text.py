@@ -7,11 +7,13 @@ empty files, undecodable bytes, JSONL lines that are not JSON or lack the text f
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
 import sysconfig
 from collections.abc import Iterator
+from importlib.resources import files
 from pathlib import Path
 
 from genlab.data.sources import Loaded
@@ -53,6 +55,14 @@ def python_docs(cfg) -> Loaded:
     from pydoc_data.topics import topics
 
     return _Report().finish([topics[k] for k in sorted(topics)], "pydoc_data", cfg.limit)
+
+
+def tinyshakespeare(cfg) -> Loaded:
+    """Tiny shakespeare (1.1 MB, public domain; shipped with genlab), split as nanoGPT splits it: the first 90% of
+    the characters train, the last 10% validate (`data.val_fraction` / `test_fraction` do not apply)."""
+    text = gzip.decompress(files("genlab.data").joinpath("files/tinyshakespeare.txt.gz").read_bytes()).decode()
+    cut = int(len(text) * 0.9)
+    return Loaded([text[:cut], text[cut:]], modality="text", parts=(1, 1))
 
 
 def python_code(cfg) -> Loaded:

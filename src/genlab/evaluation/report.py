@@ -7,12 +7,16 @@ import html
 import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
 from genlab.images import image_grid
 from genlab.run import Run
+
+if TYPE_CHECKING:
+    from genlab.models.base import Figure
 
 CURVES = ("train/loss", "val/loss")
 IMAGE_METRICS = {
@@ -117,19 +121,19 @@ svg{border:1px solid #ddd;margin-top:1em}figcaption{color:#555}
 pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em;border-left:3px solid #1f77b4}"""
 
 
-def write_bakeoff_report(path: Path, result: dict, headline: list[tuple[str, str, bool]], previews: dict) -> Path:
+def write_bakeoff_report(path: Path, result: dict, headline: tuple[Figure, ...], previews: dict) -> Path:
     """bakeoff.html: the entries side by side (best of each column in bold), then each one's samples."""
     entries = result["entries"]
     best = {}
-    for key, _, higher in headline:
-        values = [e["metrics"][key] for e in entries if e["metrics"].get(key) is not None]
+    for f in headline:
+        values = [e["metrics"][f.key] for e in entries if e["metrics"].get(f.key) is not None]
         if values:
-            best[key] = max(values) if higher else min(values)
-    head = "".join(f"<th>{html.escape(label)} {'&uarr;' if higher else '&darr;'}</th>" for _, label, higher in headline)
+            best[f.key] = max(values) if f.higher_is_better else min(values)
+    head = "".join(f"<th>{html.escape(f.label)} {'&uarr;' if f.higher_is_better else '&darr;'}</th>" for f in headline)
     rows = []
     for e in entries:
         cells = []
-        for key, _, _ in headline:
+        for key in (f.key for f in headline):
             value, interval = e["metrics"].get(key), e.get("intervals", {}).get(key)
             text = "" if value is None else f"{value:.4g}" + (
                 f" <small>[{interval[0]:.3g}, {interval[1]:.3g}]</small>" if interval else "")
@@ -152,7 +156,7 @@ def write_bakeoff_report(path: Path, result: dict, headline: list[tuple[str, str
 img{{image-rendering:pixelated}}pre{{background:#f4f4f4;padding:6px}}</style>
 <h1>Bake-off: {len(entries)} entries, {result['budget_seconds']:g} s of training each</h1>
 <p>Data: {html.escape(str(result['data'].get('path') or result['data']['source']))}, the same split for every
-entry. Ranked by {html.escape(headline[0][1]) if headline else 'entry order'}: {ranking}.
+entry. Ranked by {html.escape(headline[0].label) if headline else 'entry order'}: {ranking}.
 {html.escape(result.get('verdict', ''))}. Brackets: 90% bootstrap intervals.</p>
 <table><tr><th>entry</th><th>family</th><th>parameters</th><th>steps</th><th>train s</th>{head}
 <th>samples/s (sampling)</th></tr>{''.join(rows)}</table>

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +25,36 @@ from genlab.training.optim import build_optimizer, build_schedule
 META_FILE = "genlab.json"  # beside the ecosystem's own files in a model folder
 
 
+@dataclass(frozen=True)
+class Figure:
+    """One headline figure of a family's metrics.json: what `genlab evaluate` prints and the bake-off ranks by."""
+
+    key: str  # dotted path into metrics.json, e.g. "imputation.genlab.rmse"
+    label: str
+    higher_is_better: bool
+    beside: tuple[str, str] | None = None  # (dotted path, name) of the baseline the figure is read against
+
+    def value(self, metrics: dict[str, Any]) -> float | None:
+        return metric_at(metrics, self.key)
+
+    def baseline(self, metrics: dict[str, Any]) -> float | None:
+        return None if self.beside is None else metric_at(metrics, self.beside[0])
+
+
+def metric_at(metrics: dict[str, Any], dotted: str) -> Any:
+    """metrics["a"]["b"] for "a.b"; None where any part is missing."""
+    for part in dotted.split("."):
+        if not isinstance(metrics, dict) or part not in metrics:
+            return None
+        metrics = metrics[part]
+    return metrics
+
+
+IMAGE_FIGURES = (Figure("fid", "FID", False, ("fid_real_baseline", "real vs real")),
+                 Figure("kid_mean", "KID", False), Figure("precision", "precision", True),
+                 Figure("recall", "recall", True), Figure("class_distribution_tv", "class TV", False))
+
+
 class GenerativeModel(L.LightningModule):
     """Base of every family: one config object in, the shared optimizer set-up, the model-folder metadata."""
 
@@ -35,6 +65,7 @@ class GenerativeModel(L.LightningModule):
     monitor: ClassVar[str] = "val/loss"  # the validation figure that picks checkpoints/best.ckpt (lower is better)
     watches_collapse: ClassVar[bool] = False  # score samples for mode collapse at each validation (GANs)
     optimizer_names: ClassVar[tuple[str, ...]] = ()  # names for each optimizer's logged gradient norm
+    headline: ClassVar[tuple[Figure, ...]] = IMAGE_FIGURES  # what evaluate prints; the first ranks a bake-off
 
     def __init__(self, config: ModelConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__()

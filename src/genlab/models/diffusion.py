@@ -20,6 +20,7 @@ from genlab.config.diffusion import DEFAULT_STEPS, DiffusionConfig, DiffusionSam
 from genlab.data.sources import DataSpec
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
+from genlab.quiet import library_noise_silenced
 
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler}
 # Pixel-space models need DPM-Solver++'s dynamic thresholding: without it, a few samples in a batch
@@ -91,7 +92,8 @@ class Diffusion(GenerativeModel):
         if sampler not in SAMPLERS:
             raise GenlabError(f"sampler: {sampler!r} is not one of: {', '.join(SAMPLERS)}")
         scheduler = SAMPLERS[sampler].from_config(self.scheduler.config, **SAMPLER_OPTIONS.get(sampler, {}))
-        scheduler.set_timesteps(steps or DEFAULT_STEPS.get(sampler, self.config.num_train_timesteps))
+        with library_noise_silenced():
+            scheduler.set_timesteps(steps or DEFAULT_STEPS.get(sampler, self.config.num_train_timesteps))
         labels = self._sample_labels(n, labels)
         guided = labels is not None and not (isinstance(guidance_scale, float | int) and guidance_scale == 1.0)
         scale = torch.as_tensor(guidance_scale, dtype=torch.float32, device=self.device).reshape(-1, 1, 1, 1)

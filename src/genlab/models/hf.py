@@ -11,6 +11,7 @@ from typing import Any
 from transformers.utils import logging as hf_logging
 
 from genlab.config.transformer import LoraConfig
+from genlab.quiet import library_noise_silenced
 
 hf_logging.disable_progress_bar()  # per-shard bars for a model that loads in milliseconds are noise
 ADAPTER_FILE = "adapter_config.json"  # peft writes it; its presence marks an adapter-only folder
@@ -20,9 +21,14 @@ def lora_wrap(net: Any, lora: LoraConfig, task_type: str) -> Any:
     """`net` with peft LoRA adapters; peft freezes everything else, so only the adapters train."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
+    from transformers.pytorch_utils import Conv1D
 
-    return get_peft_model(net, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                              target_modules=lora.target_modules, task_type=task_type))
+    # GPT-2-style layers store their weight transposed (Conv1D); peft must be told rather than guess and warn
+    transposed = any(isinstance(m, Conv1D) for m in net.modules())
+    with library_noise_silenced():
+        return get_peft_model(net, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                  target_modules=lora.target_modules, task_type=task_type,
+                                                  fan_in_fan_out=transposed))
 
 
 def save_folder(net: Any, tokenizer: Any, lora: LoraConfig | None, path: Path) -> None:

@@ -28,8 +28,9 @@ from genlab.config.seq2seq import Seq2SeqConfig, Seq2SeqSampling
 from genlab.data.sources import Dataset, DataSpec, Split
 from genlab.data.tokenize import train_tokenizer
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import Figure, GenerativeModel
 from genlab.models.hf import load_folder, lora_wrap, save_folder
+from genlab.quiet import library_noise_silenced
 
 IGNORE = -100  # label positions the loss skips (padding)
 
@@ -82,6 +83,8 @@ class Seq2Seq(GenerativeModel):
     Config = Seq2SeqConfig
     Sampling = Seq2SeqSampling
     modality = "text"
+    headline = tuple(Figure(key, label, True, (f"copy_source_baseline.{key}", "copying the source"))
+                     for key, label in (("chrf", "chrF"), ("bleu", "BLEU"), ("exact_match", "exact match")))
 
     def __init__(self, config: Seq2SeqConfig, spec: DataSpec, train: TrainConfig | None = None, *,
                  tokenizer=None, net=None) -> None:
@@ -140,7 +143,8 @@ class Seq2Seq(GenerativeModel):
     def seq2seq_loss(self, batch: dict) -> torch.Tensor:
         x = batch["x"]
         mask = (x != self.tokenizer.pad_token_id).long()
-        return self.net(input_ids=x, attention_mask=mask, labels=batch["y"], use_cache=False).loss
+        with library_noise_silenced():
+            return self.net(input_ids=x, attention_mask=mask, labels=batch["y"], use_cache=False).loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.seq2seq_loss(batch)

@@ -23,7 +23,7 @@ from genlab.config import TrainConfig
 from genlab.config.sr_gan import SRConfig, SRSampling
 from genlab.data.sources import Dataset, DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel, load_hub_module
+from genlab.models.base import Figure, GenerativeModel, load_hub_module
 
 MIN_SIDE, MAX_SIDE = 4, 2048  # input sides `upscale` accepts
 
@@ -96,6 +96,8 @@ class SRGAN(GenerativeModel):
     Sampling = SRSampling
     modality = "image"
     task = "upscale"
+    headline = (Figure("psnr", "PSNR dB", True, ("psnr_bicubic", "bicubic")),
+                Figure("ssim", "SSIM", True, ("ssim_bicubic", "bicubic")))
     optimizer_names = ("generator", "discriminator")
 
     def __init__(self, config: SRConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:

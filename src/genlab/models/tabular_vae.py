@@ -26,7 +26,7 @@ from genlab.config.tabular_vae import TabularSampling, TabularVAEConfig
 from genlab.data.columns import Columns
 from genlab.data.sources import Dataset, DataSpec, Split
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel, load_hub_module
+from genlab.models.base import Figure, GenerativeModel, load_hub_module
 
 log = logging.getLogger("genlab")
 
@@ -79,6 +79,13 @@ class TabularVAE(GenerativeModel):
     Sampling = TabularSampling
     modality = "table"
     task = "tabular"
+    headline = (Figure("imputation.genlab.rmse", "imputation RMSE", False,
+                       ("imputation.IterativeImputer.rmse", "IterativeImputer")),
+                Figure("imputation.genlab.accuracy", "imputation accuracy", True,
+                       ("imputation.IterativeImputer.accuracy", "IterativeImputer")),
+                Figure("anomaly.auroc.genlab", "anomaly AUROC", True,
+                       ("anomaly.auroc.IsolationForest", "IsolationForest")),
+                Figure("synthetic.mean_ks", "synthetic KS", False))
 
     def __init__(self, config: TabularVAEConfig, spec: DataSpec, columns: Columns,
                  train: TrainConfig | None = None) -> None:

@@ -22,7 +22,7 @@ from genlab.config.transformer import TextSampling, TransformerConfig
 from genlab.data.sources import Dataset, DataSpec, Split
 from genlab.data.tokenize import pack, train_tokenizer
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import Figure, GenerativeModel
 from genlab.models.hf import load_folder, lora_wrap, save_folder
 
 log = logging.getLogger("genlab")
@@ -48,6 +48,8 @@ class Transformer(GenerativeModel):
     Config = TransformerConfig
     Sampling = TextSampling
     modality = "text"
+    headline = (Figure("bits_per_character", "bits/char", False), Figure("perplexity", "perplexity", False),
+                Figure("distinct_2", "distinct-2", True))
 
     def __init__(self, config: TransformerConfig, spec: DataSpec, train: TrainConfig | None = None, *,
                  tokenizer=None, lm=None) -> None:

@@ -22,7 +22,7 @@ from genlab.config import TrainConfig
 from genlab.config.vae import VAEConfig, VAESampling
 from genlab.data.sources import DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel, load_hub_module
+from genlab.models.base import IMAGE_FIGURES, Figure, GenerativeModel, load_hub_module
 
 
 class VAENet(nn.Module, PyTorchModelHubMixin):
@@ -59,6 +59,7 @@ class VAE(GenerativeModel):
     Sampling = VAESampling
     modality = "image"
     task = "autoencode"
+    headline = (*IMAGE_FIGURES, Figure("nll_iwae", "NLL (IWAE)", False), Figure("mig", "MIG", True))
 
     def __init__(self, config: VAEConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__(config, spec, train)

@@ -30,11 +30,13 @@ from genlab.prepare.record import Item, StepLog
 from genlab.prepare.report import write_reports
 from genlab.prepare.split import assign_splits, check_labels
 from genlab.prepare.store import MANIFEST, REMOVED, SPLITS, load_prepared, reasons, write_split
+from genlab.quiet import quiet
 
 __all__ = ["load_prepared", "prepare"]
 
 
 
+@quiet
 def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None = None,
             overrides: list[str] | tuple[str, ...] = ()) -> Path:
     """Run the data config's pipeline; returns the folder holding the prepared set and its reports."""

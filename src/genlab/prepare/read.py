@@ -12,13 +12,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
 
 from genlab.errors import GenlabError
+from genlab.images import decoder_notes
 from genlab.prepare.record import Item, StepLog
+
+logger = logging.getLogger("genlab")
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".jsonl"}
 TABLE_SUFFIXES = {".csv", ".parquet"}
@@ -50,7 +54,7 @@ def read_images(root: Path, log: StepLog, limit: int | None = None) -> list[Item
             log.remove("zero-byte file", where)
             continue
         try:
-            with Image.open(path) as img:
+            with decoder_notes(where, log.notes), Image.open(path) as img:
                 img.load()  # decodes every pixel: a truncated file fails here, not later
                 image = img.copy()
                 kind = img.format
@@ -64,6 +68,11 @@ def read_images(root: Path, log: StepLog, limit: int | None = None) -> list[Item
         label = path.parent.relative_to(root).as_posix() if root.is_dir() and path.parent != root else None
         items.append(Item(where, image, label))
     log.kept = len(items)
+    warned = [n for n in log.notes if n.endswith("(read all the same)")]
+    if warned:
+        more = f" and {len(warned) - 1} more" if len(warned) > 1 else ""
+        logger.warning(f"the image decoder complained about {len(warned)} file(s): {warned[0]}{more} "
+                       "(all listed in data_report.html)")
     return items
 
 
