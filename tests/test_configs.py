@@ -2,14 +2,17 @@
 then the family's own use (sample, upscale, impute) and evaluate. A config that reads a file outside the
 package fails here."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 import genlab
+from genlab.cli import app
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 FEW = ["train.max_steps=3", "train.max_time=null", "train.val_every=3", "train.checkpoint_every=3",
@@ -54,6 +57,12 @@ def test_shipped_config_runs_from_another_folder(config, tmp_path, monkeypatch):
     run = genlab.fit(config, overrides=few_steps(config), out="run")
     assert run.summary["steps"] == 3
     use(run, tmp_path)
-    metrics = genlab.evaluate(run)
+    printed = CliRunner().invoke(app, ["evaluate", "run"])
+    assert printed.exit_code == 0, printed.output
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
     first = run.model.headline[0]
     assert first.value(metrics) is not None, f"{config.name}: evaluate wrote no {first.key}"
+    for figure in run.model.headline:  # the family's headline figures, each beside its baseline
+        if figure.value(metrics) is not None:
+            beside = f" ({figure.beside[1]}: " if figure.baseline(metrics) is not None else ""
+            assert f"{figure.label}: {figure.value(metrics):.4g}{beside}" in printed.output

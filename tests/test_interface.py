@@ -123,3 +123,15 @@ def test_manual_optimization_refuses_accumulation_clearly(tiny_gan, tmp_path):
         genlab.fit(None, overrides=[*shared, "model.family=tiny-gan", "train.accumulate_grad_batches=2"],
                    out=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_lightnings_private_names_are_all_there_and_a_missing_one_is_named(monkeypatch):
+    """genlab's EMA and its uncounted optimizer steps use private Lightning names: an upgrade that moves one
+    must fail here, naming it, rather than train wrongly."""
+    from genlab.training import lightning_internals as internals
+
+    internals.check_internals()
+    moved = (internals.LightningOptimizer, ("_on_before_step", "_renamed_hook"), "uncounted steps")
+    monkeypatch.setattr(internals, "PRIVATE", (internals.PRIVATE[0], moved))
+    with pytest.raises(genlab.GenlabError, match=r"no longer has LightningOptimizer\._renamed_hook \(uncounted"):
+        internals.check_internals()

@@ -212,6 +212,8 @@ def test_rate_limits_answer_429_with_retry_after_per_key(runs):
     ({"model": "nope", "prompt": "x"}, 404, "'nope' is not served here"),
     ({"model": "digits", "prompt": "x"}, 400, "does not serve /v1/completions"),
     ({"model": "lm", "prompt": "x", "logprobs": 3}, 422, "logprobs"),
+    ({"model": "lm", "prompt": "x", "top_k": 2**64}, 422, "top_k"),  # past int64, it once failed the whole batch
+    ({"model": "lm", "prompt": "x", "min_tokens": 2**63}, 422, "min_tokens"),
 ])
 def test_bad_requests_get_an_error_that_names_the_field(runs, body, status, names):
     with client_for(runs, limits={"max_prompt_chars": 10_000}) as client:

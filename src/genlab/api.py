@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -150,6 +151,32 @@ def sample_to_file(run: Run | str | Path, n: int, out: str | Path | None = None,
 
 
 LATENT_MODES = ("reconstruct", "interpolate", "traverse")
+
+
+@quiet
+def translate_file(run: Run | str | Path, source: str | Path, out: str | Path | None = None, *, seed: int = 0,
+                   **options: Any) -> list[dict[str, Any]]:
+    """A seq2seq run over a JSONL file: each record's `data.source_field` in, the record with a `prediction`
+    out (written to `out` as JSONL when given). A line that is not a record with that field is named."""
+    run = run if isinstance(run, Run) else Run(run)
+    field, path = run.config.data.source_field, Path(source)
+    if not path.is_file():
+        raise GenlabError(f"--source-file: {path} is not a file")
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise GenlabError(f"--source-file: {path}:{number} is not JSON") from None
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise GenlabError(f"--source-file: {path}:{number} has no text field {field!r} (data.source_field)")
+            records.append(record)
+    predictions = run.sample(len(records), seed=seed, source=[r[field] for r in records], **options) if records else []
+    done = [{**r, "prediction": p} for r, p in zip(records, predictions, strict=True)]
+    if out is not None:
+        Path(out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
+    return done
 
 
 @quiet

@@ -135,7 +135,13 @@ def sample(
         temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, stop=stop or None,
         num_beams=num_beams))
     if source_file is not None:
-        _translate_file(run, source_file, out_file, seed, options)
+        from genlab.api import translate_file
+
+        records = translate_file(run, source_file, out_file, seed=seed, **options)
+        if out_file is None:
+            print("\n".join(json.dumps(r, ensure_ascii=False) for r in records))
+        else:
+            out.print(f"wrote {len(records)} predictions to {out_file}")
         return
     if source is not None:
         options["source"] = source
@@ -318,12 +324,9 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """What a run is: family, parameters, data, training done, metrics."""
-    import genlab
+    from genlab.run import describe
 
-    prepared = run_dir / "prepared.json"
-    details = genlab.load(run_dir).info() if not prepared.is_file() else {
-        k: v for k, v in json.loads(prepared.read_text()).items() if k in ("name", "modality", "source", "read",
-                                                                         "items", "splits", "class_names", "labels")}
+    details = describe(run_dir)
     if as_json:
         print(json.dumps(details, indent=2))
         return
@@ -405,30 +408,6 @@ def export_run(
         out.print(f"wrote {', '.join(p.name for p in written)} to {out_dir}")
     else:
         raise GenlabError(f"--to: {to!r} is not one of docker, onnx")
-
-
-def _translate_file(run, path: Path, out_file: Path | None, seed: int, options: dict) -> None:
-    """Batch mode of a seq2seq run: each JSONL record's source in, the record with a `prediction` out."""
-    field = run.config.data.source_field
-    if not path.is_file():
-        raise GenlabError(f"--source-file: {path} is not a file")
-    records = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise GenlabError(f"--source-file: {path}:{number} is not JSON") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise GenlabError(f"--source-file: {path}:{number} has no text field {field!r} (data.source_field)")
-            records.append(record)
-    predictions = run.sample(len(records), seed=seed, source=[r[field] for r in records], **options) if records else []
-    lines = [json.dumps({**r, "prediction": p}, ensure_ascii=False) for r, p in zip(records, predictions, strict=True)]
-    if out_file is None:
-        print("\n".join(lines))
-        return
-    out_file.write_text("\n".join(lines) + "\n")
-    out.print(f"wrote {len(lines)} predictions to {out_file}")
 
 
 def _int_or_str(text: str) -> int | str:

@@ -85,6 +85,18 @@ def load(path: str | Path) -> Run:
     return Run(path)
 
 
+PREPARED_MANIFEST = "prepared.json"  # what `genlab prepare` writes at the top of a prepared set
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """What a run directory (family, size, data, training, metrics) or a prepared set (items, splits) is."""
+    manifest = Path(path) / PREPARED_MANIFEST
+    if not manifest.is_file():
+        return Run(path).info()
+    keys = ("name", "modality", "source", "read", "items", "splits", "class_names", "labels")
+    return {k: v for k, v in json.loads(manifest.read_text()).items() if k in keys}
+
+
 class Run:
     """A trained run: its config, its model (loaded on first use, without Lightning) and its records."""
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from genlab.config import Section
+from genlab.config.section import Section
 
 
 class Validate(Section):

@@ -8,74 +8,27 @@ same record with their own modality; labels are int64 (N,) or None.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genlab.data.records import Dataset, DataSpec, Loaded, Split, split_indices
 from genlab.data.registry import FILES, source
 from genlab.errors import GenlabError
+
+__all__ = ["Dataset", "DataSpec", "Loaded", "Split", "load_dataset", "prepares"]  # the records live in records.py
 
 log = logging.getLogger("genlab")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
-@dataclass(frozen=True)
-class DataSpec:
-    """What a model needs to know of its data to be built."""
-
-    modality: str  # "image", "text"; "table" next
-    shape: tuple[int, ...]  # one example: (C, H, W) for images, (context,) token windows for text
-    class_names: tuple[str, ...] = ()
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-@dataclass
-class Split:
-    x: torch.Tensor | list[str]  # examples; text before tokenizing: documents
-    y: torch.Tensor | None = None
-    factors: torch.Tensor | None = None  # (N, K) generative factor indices, when the source knows them (shapes)
-    weights: torch.Tensor | None = None  # (N,) sampling weights: training batches draw items in proportion
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-
-@dataclass
-class Loaded:
-    """What a source returns: all examples, before the split."""
-
-    x: torch.Tensor | list[str]  # text: one string per document
-    y: torch.Tensor | None = None
-    class_names: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    modality: str = "image"
-    parts: tuple[int, int] | None = None  # a source's own split: the first a are train, the next b val, then test
-    test: torch.Tensor | None = None  # a source's own test examples when their size differs (a whole photograph)
-    factors: torch.Tensor | None = None  # (N, K) indices of the factors that generated each example
-    factor_names: tuple[str, ...] = ()
-    weights: torch.Tensor | None = None  # (N,) sampling weights (genlab prepare's labels step, weights: true)
-
-
-@dataclass
-class Dataset:
-    spec: DataSpec
-    train: Split
-    val: Split
-    test: Split
-    notes: list[str] = field(default_factory=list)  # what loading skipped or changed, for the report
-    factor_names: tuple[str, ...] = ()  # names of Split.factors' columns
-
-
 def load_dataset(cfg) -> Dataset:
     """Load `cfg.source` (or the set `genlab prepare` wrote, `cfg.prepared`) and split it by `cfg.split_seed`."""
     if prepares(cfg):
-        from genlab.prepare.store import cached, load_prepared
+        from genlab.prepare import cached
+        from genlab.prepare.store import load_prepared
 
         data: Loaded = load_prepared(cfg.prepared or cached(cfg))
     else:
@@ -90,7 +43,7 @@ def load_dataset(cfg) -> Dataset:
     if not torch.isfinite(x).all():
         raise GenlabError(f"data.source {cfg.source!r}: the data holds NaN or infinite values")
     if data.parts is None:
-        train, val, test = _split(len(x), y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        train, val, test = split_indices(len(x), y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     else:
         a, b = data.parts
         train, val, test = np.arange(a), np.arange(a, a + b), np.arange(a + b, len(x))
@@ -128,22 +81,8 @@ def _split_documents(data: Loaded, cfg) -> Dataset:
         a, b = round(n * (1 - cfg.val_fraction - cfg.test_fraction)), round(n * (1 - cfg.test_fraction))
         parts = [[t] if t else [] for t in (text[:a], text[a:b], text[b:])]
         return Dataset(spec, *(Split(p) for p in parts), data.notes)
-    train, val, test = _split(len(docs), None, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    train, val, test = split_indices(len(docs), None, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     return Dataset(spec, *(Split([docs[i] for i in idx]) for idx in (train, val, test)), data.notes)
-
-
-def _split(n: int, y: torch.Tensor | None, val: float, test: float, seed: int):
-    """Stratified by class when there are labels, so every split sees every class."""
-    rng = np.random.default_rng(seed)
-    groups = [np.arange(n)] if y is None else [np.flatnonzero(y.numpy() == c) for c in np.unique(y.numpy())]
-    parts: list[list[np.ndarray]] = [[], [], []]
-    for idx in groups:
-        idx = rng.permutation(idx)
-        n_test, n_val = round(len(idx) * test), round(len(idx) * val)
-        parts[0].append(idx[n_test + n_val :])
-        parts[1].append(idx[n_test : n_test + n_val])
-        parts[2].append(idx[:n_test])
-    return [np.sort(np.concatenate(p)) for p in parts]
 
 
 def _to_model_range(images: torch.Tensor, size: int | None, channels: int | None) -> torch.Tensor:

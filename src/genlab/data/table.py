@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genlab.data.sources import Dataset, DataSpec, Loaded, Split, _split
+from genlab.data.records import Dataset, DataSpec, Loaded, Split, split_indices
 from genlab.errors import GenlabError
 
 log = logging.getLogger("genlab")
@@ -128,7 +128,7 @@ def split_table(data: Loaded, cfg) -> Dataset:
         train, val, test = rows[rows < a], rows[(rows >= a) & (rows < a + b)], rows[rows >= a + b]
     else:
         codes = None if labels is None else _codes(labels.iloc[rows])
-        parts = _split(len(rows), codes, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        parts = split_indices(len(rows), codes, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
         train, val, test = (rows[p] for p in parts)
     test = np.sort(np.concatenate([test, np.flatnonzero(~normal)]))
     anomalous = None

@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from genlab.data.sources import Split
+from genlab.data.records import Split
 from genlab.evaluation.features import FeatureNet, feature_net
 from genlab.evaluation.metrics import frechet_distance
 

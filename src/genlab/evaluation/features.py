@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from genlab.data.sources import Split
+from genlab.data.records import Split
 
 WIDTH = 64  # feature dimension: small enough that a few hundred samples estimate its covariance
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sklearn.metrics import mutual_info_score
 
-from genlab.data.sources import Split
+from genlab.data.records import Split
 
 ACTIVE = 0.01  # a dimension is active when its posterior mean varies across data by more than this (Burda et al.)
 MIG_BINS = 20  # disentanglement_lib's discretization

@@ -18,8 +18,9 @@ import torch
 from safetensors.torch import load_model
 
 from genlab.config import ModelConfig, Section, TrainConfig
-from genlab.data.sources import Dataset, DataSpec
+from genlab.data.records import Dataset, DataSpec
 from genlab.errors import GenlabError
+from genlab.training.lightning_internals import step_not_counted
 from genlab.training.optim import build_optimizer, build_schedule
 
 META_FILE = "genlab.json"  # beside the ecosystem's own files in a model folder
@@ -132,13 +133,8 @@ class GenerativeModel(L.LightningModule):
         if counts_as_step:
             optimizer.step()
             return
-        # Lightning advances its step counter through these two hooks of its optimizer wrapper
-        hooks = optimizer._on_before_step, optimizer._on_after_step
-        optimizer._on_before_step = optimizer._on_after_step = _nothing
-        try:
+        with step_not_counted(optimizer):
             optimizer.step()
-        finally:
-            optimizer._on_before_step, optimizer._on_after_step = hooks
 
     def step_schedules(self) -> None:
         """Advance the learning-rate schedules once per step, for families that optimize manually."""
@@ -186,10 +182,6 @@ class GenerativeModel(L.LightningModule):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def _nothing() -> None:
-    pass
 
 
 def load_hub_module(net_class: type[torch.nn.Module], path: str | Path) -> torch.nn.Module:

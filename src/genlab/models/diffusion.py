@@ -17,7 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from genlab.config import TrainConfig
 from genlab.config.diffusion import DEFAULT_STEPS, DiffusionConfig, DiffusionSampling
-from genlab.data.sources import DataSpec
+from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
 from genlab.quiet import library_noise_silenced

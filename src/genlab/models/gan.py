@@ -21,7 +21,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from genlab.config import TrainConfig
 from genlab.config.gan import GANConfig, GANSampling
-from genlab.data.sources import DataSpec
+from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel, load_hub_module
 from genlab.models.diffaugment import diff_augment

@@ -25,7 +25,7 @@ from transformers import (
 
 from genlab.config import TrainConfig, sampling_options
 from genlab.config.seq2seq import Seq2SeqConfig, Seq2SeqSampling
-from genlab.data.sources import Dataset, DataSpec, Split
+from genlab.data.records import Dataset, DataSpec, Split
 from genlab.data.tokenize import train_tokenizer
 from genlab.errors import GenlabError
 from genlab.models.base import Figure, GenerativeModel

@@ -21,7 +21,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from genlab.config import TrainConfig
 from genlab.config.sr_gan import SRConfig, SRSampling
-from genlab.data.sources import Dataset, DataSpec
+from genlab.data.records import Dataset, DataSpec
 from genlab.errors import GenlabError
 from genlab.models.base import Figure, GenerativeModel, load_hub_module
 

@@ -24,7 +24,7 @@ from torch import nn
 from genlab.config import TrainConfig
 from genlab.config.tabular_vae import TabularSampling, TabularVAEConfig
 from genlab.data.columns import Columns
-from genlab.data.sources import Dataset, DataSpec, Split
+from genlab.data.records import Dataset, DataSpec, Split
 from genlab.errors import GenlabError
 from genlab.models.base import Figure, GenerativeModel, load_hub_module
 

@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Co
 
 from genlab.config import TrainConfig, sampling_options
 from genlab.config.transformer import TextSampling, TransformerConfig
-from genlab.data.sources import Dataset, DataSpec, Split
+from genlab.data.records import Dataset, DataSpec, Split
 from genlab.data.tokenize import pack, train_tokenizer
 from genlab.errors import GenlabError
 from genlab.models.base import Figure, GenerativeModel

@@ -20,7 +20,7 @@ from torch import nn
 
 from genlab.config import TrainConfig
 from genlab.config.vae import VAEConfig, VAESampling
-from genlab.data.sources import DataSpec
+from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
 from genlab.models.base import IMAGE_FIGURES, Figure, GenerativeModel, load_hub_module
 

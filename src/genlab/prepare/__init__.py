@@ -11,6 +11,7 @@ run leaves the earlier prepared set as it was.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -29,8 +30,19 @@ from genlab.prepare import dedup, read, steps, stream
 from genlab.prepare.record import Item, StepLog
 from genlab.prepare.report import write_reports
 from genlab.prepare.split import assign_splits, check_labels
-from genlab.prepare.store import MANIFEST, REMOVED, SPLITS, load_prepared, reasons, write_split
+from genlab.prepare.store import (
+    MANIFEST,
+    REMOVED,
+    SPLITS,
+    cache_folder,
+    load_prepared,
+    reasons,
+    summary,
+    write_split,
+)
 from genlab.quiet import quiet
+
+log = logging.getLogger("genlab")
 
 __all__ = ["load_prepared", "prepare"]
 
@@ -289,3 +301,21 @@ def _preview(items, modality: str) -> tuple[Any, list[float], str]:
     if modality == "table":
         return items.head(10).to_html(), [], ""
     return np.stack([i.value for i in items[:32]]) if items else np.zeros((0, 1, 1, 1), np.uint8), [], ""
+
+
+def cached(data) -> Path:
+    """The prepared set for `data` from the cache (GENLAB_CACHE, default ~/.cache/genlab), preparing it if new.
+    A file lock makes one process prepare while the others (DDP ranks, a second fit) wait and reuse it."""
+    from filelock import FileLock
+
+    folder = cache_folder(data)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+        if (folder / MANIFEST).is_file():
+            log.info(f"data: using the prepared set cached at {folder}")
+            return folder
+        log.info(f"data: preparing {data.path or data.source} into the cache at {folder}")
+        prepare(RunConfig(name=folder.name, data=data), folder)
+    line = summary(folder)
+    (log.info if "nothing removed" in line else log.warning)(f"data: {line}; report: {folder / 'data_report.html'}")
+    return folder

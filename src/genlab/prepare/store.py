@@ -21,10 +21,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from genlab.errors import GenlabError
+from genlab.run import PREPARED_MANIFEST
 
 log = logging.getLogger("genlab")
 SPLITS = ("train", "val", "test")
-MANIFEST = "prepared.json"
+MANIFEST = PREPARED_MANIFEST
 REMOVED = "removed.jsonl"
 
 
@@ -59,27 +60,6 @@ def cache_folder(data) -> Path:
     return Path(os.environ.get("GENLAB_CACHE", Path.home() / ".cache" / "genlab")) / "prepared" / fingerprint(data)
 
 
-def cached(data) -> Path:
-    """The prepared set for `data` from the cache (GENLAB_CACHE, default ~/.cache/genlab), preparing it if new.
-    A file lock makes one process prepare while the others (DDP ranks, a second fit) wait and reuse it."""
-    from filelock import FileLock
-
-    from genlab.config import RunConfig
-    from genlab.prepare import prepare
-
-    folder = cache_folder(data)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder.parent / f".{folder.name}.lock")):
-        if (folder / MANIFEST).is_file():
-            log.info(f"data: using the prepared set cached at {folder}")
-            return folder
-        log.info(f"data: preparing {data.path or data.source} into the cache at {folder}")
-        prepare(RunConfig(name=folder.name, data=data), folder)
-    line = summary(folder)
-    (log.info if "nothing removed" in line else log.warning)(f"data: {line}; report: {folder / 'data_report.html'}")
-    return folder
-
-
 def summary(folder: Path) -> str:
     """One line: how many items were read, what the steps removed or changed and why, what each split holds."""
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -95,7 +75,7 @@ def reasons(steps: list[dict]) -> list[str]:
 
 def load_prepared(path: str | Path):
     """A prepared folder as a source's `Loaded`, with its own split (`parts`)."""
-    from genlab.data.sources import Loaded
+    from genlab.data.records import Loaded
 
     path = Path(path)
     if not (path / MANIFEST).is_file():

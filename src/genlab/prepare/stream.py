@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import genlab.prepare.steps as steps
 from genlab.config.prepare import Clean, Deduplicate, Normalize
-from genlab.prepare import steps
 from genlab.prepare.dedup import digest, shingles
 from genlab.prepare.record import Item, StepLog
 from genlab.prepare.store import SPLITS

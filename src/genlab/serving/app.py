@@ -23,32 +23,16 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+import genlab.serving.media as media
+import genlab.serving.text as text
 from genlab.errors import GenlabError
 from genlab.serving.config import ServeConfig
-from genlab.serving.guard import Guard, Refused
+from genlab.serving.guard import Refused
 from genlab.serving.metrics import Metrics
 from genlab.serving.models import Served, load_served
+from genlab.serving.server import Server, authorize
 
 log = logging.getLogger("genlab.serve")
-
-
-class Server:
-    """What the routes share: the models by name, the guard, the metrics and the config."""
-
-    def __init__(self, models: dict[str, Served], config: ServeConfig, metrics: Metrics) -> None:
-        self.models, self.config, self.metrics = models, config, metrics
-        self.guard = Guard(config)
-
-    def model(self, name: str, kinds: tuple[str, ...], route: str) -> Served:
-        """The model a request names, if it serves this route: 404 otherwise, naming what is loaded."""
-        served = self.models.get(name)
-        if served is None:
-            raise Refused(404, f"model: {name!r} is not served here; loaded: {', '.join(self.models)}",
-                          code="model_not_found")
-        if served.kind not in kinds:
-            raise Refused(400, f"model: {name!r} is a {served.family} model, which does not serve {route}",
-                          code="invalid_request_error")
-        return served
 
 
 def error_body(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
@@ -103,8 +87,6 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, met
             {"id": name, "object": "model", "created": s.created, "owned_by": "genlab",
              "genlab": {"family": s.family, "kind": s.kind}} for name, s in models.items()]}
 
-    from genlab.serving import media, text
-
     app.include_router(text.router)
     app.include_router(media.router)
     app.openapi = lambda: _openapi(app, list(models))
@@ -121,15 +103,6 @@ def _openapi(app: FastAPI, names: list[str]) -> dict:
                 field["enum"] = names
         app.openapi_schema = spec
     return app.openapi_schema
-
-
-def authorize(request: Request) -> str:
-    """The caller's identity (API key or address) after the key check and its rate limits; raises Refused."""
-    server: Server = request.app.state.server
-    client = request.client.host if request.client else "unknown"
-    identity = server.guard.identify(request.headers.get("authorization"), client)
-    server.guard.admit(identity)
-    return identity
 
 
 def serve_app(paths: list[str | Path], config: ServeConfig | None = None) -> FastAPI:

@@ -16,10 +16,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from genlab.errors import GenlabError
-from genlab.serving.app import Server, authorize
 from genlab.serving.guard import Refused
 from genlab.serving.models import Served, decode_image
 from genlab.serving.schemas import ImageRequest, RowsRequest, TableSampleRequest, UpscaleRequest
+from genlab.serving.server import Server, authorize
 from genlab.serving.workers import QueueFull
 
 router = APIRouter()

@@ -25,9 +25,9 @@ class StreamOptions(BaseModel):
 class Sampling(Request):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)  # genlab: 0 is no cut
+    top_k: int = Field(0, ge=0, le=2**31 - 1)  # genlab: 0 is no cut; bounded, as it reaches a tensor
     repetition_penalty: float = Field(1.0, gt=0, le=10)  # genlab
-    min_tokens: int = Field(0, ge=0)  # genlab, as vLLM's: no end-of-text before this many tokens
+    min_tokens: int = Field(0, ge=0, le=2**31 - 1)  # genlab, as vLLM's: no end-of-text before this many tokens
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None

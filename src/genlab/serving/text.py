@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from genlab.serving.app import Server, authorize
 from genlab.serving.engine import TextParams
 from genlab.serving.guard import OutputFilter, Refused
 from genlab.serving.models import ServedLM, ServedSeq2Seq
 from genlab.serving.schemas import ChatRequest, CompletionRequest, ResponsesRequest, Sampling
+from genlab.serving.server import Server, authorize
 from genlab.serving.workers import QueueFull
 
 router = APIRouter(tags=["text"])

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint, RichProgressBar, WeightAveraging
+from lightning.pytorch.callbacks import Checkpoint, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from genlab.errors import GenlabError
@@ -248,51 +247,6 @@ def _batch_size(batch) -> int:
     first = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
     return len(first)
 
-
-
-class EMA(WeightAveraging):
-    """Lightning's weight averaging with an EMA whose decay warms up as (1 + n) / (10 + n), over the
-    family's `ema_module()`: the whole model, or a GAN's generator alone. Checkpoints keep Lightning's
-    layout: `state_dict` holds the averaged weights (the rest as trained), `current_model_state` the raw."""
-
-    def __init__(self, decay: float, warmup: bool) -> None:
-        def lerp_all(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
-            d = min(decay, (1 + n.item()) / (10 + n.item())) if warmup else decay
-            if not averaged[0].is_floating_point():  # torch groups by dtype: integer buffers (BERT's position
-                torch._foreach_copy_(averaged, current)  # ids) are copied, not averaged
-                return
-            torch._foreach_lerp_(averaged, current, 1 - d)
-
-        super().__init__(multi_avg_fn=lerp_all)
-        self._prefix = ""  # where the averaged module sits in the model's state_dict
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            module = pl_module.ema_module()
-            self._prefix = next(f"{name}." if name else "" for name, m in pl_module.named_modules() if m is module)
-            self._average_model = AveragedModel(module, device=self._device or pl_module.device,
-                                                use_buffers=self._use_buffers, **self._kwargs)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
-        super().on_train_batch_end(trainer, pl_module.ema_module(), outputs, batch, batch_idx)
-
-    def _swap_models(self, pl_module: L.LightningModule) -> None:
-        super()._swap_models(pl_module.ema_module())
-
-    def _copy_average_to_current(self, pl_module: L.LightningModule) -> None:
-        super()._copy_average_to_current(pl_module.ema_module())
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        super().on_save_checkpoint(trainer, pl_module, checkpoint)  # state_dict: the averaged module's keys
-        if "current_model_state" in checkpoint:
-            averaged = {self._prefix + k: v for k, v in checkpoint["state_dict"].items()}
-            checkpoint["state_dict"] = {**checkpoint["current_model_state"], **averaged}
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        n = len(self._prefix)
-        state = {k[n:]: v for k, v in checkpoint["state_dict"].items() if k.startswith(self._prefix)}
-        super().on_load_checkpoint(trainer, pl_module, {**checkpoint, "state_dict": state})
 
 
 class SamplePreview(L.Callback):

@@ -14,7 +14,6 @@ from genlab.config import TrainConfig
 from genlab.errors import GenlabError
 from genlab.run import RunPaths
 from genlab.training.callbacks import (
-    EMA,
     AtomicCheckpointIO,
     GradientWatch,
     LastCheckpoint,
@@ -24,6 +23,7 @@ from genlab.training.callbacks import (
     SeedEveryStep,
     Throughput,
 )
+from genlab.training.lightning_internals import EMA
 
 
 def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool, manual_optimization: bool = False,
