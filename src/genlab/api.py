@@ -13,7 +13,6 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from genlab import __version__
 from genlab.config import RunConfig, load_config
 from genlab.data.datamodule import TensorDataModule
 from genlab.data.sources import load_dataset
@@ -25,6 +24,7 @@ from genlab.run import Run, RunPaths, write_json
 from genlab.training.callbacks import NonFiniteLoss, Throughput, TrainingInterrupted
 from genlab.training.optim import lr_factor
 from genlab.training.trainer import build_trainer
+from genlab.version import __version__
 
 log = logging.getLogger("genlab")
 

@@ -81,7 +81,8 @@ def _copy_source(dest: Path) -> None:
         '[build-system]\nrequires = ["setuptools>=77"]\nbuild-backend = "setuptools.build_meta"\n\n'
         f'[project]\nname = "genlab"\nversion = "{metadata.version("genlab")}"\nrequires-python = ">=3.10"\n'
         f'dependencies = [\n{deps}]\n\n[project.scripts]\ngenlab = "genlab.cli:main"\n\n'
-        '[tool.setuptools.packages.find]\nwhere = ["src"]\n')
+        '[tool.setuptools.packages.find]\nwhere = ["src"]\n\n'
+        '[tool.setuptools.package-data]\n"genlab.data" = ["files/*.gz"]\n')
 
 
 def _manifests(slug: str, image: str) -> dict[str, dict]:

@@ -178,36 +178,59 @@ def _read(data, log: StepLog) -> tuple[str, Any]:
     return "image", items
 
 
-def _run(step, items, modality: str, data, log: StepLog, extra: dict):
-    kind = step.step
-    if modality == "table":
-        if kind == "clean":
-            return steps.clean_table(items, step, log)
-        if kind == "normalize":
-            items, extra["scaling"] = steps.normalize_table(items, step, log)
-            return items
-        if kind == "deduplicate":
-            return dedup.deduplicate_table(items, step, log)
-        if kind == "missing":
-            return steps.missing_table(items, step, log)
-    elif kind == "clean":
-        if step.mode is None and data.channels is not None:
-            step = step.model_copy(update={"mode": "L" if data.channels == 1 else "RGB"})
-        return steps.clean_images(items, step, log)
-    elif kind == "normalize":
-        return steps.normalize_images(items, step, data.image_size, log)
-    elif kind == "deduplicate":
-        if modality == "image" and items and not isinstance(items[0].value, np.ndarray):
-            items = steps.normalize_images(items, Normalize(), data.image_size, StepLog("normalize"))
-        return dedup.deduplicate_images(items, step, log)
-    if kind == "labels":
+def _clean_images(step, items, data, log: StepLog, extra: dict):
+    if step.mode is None and data.channels is not None:
+        step = step.model_copy(update={"mode": "L" if data.channels == 1 else "RGB"})
+    return steps.clean_images(items, step, log)
+
+
+def _normalize_table(step, items, data, log: StepLog, extra: dict):
+    items, extra["scaling"] = steps.normalize_table(items, step, log)
+    return items
+
+
+def _deduplicate_images(step, items, data, log: StepLog, extra: dict):
+    if items and not isinstance(items[0].value, np.ndarray):  # hashes compare images of one size
+        items = steps.normalize_images(items, Normalize(), data.image_size, StepLog("normalize"))
+    return dedup.deduplicate_images(items, step, log)
+
+
+def _check_labels(modality: str) -> Callable:
+    def run(step, items, data, log: StepLog, extra: dict):
         extra["labels"] = check_labels(_labels(items, modality, data), step, log)
         return items
-    if kind == "augment" and modality == "image":  # nothing to do now: fit applies it to each training batch
-        on = [k for k, v in step.model_dump(exclude={"step"}).items() if v]
-        log.notes.append(f"applied during training: {', '.join(on) or 'nothing switched on'}")
-        log.kept = len(items)
-        return items
+
+    return run
+
+
+def _augment_later(step, items, data, log: StepLog, extra: dict):
+    """Nothing to do now: fit applies it to each training batch."""
+    on = [k for k, v in step.model_dump(exclude={"step"}).items() if v]
+    log.notes.append(f"applied during training: {', '.join(on) or 'nothing switched on'}")
+    log.kept = len(items)
+    return items
+
+
+# (modality, step) -> what runs it on items held in memory; text streams through prepare/stream.py instead
+STEPS: dict[tuple[str, str], Callable] = {
+    ("image", "clean"): _clean_images,
+    ("image", "normalize"): lambda step, items, data, log, extra: steps.normalize_images(items, step, data.image_size,
+                                                                                          log),
+    ("image", "deduplicate"): _deduplicate_images,
+    ("image", "labels"): _check_labels("image"),
+    ("image", "augment"): _augment_later,
+    ("table", "clean"): lambda step, items, data, log, extra: steps.clean_table(items, step, log),
+    ("table", "normalize"): _normalize_table,
+    ("table", "deduplicate"): lambda step, items, data, log, extra: dedup.deduplicate_table(items, step, log),
+    ("table", "missing"): lambda step, items, data, log, extra: steps.missing_table(items, step, log),
+    ("table", "labels"): _check_labels("table"),
+}
+
+
+def _run(step, items, modality: str, data, log: StepLog, extra: dict):
+    run = STEPS.get((modality, step.step))
+    if run is not None:
+        return run(step, items, data, log, extra)
     log.notes.append(f"does not apply to {modality}")
     log.kept = len(items)
     return items

@@ -43,8 +43,8 @@ def write_split(out: Path, modality: str, split: str, values, labels: list[int] 
 
 def fingerprint(data) -> str:
     """The data config (less `prepared`) plus every input file's name, size and mtime: a changed input, a new key."""
-    from genlab import __version__
     from genlab.prepare.read import files_under
+    from genlab.version import __version__
 
     parts = [json.dumps(data.model_dump(mode="json", exclude={"prepared"}), sort_keys=True), __version__]
     if data.path is not None:
