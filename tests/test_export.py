@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 
 import genlab
 from genlab.cli import app
-from genlab.export.onnx import graphs
 from genlab.serving.models import load_model
 
 from .conftest import LM
@@ -138,9 +137,9 @@ def test_onnx_graphs_match_pytorch_in_onnxruntime(exported, family):
     model = load_model(runs[family].path)[0]
     described = json.loads((root / f"{family}-onnx/onnx.json").read_text())
     assert described["family"] == family
-    for name, (module, example, _, _) in graphs(model).items():
+    for name, graph in model.onnx_graphs().items():
         # a batch size and (for images and text) a size other than the export's, through the dynamic axes
-        inputs = {k: torch.cat([v, v[:1]]) for k, v in example.items()}
+        module, inputs = graph.module, {k: torch.cat([v, v[:1]]) for k, v in graph.inputs.items()}
         if family == "sr_gan":
             inputs = {"images": torch.rand(3, 3, 20, 28) * 2 - 1}
         session = ort.InferenceSession(str(root / f"{family}-onnx" / described["graphs"][name]["file"]))

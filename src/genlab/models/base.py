@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -51,6 +51,30 @@ def metric_at(metrics: dict[str, Any], dotted: str) -> Any:
     return metrics
 
 
+@dataclass
+class Graph:
+    """One network a family exports to ONNX: the module, example inputs, their dynamic axes, and what it returns."""
+
+    module: torch.nn.Module
+    inputs: dict[str, torch.Tensor]
+    axes: dict[str, dict[int, str]]  # each input's dynamic axes
+    meaning: str  # what the output is, for onnx.json
+    output: str = "output"
+    output_axes: dict[int, str] = field(default_factory=lambda: {0: "batch"})
+    traced: dict[str, dict[int, Any]] | None = None  # torch.export Dims instead: modules that trace only there
+
+
+class ToUnit(torch.nn.Module):
+    """A network whose output is in [-1, 1], read out in [0, 1] as a family's `sample` returns images."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return (self.net(*inputs) / 2 + 0.5).clamp(0, 1)
+
+
 IMAGE_FIGURES = (Figure("fid", "FID", False, ("fid_real_baseline", "real vs real")),
                  Figure("kid_mean", "KID", False), Figure("precision", "precision", True),
                  Figure("recall", "recall", True), Figure("class_distribution_tv", "class TV", False))
@@ -67,6 +91,7 @@ class GenerativeModel(L.LightningModule):
     watches_collapse: ClassVar[bool] = False  # score samples for mode collapse at each validation (GANs)
     optimizer_names: ClassVar[tuple[str, ...]] = ()  # names for each optimizer's logged gradient norm
     headline: ClassVar[tuple[Figure, ...]] = IMAGE_FIGURES  # what evaluate prints; the first ranks a bake-off
+    network: ClassVar[str | None] = None  # the attribute holding the hub-mixin network that the model folder stores
 
     def __init__(self, config: ModelConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__()
@@ -85,11 +110,25 @@ class GenerativeModel(L.LightningModule):
         raise NotImplementedError
 
     def save_pretrained(self, path: str | Path) -> None:
-        raise NotImplementedError
+        """The `network` in huggingface_hub's layout (config.json + model.safetensors), with genlab.json beside it;
+        families stored in their ecosystem's own format (diffusers, transformers) override this pair."""
+        if self.network is None:
+            raise NotImplementedError(f"{type(self).__name__}: set `network` or override save_pretrained")
+        getattr(self, self.network).save_pretrained(Path(path))
+        self.write_meta(Path(path))
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> GenerativeModel:
-        raise NotImplementedError
+        if cls.network is None:
+            raise NotImplementedError(f"{cls.__name__}: set `network` or override from_pretrained")
+        config, spec = cls.read_meta(path)
+        model = cls(config, spec)
+        load_model(getattr(model, cls.network), Path(path) / "model.safetensors")
+        return model.eval()
+
+    def onnx_graphs(self) -> dict[str, Graph]:
+        """The networks `genlab export --to onnx` writes, by name; a family without any returns none."""
+        return {}
 
     def preview(self, n: int, generator: Any = None) -> Any:
         """A quick look at the model during training; families with slow samplers pick fast settings."""
@@ -182,11 +221,3 @@ class GenerativeModel(L.LightningModule):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def load_hub_module(net_class: type[torch.nn.Module], path: str | Path) -> torch.nn.Module:
-    """A `PyTorchModelHubMixin` network from its folder (config.json + model.safetensors). Read here
-    rather than by `net_class.from_pretrained`, which prints a line on every local load."""
-    net = net_class(**json.loads((Path(path) / "config.json").read_text()))
-    load_model(net, Path(path) / "model.safetensors")
-    return net

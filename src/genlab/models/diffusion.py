@@ -19,7 +19,7 @@ from genlab.config import TrainConfig
 from genlab.config.diffusion import DEFAULT_STEPS, DiffusionConfig, DiffusionSampling
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel
+from genlab.models.base import GenerativeModel, Graph
 from genlab.quiet import library_noise_silenced
 
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler}
@@ -27,6 +27,17 @@ SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm-solver": DPMSolve
 # blow up to noise at 20 steps (seen on the digits demo); DDPM and DDIM clip x0 through clip_sample.
 SAMPLER_OPTIONS = {"dpm-solver": {"algorithm_type": "dpmsolver++", "thresholding": True, "sample_max_value": 1.0}}
 BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2", "scaled_linear": "scaled_linear"}
+
+
+class _Denoiser(torch.nn.Module):
+    """(noisy images, timesteps[, class labels]) -> the UNet's prediction, as the schedulers consume it."""
+
+    def __init__(self, unet: torch.nn.Module, conditional: bool) -> None:
+        super().__init__()
+        self.unet, self.conditional = unet, conditional
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None):
+        return self.unet(sample, timestep, class_labels=class_labels if self.conditional else None).sample
 
 
 class Diffusion(GenerativeModel):
@@ -127,6 +138,14 @@ class Diffusion(GenerativeModel):
         return torch.full((n,), self.null_class, device=self.device)
 
     # --- the model folder --------------------------------------------------------------------------
+
+    def onnx_graphs(self) -> dict[str, Graph]:
+        inputs = {"sample": torch.randn(2, *self.spec.shape), "timestep": torch.tensor([10, 500])}
+        if self.config.class_conditional:
+            inputs["class_labels"] = torch.tensor([0, 1])
+        return {"unet": Graph(_Denoiser(self.unet, self.config.class_conditional), inputs,
+                              dict.fromkeys(inputs, {0: "batch"}),
+                              "the predicted noise (N, C, H, W), for the scheduler in model/scheduler")}
 
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)

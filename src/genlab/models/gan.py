@@ -10,8 +10,6 @@ model.safetensors) plus genlab.json.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
@@ -23,7 +21,7 @@ from genlab.config import TrainConfig
 from genlab.config.gan import GANConfig, GANSampling
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel, load_hub_module
+from genlab.models.base import GenerativeModel, Graph, ToUnit
 from genlab.models.diffaugment import diff_augment
 
 
@@ -86,6 +84,7 @@ class GAN(GenerativeModel):
     Config = GANConfig
     Sampling = GANSampling
     modality = "image"
+    network = "generator"
     monitor = "val/fid"  # logged by the core's collapse watch, which scores a fixed latent batch
     watches_collapse = True
     optimizer_names = ("generator", "discriminator")
@@ -214,13 +213,10 @@ class GAN(GenerativeModel):
 
     # --- the model folder --------------------------------------------------------------------------
 
-    def save_pretrained(self, path: str | Path) -> None:
-        self.generator.save_pretrained(Path(path))
-        self.write_meta(Path(path))
+    def onnx_graphs(self) -> dict[str, Graph]:
+        inputs = {"z": torch.randn(2, self.config.latent_dim)}
+        if self.config.class_conditional:
+            inputs["labels"] = torch.tensor([0, 1]) % self.spec.num_classes
+        return {"generator": Graph(ToUnit(self.generator), inputs, dict.fromkeys(inputs, {0: "batch"}),
+                                   "images (N, C, H, W) in [0, 1]")}
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> GAN:
-        config, spec = cls.read_meta(path)
-        model = cls(config, spec)
-        model.generator = load_hub_module(Generator, path)
-        return model.eval()

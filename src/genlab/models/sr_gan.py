@@ -11,8 +11,6 @@ The model folder is the generator's `PyTorchModelHubMixin` folder plus genlab.js
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
@@ -23,7 +21,7 @@ from genlab.config import TrainConfig
 from genlab.config.sr_gan import SRConfig, SRSampling
 from genlab.data.records import Dataset, DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import Figure, GenerativeModel, load_hub_module
+from genlab.models.base import Figure, GenerativeModel, Graph, ToUnit
 
 MIN_SIDE, MAX_SIDE = 4, 2048  # input sides `upscale` accepts
 
@@ -95,6 +93,7 @@ class SRGAN(GenerativeModel):
     Config = SRConfig
     Sampling = SRSampling
     modality = "image"
+    network = "generator"
     task = "upscale"
     headline = (Figure("psnr", "PSNR dB", True, ("psnr_bicubic", "bicubic")),
                 Figure("ssim", "SSIM", True, ("ssim_bicubic", "bicubic")))
@@ -205,16 +204,12 @@ class SRGAN(GenerativeModel):
 
     # --- the model folder --------------------------------------------------------------------------
 
-    def save_pretrained(self, path: str | Path) -> None:
-        self.generator.save_pretrained(Path(path))
-        self.write_meta(Path(path))
+    def onnx_graphs(self) -> dict[str, Graph]:
+        image = {"images": torch.rand(1, self.spec.shape[0], 24, 32) * 2 - 1}
+        return {"generator": Graph(ToUnit(self.generator), image, {"images": {0: "batch", 2: "height", 3: "width"}},
+                                   f"images x{self.config.scale} in [0, 1] (inputs in [-1, 1])",
+                                   output_axes={0: "batch", 2: "out_height", 3: "out_width"})}
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> SRGAN:
-        config, spec = cls.read_meta(path)
-        model = cls(config, spec)
-        model.generator = load_hub_module(SRGenerator, path)
-        return model.eval()
 
 
 def _relativistic(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
+from safetensors.torch import load_model
 from torch import nn
 
 from genlab.config import TrainConfig
@@ -26,7 +27,7 @@ from genlab.config.tabular_vae import TabularSampling, TabularVAEConfig
 from genlab.data.columns import Columns
 from genlab.data.records import Dataset, DataSpec, Split
 from genlab.errors import GenlabError
-from genlab.models.base import Figure, GenerativeModel, load_hub_module
+from genlab.models.base import Figure, GenerativeModel
 
 log = logging.getLogger("genlab")
 
@@ -79,6 +80,7 @@ class TabularVAE(GenerativeModel):
     Sampling = TabularSampling
     modality = "table"
     task = "tabular"
+    network = "net"
     headline = (Figure("imputation.genlab.rmse", "imputation RMSE", False,
                        ("imputation.IterativeImputer.rmse", "IterativeImputer")),
                 Figure("imputation.genlab.accuracy", "imputation accuracy", True,
@@ -243,16 +245,14 @@ class TabularVAE(GenerativeModel):
     # --- the model folder --------------------------------------------------------------------------
 
     def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        self.net.save_pretrained(path)
-        self.columns.save(path)
-        self.write_meta(path)
+        super().save_pretrained(path)
+        self.columns.save(Path(path))
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> TabularVAE:
         config, spec = cls.read_meta(path)
         model = cls(config, spec, Columns.load(Path(path)))
-        model.net = load_hub_module(TabularNet, path)
+        load_model(model.net, Path(path) / "model.safetensors")
         return model.eval()
 
 

@@ -22,7 +22,7 @@ from genlab.config.transformer import TextSampling, TransformerConfig
 from genlab.data.records import Dataset, DataSpec, Split
 from genlab.data.tokenize import pack, train_tokenizer
 from genlab.errors import GenlabError
-from genlab.models.base import Figure, GenerativeModel
+from genlab.models.base import Figure, GenerativeModel, Graph
 from genlab.models.hf import load_folder, lora_wrap, save_folder
 
 log = logging.getLogger("genlab")
@@ -42,6 +42,17 @@ def hf_config(config: TransformerConfig, tokenizer) -> LlamaConfig | GPT2Config:
                        num_attention_heads=config.heads, num_key_value_heads=config.kv_heads or config.heads,
                        max_position_embeddings=config.context, attention_dropout=config.dropout,
                        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta}, **ids)
+
+
+class _Logits(torch.nn.Module):
+    """Token ids -> next-token logits, with no KV cache: one forward pass over the whole window."""
+
+    def __init__(self, lm: torch.nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=input_ids, use_cache=False).logits
 
 
 class Transformer(GenerativeModel):
@@ -195,6 +206,16 @@ class Transformer(GenerativeModel):
         return ids
 
     # --- the model folder --------------------------------------------------------------------------
+
+    def onnx_graphs(self) -> dict[str, Graph]:
+        from torch.export import Dim
+
+        ids = {"input_ids": torch.randint(0, len(self.tokenizer), (2, min(16, self.context)))}
+        # transformers' attention masks trace only through torch.export, so the lengths are Dims
+        return {"lm": Graph(_Logits(self.lm), ids, {"input_ids": {0: "batch", 1: "length"}},
+                            "next-token logits (N, length, vocab); no KV cache", output="logits",
+                            output_axes={0: "batch", 1: "length"},
+                            traced={"input_ids": {0: Dim("batch"), 1: Dim("length", max=self.context)}})}
 
     def save_pretrained(self, path: str | Path) -> None:
         save_folder(self.lm, self.tokenizer, self.config.lora, Path(path))

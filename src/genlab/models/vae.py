@@ -10,7 +10,6 @@ network's `PyTorchModelHubMixin` folder (config.json + model.safetensors) plus g
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ from genlab.config import TrainConfig
 from genlab.config.vae import VAEConfig, VAESampling
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import IMAGE_FIGURES, Figure, GenerativeModel, load_hub_module
+from genlab.models.base import IMAGE_FIGURES, Figure, GenerativeModel, Graph
 
 
 class VAENet(nn.Module, PyTorchModelHubMixin):
@@ -54,10 +53,23 @@ class VAENet(nn.Module, PyTorchModelHubMixin):
         return self.decoder(z)
 
 
+class _Decoder(nn.Module):
+    """z -> images in [0, 1], as `sample` reads the decoder out (its mean, without pixel noise)."""
+
+    def __init__(self, net: VAENet, bernoulli: bool) -> None:
+        super().__init__()
+        self.net, self.bernoulli = net, bernoulli
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.net(z)
+        return torch.sigmoid(out) if self.bernoulli else out.clamp(0, 1)
+
+
 class VAE(GenerativeModel):
     Config = VAEConfig
     Sampling = VAESampling
     modality = "image"
+    network = "net"
     task = "autoencode"
     headline = (*IMAGE_FIGURES, Figure("nll_iwae", "NLL (IWAE)", False), Figure("mig", "MIG", True))
 
@@ -169,13 +181,8 @@ class VAE(GenerativeModel):
 
     # --- the model folder --------------------------------------------------------------------------
 
-    def save_pretrained(self, path: str | Path) -> None:
-        self.net.save_pretrained(Path(path))
-        self.write_meta(Path(path))
+    def onnx_graphs(self) -> dict[str, Graph]:
+        return {"decoder": Graph(_Decoder(self.net, self.config.likelihood == "bernoulli"),
+                                 {"z": torch.randn(2, self.config.latent_dim)}, {"z": {0: "batch"}},
+                                 "images (N, C, H, W) in [0, 1]")}
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> VAE:
-        config, spec = cls.read_meta(path)
-        model = cls(config, spec)
-        model.net = load_hub_module(VAENet, path)
-        return model.eval()
