@@ -22,7 +22,7 @@ from typing import Any
 
 from genlab.config import RunConfig, load_config
 from genlab.errors import GenlabError
-from genlab.models.base import Figure
+from genlab.models.protocol import Figure
 from genlab.models.registry import family_class, family_names
 from genlab.quiet import quiet
 from genlab.run import Run, RunPaths, read_json, write_json

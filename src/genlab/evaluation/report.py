@@ -16,7 +16,7 @@ from genlab.images import image_grid
 from genlab.run import Run
 
 if TYPE_CHECKING:
-    from genlab.models.base import Figure
+    from genlab.models.protocol import Figure
 
 CURVES = ("train/loss", "val/loss")
 IMAGE_METRICS = {

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from genlab.errors import GenlabError
-from genlab.models.base import Graph
+from genlab.models.protocol import Graph
 
 
 def _export(graph: Graph, path: Path) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 from genlab.models.registry import family_class, family_config, family_names, family_sampling, register_family
 
 _LAZY = {"GenerativeModel": "genlab.models.base", "Diffusion": "genlab.models.diffusion",
-         "Transformer": "genlab.models.transformer"}
-__all__ = ["Diffusion", "GenerativeModel", "Transformer", "family_class", "family_config", "family_names",
-           "family_sampling",
-           "register_family"]
+         "Transformer": "genlab.models.transformer", "Figure": "genlab.models.protocol",
+         "Graph": "genlab.models.protocol"}
+__all__ = ["Diffusion", "Figure", "GenerativeModel", "Graph", "Transformer", "family_class", "family_config",
+           "family_names", "family_sampling", "register_family"]
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,8 @@ from genlab.config import TrainConfig
 from genlab.config.diffusion import DEFAULT_STEPS, DiffusionConfig, DiffusionSampling
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel, Graph
+from genlab.models.base import GenerativeModel
+from genlab.models.protocol import Graph
 from genlab.quiet import library_noise_silenced
 
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler}

@@ -21,8 +21,9 @@ from genlab.config import TrainConfig
 from genlab.config.gan import GANConfig, GANSampling
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import GenerativeModel, Graph, ToUnit
+from genlab.models.base import GenerativeModel
 from genlab.models.diffaugment import diff_augment
+from genlab.models.protocol import Graph, ToUnit
 
 
 class PixelNorm(nn.Module):

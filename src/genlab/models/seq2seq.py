@@ -28,8 +28,9 @@ from genlab.config.seq2seq import Seq2SeqConfig, Seq2SeqSampling
 from genlab.data.records import Dataset, DataSpec, Split
 from genlab.data.tokenize import train_tokenizer
 from genlab.errors import GenlabError
-from genlab.models.base import Figure, GenerativeModel
+from genlab.models.base import GenerativeModel
 from genlab.models.hf import load_folder, lora_wrap, save_folder
+from genlab.models.protocol import Figure
 from genlab.quiet import library_noise_silenced
 
 IGNORE = -100  # label positions the loss skips (padding)

@@ -21,7 +21,8 @@ from genlab.config import TrainConfig
 from genlab.config.sr_gan import SRConfig, SRSampling
 from genlab.data.records import Dataset, DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import Figure, GenerativeModel, Graph, ToUnit
+from genlab.models.base import GenerativeModel
+from genlab.models.protocol import Figure, Graph, ToUnit
 
 MIN_SIDE, MAX_SIDE = 4, 2048  # input sides `upscale` accepts
 

@@ -27,7 +27,8 @@ from genlab.config.tabular_vae import TabularSampling, TabularVAEConfig
 from genlab.data.columns import Columns
 from genlab.data.records import Dataset, DataSpec, Split
 from genlab.errors import GenlabError
-from genlab.models.base import Figure, GenerativeModel
+from genlab.models.base import GenerativeModel
+from genlab.models.protocol import Figure
 
 log = logging.getLogger("genlab")
 

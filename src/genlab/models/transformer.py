@@ -22,8 +22,9 @@ from genlab.config.transformer import TextSampling, TransformerConfig
 from genlab.data.records import Dataset, DataSpec, Split
 from genlab.data.tokenize import pack, train_tokenizer
 from genlab.errors import GenlabError
-from genlab.models.base import Figure, GenerativeModel, Graph
+from genlab.models.base import GenerativeModel
 from genlab.models.hf import load_folder, lora_wrap, save_folder
+from genlab.models.protocol import Figure, Graph
 
 log = logging.getLogger("genlab")
 

@@ -21,7 +21,8 @@ from genlab.config import TrainConfig
 from genlab.config.vae import VAEConfig, VAESampling
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
-from genlab.models.base import IMAGE_FIGURES, Figure, GenerativeModel, Graph
+from genlab.models.base import GenerativeModel
+from genlab.models.protocol import IMAGE_FIGURES, Figure, Graph
 
 
 class VAENet(nn.Module, PyTorchModelHubMixin):
