@@ -16,6 +16,18 @@ ACTIVE = 0.01  # a dimension is active when its posterior mean varies across dat
 MIG_BINS = 20  # disentanglement_lib's discretization
 
 
+def evaluate_autoencoder(run, ev, options: dict) -> dict:
+    """An image VAE: the image figures (FID, KID, precision/recall, classes) and its likelihood and latent space."""
+    from genlab.evaluation.metrics import evaluate_images
+
+    def latent(model, held_out: Split, dataset, ev) -> dict:
+        parts = (held_out.x, held_out.y, held_out.factors)
+        subset = Split(*(None if v is None else v[: ev.latent_images] for v in parts))
+        return latent_metrics(model, subset, dataset.factor_names, ev.likelihood_samples, seed=ev.seed)
+
+    return evaluate_images(run, ev, options, also=latent)
+
+
 @torch.no_grad()
 def latent_metrics(model, held_out: Split, factor_names: tuple[str, ...], k: int, batch: int = 250,
                    seed: int = 0) -> dict:

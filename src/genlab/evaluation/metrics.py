@@ -10,6 +10,7 @@ floor a perfect generator would reach) and, in the tests, FID of an untrained mo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,15 +18,17 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from genlab.config import EvalConfig
-from genlab.data.sources import Split, load_dataset
+from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
 from genlab.evaluation.features import FeatureNet, feature_net, predict
 from genlab.evaluation.report import IMAGE_METRICS, image_samples, write_report
 from genlab.run import Run, write_json
 
 
-def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str, Any]:
-    """Generate, score against the test split, write `metrics.json` and `report.html`, return the metrics."""
+def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Callable | None = None
+                    ) -> dict[str, Any]:
+    """Generate, score against the test split, write `metrics.json` and `report.html`, return the metrics.
+    `also(model, held_out, dataset, ev)` adds a family's own figures (a VAE's likelihood and latent space)."""
     dataset = load_dataset(run.config.data)
     held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
     if len(held_out) < 2:
@@ -55,12 +58,8 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[s
         metrics["generated_class_histogram"] = torch.bincount(predicted, minlength=k).tolist()
         if labels is not None:
             metrics["conditional_accuracy"] = (predicted == labels).float().mean().item()
-    if model.task == "autoencode":
-        from genlab.evaluation.latent import latent_metrics
-
-        parts = (held_out.x, held_out.y, held_out.factors)
-        subset = Split(*(None if v is None else v[: ev.latent_images] for v in parts))
-        metrics.update(latent_metrics(model, subset, dataset.factor_names, ev.likelihood_samples, seed=ev.seed))
+    if also is not None:
+        metrics.update(also(model, held_out, dataset, ev))
     metrics.update({
         "feature_extractor": extractor,
         "num_generated": len(fake),

@@ -39,6 +39,8 @@ class GenerativeModel(L.LightningModule):
     optimizer_names: ClassVar[tuple[str, ...]] = ()  # names for each optimizer's logged gradient norm
     headline: ClassVar[tuple[Figure, ...]] = IMAGE_FIGURES  # what evaluate prints; the first ranks a bake-off
     network: ClassVar[str | None] = None  # the attribute holding the hub-mixin network that the model folder stores
+    # how `genlab evaluate` scores the family: "module:function(run, eval config, sampling options) -> metrics"
+    evaluator: ClassVar[str] = "genlab.evaluation.metrics:evaluate_images"
 
     def __init__(self, config: ModelConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__()

@@ -60,6 +60,7 @@ class Transformer(GenerativeModel):
     Config = TransformerConfig
     Sampling = TextSampling
     modality = "text"
+    evaluator = "genlab.evaluation.text:evaluate_text"
     headline = (Figure("bits_per_character", "bits/char", False), Figure("perplexity", "perplexity", False),
                 Figure("distinct_2", "distinct-2", True))
 
