@@ -24,7 +24,7 @@ NOISE = (
     "smaller than the logging interval",  # tiny runs log every step they have
     "will save all extracted features",  # torchmetrics' FID keeps the real features it is given
     "GPU available:", "TPU available:",  # Lightning's hardware lines, said once per fit
-    "`Trainer.fit` stopped:",  # genlab says why training stopped, in its own summary
+    "`Trainer.fit` stopped:", "Time limit reached.",  # genlab says why training stopped, in its own summary
     "Using bfloat16 Automatic Mixed Precision", "Using 16bit Automatic Mixed Precision",
     "__array__ implementation doesn't accept a copy keyword",  # diffusers' schedulers call np.array on a tensor
     "Version v4.12.0 introduces a better way",  # EncoderDecoderModel warns on every loss it computes
