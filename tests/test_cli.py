@@ -104,3 +104,19 @@ def test_sampling_options_are_checked(tiny_run):
     proc = genlab("sample", tiny_run.path, "--sampler", "euler", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "sampling.sampler: input should be 'ddpm', 'ddim' or 'dpm-solver' (got 'euler')" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["impute", "{run}", "rows.csv", "--out", "x.csv"], "a diffusion run; impute needs a tabular_vae run"),
+    (["score", "{run}", "rows.csv", "--out", "x.csv"], "a diffusion run; score needs a tabular_vae run"),
+    (["upscale", "{run}", "x.png"], "a diffusion run; upscaling needs an sr_gan run"),
+    (["sample", "{run}", "--mode", "interpolate"], "a diffusion model has no latent space to interpolate; it needs a "
+                                                   "vae run"),
+])
+def test_a_verb_the_runs_family_does_not_declare_names_the_families_that_do(tiny_run, args, message):
+    from typer.testing import CliRunner
+
+    from genlab.cli import app
+
+    result = CliRunner().invoke(app, [a.format(run=tiny_run.path) for a in args])
+    assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output

@@ -17,7 +17,7 @@ from genlab.config import RunConfig, load_config
 from genlab.data.datamodule import TensorDataModule
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
-from genlab.models.registry import family_class
+from genlab.models.registry import family_class, family_names
 from genlab.outputs import SUFFIX, save_samples, write_table
 from genlab.quiet import quiet
 from genlab.run import Run, RunPaths, write_json
@@ -190,9 +190,10 @@ def latent_grid(run: Run | str | Path, mode: str, n: int = 8, *, seed: int = 0, 
     run = run if isinstance(run, Run) else Run(run)
     if mode not in LATENT_MODES:
         raise GenlabError(f"mode: {mode!r} is not one of: {', '.join(LATENT_MODES)}")
+    if mode not in family_class(run.config.model.family).verbs:
+        raise GenlabError(f"mode: a {run.config.model.family} model has no latent space to {mode}; it needs a "
+                          f"{_families_that(mode)} run")
     model = run.model
-    if getattr(model, "task", "") != "autoencode":
-        raise GenlabError(f"mode: a {run.config.model.family} model has no latent space to {mode}; it needs a vae run")
     dataset = load_dataset(run.config.data)
     held_out = dataset.test if len(dataset.test) else dataset.val
     pick = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed))
@@ -214,24 +215,29 @@ def latent_grid(run: Run | str | Path, mode: str, n: int = 8, *, seed: int = 0, 
 def impute_file(run: Run | str | Path, source: str | Path, out: str | Path, *, seed: int = 0) -> Path:
     """Fill the missing cells of a CSV or parquet file with a tabular run; every row, column and present
     cell is written back as it was."""
-    run, frame = _table_run_and_rows(run, source)
+    run, frame = _table_run_and_rows(run, source, "impute")
     return write_table(run.model.impute(frame, seed=seed, where=Path(source).name), out)
 
 
 @quiet
 def score_file(run: Run | str | Path, source: str | Path, out: str | Path, *, seed: int = 0) -> Path:
     """The input rows with an `anomaly_score` column (higher is more anomalous), in order."""
-    run, frame = _table_run_and_rows(run, source)
+    run, frame = _table_run_and_rows(run, source, "score")
     scored = frame.assign(anomaly_score=run.model.score(frame, seed=seed, where=Path(source).name).to_numpy())
     return write_table(scored, out)
 
 
-def _table_run_and_rows(run: Run | str | Path, source: str | Path):
+def _families_that(verb: str) -> str:
+    """The registered families that declare `verb`, for an error that says which run would do."""
+    return " or ".join(name for name in family_names() if verb in family_class(name).verbs) or "no known"
+
+
+def _table_run_and_rows(run: Run | str | Path, source: str | Path, verb: str):
     from genlab.data.table import read_table
 
     run = run if isinstance(run, Run) else Run(run)
-    if getattr(run.model, "task", "") != "tabular":
-        raise GenlabError(f"{run.path}: a {run.config.model.family} run; this needs a tabular_vae run")
+    if verb not in family_class(run.config.model.family).verbs:
+        raise GenlabError(f"{run.path}: a {run.config.model.family} run; {verb} needs a {_families_that(verb)} run")
     frame, _ = read_table(Path(source), drop_empty=False)
     return run, frame
 
@@ -245,8 +251,9 @@ def upscale_files(run: Run | str | Path, source: str | Path, out: str | Path | N
     from genlab.images import read_image, write_image
 
     run = run if isinstance(run, Run) else Run(run)
-    if run.config.model.family != "sr_gan":
-        raise GenlabError(f"{run.path}: a {run.config.model.family} run; upscaling needs an sr_gan run")
+    if "upscale" not in family_class(run.config.model.family).verbs:
+        raise GenlabError(f"{run.path}: a {run.config.model.family} run; upscaling needs an "
+                          f"{_families_that('upscale')} run")
     source = Path(source)
     scale = run.config.model.scale
     if source.is_dir():

@@ -39,6 +39,8 @@ class GenerativeModel(L.LightningModule):
     optimizer_names: ClassVar[tuple[str, ...]] = ()  # names for each optimizer's logged gradient norm
     headline: ClassVar[tuple[Figure, ...]] = IMAGE_FIGURES  # what evaluate prints; the first ranks a bake-off
     network: ClassVar[str | None] = None  # the attribute holding the hub-mixin network that the model folder stores
+    # what the family does beyond `sample`, each a method of its own: upscale, impute, score, reconstruct...
+    verbs: ClassVar[frozenset[str]] = frozenset()
     # how `genlab evaluate` scores the family: "module:function(run, eval config, sampling options) -> metrics"
     evaluator: ClassVar[str] = "genlab.evaluation.metrics:evaluate_images"
 

@@ -95,6 +95,7 @@ class SRGAN(GenerativeModel):
     Sampling = SRSampling
     modality = "image"
     network = "generator"
+    verbs = frozenset({"upscale"})
     evaluator = "genlab.evaluation.upscale:evaluate_upscaling"
     task = "upscale"
     headline = (Figure("psnr", "PSNR dB", True, ("psnr_bicubic", "bicubic")),

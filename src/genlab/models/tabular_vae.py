@@ -82,6 +82,7 @@ class TabularVAE(GenerativeModel):
     modality = "table"
     task = "tabular"
     network = "net"
+    verbs = frozenset({"impute", "score"})
     evaluator = "genlab.evaluation.tabular:evaluate_table"
     headline = (Figure("imputation.genlab.rmse", "imputation RMSE", False,
                        ("imputation.IterativeImputer.rmse", "IterativeImputer")),

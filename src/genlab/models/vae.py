@@ -71,6 +71,7 @@ class VAE(GenerativeModel):
     Sampling = VAESampling
     modality = "image"
     network = "net"
+    verbs = frozenset({"reconstruct", "interpolate", "traverse"})
     evaluator = "genlab.evaluation.latent:evaluate_autoencoder"
     task = "autoencode"
     headline = (*IMAGE_FIGURES, Figure("nll_iwae", "NLL (IWAE)", False), Figure("mig", "MIG", True))
