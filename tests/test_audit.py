@@ -50,4 +50,4 @@ def test_audit_command_writes_its_report_and_refuses_runs_it_cannot_audit(tiny_r
     assert len(audit["classes"]) == 10 and audit["samples"] == 64
     assert "Audit by class" in (tiny_run.path / "audit.html").read_text()
     refused = CliRunner().invoke(app, ["audit", str(runs["lm"].path)])
-    assert refused.exit_code == 1 and "the audit is by class, for image runs" in refused.output
+    assert refused.exit_code == 1 and "the transformer family declares no audit" in refused.output

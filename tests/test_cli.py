@@ -18,8 +18,9 @@ def genlab(*args, check=True):
     return proc
 
 
-VERBS = ["fit", "sample", "evaluate", "bakeoff", "audit", "rate", "ratings", "impute", "score", "upscale", "info",
-         "prepare", "serve", "export"]
+VERBS = ["fit", "sample", "evaluate", "bakeoff", "audit", "rate", "ratings", "info", "prepare", "serve", "export",
+         # declared by the families
+         "impute", "score", "upscale", "translate", "reconstruct", "interpolate", "traverse"]
 
 
 def test_the_verb_list_is_the_clis():
@@ -109,9 +110,9 @@ def test_sampling_options_are_checked(tiny_run):
 @pytest.mark.parametrize("args, message", [
     (["impute", "{run}", "rows.csv", "--out", "x.csv"], "a diffusion run; impute needs a tabular_vae run"),
     (["score", "{run}", "rows.csv", "--out", "x.csv"], "a diffusion run; score needs a tabular_vae run"),
-    (["upscale", "{run}", "x.png"], "a diffusion run; upscaling needs an sr_gan run"),
-    (["sample", "{run}", "--mode", "interpolate"], "a diffusion model has no latent space to interpolate; it needs a "
-                                                   "vae run"),
+    (["upscale", "{run}", "x.png"], "a diffusion run; upscale needs a sr_gan run"),
+    (["interpolate", "{run}"], "a diffusion run; interpolate needs a vae run"),
+    (["translate", "{run}", "x.jsonl"], "a diffusion run; translate needs a seq2seq run"),
 ])
 def test_a_verb_the_runs_family_does_not_declare_names_the_families_that_do(tiny_run, args, message):
     from typer.testing import CliRunner

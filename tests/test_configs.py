@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import genlab
 from genlab.cli import app
+from genlab.outputs import TEXTS
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 FEW = ["train.max_steps=3", "train.max_time=null", "train.val_every=3", "train.checkpoint_every=3",
@@ -44,7 +45,7 @@ def use(run: genlab.Run, folder: Path) -> None:
         assert len(filled) == 5 and filled.iloc[:, 0].notna().all()
     elif family == "seq2seq":
         assert len(run.sample(2, seed=0, source=["a source", "another"])) == 2
-    elif run.model.modality == "text":
+    elif run.model.media is TEXTS:
         assert all(isinstance(t, str) for t in run.sample(2, seed=0, prompt="The"))
     else:
         images = run.sample(4, seed=0)

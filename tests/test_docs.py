@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import genlab
+from genlab.config.families import family_names
 from genlab.data.registry import source_names
-from genlab.models.registry import family_names
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()

@@ -140,7 +140,7 @@ def test_class_conditional_sampling_and_bad_labels(tmp_path):
                                       "--out", str(tmp_path / "grid.png")])
     assert result.exit_code == 0 and (tmp_path / "grid.png").is_file()
     result = CliRunner().invoke(app, ["sample", str(run.path), "--prompt", "hi"])
-    assert result.exit_code == 1 and "prompt: a gan model does not take it" in result.output
+    assert result.exit_code == 2 and "--prompt: a gan run takes no such option" in result.output
 
 
 def test_collapse_is_flagged_by_the_figures(tiny_run):

@@ -15,8 +15,8 @@ from torch import nn
 
 import genlab
 from genlab.config import ModelConfig, Section
+from genlab.config.families import unregister_family
 from genlab.models import GenerativeModel, register_family
-from genlab.models.registry import unregister_family
 from genlab.training.optim import build_optimizer
 
 from .conftest import tiny

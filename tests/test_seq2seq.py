@@ -93,8 +93,8 @@ def test_the_folder_loads_in_transformers_and_the_cli_translates(dates_run, tmp_
     assert one.returncode == 0 and one.stdout.strip() == "1987-03-03", one.stdout + one.stderr
     jobs = tmp_path / "in.jsonl"
     jobs.write_text('{"source": "March 4, 1999", "id": 1}\n{"source": "12/06/2010", "id": 2}\n')
-    batch = subprocess.run([sys.executable, "-m", "genlab", "sample", run, "--source-file", str(jobs), "--out",
-                            str(tmp_path / "out.jsonl")], capture_output=True, text=True)
+    batch = subprocess.run([sys.executable, "-m", "genlab", "translate", run, str(jobs), "--out",
+                            str(tmp_path / "out.jsonl"), "--num-beams", "2"], capture_output=True, text=True)
     assert batch.returncode == 0, batch.stderr
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [o["id"] for o in out] == [1, 2], "every record comes back, in order, with its own fields"

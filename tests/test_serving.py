@@ -227,7 +227,10 @@ def test_image_and_body_limits_and_malformed_json(runs):
         assert "size: this model draws 8x8" in client.post(url, json={"model": "digits", "size": "64x64"}).text
         assert "n: 20 images" in client.post(url, json={"model": "digits", "n": 20}).text
         assert "truncation: a diffusion model" in client.post(url, json={"model": "digits", "truncation": 1}).text
-        assert "sampler: 'magic'" in client.post(url, json={"model": "digits", "sampler": "magic"}).text
+        assert "sampler: Input should be 'ddpm', 'ddim' or 'dpm-solver' (got 'magic')" in client.post(
+            url, json={"model": "digits", "sampler": "magic"}).text
+        assert "steps: Input should be less than or equal to 10000" in client.post(
+            url, json={"model": "digits", "steps": 2**70}).text, "a bound from the family's Sampling class"
         big = client.post("/v1/completions", json={"model": "lm", "prompt": "x" * 5000})
         assert big.status_code == 413 and "body" in big.json()["error"]["message"]
         broken = client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})

@@ -86,7 +86,7 @@ def test_the_cli_upscales_a_folder_and_names_each_bad_file(sr_run, tmp_path):
 def test_upscaling_with_a_run_of_another_family_is_one_line(tiny_run, tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
     result = CliRunner().invoke(app, ["upscale", str(tiny_run.path), str(tmp_path / "a.png")])
-    assert result.exit_code == 1 and "a diffusion run; upscaling needs an sr_gan run" in result.output
+    assert result.exit_code == 1 and "a diffusion run; upscale needs a sr_gan run" in result.output
 
 
 def test_the_adversarial_stage_trains_both_networks(tmp_path):

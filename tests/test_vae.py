@@ -110,8 +110,7 @@ def test_a_seed_gives_the_same_images_before_and_after_saving(tmp_path):
 @pytest.mark.parametrize("mode", ["reconstruct", "interpolate", "traverse"])
 def test_the_cli_writes_each_latent_grid(vae_run, tmp_path, mode):
     out = tmp_path / f"{mode}.png"
-    result = CliRunner().invoke(app, ["sample", str(vae_run.path), "--mode", mode, "--n", "3", "--steps", "5",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(app, [mode, str(vae_run.path), "--n", "3", "--steps", "5", "--out", str(out)])
     assert result.exit_code == 0, result.output
     with Image.open(out) as im:
         rows = {"reconstruct": 2, "interpolate": 3, "traverse": 4}[mode]
@@ -119,11 +118,16 @@ def test_the_cli_writes_each_latent_grid(vae_run, tmp_path, mode):
         assert im.size == ((columns * 9 + 1) * 4, (rows * 9 + 1) * 4)
 
 
-def test_latent_modes_need_a_vae_and_a_known_mode(vae_run, tiny_run):
-    result = CliRunner().invoke(app, ["sample", str(tiny_run.path), "--mode", "traverse"])
-    assert result.exit_code == 1 and "a diffusion model has no latent space to traverse" in result.output
-    result = CliRunner().invoke(app, ["sample", str(vae_run.path), "--mode", "morph"])
-    assert result.exit_code == 1 and "mode: 'morph' is not one of: reconstruct, interpolate, traverse" in result.output
+def test_latent_verbs_need_a_vae_and_bounded_arguments(vae_run, tiny_run):
+    result = CliRunner().invoke(app, ["traverse", str(tiny_run.path)])
+    assert result.exit_code == 1 and "a diffusion run; traverse needs a vae run" in result.output
+    result = CliRunner().invoke(app, ["traverse", str(vae_run.path), "--steps", "1"])
+    assert result.exit_code == 2 and "--steps: Input should be greater than or equal to 2" in result.output
+    result = CliRunner().invoke(app, ["traverse", str(vae_run.path), "--dim", "0", "--dim", "2", "--steps", "3",
+                                      "--out", str(vae_run.path / "t.png")])
+    assert result.exit_code == 0, result.output
+    with Image.open(vae_run.path / "t.png") as im:
+        assert im.size == ((3 * 9 + 1) * 4, (2 * 9 + 1) * 4), "a row per dimension asked for"
 
 
 def test_capacity_and_annealing_shape_the_kl(tmp_path):

@@ -14,11 +14,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from genlab.config import RunConfig, load_config
+from genlab.config.families import check_verb, family_class
 from genlab.data.datamodule import TensorDataModule
-from genlab.data.sources import load_dataset
+from genlab.data.sources import load_dataset, prepares
 from genlab.errors import GenlabError
-from genlab.models.registry import family_class, family_names
-from genlab.outputs import SUFFIX, save_samples, write_table
+from genlab.outputs import write_table
 from genlab.quiet import quiet
 from genlab.run import Run, RunPaths, write_json
 from genlab.training.callbacks import NonFiniteLoss, Throughput, TrainingInterrupted
@@ -49,7 +49,7 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
         _warn_if_schedule_moves(load_config(paths.config), cfg, done)
 
     L.seed_everything(cfg.train.seed, verbose=False)
-    dataset = load_dataset(cfg.data)
+    dataset = load_dataset(_prepared(cfg.data))
     model, dataset = family_class(cfg.model.family).build(cfg.model, dataset, cfg.train)
     trainer = build_trainer(cfg.train, paths, has_validation=len(dataset.val) > 0, monitor=model.monitor,
                             manual_optimization=not model.automatic_optimization,
@@ -80,8 +80,8 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
         model.save_pretrained(paths.model)
         model.eval()
         if cfg.train.grid_size:
-            save_samples(model.preview(cfg.train.grid_size, torch.Generator().manual_seed(0)),
-                         paths.samples / f"final{SUFFIX[model.modality]}")
+            model.media.save(model.preview(cfg.train.grid_size, torch.Generator().manual_seed(0)),
+                             paths.samples / f"final{model.media.suffix}")
         write_json(paths.summary, _summary(trainer, model, dataset))
     trainer.strategy.barrier("genlab-export")
     return Run(paths.root)
@@ -90,18 +90,23 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
 _RUN_DIR_ENV = "GENLAB_RUN_DIR"
 
 
+def _prepared(data):
+    """The data config to train on: a user's files go through `genlab prepare`'s pipeline first (into the
+    cache, once: a second run reuses it), so training reads the set prepare wrote; other sources as they are."""
+    if not prepares(data) or data.prepared is not None:
+        return data
+    from genlab.prepare import cached
+
+    return data.model_copy(update={"prepared": cached(data)})
+
+
 def _augmentation(cfg: RunConfig, dataset) -> list:
-    """The augment step of the data pipeline, as a callback that runs after the step is seeded (images only)."""
+    """The augment step of the data pipeline, as a callback that runs after the step is seeded."""
     from genlab.data.augment import augment_options
     from genlab.training.callbacks import AugmentBatches
 
-    options = augment_options(cfg.data)
-    if options is None:
-        return []
-    if dataset.spec.modality != "image":
-        log.warning(f"data.pipeline: augment applies to images; this {dataset.spec.modality} data is left as it is")
-        return []
-    return [AugmentBatches(options)]
+    options = augment_options(cfg.data, dataset.spec.modality)
+    return [] if options is None else [AugmentBatches(options)]
 
 
 def _judges(cfg: RunConfig, model, dataset, paths: RunPaths) -> list[L.Callback]:
@@ -146,8 +151,9 @@ def sample_to_file(run: Run | str | Path, n: int, out: str | Path | None = None,
     samples = run.sample(n, seed=seed, **conditions)
     if isinstance(samples, list) and isinstance(conditions.get("prompt"), str):
         samples = [conditions["prompt"] + s for s in samples]
-    out = Path(out) if out is not None else run.paths.samples / f"sample_{n}_seed{seed}{SUFFIX[run.model.modality]}"
-    return save_samples(samples, out)
+    media = run.model.media
+    out = Path(out) if out is not None else run.paths.samples / f"sample_{n}_seed{seed}{media.suffix}"
+    return media.save(samples, out)
 
 
 LATENT_MODES = ("reconstruct", "interpolate", "traverse")
@@ -159,18 +165,19 @@ def translate_file(run: Run | str | Path, source: str | Path, out: str | Path | 
     """A seq2seq run over a JSONL file: each record's `data.source_field` in, the record with a `prediction`
     out (written to `out` as JSONL when given). A line that is not a record with that field is named."""
     run = run if isinstance(run, Run) else Run(run)
+    check_verb(run.config.model.family, "translate", run.path)
     field, path = run.config.data.source_field, Path(source)
     if not path.is_file():
-        raise GenlabError(f"--source-file: {path} is not a file")
+        raise GenlabError(f"source: {path} is not a file")
     records = []
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if line.strip():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                raise GenlabError(f"--source-file: {path}:{number} is not JSON") from None
+                raise GenlabError(f"source: {path}:{number} is not JSON") from None
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise GenlabError(f"--source-file: {path}:{number} has no text field {field!r} (data.source_field)")
+                raise GenlabError(f"source: {path}:{number} has no text field {field!r} (data.source_field)")
             records.append(record)
     predictions = run.sample(len(records), seed=seed, source=[r[field] for r in records], **options) if records else []
     done = [{**r, "prediction": p} for r, p in zip(records, predictions, strict=True)]
@@ -190,9 +197,7 @@ def latent_grid(run: Run | str | Path, mode: str, n: int = 8, *, seed: int = 0, 
     run = run if isinstance(run, Run) else Run(run)
     if mode not in LATENT_MODES:
         raise GenlabError(f"mode: {mode!r} is not one of: {', '.join(LATENT_MODES)}")
-    if mode not in family_class(run.config.model.family).verbs:
-        raise GenlabError(f"mode: a {run.config.model.family} model has no latent space to {mode}; it needs a "
-                          f"{_families_that(mode)} run")
+    check_verb(run.config.model.family, mode, run.path)
     model = run.model
     dataset = load_dataset(run.config.data)
     held_out = dataset.test if len(dataset.test) else dataset.val
@@ -227,17 +232,11 @@ def score_file(run: Run | str | Path, source: str | Path, out: str | Path, *, se
     return write_table(scored, out)
 
 
-def _families_that(verb: str) -> str:
-    """The registered families that declare `verb`, for an error that says which run would do."""
-    return " or ".join(name for name in family_names() if verb in family_class(name).verbs) or "no known"
-
-
 def _table_run_and_rows(run: Run | str | Path, source: str | Path, verb: str):
     from genlab.data.table import read_table
 
     run = run if isinstance(run, Run) else Run(run)
-    if verb not in family_class(run.config.model.family).verbs:
-        raise GenlabError(f"{run.path}: a {run.config.model.family} run; {verb} needs a {_families_that(verb)} run")
+    check_verb(run.config.model.family, verb, run.path)
     frame, _ = read_table(Path(source), drop_empty=False)
     return run, frame
 
@@ -251,9 +250,7 @@ def upscale_files(run: Run | str | Path, source: str | Path, out: str | Path | N
     from genlab.images import read_image, write_image
 
     run = run if isinstance(run, Run) else Run(run)
-    if "upscale" not in family_class(run.config.model.family).verbs:
-        raise GenlabError(f"{run.path}: a {run.config.model.family} run; upscaling needs an "
-                          f"{_families_that('upscale')} run")
+    check_verb(run.config.model.family, "upscale", run.path)
     source = Path(source)
     scale = run.config.model.scale
     if source.is_dir():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -13,10 +14,40 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from genlab.errors import GenlabError
+from genlab.cli_options import check_taken, family_options, options_help
+from genlab.cli_options import flag as option_flag
+from genlab.errors import ConfigError, GenlabError
 from genlab.quiet import library_noise_silenced
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _Genlab(typer.Typer):
+    """The `genlab` app: its own verbs, and every registered family's (a family registered at run time brings
+    its verbs with it); `sample`'s help lists the families' options."""
+
+    complete = False  # set once this module has defined every command
+
+    @property
+    def registered_commands(self) -> list:
+        commands, have = self._commands, {c.name or c.callback.__name__ for c in self._commands}
+        if not self.complete:
+            return commands
+        for verb in _family_verbs():
+            if verb.name not in have:
+                commands.append(typer.models.CommandInfo(name=verb.name, callback=_verb_command(verb), help=verb.help,
+                                                         context_settings=_EXTRA if verb.sampling else None))
+                have.add(verb.name)
+        for command in commands:
+            if command.callback is sample:
+                command.epilog = options_help()
+        return commands
+
+    @registered_commands.setter
+    def registered_commands(self, value: list) -> None:
+        self._commands = value
+
+
+_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}  # the family's options, parsed by genlab
+app = _Genlab(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="genlab: train, sample and evaluate generative models, each verb on a run directory.")
 err = Console(stderr=True)
 out = Console(soft_wrap=True)  # long paths stay on one line in logs
@@ -88,97 +119,50 @@ def fit(
     out.print(f"model folder: {run.paths.model}")
 
 
-@app.command()
+@app.command(context_settings=_EXTRA)
 @_user_errors
 def sample(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `genlab fit`.")],
     n: Annotated[int | None, typer.Option("--n", min=1, help="How many samples (default: 64 images, 1 text).")] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same samples.")] = 0,
-    out_file: Annotated[Path | None, typer.Option("--out", help="Output file (default: images to RUN_DIR/samples/, "
-                                                                 "text to the terminal).")] = None,
-    sampler: Annotated[str | None, typer.Option(help="Images: ddpm | ddim | dpm-solver.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Images: sampling steps.")] = None,
-    label: Annotated[list[str], typer.Option(help="Images: class to draw (repeat to cycle).")] = [],  # noqa: B006
-    guidance: Annotated[float | None, typer.Option(help="Images: classifier-free guidance scale.")] = None,
-    truncation: Annotated[float | None, typer.Option(help="GAN: cut latents at +-this (fidelity).")] = None,
-    prompt: Annotated[str | None, typer.Option(help="Text: the prompt to continue.")] = None,
-    prompt_file: Annotated[Path | None, typer.Option(help="Text: read the prompt from this file.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Text: tokens to generate.")] = None,
-    temperature: Annotated[float | None, typer.Option(min=0, help="Text: 0 is greedy.")] = None,
-    top_k: Annotated[int | None, typer.Option(min=1, help="Text: sample from the k likeliest tokens.")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Text: nucleus sampling mass.")] = None,
-    repetition_penalty: Annotated[float | None, typer.Option(help="Text: >1 discourages repeats.")] = None,
-    stop: Annotated[list[str], typer.Option(help="Text: cut before this string (repeatable).")] = [],  # noqa: B006
-    source: Annotated[str | None, typer.Option(help="Seq2seq: the text to translate or summarize.")] = None,
-    source_file: Annotated[Path | None, typer.Option(help="Seq2seq: a JSONL file of sources (data.source_field); "
-                                                          "writes each record with a `prediction`.")] = None,
-    num_beams: Annotated[int | None, typer.Option(min=1, help="Seq2seq: beam search width.")] = None,
-    mode: Annotated[str | None, typer.Option(help="VAE: reconstruct | interpolate | traverse (held-out "
-                                                  "images; --steps points per row).")] = None,
-    dim: Annotated[list[int], typer.Option(help="VAE traverse: latent dimension to sweep (repeatable; "
-                                                "default all).")] = [],  # noqa: B006
+    out_file: Annotated[Path | None, typer.Option("--out", help="Output file (default: RUN_DIR/samples/, or the "
+                                                                 "terminal for text).")] = None,
+    label: Annotated[list[str], typer.Option(help="Class to draw (repeat to cycle), for class-conditional "
+                                                  "models.")] = [],  # noqa: B006
 ) -> None:
-    """Draw samples from a trained run: an image grid, or text continuations."""
+    """Draw samples from a trained run, with its family's options (below) and conditions (--prompt, --source)."""
     import genlab
-    from genlab.config import sampling_options, with_given
 
     run = genlab.load(run_dir)
-    if mode is not None:
-        from genlab.api import latent_grid
-
-        path = latent_grid(run, mode, n or 8, seed=seed, steps=steps or 8, dims=dim or None, out=out_file)
-        out.print(f"wrote the {mode} grid to {path}")
-        return
-    options = sampling_options(run.config.model.family, with_given(
-        run.config.eval.sampling, sampler=sampler, steps=steps, guidance_scale=guidance, truncation=truncation,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, stop=stop or None,
-        num_beams=num_beams))
-    if source_file is not None:
-        from genlab.api import translate_file
-
-        records = translate_file(run, source_file, out_file, seed=seed, **options)
-        if out_file is None:
-            print("\n".join(json.dumps(r, ensure_ascii=False) for r in records))
-        else:
-            out.print(f"wrote {len(records)} predictions to {out_file}")
-        return
-    if source is not None:
-        options["source"] = source
-    text = "max_new_tokens" in options
-    n = n or (1 if text else 64)
-    if prompt_file is not None:
-        if not prompt_file.is_file():
-            raise GenlabError(f"--prompt-file: {prompt_file} is not a file")
-        prompt = prompt_file.read_text(errors="replace")
-    if prompt is not None:
-        options["prompt"] = prompt
+    options, conditions = family_options(run, ctx.args, conditions=True)
+    media = run.model.media
+    n = n or media.default_n
     if label:
-        options["labels"] = [_int_or_str(label[i % len(label)]) for i in range(n)]
-    if text and out_file is None:
-        for i, continuation in enumerate(run.sample(n, seed=seed, **options)):
-            out.print(("" if i == 0 else "\n---\n") + (prompt or "") + continuation, highlight=False, markup=False)
+        conditions["labels"] = [_int_or_str(label[i % len(label)]) for i in range(n)]
+        check_taken(run, conditions)
+    if media.to_terminal and out_file is None:
+        prefix = conditions.get("prompt", "")  # a continuation is shown after the text it continues
+        for i, text in enumerate(run.sample(n, seed=seed, **conditions, **options)):
+            out.print(("" if i == 0 else "\n---\n") + prefix + text, highlight=False, markup=False)
         return
-    path = genlab.sample_to_file(run, n, out_file, seed=seed, **options)
+    path = genlab.sample_to_file(run, n, out_file, seed=seed, **conditions, **options)
     out.print(f"wrote {n} samples to {path}")
 
 
-@app.command()
+@app.command(context_settings=_EXTRA)
 @_user_errors
 def evaluate(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `genlab fit`.")],
     n: Annotated[int | None, typer.Option("--n", min=2, help="Generated samples (default: eval.num_samples).")] = None,
-    sampler: Annotated[str | None, typer.Option(help="ddpm | ddim | dpm-solver.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Sampling steps.")] = None,
-    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale.")] = None,
-    truncation: Annotated[float | None, typer.Option(help="GAN: cut latents at +-this.")] = None,
 ) -> None:
-    """Score a run against held-out data and print its family's headline figures; writes metrics.json."""
+    """Score a run against held-out data, print its family's headline figures; takes `sample`'s family options."""
     import genlab
 
     run = genlab.load(run_dir)
-    metrics = genlab.evaluate(run, num_samples=n, sampler=sampler, steps=steps, guidance_scale=guidance,
-                              truncation=truncation)
+    options, _ = family_options(run, ctx.args)
+    metrics = genlab.evaluate(run, num_samples=n, **options)
     for figure in run.model.headline:
         value, baseline = figure.value(metrics), figure.baseline(metrics)
         if value is not None:
@@ -266,55 +250,6 @@ def ratings(
         return
     for line in summary_lines(results):
         out.print(line, highlight=False)
-
-
-@app.command()
-@_user_errors
-def impute(
-    run_dir: Annotated[Path, typer.Argument(help="A tabular_vae run directory.")],
-    source: Annotated[Path, typer.Argument(help="A CSV or parquet file with missing cells.")],
-    out_path: Annotated[Path, typer.Option("--out", help="Where to write the filled table (.csv or .parquet).")],
-    seed: Annotated[int, typer.Option(help="Same seed, same imputations.")] = 0,
-) -> None:
-    """Fill a table's missing cells; every row, column and present cell is kept as it was."""
-    from genlab.api import impute_file
-
-    out.print(f"wrote the imputed table to {impute_file(run_dir, source, out_path, seed=seed)}")
-
-
-@app.command()
-@_user_errors
-def score(
-    run_dir: Annotated[Path, typer.Argument(help="A tabular_vae run directory.")],
-    source: Annotated[Path, typer.Argument(help="A CSV or parquet file of rows to score.")],
-    out_path: Annotated[Path, typer.Option("--out", help="Where to write the rows with `anomaly_score`.")],
-    seed: Annotated[int, typer.Option(help="Same seed, same scores.")] = 0,
-) -> None:
-    """Score each row for anomaly (negative likelihood bound; higher is more anomalous)."""
-    from genlab.api import score_file
-
-    out.print(f"wrote anomaly scores to {score_file(run_dir, source, out_path, seed=seed)}")
-
-
-@app.command()
-@_user_errors
-def upscale(
-    run_dir: Annotated[Path, typer.Argument(help="An sr_gan run directory.")],
-    source: Annotated[Path, typer.Argument(help="An image file, or a folder of them.")],
-    out_path: Annotated[Path | None, typer.Option("--out", help="Output file (or folder, for a folder input); "
-                                                                 "default: beside the input, with _x2/_x4.")] = None,
-) -> None:
-    """Upscale images with a super-resolution run; a bad image is named and skipped, the rest are written."""
-    import genlab
-
-    written, failed = genlab.upscale_files(run_dir, source, out_path)
-    for line in failed:
-        err.print(f"[red]error:[/] {line}", highlight=False)
-    if written:
-        where = written[0] if len(written) == 1 else written[0].parent
-        out.print(f"wrote {len(written)} upscaled image(s) to {where}")
-    if failed:
-        raise typer.Exit(1)
 
 
 @app.command()
@@ -410,8 +345,59 @@ def export_run(
         raise GenlabError(f"--to: {to!r} is not one of docker, onnx")
 
 
+def _family_verbs() -> list:
+    from genlab.config.families import family_names, family_verbs
+
+    return [verb for family in family_names() for verb in family_verbs(family).values()]
+
+
+def _verb_command(verb: Any) -> Any:
+    """A command for `verb`: RUN, then the verb's arguments as its `arguments` class declares them; at run time,
+    the run's own family's declaration of the verb is the one that runs."""
+    P = inspect.Parameter
+    params = [P("ctx", P.KEYWORD_ONLY, annotation=typer.Context),
+              P("run_dir", P.KEYWORD_ONLY, annotation=Annotated[Path, typer.Argument(help="A run directory.")])]
+    for name, field in verb.arguments.model_fields.items():
+        info = (typer.Argument(help=field.description) if name in verb.inputs else
+                typer.Option(f"--{option_flag(name)}", help=field.description))
+        params.append(P(name, P.KEYWORD_ONLY, annotation=Annotated[field.annotation, info],
+                        default=P.empty if field.is_required() else field.get_default(call_default_factory=True)))
+
+    @_user_errors
+    def command(ctx: typer.Context, run_dir: Path, **arguments: Any) -> None:
+        from pydantic import ValidationError
+
+        from genlab.config.families import check_verb
+        from genlab.locate import locate
+        from genlab.run import Run
+
+        run = Run(run_dir)
+        declared = check_verb(run.config.model.family, verb.name, run.path)
+        try:
+            checked = declared.arguments.model_validate(arguments).model_dump()
+        except ValidationError as e:
+            raise ConfigError("\n".join(f"--{option_flag(str(x['loc'][0]))}: {x['msg']}" for x in e.errors())) from None
+        options = family_options(run, ctx.args)[0] if declared.sampling else {}
+        done = locate(declared.call)(run, **checked, **options)
+        for line in done.lines:
+            out.print(line, highlight=False, markup=False)
+        for line in done.failed:
+            err.print(f"[red]error:[/] {line}", highlight=False)
+        if done.failed:
+            raise typer.Exit(1)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = command.__qualname__ = verb.name
+    command.__doc__ = verb.help
+    return command
+
+
 def _int_or_str(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+app.complete = True
 
 
 def main() -> None:

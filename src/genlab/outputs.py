@@ -1,27 +1,76 @@
-"""Samples to files, whatever the modality: image tensors -> a PNG grid, texts -> a plain-text file,
-table rows (a DataFrame) -> CSV (or parquet, by the suffix)."""
+"""What a family's `sample` returns, as a `Media`: how samples are written to a file, shown on a page and
+counted. A family names its media (`GenerativeModel.media`); a new kind of output is one more `Media`.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genlab.images import save_grid
+from genlab.images import image_grid, save_grid
 
-SUFFIX = {"image": ".png", "text": ".txt", "table": ".csv"}
 TEXT_SEPARATOR = "\n\n" + "-" * 40 + "\n\n"  # between samples in a .txt file
 
 
-def save_samples(samples: Any, path: str | Path) -> Path:
-    """Write `samples` (an image batch, or a list of strings) to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(samples, list):
+@dataclass(frozen=True)
+class Media:
+    """Image tensors, texts or table rows: a suffix, how many `genlab sample` draws by default, whether the
+    terminal shows them, and the writers."""
+
+    name: str
+    suffix: str
+    default_n: int = 64
+    to_terminal: bool = False  # `genlab sample` without --out prints them
+
+    def save(self, samples: Any, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return self._write(samples, path)
+
+    def _write(self, samples: Any, path: Path) -> Path:
+        return save_grid(samples, path, scale=4)
+
+    def html(self, samples: Any) -> str:
+        """The samples inline in a self-contained page."""
+        return png_tag(samples, scale=3, nrow=8)
+
+
+class Texts(Media):
+    def _write(self, samples: list[str], path: Path) -> Path:
         path.write_text(TEXT_SEPARATOR.join(samples) + "\n")
         return path
-    if hasattr(samples, "to_csv"):  # a DataFrame of rows
+
+    def html(self, samples: list[str]) -> str:
+        return "".join(f"<pre>{html.escape(t[:400])}</pre>" for t in samples)
+
+
+class Tables(Media):
+    def _write(self, samples: Any, path: Path) -> Path:
         return write_table(samples, path)
-    return save_grid(samples, path, scale=4)
+
+    def html(self, samples: Any) -> str:
+        return samples.head(20).to_html(index=False, na_rep="")
+
+
+IMAGES = Media("image", ".png")
+TEXTS = Texts("text", ".txt", default_n=1, to_terminal=True)
+TABLES = Tables("table", ".csv", default_n=100)
+
+
+def png_tag(images: Any, scale: int = 2, nrow: int | None = None) -> str:
+    """An <img> of `images` as one grid, each pixel `scale` wide, the PNG inline."""
+    from PIL import Image
+
+    grid = image_grid(images, nrow)
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return f"<img alt=samples src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
 
 
 def write_table(frame: Any, path: str | Path) -> Path:

@@ -113,7 +113,7 @@ class Run:
     @cached_property
     @quiet
     def model(self):
-        from genlab.models.registry import family_class
+        from genlab.config.families import family_class
 
         model_dir = self.paths.require("model")
         return family_class(self.config.model.family).from_pretrained(model_dir)

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from genlab.config import RunConfig, load_config
+from genlab.config.families import family_class, family_names
 from genlab.errors import GenlabError
 from genlab.models.protocol import Figure
-from genlab.models.registry import family_class, family_names
 from genlab.quiet import quiet
 from genlab.run import Run, RunPaths, read_json, write_json
 
@@ -159,13 +159,16 @@ def _row(name: str, run: Run, metrics: dict[str, Any], headline: tuple[Figure, .
             "intervals": {f.key: metrics[f"{f.key}_interval"] for f in headline if f"{f.key}_interval" in metrics}}
 
 
-def _preview(run: Run, metrics: dict[str, Any]) -> Any:
-    """What the report shows of an entry: 16 images (seed 0, the run's eval sampling), or text it generated."""
+def _preview(run: Run, metrics: dict[str, Any]) -> str:
+    """What the report shows of an entry, as HTML: the examples its evaluation wrote (continuations of held-out
+    prompts, predictions), or else 16 samples (seed 0, the run's eval sampling)."""
     from genlab.config import sampling_options
+    from genlab.outputs import TEXTS
 
-    if run.model.modality == "image":
-        return run.sample(16, seed=0, **sampling_options(run.config.model.family, run.config.eval.sampling))
-    return [e.get("continuation") or e.get("prediction", "") for e in metrics.get("examples", [])[:3]]
+    if metrics.get("examples"):
+        return TEXTS.html([e.get("continuation") or e.get("prediction", "") for e in metrics["examples"][:3]])
+    options = sampling_options(run.config.model.family, run.config.eval.sampling)
+    return run.model.media.html(run.sample(16, seed=0, **options))
 
 
 def _verdict(rows: list[dict[str, Any]], ranking: list[str], headline: tuple[Figure, ...]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
@@ -16,6 +16,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from genlab.config.prepare import Step
 from genlab.config.section import Section
+from genlab.config.verb import Verb
 from genlab.errors import ConfigError
 
 
@@ -48,6 +49,7 @@ class ModelConfig(Section):
     """Fields every family shares; each family subclasses it with its own."""
 
     family: str = "diffusion"
+    verbs: ClassVar[tuple[Verb, ...]] = ()  # what the family does beyond `sample` (see config/verb.py)
 
 
 class OptimizerConfig(Section):
@@ -142,7 +144,7 @@ class RunConfig(Section):
 
 
 def _family_config(value: Any) -> ModelConfig:
-    from genlab.models.registry import family_config, family_names
+    from genlab.config.families import family_config, family_names
 
     if not isinstance(value, dict):
         return ModelConfig.model_validate(value)  # lets pydantic name the type error
@@ -158,7 +160,7 @@ def _family_config(value: Any) -> ModelConfig:
 
 def check_sampling(family: str, options: dict[str, Any], loc: tuple = ()) -> dict[str, Any]:
     """The family's sampling options with defaults filled in; a ValidationError locates a bad key under `loc`."""
-    from genlab.models.registry import family_sampling
+    from genlab.config.families import family_sampling
 
     try:
         return family_sampling(family).model_validate(options).model_dump()
@@ -260,7 +262,7 @@ def format_errors(err: ValidationError, raw: dict) -> str:
 
 
 def _fields_at(loc: tuple, raw: dict) -> list[str]:
-    from genlab.models.registry import family_config, family_names, family_sampling
+    from genlab.config.families import family_config, family_names, family_sampling
 
     family = (raw.get("model") or {}).get("family", ModelConfig().family)
     known = family in family_names()

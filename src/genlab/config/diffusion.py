@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from genlab.config import ModelConfig, Section
+from genlab.config import ModelConfig
+from genlab.config.section import Sampling
 
 DEFAULT_STEPS = {"ddim": 50, "dpm-solver": 20}  # ddpm: every training timestep
 
@@ -34,10 +35,13 @@ class DiffusionConfig(ModelConfig):
         return self
 
 
-class DiffusionSampling(Section):
-    sampler: Literal["ddpm", "ddim", "dpm-solver"] = "dpm-solver"
-    steps: int | None = Field(None, ge=1)  # None: the sampler's default (DEFAULT_STEPS; ddpm: every timestep)
-    guidance_scale: float = Field(1.0, ge=0)  # classifier-free guidance; 1.0 is plain conditional
+class DiffusionSampling(Sampling):
+    per_sample: ClassVar[frozenset[str]] = frozenset({"guidance_scale"})  # a tensor: one scale per sample
+    sampler: Literal["ddpm", "ddim", "dpm-solver"] = Field("dpm-solver", description="The diffusers scheduler.")
+    # None: the sampler's default (DEFAULT_STEPS; ddpm: every timestep)
+    steps: int | None = Field(None, ge=1, le=10_000, description="Denoising steps.")
+    guidance_scale: float = Field(1.0, ge=0, le=50, description="Classifier-free guidance; 1 is plain "
+                                                                 "conditional.")
 
     @model_validator(mode="after")
     def _explicit_steps(self) -> DiffusionSampling:

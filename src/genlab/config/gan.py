@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from genlab.config import ModelConfig, Section
+from genlab.config import ModelConfig
+from genlab.config.section import Sampling
 
 LOSSES = ("non-saturating", "hinge", "wgan-gp", "r3gan")
 AUGMENTS = ("translation", "cutout", "color")
@@ -31,5 +32,6 @@ class GANConfig(ModelConfig):
     collapse_samples: int = Field(256, ge=16)  # fixed latents scored at each validation for mode collapse
 
 
-class GANSampling(Section):
-    truncation: float | None = Field(None, gt=0)  # draw latents from a normal truncated at +-truncation
+class GANSampling(Sampling):
+    truncation: float | None = Field(None, gt=0, le=10, description="Cut latents at +-this (fidelity over "
+                                                                      "variety).")

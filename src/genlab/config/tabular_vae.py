@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from genlab.config import ModelConfig, Section
+from genlab.config.section import Sampling
+from genlab.config.verb import Verb
+
+
+class RowsFile(Section):
+    """Arguments of the table verbs: a file of rows in, the same rows with the verb's answer out."""
+
+    source: Path = Field(description="A CSV or parquet file of rows.")
+    out: Path = Field(description="Where to write the result (.csv or .parquet).")
+    seed: int = Field(0, ge=0, description="Same seed, same answer.")
 
 
 class TabularVAEConfig(ModelConfig):
     family: Literal["tabular_vae"] = "tabular_vae"
+    verbs: ClassVar[tuple[Verb, ...]] = (
+        Verb("impute", "Fill a table's missing cells; every row, column and present cell is kept as it was.",
+             RowsFile, "genlab.verbs:impute", inputs=("source",)),
+        Verb("score", "Score each row for anomaly (negative likelihood bound; higher is more anomalous).",
+             RowsFile, "genlab.verbs:score", inputs=("source",)))
     latent_dim: int = Field(16, ge=1)
     hidden: list[int] = Field([128, 128], min_length=1)  # MLP widths of the encoder (the decoder mirrors them)
     scaling: Literal["standard", "quantile"] = "standard"  # numeric columns
@@ -24,5 +40,5 @@ class TabularVAEConfig(ModelConfig):
     hide: float = Field(0.5, ge=0, lt=1)  # training hides up to this share of a row's cells from the encoder
 
 
-class TabularSampling(Section):
-    temperature: float = Field(1.0, gt=0)  # scale of the prior's standard deviation when drawing rows
+class TabularSampling(Sampling):
+    temperature: float = Field(1.0, gt=0, le=10, description="Scale of the prior's standard deviation.")

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from genlab.config import ModelConfig, Section
+from genlab.config.section import Sampling
 
 
 class LoraConfig(Section):
@@ -54,10 +55,10 @@ def check_text_model(config: TransformerConfig | ModelConfig) -> None:
         raise ValueError("lora trains adapters on a pretrained model: set model.init_from")
 
 
-class TextSampling(Section):
-    max_new_tokens: int = Field(200, ge=1)
-    temperature: float = Field(1.0, ge=0)  # 0: greedy
-    top_k: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0, le=1)
-    repetition_penalty: float = Field(1.0, gt=0)
-    stop: list[str] = []  # the text is cut before the first of these
+class TextSampling(Sampling):
+    max_new_tokens: int = Field(200, ge=1, le=1_000_000, description="Tokens to generate.")
+    temperature: float = Field(1.0, ge=0, le=100, description="0 is greedy.")
+    top_k: int | None = Field(None, ge=1, le=2**31 - 1, description="Sample from the k likeliest tokens.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling: the smallest set with this mass.")
+    repetition_penalty: float = Field(1.0, gt=0, le=100, description="Above 1 discourages repeats.")
+    stop: list[str] = Field([], description="Cut the text before the first of these.")

@@ -6,9 +6,10 @@ dependencies; `register_source` adds a user's own loader directly.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
+
+from genlab.locate import locate
 
 BUILTIN: dict[str, str] = {
     "digits": "genlab.data.sources:digits",
@@ -40,8 +41,7 @@ def source_names() -> list[str]:
 def source(name: str) -> Callable:
     if name in _registered:
         return _registered[name]
-    module, _, attribute = BUILTIN[name].partition(":")
-    load = getattr(importlib.import_module(module), attribute)
+    load = locate(BUILTIN[name])
     return (lambda cfg: _made_once(name, cfg, load)) if name in GENERATED else load
 
 

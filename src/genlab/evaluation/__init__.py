@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from genlab.config import sampling_options, with_given
+from genlab.locate import locate
 from genlab.run import Run
 
 
@@ -15,5 +15,4 @@ def evaluate_run(run: Run, *, num_samples: int | None = None, seed: int | None =
     cfg = run.config
     ev = type(cfg.eval).model_validate(with_given(cfg.eval.model_dump(), num_samples=num_samples, seed=seed))
     options = sampling_options(cfg.model.family, with_given(ev.sampling, **sampling))
-    module, _, name = run.model.evaluator.partition(":")  # the family says how it is scored
-    return getattr(importlib.import_module(module), name)(run, ev, options)
+    return locate(run.model.evaluator)(run, ev, options)  # the family says how it is scored

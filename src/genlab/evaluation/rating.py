@@ -50,7 +50,6 @@ class Ratings:
         import torch
 
         from genlab.config import sampling_options
-        from genlab.outputs import save_samples
         from genlab.run import Run
 
         if len(runs) < 2:
@@ -60,7 +59,7 @@ class Ratings:
         names = [run.path.name for run in loaded]
         if len(set(names)) != len(names):
             raise GenlabError(f"rate: two runs share a folder name ({', '.join(names)}); each needs its own")
-        kinds = {run.model.modality for run in loaded}
+        kinds = {run.model.media.name for run in loaded}
         if len(kinds) > 1:
             raise GenlabError(f"rate: the runs make {' and '.join(sorted(kinds))}; rate runs of one kind together")
         folder.mkdir(parents=True, exist_ok=True)
@@ -76,9 +75,10 @@ class Ratings:
                     drawn = run.model.sample(len(seeds), generator=[torch.Generator().manual_seed(i) for i in seeds],
                                              **options)
                     for j, i in enumerate(seeds):
-                        save_samples(drawn[j : j + 1], folder / "samples" / name / f"{i}{_suffix(run.model.modality)}")
+                        media = run.model.media
+                        media.save(drawn[j : j + 1], folder / "samples" / name / f"{i}{media.suffix}")
                 db.execute("insert or replace into runs values (?, ?, ?, ?)",
-                           (name, str(run.path.resolve()), run.model.modality, n))
+                           (name, str(run.path.resolve()), run.model.media.name, n))
         return cls(folder)
 
     def pair(self, rng: random.Random) -> dict[str, Any]:
@@ -89,7 +89,7 @@ class Ratings:
 
     def item(self, run: str, index: int) -> Path:
         """The file of one drawn sample; the name and index come from a pair this folder made, never a request."""
-        return self.folder / "samples" / run / f"{index}{_suffix(self.runs[run]['modality'])}"
+        return next((self.folder / "samples" / run).glob(f"{index}.*"))
 
     def vote(self, pair: dict[str, Any], choice: str, rater: str) -> None:
         if choice not in CHOICES:
@@ -147,10 +147,6 @@ def bradley_terry(names: list[str], score: dict[tuple[str, str], float], iterati
         mean = sum(math.log(v) for v in p.values()) / len(p)
         p = {n: math.exp(math.log(v) - mean) for n, v in p.items()}
     return {n: round(math.log(v), 4) for n, v in p.items()}
-
-
-def _suffix(modality: str) -> str:
-    return ".png" if modality == "image" else ".txt"
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image
 
-from genlab.images import image_grid
+from genlab.outputs import png_tag
 from genlab.run import Run
 
 if TYPE_CHECKING:
@@ -59,13 +56,13 @@ def write_report(run: Run, rows: list[tuple[str, str]], setup: list[tuple[str, s
 
 
 def image_samples(fake: torch.Tensor, real: torch.Tensor) -> str:
-    return (f"<div class=row><figure>{_png(fake[:64])}<figcaption>generated</figcaption></figure>"
-            f"<figure>{_png(real[:64])}<figcaption>held-out real</figcaption></figure></div>")
+    return (f"<div class=row><figure>{png_tag(fake[:64])}<figcaption>generated</figcaption></figure>"
+            f"<figure>{png_tag(real[:64])}<figcaption>held-out real</figcaption></figure></div>")
 
 
 def image_rows(images: torch.Tensor, per_row: int, caption: str) -> str:
     """One figure of images laid out `per_row` a row (e.g. bicubic, upscaled, original)."""
-    return f"<figure>{_png(images, nrow=per_row)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+    return f"<figure>{png_tag(images, nrow=per_row)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def text_samples(prompts: list[str], continuations: list[str]) -> str:
@@ -76,15 +73,6 @@ def text_samples(prompts: list[str], continuations: list[str]) -> str:
 def _table(rows: list[tuple[str, str]]) -> str:
     cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
-
-
-def _png(images: torch.Tensor, scale: int = 2, nrow: int | None = None) -> str:
-    grid = image_grid(images, nrow)
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return f"<img alt=samples src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
 
 
 def _curves(tb_dir: Path, width: int = 640, height: int = 240) -> str:
@@ -144,12 +132,7 @@ def write_bakeoff_report(path: Path, result: dict, headline: tuple[Figure, ...],
                     f"<td>{e['steps']}</td><td>{e['train_seconds']}</td>{''.join(cells)}<td>{speed}</td></tr>")
     shown = []
     for e in entries:
-        preview = previews.get(e["name"])
-        if isinstance(preview, torch.Tensor):
-            body = _png(preview, scale=3, nrow=8)
-        else:
-            body = "".join(f"<pre>{html.escape(t[:400])}</pre>" for t in preview or [])
-        shown.append(f"<h3>{html.escape(e['name'])}</h3>{body}")
+        shown.append(f"<h3>{html.escape(e['name'])}</h3>{previews.get(e['name'], '')}")
     ranking = " &gt; ".join(html.escape(n) for n in result["ranking"])
     page = f"""<!doctype html><meta charset="utf-8"><title>genlab bake-off</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}

@@ -1,6 +1,6 @@
 """Model families, one file each, all implementing `GenerativeModel`; looked up by name in the registry.
 
-This package imports nothing heavy itself: `genlab.models.registry` is pydantic-free and torch-free,
+This package imports nothing heavy itself: `genlab.config.families` is pydantic-free and torch-free,
 and the family classes are imported on first use.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from genlab.models.registry import family_class, family_config, family_names, family_sampling, register_family
+from genlab.config.families import family_class, family_config, family_names, family_sampling, register_family
 
 _LAZY = {"GenerativeModel": "genlab.models.base", "Diffusion": "genlab.models.diffusion",
          "Transformer": "genlab.models.transformer", "Figure": "genlab.models.protocol",

@@ -15,12 +15,15 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_model
 
-from genlab.config import ModelConfig, Section, TrainConfig
+from genlab.config import ModelConfig, TrainConfig
+from genlab.config.section import Sampling
 from genlab.data.records import Dataset, DataSpec
 from genlab.errors import GenlabError
 from genlab.models.protocol import IMAGE_FIGURES, Figure, Graph
+from genlab.outputs import IMAGES, Media
 from genlab.training.lightning_internals import step_not_counted
 from genlab.training.optim import build_optimizer, build_schedule
 
@@ -31,18 +34,19 @@ class GenerativeModel(L.LightningModule):
     """Base of every family: one config object in, the shared optimizer set-up, the model-folder metadata."""
 
     Config: ClassVar[type[ModelConfig]] = ModelConfig
-    Sampling: ClassVar[type[Section]] = Section  # keyword options of `sample` that configs and the CLI may set
-    modality: ClassVar[str] = "image"  # what `sample` returns: image tensors, texts, or table rows
-    task: ClassVar[str] = "generate"  # or "upscale": what `genlab evaluate` measures
+    Sampling: ClassVar[type[Sampling]] = Sampling  # keyword options of `sample`: configs, the CLI, the server
+    media: ClassVar[Media] = IMAGES  # what `sample` returns (image tensors, texts, table rows): how to write it
+    serves: ClassVar[str] = "image"  # the routes a server answers it on: image, text, text2text, upscale or table
     monitor: ClassVar[str] = "val/loss"  # the validation figure that picks checkpoints/best.ckpt (lower is better)
     watches_collapse: ClassVar[bool] = False  # score samples for mode collapse at each validation (GANs)
     optimizer_names: ClassVar[tuple[str, ...]] = ()  # names for each optimizer's logged gradient norm
     headline: ClassVar[tuple[Figure, ...]] = IMAGE_FIGURES  # what evaluate prints; the first ranks a bake-off
     network: ClassVar[str | None] = None  # the attribute holding the hub-mixin network that the model folder stores
-    # what the family does beyond `sample`, each a method of its own: upscale, impute, score, reconstruct...
-    verbs: ClassVar[frozenset[str]] = frozenset()
     # how `genlab evaluate` scores the family: "module:function(run, eval config, sampling options) -> metrics"
     evaluator: ClassVar[str] = "genlab.evaluation.metrics:evaluate_images"
+    # how `genlab audit` reads it: "module:function(run, n) -> audit.json's content"; None: no audit yet
+    audit: ClassVar[str | None] = "genlab.responsible.audit:audit_by_class"
+    # its verbs beyond `sample` (upscale, impute, ...) are declared on its Config class, where the CLI finds them
 
     def __init__(self, config: ModelConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__()
@@ -58,7 +62,14 @@ class GenerativeModel(L.LightningModule):
         return cls(config, dataset.spec, train), dataset
 
     def sample(self, n: int, *, generator: Any = None, **conditions: Any) -> Any:
+        """`n` samples in the family's `media`. `generator` is one torch.Generator or a list of one per sample
+        (a server seeds each image of a batch alone: `noise` honours both); the keyword arguments are the
+        family's `Sampling` options and the conditions it takes (labels, a prompt...)."""
         raise NotImplementedError
+
+    def noise(self, *shape: int, generator: Any = None) -> torch.Tensor:
+        """Standard normal noise of `shape` on the model's device; with a list of generators, row i from the i-th."""
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
 
     def save_pretrained(self, path: str | Path) -> None:
         """The `network` in huggingface_hub's layout (config.json + model.safetensors), with genlab.json beside it;
@@ -76,6 +87,12 @@ class GenerativeModel(L.LightningModule):
         model = cls(config, spec)
         load_model(getattr(model, cls.network), Path(path) / "model.safetensors")
         return model.eval()
+
+    def check_request(self, n: int, labels: Any = None, **options: Any) -> None:
+        """Refuse what this model cannot draw before any work starts (a server checks each request alone, so
+        that one bad request never fails the batch it would join); a GenlabError names the field."""
+        if labels is not None:
+            self.label_ids(n, labels)
 
     def onnx_graphs(self) -> dict[str, Graph]:
         """The networks `genlab export --to onnx` writes, by name; a family without any returns none."""

@@ -9,6 +9,7 @@ DDPMPipeline folder, so `DDPMPipeline.from_pretrained(folder)` loads it without 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,6 @@ class _Denoiser(torch.nn.Module):
 class Diffusion(GenerativeModel):
     Config = DiffusionConfig
     Sampling = DiffusionSampling
-    modality = "image"
 
     def __init__(self, config: DiffusionConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__(config, spec, train)
@@ -121,6 +121,11 @@ class Diffusion(GenerativeModel):
                 out = self.unet(inp, t, class_labels=labels).sample
             x = scheduler.step(out, t, x, generator=generator).prev_sample
         return (x.float() / 2 + 0.5).clamp(0, 1)
+
+    def check_request(self, n: int, labels: Any = None, **options: Any) -> None:
+        super().check_request(n, labels, **options)
+        if labels is None and options.get("guidance_scale", 1.0) != 1.0:
+            raise GenlabError("guidance_scale: guidance needs a class label")
 
     def preview(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         labels = torch.arange(n) % self.spec.num_classes if self.config.class_conditional else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -84,7 +83,6 @@ class Discriminator(nn.Module):
 class GAN(GenerativeModel):
     Config = GANConfig
     Sampling = GANSampling
-    modality = "image"
     network = "generator"
     monitor = "val/fid"  # logged by the core's collapse watch, which scores a fixed latent batch
     watches_collapse = True
@@ -193,7 +191,7 @@ class GAN(GenerativeModel):
                labels: int | str | list | torch.Tensor | None = None, truncation: float | None = None
                ) -> torch.Tensor:
         """`n` images (n, C, H, W) in [0, 1]; `truncation` t draws latents from N(0, 1) cut at +-t."""
-        z = randn_tensor((n, self.config.latent_dim), generator=generator, device=self.device, dtype=torch.float32)
+        z = self.noise(n, self.config.latent_dim, generator=generator)
         if truncation is not None:  # map each draw through the truncated normal's quantiles: one draw, no retries
             edge = torch.special.ndtr(torch.tensor(-float(truncation)))
             z = torch.special.ndtri(edge + torch.special.ndtr(z) * (1 - 2 * edge))

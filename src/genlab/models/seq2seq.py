@@ -31,6 +31,7 @@ from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
 from genlab.models.hf import load_folder, lora_wrap, save_folder
 from genlab.models.protocol import Figure
+from genlab.outputs import TEXTS
 from genlab.quiet import library_noise_silenced
 
 IGNORE = -100  # label positions the loss skips (padding)
@@ -83,7 +84,7 @@ def _load_seq2seq(path: str | Path):
 class Seq2Seq(GenerativeModel):
     Config = Seq2SeqConfig
     Sampling = Seq2SeqSampling
-    modality = "text"
+    media, serves, audit = TEXTS, "text2text", None
     evaluator = "genlab.evaluation.seq2seq:evaluate_pairs"
     headline = tuple(Figure(key, label, True, (f"copy_source_baseline.{key}", "copying the source"))
                      for key, label in (("chrf", "chrF"), ("bleu", "BLEU"), ("exact_match", "exact match")))

@@ -93,11 +93,9 @@ class SRDiscriminator(nn.Module):
 class SRGAN(GenerativeModel):
     Config = SRConfig
     Sampling = SRSampling
-    modality = "image"
     network = "generator"
-    verbs = frozenset({"upscale"})
+    serves, audit = "upscale", None  # images in, images out: no classes to audit
     evaluator = "genlab.evaluation.upscale:evaluate_upscaling"
-    task = "upscale"
     headline = (Figure("psnr", "PSNR dB", True, ("psnr_bicubic", "bicubic")),
                 Figure("ssim", "SSIM", True, ("ssim_bicubic", "bicubic")))
     optimizer_names = ("generator", "discriminator")

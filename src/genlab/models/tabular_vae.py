@@ -29,6 +29,7 @@ from genlab.data.records import Dataset, DataSpec, Split
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
 from genlab.models.protocol import Figure
+from genlab.outputs import TABLES
 
 log = logging.getLogger("genlab")
 
@@ -79,10 +80,8 @@ class TabularNet(nn.Module, PyTorchModelHubMixin):
 class TabularVAE(GenerativeModel):
     Config = TabularVAEConfig
     Sampling = TabularSampling
-    modality = "table"
-    task = "tabular"
+    media, serves, audit = TABLES, "table", None
     network = "net"
-    verbs = frozenset({"impute", "score"})
     evaluator = "genlab.evaluation.tabular:evaluate_table"
     headline = (Figure("imputation.genlab.rmse", "imputation RMSE", False,
                        ("imputation.IterativeImputer.rmse", "IterativeImputer")),

@@ -25,6 +25,7 @@ from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
 from genlab.models.hf import load_folder, lora_wrap, save_folder
 from genlab.models.protocol import Figure, Graph
+from genlab.outputs import TEXTS
 
 log = logging.getLogger("genlab")
 
@@ -59,7 +60,7 @@ class _Logits(torch.nn.Module):
 class Transformer(GenerativeModel):
     Config = TransformerConfig
     Sampling = TextSampling
-    modality = "text"
+    media, serves, audit = TEXTS, "text", None
     evaluator = "genlab.evaluation.text:evaluate_text"
     headline = (Figure("bits_per_character", "bits/char", False), Figure("perplexity", "perplexity", False),
                 Figure("distinct_2", "distinct-2", True))

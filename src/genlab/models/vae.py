@@ -13,7 +13,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
@@ -69,11 +68,8 @@ class _Decoder(nn.Module):
 class VAE(GenerativeModel):
     Config = VAEConfig
     Sampling = VAESampling
-    modality = "image"
     network = "net"
-    verbs = frozenset({"reconstruct", "interpolate", "traverse"})
     evaluator = "genlab.evaluation.latent:evaluate_autoencoder"
-    task = "autoencode"
     headline = (*IMAGE_FIGURES, Figure("nll_iwae", "NLL (IWAE)", False), Figure("mig", "MIG", True))
 
     def __init__(self, config: VAEConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
@@ -174,7 +170,7 @@ class VAE(GenerativeModel):
     def sample(self, n: int, *, generator: torch.Generator | list[torch.Generator] | None = None,
                temperature: float = 1.0) -> torch.Tensor:
         """`n` images (n, C, H, W) in [0, 1], decoded from latents drawn from the prior (scaled by `temperature`)."""
-        z = randn_tensor((n, self.config.latent_dim), generator=generator, device=self.device, dtype=torch.float32)
+        z = self.noise(n, self.config.latent_dim, generator=generator)
         return self.decode(z * temperature)
 
     def _check(self, images: torch.Tensor) -> None:

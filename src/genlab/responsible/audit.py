@@ -23,6 +23,7 @@ import torch
 from genlab.errors import GenlabError
 from genlab.evaluation.features import FeatureNet, predict
 from genlab.evaluation.metrics import precision_recall
+from genlab.locate import locate
 from genlab.run import Run, write_json
 
 MIN_PER_CLASS = 4  # samples of a class (generated and real) for its precision and recall
@@ -88,6 +89,14 @@ def _flag(kind: str, name: str, detail: str) -> dict[str, str]:
 
 
 def audit_run(run: Run, n: int | None = None) -> dict[str, Any]:
+    """The audit the run's family declares (`GenerativeModel.audit`), written beside its other results."""
+    family = run.config.model.family
+    if run.model.audit is None:
+        raise GenlabError(f"audit: {run.path} is a {family} run, and the {family} family declares no audit")
+    return locate(run.model.audit)(run, n)
+
+
+def audit_by_class(run: Run, n: int | None = None) -> dict[str, Any]:
     """Sample the run, audit it by class, write audit.json and audit.html beside its other results."""
     from genlab.config import sampling_options
     from genlab.data.sources import load_dataset
@@ -95,8 +104,6 @@ def audit_run(run: Run, n: int | None = None) -> dict[str, Any]:
     from genlab.evaluation.metrics import generate_images
 
     cfg = run.config
-    if run.model.modality != "image" or run.model.task in ("upscale", "tabular"):
-        raise GenlabError(f"audit: {run.path} is a {cfg.model.family} run; the audit is by class, for image runs")
     dataset = load_dataset(cfg.data)
     held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
     names = list(dataset.spec.class_names)

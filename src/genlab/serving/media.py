@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
 
 from genlab.errors import GenlabError
 from genlab.serving.guard import Refused
@@ -24,8 +25,22 @@ from genlab.serving.workers import QueueFull
 
 router = APIRouter()
 
-# which genlab image fields each family takes (the others are refused, naming the field)
-IMAGE_FIELDS = {"diffusion": ("sampler", "steps", "guidance_scale"), "gan": ("truncation",), "vae": ("temperature",)}
+def sampling_options(served: Served, given: dict[str, Any]) -> dict[str, Any]:
+    """The request's options that the model's family declares (its `Sampling` class), as given; a 400 naming
+    the first option it does not take or whose value is out of bounds."""
+    fields = served.model.Sampling.model_fields
+    for name in given:
+        if name not in fields:
+            takes = ", ".join(fields) or "none"
+            raise Refused(400, f"{name}: a {served.family} model does not take it (its options: {takes})",
+                          code="invalid_value")
+    try:
+        served.model.Sampling.model_validate(given)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise Refused(400, f"{'.'.join(map(str, first['loc']))}: {first['msg']} (got {first.get('input')!r})",
+                      code="invalid_value") from None
+    return dict(given)
 
 
 async def _run(served: Served, key: Any, items: list[Any], request: Request) -> list[Any]:
@@ -57,38 +72,24 @@ async def images(body: ImageRequest, request: Request, identity: str = Depends(a
     server, served = _served(request, body.model, ("image",), "/v1/images/generations")
     if body.n > server.config.limits.max_n:
         raise Refused(400, f"n: {body.n} images; the limit is {server.config.limits.max_n}", code="invalid_value")
-    if body.steps is not None and body.steps > server.config.limits.max_steps:
-        raise Refused(400, f"steps: {body.steps}; the limit is {server.config.limits.max_steps}", code="invalid_value")
     if body.size is not None and body.size != served.size:
         raise Refused(400, f"size: this model draws {served.size} images, not {body.size}", code="invalid_value")
-    options = {}
-    for name in ("sampler", "steps", "guidance_scale", "truncation", "temperature"):
-        value = getattr(body, name)
-        if value is None or (name == "guidance_scale" and value == 1.0):
-            continue
-        if name not in IMAGE_FIELDS.get(served.family, ()):
-            raise Refused(400, f"{name}: a {served.family} model does not take it", code="invalid_value")
-        if name != "guidance_scale":
-            options[name] = value
-    if "sampler" in options:
-        from genlab.models.diffusion import SAMPLERS
-
-        if options["sampler"] not in SAMPLERS:
-            raise Refused(400, f"sampler: {options['sampler']!r} is not one of {', '.join(SAMPLERS)}",
-                          code="invalid_value")
+    options = sampling_options(served, body.model_extra or {})
+    if options.get("steps") is not None and options["steps"] > server.config.limits.max_steps:
+        raise Refused(400, f"steps: {options['steps']}; the limit is {server.config.limits.max_steps}",
+                      code="invalid_value")
     label = body.label
     conditional = getattr(served.model.config, "class_conditional", False)
     if label is None and conditional and body.prompt.strip() in served.model.spec.class_names:
         label = body.prompt.strip()
-    if label is not None:
-        try:
-            served.model.label_ids(1, label)
-        except GenlabError as err:  # the model says "labels"; the request's field is "label"
-            raise Refused(400, f"label: {str(err).split(': ', 1)[-1]}", code="invalid_value") from None
-    if body.guidance_scale != 1.0 and label is None:
-        raise Refused(400, "guidance_scale: guidance needs a class label", code="invalid_value")
+    try:
+        served.model.check_request(1, label, **options)
+    except GenlabError as err:  # the model says "labels"; the request's field is "label"
+        field, _, detail = str(err).partition(": ")
+        raise Refused(400, f"{'label' if field == 'labels' else field}: {detail}", code="invalid_value") from None
+    per_sample = {k: options.pop(k) for k in served.model.Sampling.per_sample if k in options}
     seed = body.seed if body.seed is not None else random.randrange(2**62)
-    items = [(seed + i, label, body.guidance_scale) for i in range(body.n)]
+    items = [(seed + i, label, per_sample) for i in range(body.n)]
     key = tuple(sorted({**options, "labelled": label is not None}.items()))
     images = await _run(served, key, items, request)
     server.metrics.images.labels(served.name).inc(len(images))

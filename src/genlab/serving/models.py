@@ -47,7 +47,7 @@ def model_folder(path: str | Path) -> tuple[Path, str]:
 
 def load_model(path: str | Path) -> tuple[Any, str]:
     """(model, default name) from a run directory or model folder; weights are read from safetensors only."""
-    from genlab.models.registry import family_class
+    from genlab.config.families import family_class
 
     folder, name = model_folder(path)
     pickled = sorted(str(p.relative_to(folder)) for pattern in PICKLES for p in folder.rglob(pattern))
@@ -64,12 +64,11 @@ def load_served(path: str | Path, config: ServeConfig, name: str | None = None,
     name = name or default
     family = model.config.family
     on_batch = (lambda size: observe(name, size)) if observe else None
-    kind = {"text": ServedLM, "image": ServedImages}.get(model.modality, ServedTable)
-    if family == "seq2seq":
-        kind = ServedSeq2Seq
-    elif model.task == "upscale":
-        kind = ServedUpscaler
-    return kind(name, family, model, config, on_batch)
+    kinds = {kind.kind: kind for kind in (ServedLM, ServedSeq2Seq, ServedImages, ServedUpscaler, ServedTable)}
+    if model.serves not in kinds:
+        raise GenlabError(f"{path}: a {family} model is served as {model.serves!r}; genlab serves "
+                          f"{', '.join(kinds)}")
+    return kinds[model.serves](name, family, model, config, on_batch)
 
 
 class Served:
@@ -141,7 +140,7 @@ class ServedLM(Served):
 class ServedSeq2Seq(Served):
     """An encoder-decoder: greedy requests with equal settings share one `generate` call."""
 
-    kind = "seq2seq"
+    kind = "text2text"  # transformers names the task so
     context = None
 
     def run_batch(self, key: Any, items: list[Any]) -> list[str]:
@@ -162,15 +161,17 @@ class ServedImages(Served):
     kind = "image"
 
     def run_batch(self, key: Any, items: list[Any]) -> list[str]:
-        """Items are (seed, label, guidance scale); the key holds the sampler options and whether labels are given
-        (a batch mixes labelled and unlabelled requests never: their conditioning differs)."""
+        """Items are (seed, label, the options that may differ per sample); the key holds the other options and
+        whether labels are given (a batch mixes labelled and unlabelled requests never: their conditioning differs).
+        An option that differs per sample (guidance_scale) goes to the model as one value per image."""
         options = dict(key)
         labelled = options.pop("labelled")
         generators = [torch.Generator().manual_seed(seed) for seed, _, _ in items]
         conditions: dict[str, Any] = {"labels": [label for _, label, _ in items]} if labelled else {}
-        scales = [g for _, _, g in items]
-        if self.family == "diffusion" and any(g != 1.0 for g in scales):
-            conditions["guidance_scale"] = torch.tensor(scales, dtype=torch.float32)
+        defaults = self.model.Sampling.model_fields
+        for name in sorted({name for _, _, own in items for name in own}):
+            values = [own.get(name, defaults[name].default) for _, _, own in items]
+            conditions[name] = torch.tensor(values, dtype=torch.float32)
         images = self.model.sample(len(items), generator=generators, **conditions, **options)
         return [png_b64(image) for image in images]
 

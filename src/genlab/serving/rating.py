@@ -50,7 +50,7 @@ def rating_app(ratings: Ratings, seed: int | None = None) -> FastAPI:
         pending[token] = pair
         while len(pending) > PENDING:
             pending.popitem(last=False)
-        kind = "image" if ratings.runs[pair["left_run"]]["modality"] == "image" else "text"
+        kind = ratings.runs[pair["left_run"]]["modality"]  # the page shows an image, or the file as text
         return {"token": token, "kind": kind, "left": f"/item/{token}/left", "right": f"/item/{token}/right"}
 
     @app.get("/item/{token}/{side}")

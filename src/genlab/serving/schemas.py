@@ -123,11 +123,11 @@ class ImageRequest(Request):
     response_format: Literal["b64_json"] = "b64_json"
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     label: int | str | None = None
-    sampler: str | None = None  # diffusion
-    steps: int | None = Field(None, ge=1, le=1000)  # diffusion
-    guidance_scale: float = Field(1.0, ge=0, le=50)  # diffusion, class-conditional
-    truncation: float | None = Field(None, gt=0, le=10)  # GAN
-    temperature: float | None = Field(None, gt=0, le=10)  # VAE
+    quality: str | None = None  # OpenAI's; genlab draws at the model's one quality
+    style: str | None = None
+    user: str | None = None
+    # any other field is one of the model family's sampling options (its `Sampling` class), checked there
+    model_config = ConfigDict(extra="allow")
 
 
 class UpscaleRequest(Request):

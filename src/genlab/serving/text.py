@@ -29,7 +29,7 @@ from genlab.serving.server import Server, authorize
 from genlab.serving.workers import QueueFull
 
 router = APIRouter(tags=["text"])
-TEXT_KINDS = ("text", "seq2seq")
+TEXT_KINDS = ("text", "text2text")
 
 
 @dataclass

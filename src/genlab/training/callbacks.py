@@ -14,7 +14,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genlab.errors import GenlabError
 from genlab.images import image_grid
-from genlab.outputs import SUFFIX, save_samples
 from genlab.training.peak import PEAK_METHOD, matmul_peak
 
 
@@ -143,6 +142,7 @@ class Throughput(L.Callback):
         self.dtype = dtype
         self.peak_flops = 0.0
         self.flops_per_batch = 0.0
+        self.flops_counted = False  # a family of elementwise ops only counts 0 FLOPs, and is counted all the same
         # over every fit call; tokens: the predicted tokens of text batches
         self.totals = {"seconds": 0.0, "train_seconds": 0.0, "samples": 0, "tokens": 0, "batches": 0}
         self._counter: FlopCounterMode | None = None
@@ -152,11 +152,12 @@ class Throughput(L.Callback):
         self._due = EveryNSteps(log_every)
 
     def state_dict(self) -> dict[str, float]:
-        return {"flops_per_batch": self.flops_per_batch, **self.totals,
+        return {"flops_per_batch": self.flops_per_batch, "flops_counted": self.flops_counted, **self.totals,
                 "seconds": self.totals["seconds"] + time.perf_counter() - self._fit_started}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.flops_per_batch = state["flops_per_batch"]
+        self.flops_counted = state.get("flops_counted", bool(self.flops_per_batch))  # checkpoints before it: by value
         self.totals.update({k: state[k] for k in self.totals if k in state})
         self._window = dict(self.totals)
 
@@ -165,7 +166,7 @@ class Throughput(L.Callback):
         self.peak_flops = max(self.peak_flops, matmul_peak(self.dtype, pl_module.device))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if not self.flops_per_batch and self._counter is None:
+        if not self.flops_counted and self._counter is None:
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
 
@@ -175,6 +176,7 @@ class Throughput(L.Callback):
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
             self.flops_per_batch = float(self._counter.get_total_flops())
+            self.flops_counted = True
             self._counter = None
         elif self._mark is not None:
             t = self.totals
@@ -261,7 +263,7 @@ class SamplePreview(L.Callback):
             return
         samples = pl_module.preview(self.n, torch.Generator(pl_module.device).manual_seed(0))
         step = trainer.global_step
-        save_samples(samples, self.out_dir / f"step_{step:06d}{SUFFIX[pl_module.modality]}")
+        pl_module.media.save(samples, self.out_dir / f"step_{step:06d}{pl_module.media.suffix}")
         for logger in trainer.loggers:
             texts = [samples.to_string()] if hasattr(samples, "to_string") else samples  # table rows: one block
             if isinstance(texts, list) and hasattr(logger.experiment, "add_text"):

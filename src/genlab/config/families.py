@@ -7,8 +7,11 @@ imports only that family's pydantic classes (`genlab.config.<family>`), never to
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from genlab.config.verb import Verb
+from genlab.errors import GenlabError
+from genlab.locate import locate
 
 # name -> (config class, sampling class, model class), each "module:attribute"
 BUILTIN: dict[str, tuple[str, str, str]] = {
@@ -33,16 +36,30 @@ def family_names() -> list[str]:
 
 def family_config(name: str) -> Any:
     """The family's `ModelConfig` subclass (imports pydantic classes only, for built-ins)."""
-    return _registered[name].Config if name in _registered else _resolve(BUILTIN[name][0])
+    return _registered[name].Config if name in _registered else locate(BUILTIN[name][0])
 
 
 def family_sampling(name: str) -> Any:
-    return _registered[name].Sampling if name in _registered else _resolve(BUILTIN[name][1])
+    return _registered[name].Sampling if name in _registered else locate(BUILTIN[name][1])
 
 
 def family_class(name: str) -> Any:
     """The family's `GenerativeModel` subclass; importing it brings in torch and the training stack."""
-    return _registered[name] if name in _registered else _resolve(BUILTIN[name][2])
+    return _registered[name] if name in _registered else locate(BUILTIN[name][2])
+
+
+def family_verbs(name: str) -> dict[str, Verb]:
+    """What the family does beyond `sample`, by verb name (declared on its config class: no torch)."""
+    return {verb.name: verb for verb in family_config(name).verbs}
+
+
+def check_verb(family: str, verb: str, where: Any) -> Verb:
+    """The family's `verb`; a GenlabError naming the families that have it when this one does not."""
+    verbs = family_verbs(family)
+    if verb not in verbs:
+        doers = " or ".join(name for name in family_names() if verb in family_verbs(name)) or "no known"
+        raise GenlabError(f"{where}: a {family} run; {verb} needs a {doers} run")
+    return verbs[verb]
 
 
 def register_family(cls: Any) -> Any:
@@ -58,6 +75,3 @@ def unregister_family(name: str) -> None:
     _registered.pop(name, None)
 
 
-def _resolve(path: str) -> Any:
-    module, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module), attribute)

@@ -1,0 +1,115 @@
+"""What a run's family brings to the command line: the options its `Sampling` class declares, the conditions its
+`sample` takes, parsed from `--name value` pairs and checked, and the help that lists them."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from pathlib import Path
+from typing import Any
+
+from genlab.errors import ConfigError, GenlabError
+
+
+def family_options(run: Any, args: list[str], conditions: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The --options after a run that its family's `Sampling` class declares (validated, defaults from the
+    run's eval.sampling), and the conditions its `sample` takes (--NAME-file reads NAME from a file)."""
+    from genlab.config import sampling_options
+    from genlab.config.families import family_sampling
+
+    family = run.config.model.family
+    fields = family_sampling(family).model_fields
+    taken = _conditions_taken(run) if conditions else []
+    given, extra = {}, {}
+    for key, values in _parse_options(args).items():
+        if key in fields:
+            many = typing.get_origin(fields[key].annotation) is list
+            given[key] = values if many else _one(key, values)
+        elif key in taken:
+            extra[key] = _one(key, values)
+        elif key.endswith("_file") and key[: -len("_file")] in taken:
+            extra[key[: -len("_file")]] = _read_text(key, _one(key, values))
+        else:
+            allowed = [*fields, *taken]
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            raise ConfigError(f"--{flag(key)}: a {family} run takes no such option"
+                              + (f"; did you mean --{flag(hint[0])}?" if hint else "")
+                              + f" (its options: {', '.join('--' + flag(k) for k in allowed) or 'none'})")
+    return sampling_options(family, {**run.config.eval.sampling, **given}), extra
+
+
+def _conditions_taken(run: Any) -> list[str]:
+    """What the family's `sample` takes besides n, the generator and its sampling options: labels, a prompt..."""
+    from genlab.config.families import family_class, family_sampling
+
+    params = inspect.signature(family_class(run.config.model.family).sample).parameters
+    fields = family_sampling(run.config.model.family).model_fields
+    return [name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+            and name not in ("generator", *fields)]
+
+
+def check_taken(run: Any, conditions: dict[str, Any]) -> None:
+    taken = _conditions_taken(run)
+    for key in conditions:
+        if key not in taken:
+            raise GenlabError(f"{key}: a {run.config.model.family} model does not take it (its samples take: "
+                              f"{', '.join(taken) or 'nothing'})")
+
+
+def _parse_options(args: list[str]) -> dict[str, list[str]]:
+    """`--name value`, `--name=value` and bare `--flag` (true) -> {name: [values]}, in the order given."""
+    parsed: dict[str, list[str]] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or token == "--":
+            raise ConfigError(f"{token!r}: unexpected argument (options are --name value)")
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            has_value = i + 1 < len(args) and not args[i + 1].startswith("--")
+            value = args[i + 1] if has_value else "true"
+            i += has_value
+        parsed.setdefault(name.replace("-", "_"), []).append(value)
+        i += 1
+    return parsed
+
+
+def _one(key: str, values: list[str]) -> str:
+    if len(values) > 1:
+        raise ConfigError(f"--{flag(key)}: given {len(values)} times; it takes one value")
+    return values[0]
+
+
+def _read_text(key: str, path: str) -> str:
+    if not Path(path).is_file():
+        raise GenlabError(f"--{flag(key)}: {path} is not a file")
+    return Path(path).read_text(errors="replace")
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def options_help() -> str:
+    """Each registered family's sampling options, from its `Sampling` class: the `sample` command's epilog."""
+    from genlab.config.families import family_names, family_sampling
+
+    lines = []
+    for family in family_names():
+        fields = family_sampling(family).model_fields
+        if fields:
+            lines.append(f"{family}: " + "; ".join(f"--{flag(k)} ({_type_name(f.annotation)}) {f.description or ''}"
+                                                    .rstrip() for k, f in fields.items()))
+    return "Family options:\n\n" + "\n\n".join(lines)
+
+
+def _type_name(annotation: Any) -> str:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return "|".join(map(str, args))
+    if typing.get_origin(annotation) is list:
+        return f"{_type_name(args[0])}, repeatable"
+    if args:
+        return _type_name(args[0])
+    return getattr(annotation, "__name__", str(annotation))
