@@ -207,9 +207,9 @@ def test_an_out_of_tree_family_enters_a_bakeoff(family, tmp_path):
 # --- no layer above the families tells them apart by name ---------------------------------------------------
 
 FAMILY_FILES = {f"config/{name}.py" for name in BUILTIN}
-# where a family's name, task or modality may be compared: the families' own files, and the data layer, which
-# reads and prepares data by its modality (image files, text, tables) before any family sees it
-ALLOWED = ("models/", "data/", "prepare/")
+# where a family's name, task or modality may be compared: the families' own files (the data layer holds a
+# handler per modality instead: prepare/kinds.py)
+ALLOWED = ("models/",)
 
 
 NAMING = {SRC / "config/families.py", SRC / "config/__init__.py"}  # the registry, and the default family

@@ -34,12 +34,12 @@ def load_dataset(cfg) -> Dataset:
     else:
         data = source(cfg.source)(cfg)
     x, y = data.x, data.y
-    if data.modality == "table":  # a DataFrame, split by rows
+    if isinstance(x, list):  # documents, or (source, target) pairs
+        return _split_documents(data, cfg)
+    if not isinstance(x, torch.Tensor):  # a DataFrame, split by rows
         from genlab.data.table import split_table
 
         return split_table(data, cfg)
-    if isinstance(x, list):  # documents, or (source, target) pairs
-        return _split_documents(data, cfg)
     if not torch.isfinite(x).all():
         raise GenlabError(f"data.source {cfg.source!r}: the data holds NaN or infinite values")
     if data.parts is None:

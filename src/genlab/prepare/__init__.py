@@ -20,25 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from genlab.config import RunConfig, load_config
-from genlab.config.prepare import Normalize, default_pipeline
+from genlab.config.prepare import default_pipeline
 from genlab.data.registry import FILES
 from genlab.errors import GenlabError
-from genlab.prepare import dedup, read, steps, stream
+from genlab.prepare import read, stream
+from genlab.prepare.kinds import KINDS, SPLITS, Kind
 from genlab.prepare.record import Item, StepLog
 from genlab.prepare.report import write_reports
-from genlab.prepare.split import assign_splits, check_labels
+from genlab.prepare.split import assign_splits
 from genlab.prepare.store import (
     MANIFEST,
     REMOVED,
-    SPLITS,
     cache_folder,
     load_prepared,
     reasons,
     summary,
-    write_split,
 )
 from genlab.quiet import quiet
 
@@ -57,32 +55,33 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
     out = Path(out) if out is not None else Path("prepared") / cfg.name
     if data.prepared is not None:
         raise GenlabError("data.prepared: this config reads a prepared set already; prepare the raw data's config")
-    if FILES.get(data.source) == "text" or (data.source not in FILES and _modality(data) == "text"):
+    if KINDS.get(FILES.get(data.source) or _modality(data), Kind()).streams:
         return _prepare_text(cfg, out)
     started = time.perf_counter()
-    log = StepLog("validate")
-    modality, items = _read(data, log)
+    log, extra = StepLog("validate"), {}
+    kind, items = _read(data, log, extra)
     log.seconds = time.perf_counter() - started
     read_count = log.kept + log.removed
-    logs, extra = [log], {}
-    if modality == "image":  # as read, before normalize brings them to one size: the report's histogram
-        extra["sizes"] = [max(item.value.size) for item in items]
-    for step in pipeline_of(data, modality):
+    logs, runs = [log], kind.steps()
+    for step in pipeline_of(data, kind.name):
         if step.step in ("validate", "split"):
             continue
-        log = StepLog(step.step, megabytes=_megabytes(items, modality))
+        log = StepLog(step.step, megabytes=kind.megabytes(items))
         began = time.perf_counter()
-        items = _run(step, items, modality, data, log, extra)
+        if step.step in runs:
+            items = runs[step.step](step, items, data, log, extra)
+        else:
+            log.notes.append(f"does not apply to {kind.name}")
+            log.kept = len(items)
         log.seconds = time.perf_counter() - began
         logs.append(log)
     if not len(items):
         raise _nothing_left(logs, data)
-    labels = _labels(items, modality, data)
-    clusters = [i.cluster for i in items] if modality != "table" else [None] * len(items)
-    split = assign_splits(labels, clusters, data.val_fraction, data.test_fraction, data.split_seed)
+    labels = kind.labels(items, data)
+    split = assign_splits(labels, kind.clusters(items), data.val_fraction, data.test_fraction, data.split_seed)
     logs.append(StepLog("split", kept=len(items), notes=[f"{n} {SPLITS[k]}" for k, n in
                                                           zip(*np.unique(split, return_counts=True))]))
-    return _write(cfg, out, modality, items, labels, split, logs, extra, read_count)
+    return _write(cfg, out, kind, items, labels, split, logs, extra, read_count)
 
 
 def pipeline_of(data, modality: str) -> list:
@@ -91,11 +90,12 @@ def pipeline_of(data, modality: str) -> list:
 
 
 def _modality(data) -> str:
-    """A source's modality: built-ins by the module that loads them, a user's registered source by loading it."""
+    """A source's modality: built-ins by the module that loads them (text streams, so it is known before loading),
+    a user's registered source by loading it."""
     from genlab.data.registry import BUILTIN, source
 
     if data.source in BUILTIN:
-        return "text" if BUILTIN[data.source].startswith("genlab.data.text:") else "other"
+        return "text" if BUILTIN[data.source].startswith("genlab.data.text:") else "in memory"
     return source(data.source)(data).modality
 
 
@@ -149,141 +149,46 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
     return _finish(staging, out, summary, (first, lengths, "characters per document"), logs)
 
 
-def _read(data, log: StepLog) -> tuple[str, Any]:
+def _read(data, log: StepLog, extra: dict) -> tuple[Kind, Any]:
     if data.source in FILES:
         if data.path is None:
             raise GenlabError(f"data.path: required to prepare data.source {data.source!r}")
-        root, modality = Path(data.path).expanduser(), FILES[data.source]
-        if modality == "image":
-            return modality, read.read_images(root, log, data.limit)
-        return modality, read.read_table(root, log).iloc[: data.limit]
+        kind = KINDS[FILES[data.source]]
+        return kind, kind.read_files(Path(data.path).expanduser(), data, log, extra)
     from genlab.data.registry import source  # a built-in set: nothing to skip, but every other step applies
 
     loaded = source(data.source)(data)
-    if loaded.modality == "table":
-        frame = loaded.x.astype("object").where(loaded.x.notna(), None)
-        frame.index = [f"row {i + 1}" for i in range(len(frame))]
-        log.kept = len(frame)
-        return "table", frame
-    if loaded.modality != "image":
-        raise GenlabError(f"data.source {data.source!r}: genlab prepare handles images, text and tables, "
+    kind = KINDS.get(loaded.modality)
+    if kind is None or kind.streams:
+        raise GenlabError(f"data.source {data.source!r}: genlab prepare handles {', '.join(KINDS)}, "
                           f"not {loaded.modality}")
-    from PIL import Image
-
-    arrays = ((loaded.x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    names = loaded.class_names
-    items = [Item(f"item {i + 1}", Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a),
-                  names[int(loaded.y[i])] if loaded.y is not None and names else None) for i, a in enumerate(arrays)]
-    log.kept = len(items)
-    return "image", items
-
-
-def _clean_images(step, items, data, log: StepLog, extra: dict):
-    if step.mode is None and data.channels is not None:
-        step = step.model_copy(update={"mode": "L" if data.channels == 1 else "RGB"})
-    return steps.clean_images(items, step, log)
-
-
-def _normalize_table(step, items, data, log: StepLog, extra: dict):
-    items, extra["scaling"] = steps.normalize_table(items, step, log)
-    return items
-
-
-def _deduplicate_images(step, items, data, log: StepLog, extra: dict):
-    if items and not isinstance(items[0].value, np.ndarray):  # hashes compare images of one size
-        items = steps.normalize_images(items, Normalize(), data.image_size, StepLog("normalize"))
-    return dedup.deduplicate_images(items, step, log)
-
-
-def _check_labels(modality: str) -> Callable:
-    def run(step, items, data, log: StepLog, extra: dict):
-        extra["labels"] = check_labels(_labels(items, modality, data), step, log)
-        return items
-
-    return run
-
-
-def _augment_later(step, items, data, log: StepLog, extra: dict):
-    """Nothing to do now: fit applies it to each training batch."""
-    on = [k for k, v in step.model_dump(exclude={"step"}).items() if v]
-    log.notes.append(f"applied during training: {', '.join(on) or 'nothing switched on'}")
-    log.kept = len(items)
-    return items
-
-
-# (modality, step) -> what runs it on items held in memory; text streams through prepare/stream.py instead
-STEPS: dict[tuple[str, str], Callable] = {
-    ("image", "clean"): _clean_images,
-    ("image", "normalize"): lambda step, items, data, log, extra: steps.normalize_images(items, step, data.image_size,
-                                                                                          log),
-    ("image", "deduplicate"): _deduplicate_images,
-    ("image", "labels"): _check_labels("image"),
-    ("image", "augment"): _augment_later,
-    ("table", "clean"): lambda step, items, data, log, extra: steps.clean_table(items, step, log),
-    ("table", "normalize"): _normalize_table,
-    ("table", "deduplicate"): lambda step, items, data, log, extra: dedup.deduplicate_table(items, step, log),
-    ("table", "missing"): lambda step, items, data, log, extra: steps.missing_table(items, step, log),
-    ("table", "labels"): _check_labels("table"),
-}
-
-
-def _run(step, items, modality: str, data, log: StepLog, extra: dict):
-    run = STEPS.get((modality, step.step))
-    if run is not None:
-        return run(step, items, data, log, extra)
-    log.notes.append(f"does not apply to {modality}")
-    log.kept = len(items)
-    return items
-
-
-def _labels(items, modality: str, data) -> list[str | None]:
-    if modality == "table":
-        if data.target is None:
-            return [None] * len(items)
-        if data.target not in items.columns:
-            raise GenlabError(f"data.target: no column {data.target!r} (columns: {', '.join(items.columns)})")
-        return [None if pd.isna(v) else str(v) for v in items[data.target]]
-    return [i.label for i in items]
-
-
-def _megabytes(items, modality: str) -> float:
-    return float(items.memory_usage(deep=True).sum()) / 1e6 if modality == "table" else 0.0
+    return kind, kind.from_loaded(loaded, log, extra)
 
 
 def _nothing_left(logs: list[StepLog], data) -> GenlabError:
     if not logs[0].kept + logs[0].removed:
-        kinds = {"image": "image files", "text": "text files (.txt, .md, .rst, .jsonl)"}
-        return GenlabError(f"data.path: no {kinds.get(FILES.get(data.source), 'items')} found under {data.path}")
+        files = KINDS[FILES[data.source]].files if data.source in FILES else "items"
+        return GenlabError(f"data.path: no {files} found under {data.path}")
     return GenlabError(f"data: nothing is left after the pipeline ({'; '.join(reasons([g.as_dict() for g in logs]))})")
 
 
-def _write(cfg: RunConfig, out: Path, modality: str, items, labels: list, split: np.ndarray, logs: list[StepLog],
+def _write(cfg: RunConfig, out: Path, kind: Kind, items, labels: list, split: np.ndarray, logs: list[StepLog],
            extra: dict, read_count: int) -> Path:
-    if modality == "image" and items and not isinstance(items[0].value, np.ndarray):  # no normalize step ran
-        items = steps.normalize_images(items, Normalize(), cfg.data.image_size, StepLog("normalize"))
+    items = kind.finish(items, cfg.data)
     staging = _staging(out)
     names = sorted({label for label in labels if label is not None})
     counts = {}
     for k, name in enumerate(SPLITS):
         rows = np.flatnonzero(split == k)
         counts[name] = len(rows)
-        if modality == "table":
-            write_split(staging, modality, name, items.iloc[rows], None, [])
-            continue
-        chosen = [items[i] for i in rows]
-        codes = [names.index(labels[i]) for i in rows] if names and all(labels[i] is not None for i in rows) \
-            else None
-        write_split(staging, modality, name, [i.value for i in chosen], codes, [i.where for i in chosen])
+        kind.write(staging, name, items, rows, labels, names)
     label_info = extra.get("labels", {})
     if "weights" in label_info:
         weights = np.array(label_info.pop("weights"))
         (staging / "weights.json").write_text(json.dumps({s: weights[split == k].round(6).tolist()
                                                           for k, s in enumerate(SPLITS)}))
-    summary = _summary(cfg, modality, len(items), counts, names, extra, logs, read_count)
-    samples, lengths, label = _preview(items, modality)
-    if modality == "image":
-        lengths, label = extra["sizes"], "longest side in pixels, as read"
-    return _finish(staging, out, summary, (samples, lengths, label), logs)
+    summary = _summary(cfg, kind.name, len(items), counts, names, extra, logs, read_count)
+    return _finish(staging, out, summary, kind.preview(items, extra), logs)
 
 
 def _staging(out: Path) -> Path:
@@ -318,12 +223,6 @@ def _finish(staging: Path, out: Path, summary: dict, preview: tuple, logs: list[
     else:
         staging.rename(out)
     return out
-
-
-def _preview(items, modality: str) -> tuple[Any, list[float], str]:
-    if modality == "table":
-        return items.head(10).to_html(), [], ""
-    return np.stack([i.value for i in items[:32]]) if items else np.zeros((0, 1, 1, 1), np.uint8), [], ""
 
 
 def cached(data) -> Path:

@@ -23,8 +23,8 @@ from pathlib import Path
 import genlab.prepare.steps as steps
 from genlab.config.prepare import Clean, Deduplicate, Normalize
 from genlab.prepare.dedup import digest, shingles
+from genlab.prepare.kinds import SPLITS
 from genlab.prepare.record import Item, StepLog
-from genlab.prepare.store import SPLITS
 
 MAX_LINES = 2_000_000  # boilerplate counting: distinct lines tracked before the singletons are dropped
 

@@ -1,0 +1,232 @@
+"""What `genlab prepare` does differently for each modality of data: how items are read, which steps apply
+and how, how they are labelled, written and loaded back. Images and tables are held in memory; text streams
+through `stream.py` and only its prepared set's loading lives here. A new modality is one more `Kind`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from genlab.config.prepare import Normalize
+from genlab.data.records import Loaded
+from genlab.prepare.dedup import deduplicate_images, deduplicate_table
+from genlab.prepare.read import read_images, read_table
+from genlab.prepare.record import Item, StepLog
+from genlab.prepare.split import check_labels
+from genlab.prepare.steps import clean_images, clean_table, missing_table, normalize_images, normalize_table
+
+SPLITS = ("train", "val", "test")
+Step = Callable[[Any, Any, Any, StepLog, dict], Any]  # (step config, items, data config, log, extra) -> items
+
+
+class Kind:
+    """One modality's items in prepare: a list of `Item`s unless a kind says otherwise."""
+
+    name = ""
+    streams = False  # read and written as a stream (text), not held in memory
+    files = "items"  # what `data.path` holds, for "no ... found under"
+
+    def steps(self) -> dict[str, Step]:
+        """Step name -> what runs it; a step not listed here does not apply to the modality."""
+        return {}
+
+    def read_files(self, root: Path, data: Any, log: StepLog, extra: dict) -> Any:
+        raise NotImplementedError
+
+    def from_loaded(self, loaded: Loaded, log: StepLog, extra: dict) -> Any:
+        """A built-in source's records as items: nothing to skip, but every other step applies."""
+        raise NotImplementedError
+
+    def labels(self, items: Any, data: Any) -> list[str | None]:
+        return [i.label for i in items]
+
+    def clusters(self, items: Any) -> list:
+        """Near-duplicate clusters the split keeps together."""
+        return [i.cluster for i in items]
+
+    def megabytes(self, items: Any) -> float:
+        return 0.0
+
+    def finish(self, items: Any, data: Any) -> Any:
+        """The items as they are written, whatever steps ran."""
+        return items
+
+    def write(self, out: Path, split: str, items: Any, rows: np.ndarray, labels: list, names: list[str]) -> None:
+        raise NotImplementedError
+
+    def preview(self, items: Any, extra: dict) -> tuple[Any, list[float], str]:
+        """What the report shows: sample items, a histogram's values and its label."""
+        return [], [], ""
+
+    def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
+        raise NotImplementedError
+
+
+def _check_labels(step, items, data, log: StepLog, extra: dict, kind: Kind) -> Any:
+    extra["labels"] = check_labels(kind.labels(items, data), step, log)
+    return items
+
+
+def _augment_later(step, items, data, log: StepLog, extra: dict) -> Any:
+    """Nothing to do now: fit applies it to each training batch."""
+    on = [k for k, v in step.model_dump(exclude={"step"}).items() if v]
+    log.notes.append(f"applied during training: {', '.join(on) or 'nothing switched on'}")
+    log.kept = len(items)
+    return items
+
+
+class Images(Kind):
+    name, files = "image", "image files"
+
+    def steps(self) -> dict[str, Step]:
+        return {"clean": self._clean,
+                "normalize": lambda step, items, data, log, extra: normalize_images(items, step, data.image_size,
+                                                                                          log),
+                "deduplicate": self._deduplicate,
+                "labels": lambda *args: _check_labels(*args, kind=self),
+                "augment": _augment_later}
+
+    @staticmethod
+    def _clean(step, items, data, log: StepLog, extra: dict) -> list[Item]:
+        if step.mode is None and data.channels is not None:
+            step = step.model_copy(update={"mode": "L" if data.channels == 1 else "RGB"})
+        return clean_images(items, step, log)
+
+    @staticmethod
+    def _deduplicate(step, items, data, log: StepLog, extra: dict) -> list[Item]:
+        if items and not isinstance(items[0].value, np.ndarray):  # hashes compare images of one size
+            items = normalize_images(items, Normalize(), data.image_size, StepLog("normalize"))
+        return deduplicate_images(items, step, log)
+
+    def read_files(self, root: Path, data: Any, log: StepLog, extra: dict) -> list[Item]:
+        items = read_images(root, log, data.limit)
+        extra["sizes"] = [max(item.value.size) for item in items]  # as read: the report's histogram
+        return items
+
+    def from_loaded(self, loaded: Loaded, log: StepLog, extra: dict) -> list[Item]:
+        from PIL import Image
+
+        arrays = ((loaded.x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        names = loaded.class_names
+        items = [Item(f"item {i + 1}", Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a),
+                      names[int(loaded.y[i])] if loaded.y is not None and names else None)
+                 for i, a in enumerate(arrays)]
+        extra["sizes"] = [max(item.value.size) for item in items]
+        log.kept = len(items)
+        return items
+
+    def finish(self, items: list[Item], data: Any) -> list[Item]:
+        if items and not isinstance(items[0].value, np.ndarray):  # no normalize step ran
+            items = normalize_images(items, Normalize(), data.image_size, StepLog("normalize"))
+        return items
+
+    def write(self, out: Path, split: str, items: list[Item], rows: np.ndarray, labels: list, names: list[str]
+              ) -> None:
+        chosen = [items[i] for i in rows]
+        codes = [names.index(labels[i]) for i in rows] if names and all(labels[i] is not None for i in rows) else None
+        values = [i.value for i in chosen]
+        x = torch.from_numpy(np.stack(values).transpose(0, 3, 1, 2).copy()) if values else torch.zeros(0, 1, 1, 1)
+        tensors = {"x": x.to(torch.uint8)}
+        if codes is not None:
+            tensors["y"] = torch.tensor(codes, dtype=torch.long)
+        save_file(tensors, str(out / f"{split}.safetensors"), metadata={"where": json.dumps([i.where for i in chosen])})
+
+    def preview(self, items: list[Item], extra: dict) -> tuple[Any, list[float], str]:
+        samples = np.stack([i.value for i in items[:32]]) if items else np.zeros((0, 1, 1, 1), np.uint8)
+        return samples, extra["sizes"], "longest side in pixels, as read"
+
+    def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
+        loaded = [load_file(str(path / f"{s}.safetensors")) for s in SPLITS]
+        x = torch.cat([d["x"] for d in loaded if len(d["x"])]).float() / 255 * 2 - 1  # an empty split has no shape
+        y = torch.cat([d["y"] for d in loaded]) if all("y" in d for d in loaded) else None
+        counts = manifest["splits"]
+        return Loaded(x, y, manifest.get("class_names", []), notes, self.name, (counts["train"], counts["val"]),
+                      weights=weights)
+
+
+class Tables(Kind):
+    name, files = "table", "tables (.csv, .parquet)"
+
+    def steps(self) -> dict[str, Step]:
+        return {"clean": lambda step, items, data, log, extra: clean_table(items, step, log),
+                "normalize": self._normalize,
+                "deduplicate": lambda step, items, data, log, extra: deduplicate_table(items, step, log),
+                "missing": lambda step, items, data, log, extra: missing_table(items, step, log),
+                "labels": lambda *args: _check_labels(*args, kind=self)}
+
+    @staticmethod
+    def _normalize(step, items, data, log: StepLog, extra: dict) -> pd.DataFrame:
+        items, extra["scaling"] = normalize_table(items, step, log)
+        return items
+
+    def read_files(self, root: Path, data: Any, log: StepLog, extra: dict) -> pd.DataFrame:
+        return read_table(root, log).iloc[: data.limit]
+
+    def from_loaded(self, loaded: Loaded, log: StepLog, extra: dict) -> pd.DataFrame:
+        frame = loaded.x.astype("object").where(loaded.x.notna(), None)
+        frame.index = [f"row {i + 1}" for i in range(len(frame))]
+        log.kept = len(frame)
+        return frame
+
+    def labels(self, items: pd.DataFrame, data: Any) -> list[str | None]:
+        from genlab.errors import GenlabError
+
+        if data.target is None:
+            return [None] * len(items)
+        if data.target not in items.columns:
+            raise GenlabError(f"data.target: no column {data.target!r} (columns: {', '.join(items.columns)})")
+        return [None if pd.isna(v) else str(v) for v in items[data.target]]
+
+    def clusters(self, items: pd.DataFrame) -> list:
+        return [None] * len(items)
+
+    def megabytes(self, items: pd.DataFrame) -> float:
+        return float(items.memory_usage(deep=True).sum()) / 1e6
+
+    def write(self, out: Path, split: str, items: pd.DataFrame, rows: np.ndarray, labels: list, names: list[str]
+              ) -> None:
+        items.iloc[rows].to_parquet(out / f"{split}.parquet")
+
+    def preview(self, items: pd.DataFrame, extra: dict) -> tuple[Any, list[float], str]:
+        return items.head(10).to_html(), [], ""
+
+    def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
+        frame = pd.concat([pd.read_parquet(path / f"{s}.parquet") for s in SPLITS]).reset_index(drop=True)
+        counts = manifest["splits"]
+        return Loaded(frame, notes=notes, modality=self.name, parts=(counts["train"], counts["val"]), weights=weights)
+
+
+class Texts(Kind):
+    """Documents stream through `stream.py`, straight into JSONL split files; this loads them back."""
+
+    name, streams, files = "text", True, "text files (.txt, .md, .rst, .jsonl)"
+
+    def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
+        splits = [_documents(path / f"{s}.jsonl") for s in SPLITS]
+        docs = [d for split in splits for d in split]
+        return Loaded(docs, notes=notes, modality=self.name, parts=(len(splits[0]), len(splits[1])))
+
+
+def _documents(path: Path) -> list[str]:
+    """A split's documents; the pieces of one long text file join back into one."""
+    docs: list[list[str]] = []
+    with path.open() as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                if record.get("continues") and docs:
+                    docs[-1].append(record["text"])
+                else:
+                    docs.append([record["text"]])
+    return ["".join(d) for d in docs]
+
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (Images(), Tables(), Texts())}
