@@ -31,7 +31,7 @@ def main() -> None:
     lm = genlab.fit(None, overrides=LM, out=tmp / "lm")
     digits = genlab.fit(None, overrides=tiny(), out=tmp / "digits")
     limits = {"max_n": 2, "max_steps": 8, "max_prompt_chars": 2000}
-    app = serve_app([lm.path, digits.path], ServeConfig(names=["lm", "digits"], limits=limits))
+    app = serve_app([lm.path, digits.path], ServeConfig(names=["lm", "digits"], limits=limits, api_keys=["fuzz-key"]))
     start = time.perf_counter()
     counts = fuzz(app, examples)
     seconds = time.perf_counter() - start

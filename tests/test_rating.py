@@ -44,7 +44,7 @@ def test_raters_vote_in_a_real_browser_blind_and_every_vote_names_its_two_items(
     untrained = genlab.fit(None, overrides=tiny("train.max_steps=1"), out=tmp_path / "untrained")
     ratings = Ratings.create([tiny_run.path, untrained.path], tmp_path / "rating", n=4)
     assert sorted(p.name for p in (tmp_path / "rating/samples/untrained").iterdir()) == [f"{i}.png" for i in range(4)]
-    with running(rating_app(ratings, seed=0)) as url, sync_playwright() as pw:
+    with running(rating_app(ratings, seed=0, admin_key="boss")) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
         page.goto(url)
@@ -64,7 +64,8 @@ def test_raters_vote_in_a_real_browser_blind_and_every_vote_names_its_two_items(
         assert [v[1] for v in votes] == ["left", "left", "same", "same", "right", "right"]
         assert {v[0] for v in votes} == {"ada"} and all(v[2] != v[3] and 0 <= v[4] < 4 for v in votes)
         assert {v[2] for v in votes} == {tiny_run.path.name, "untrained"}, "sides are drawn at random"
-        results = httpx.get(f"{url}/api/results").json()
+        assert httpx.get(f"{url}/api/results").status_code == 403, "raters never see the standings"
+        results = httpx.get(f"{url}/api/results", headers={"Authorization": "Bearer boss"}).json()
         assert results["votes"] == 6 and results["pairs"][0]["votes"] == 6
 
         stale = httpx.post(f"{url}/api/vote", json={"token": shown[0], "choice": "left"})  # voted already
@@ -72,12 +73,17 @@ def test_raters_vote_in_a_real_browser_blind_and_every_vote_names_its_two_items(
         token = httpx.get(f"{url}/api/pair").json()["token"]
         assert httpx.post(f"{url}/api/vote", json={"token": token, "choice": "best"}).status_code == 422
         assert httpx.get(f"{url}/item/{token}/..%2F..%2Fratings.sqlite").status_code in (404, 422)
-        assert httpx.get(f"{url}/item/{token}/left").headers["content-type"] == "image/png"
+        served = httpx.get(f"{url}/item/{token}/left").headers
+        assert served["content-type"] == "image/png"
+        assert not {"etag", "last-modified"} & set(served), "no validator or timestamp tells the runs apart"
 
     shown = CliRunner().invoke(app, ["ratings", str(tmp_path / "rating")])
     assert shown.exit_code == 0 and "6 votes" in shown.output and "95% interval" in shown.output
     again = Ratings.create([tiny_run.path, untrained.path], tmp_path / "rating", n=4)  # a second session
     assert again.results()["votes"] == 6, "earlier votes and drawn items are kept"
+    impostor = genlab.fit(None, overrides=tiny("train.max_steps=2"), out=tmp_path / "other" / "untrained")
+    with pytest.raises(genlab.GenlabError, match="holds votes on another run named 'untrained'"):
+        Ratings.create([tiny_run.path, impostor.path], tmp_path / "rating", n=4)
 
 
 def test_rating_mistakes_are_one_line(tmp_path, tiny_run, runs):

@@ -42,6 +42,19 @@ def running(app):
         thread.join(timeout=30)
 
 
+def _png_header(width: int, height: int) -> str:
+    """A base64 PNG whose header promises `width` x `height` pixels: a decompression bomb's first bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    pixels = chunk(b"IDAT", zlib.compress(bytes(4096)))  # the first rows only: decoding would want 432 MB
+    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + header + pixels + chunk(b"IEND", b"")).decode()
+
+
 def png(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
 
@@ -179,7 +192,8 @@ def test_keys_are_required_when_configured_and_health_stays_open(runs, monkeypat
     monkeypatch.setenv("GENLAB_API_KEYS", "env-key")
     with client_for(runs, api_keys=["k1"]) as client:
         body = {"model": "lm", "prompt": "x", "max_tokens": 2}
-        assert client.get("/health").status_code == 200 and client.get("/ready").json()["status"] == "ready"
+        assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 401
+        assert client.get("/ready", headers={"Authorization": "Bearer k1"}).json()["status"] == "ready"
         missing = client.post("/v1/completions", json=body)
         assert missing.status_code == 401 and "Authorization: Bearer" in missing.json()["error"]["message"]
         assert client.post("/v1/completions", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
@@ -197,10 +211,103 @@ def test_rate_limits_answer_429_with_retry_after_per_key(runs):
         limited = client.post("/v1/completions", json=body, headers=a)
         assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
         assert client.post("/v1/completions", json=body, headers=b).status_code == 200, "b has a budget of its own"
-    with client_for(runs, rate_limit={"tokens_per_minute": 5}) as client:
-        assert client.post("/v1/completions", json={**body, "max_tokens": 8, "temperature": 0}).is_success
-        spent = client.post("/v1/completions", json=body)
-        assert spent.status_code == 429 and "token rate limit" in spent.json()["error"]["message"]
+    with client_for(runs, rate_limit={"tokens_per_minute": 20}) as client:  # max_tokens reserved on admission
+        never = client.post("/v1/completions", json={**body, "max_tokens": 50})
+        assert never.status_code == 429 and "max_tokens: 50 tokens asked for, more than the token rate limit" in \
+            never.json()["error"]["message"]
+        fixed = {**body, "max_tokens": 8, "min_tokens": 8}
+        assert client.post("/v1/completions", json=fixed).is_success and client.post("/v1/completions",
+                                                                                      json=fixed).is_success
+        spent = client.post("/v1/completions", json=fixed)
+        assert spent.status_code == 429 and "token rate limit of 20 per minute" in spent.json()["error"]["message"]
+        assert client.post("/v1/completions", json={**body, "max_tokens": 2}).is_success, "what is left still serves"
+
+
+def test_a_stream_holds_its_reservation_and_a_client_that_leaves_pays_only_what_it_got(runs):
+    # a lone request waits up to max_wait_ms for company before it decodes: time to send a second one
+    app = serve_app([runs["lm"].path], ServeConfig(names=["lm"], max_wait_ms=1500,
+                                                   rate_limit={"tokens_per_minute": 100}))
+    guard = app.state.server.guard
+    body = {"model": "lm", "prompt": "The ", "max_tokens": 60, "min_tokens": 60, "stream": True}
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        with client.stream("POST", "/v1/completions", json=body) as held:  # admitted: 60 tokens reserved
+            second = client.post("/v1/completions", json={**body, "stream": False})
+            assert second.status_code == 429, "two full reservations do not fit in 100 tokens"
+            lines = held.iter_lines()
+            got = [next(lines) for _ in range(40)]  # 20 tokens (an event and a blank line each), then it leaves
+        time.sleep(0.3)  # the engine drops the sequence at its next step and the stream's end settles it
+        bucket = guard._bucket("address:127.0.0.1", "tokens")
+        bucket.refill()
+        assert len(got) == 40 and bucket.level < 90, f"a client that left is charged what it got ({bucket.level} left)"
+        assert client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 5, "min_tokens": 0}
+                           ).is_success
+
+
+def test_settling_refunds_what_was_reserved_and_not_generated_once():
+    from types import SimpleNamespace
+
+    from genlab.serving.guard import Guard, OutputFilter
+    from genlab.serving.text import Choice, Generation
+
+    guard = Guard(ServeConfig(rate_limit={"tokens_per_minute": 6000}))  # 100 a second: the test's time is noise
+    guard.reserve("x", 600)
+    gen = Generation(None, [Choice(0, OutputFilter([])), Choice(1, OutputFilter([]))], guard=guard, identity="x",
+                     reserved=600)
+    gen.choices[0].finish, gen.choices[0].tokens = "stop", 70  # finished early
+    gen.choices[1].handle = SimpleNamespace(generated=40, cancelled=False)  # its client left after 40
+    gen.cancel()
+    gen.cancel()
+    bucket = guard._bucket("x", "tokens")
+    assert bucket.level == pytest.approx(6000 - 110, abs=5) and gen.choices[1].handle.cancelled
+
+
+def test_one_key_cannot_hold_more_than_its_share_of_requests_in_flight(runs):
+    app = serve_app([runs["lm"].path], ServeConfig(names=["lm"], api_keys=["a", "b"], max_wait_ms=1500,
+                                                   rate_limit={"concurrent_requests": 1}))
+    body = {"model": "lm", "prompt": "The ", "max_tokens": 60, "min_tokens": 60, "stream": True}
+    a, b = {"Authorization": "Bearer a"}, {"Authorization": "Bearer b"}
+    with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        with client.stream("POST", "/v1/completions", json=body, headers=a):  # in flight until it is sent whole
+            again = client.post("/v1/completions", json={**body, "max_tokens": 2}, headers=a)
+            assert again.status_code == 429 and "concurrency limit of 1" in again.text
+            assert client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2}, headers=b
+                               ).is_success, "another key is not held back"
+        time.sleep(0.2)
+        assert client.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2}, headers=a).is_success
+
+
+def test_one_sequence_whose_sampling_fails_leaves_its_batch_neighbours_to_finish(runs):
+    from genlab.serving.models import load_served
+
+    served = load_served(runs["lm"].path, ServeConfig(max_wait_ms=200))
+    events: dict[int, list] = {i: [] for i in range(4)}
+    try:
+        for i in range(4):  # 2**64 fails torch.tensor: the schema bounds it, the engine must survive it anyway
+            params = TextParams(max_tokens=6, temperature=1.0, top_k=2**64 if i == 2 else 20)
+            served.engine.submit(served.encode("The "), params, i, events[i].append)
+        deadline = time.monotonic() + 30
+        while any(not e or e[-1][0] not in ("done", "error") for e in events.values()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        served.stop(1)
+    assert events[2][-1][0] == "error" and "top_k" not in events[0][-1][0]
+    assert [events[i][-1][0] for i in (0, 1, 3)] == ["done"] * 3 and all(events[i][-1][3] == 6 for i in (0, 1, 3))
+
+
+def test_keys_compare_as_bytes_and_ops_endpoints_need_one_unless_public(runs, monkeypatch):
+    monkeypatch.setenv("GENLAB_API_KEYS", "sekret, other")
+    body = {"model": "lm", "prompt": "x", "max_tokens": 2}
+    with client_for(runs) as client:
+        assert client.post("/v1/completions", json=body, headers={"Authorization": "Bearer other"}).is_success
+        odd = client.post("/v1/completions", json=body, headers={"Authorization": "Bearer s\u00e9kret".encode()})
+        assert odd.status_code == 401, "a non-ASCII key is a wrong key, not a crash"
+        assert client.get("/health").status_code == 200
+        for path in ("/ready", "/metrics", "/openapi.json", "/docs"):
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers={"Authorization": "Bearer sekret"}).status_code == 200, path
+    with client_for(runs, public=["health", "ready", "docs"]) as client:
+        assert client.get("/ready").status_code == 200 and client.get("/openapi.json").status_code == 200
+        assert client.get("/metrics").status_code == 401
 
 
 @pytest.mark.parametrize(("body", "status", "names"), [
@@ -366,7 +473,15 @@ def test_each_family_gets_its_routes(tmp_path_factory):
             buffer.getvalue()).decode()]})
         assert png(up.json()["data"][0]["b64_json"]).size == (40, 24)
         bad = client.post("/v1/images/upscale", json={"model": "sr", "images": ["aGVsbG8="]})
-        assert bad.status_code == 400 and "images[0]: not a base64-encoded PNG or JPEG" in bad.text
+        assert bad.status_code == 400 and "images[0]: not a base64-encoded PNG, JPEG or WebP" in bad.text
+        bomb = _png_header(12_000, 12_000)  # a header that promises 144 MP, and no pixels to decode
+        refused = client.post("/v1/images/upscale", json={"model": "sr", "images": [bomb]})
+        assert refused.status_code == 400 and "images[0]: 12000x12000 pixels" in refused.text, "checked before decoding"
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buffer, format="BMP")
+        bmp = client.post("/v1/images/upscale", json={"model": "sr", "images": [base64.b64encode(
+            buffer.getvalue()).decode()]})
+        assert bmp.status_code == 400 and "not a base64-encoded PNG, JPEG or WebP" in bmp.text
         buffer = io.BytesIO()
         Image.new("RGB", (1500, 10)).save(buffer, format="PNG")
         huge = client.post("/v1/images/upscale", json={"model": "sr", "images": [base64.b64encode(
@@ -411,6 +526,8 @@ def test_a_seq2seq_model_answers_completions_and_chat_batched(tmp_path_factory):
                                                          "messages": [{"role": "system", "content": "be brief"},
                                                                       {"role": "user", "content": sources[0]}]})
         assert chat.json()["choices"][0]["message"]["content"] == want[0]
+        endless = client.post("/v1/completions", json={"model": "dates", "prompt": "x", "max_tokens": 10**9})
+        assert endless.status_code == 400 and "max_tokens: 1000000000 new tokens; the limit is 4096" in endless.text
         no_user = client.post("/v1/chat/completions", json={"model": "dates", "messages": [
             {"role": "system", "content": "x"}]})
         assert no_user.status_code == 400 and "needs a user message" in no_user.text

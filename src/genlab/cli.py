@@ -223,6 +223,8 @@ def rate(
     n: Annotated[int, typer.Option("--n", min=2, help="Samples drawn per run (seeds 0..n-1).")] = 64,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the rating page.")] = 8800,
+    admin_key: Annotated[str | None, typer.Option(envvar="GENLAB_RATING_ADMIN_KEY", help="Key that reads "
+                                                  "/api/results (raters never see standings).")] = None,
 ) -> None:
     """Serve a blind pairwise rating page over the runs' samples; votes go to OUT/ratings.sqlite."""
     import uvicorn
@@ -232,7 +234,7 @@ def rate(
 
     ratings = Ratings.create(runs, out_dir, n)
     out.print(f"rating {', '.join(ratings.runs)} at http://{host}:{port}/ ; results: genlab ratings {out_dir}")
-    uvicorn.run(rating_app(ratings), host=host, port=port, log_level="warning")
+    uvicorn.run(rating_app(ratings, admin_key=admin_key), host=host, port=port, log_level="warning")
 
 
 @app.command()

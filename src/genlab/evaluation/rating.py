@@ -10,6 +10,7 @@ random for each pair, and the page never names the runs. A vote of "same" counts
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import sqlite3
@@ -23,7 +24,7 @@ from genlab.errors import GenlabError
 DATABASE = "ratings.sqlite"
 SCHEMA = """
 create table if not exists runs (name text primary key, path text not null, modality text not null,
-                                 items integer not null);
+                                 items integer not null, identity text);
 create table if not exists votes (id integer primary key, at text not null, rater text not null,
                                   left_run text not null, left_item integer not null,
                                   right_run text not null, right_item integer not null,
@@ -65,10 +66,17 @@ class Ratings:
         folder.mkdir(parents=True, exist_ok=True)
         with closing(sqlite3.connect(folder / DATABASE)) as db, db:
             db.executescript(SCHEMA)
-            known = dict(db.execute("select name, items from runs").fetchall())
+            if "identity" not in {row[1] for row in db.execute("pragma table_info(runs)")}:  # a folder from before
+                db.execute("alter table runs add column identity text")
+            known = {name: (items, identity) for name, items, identity in
+                     db.execute("select name, items, identity from runs").fetchall()}
             for name, run in zip(names, loaded, strict=True):
-                if known.get(name) == n:
-                    continue  # drawn before: votes already name these items
+                identity = run_identity(run)
+                if name in known and known[name][1] != identity and _voted_on(db, name):
+                    raise GenlabError(f"rate: {folder} holds votes on another run named {name!r}; rate this one "
+                                      "in another --out folder (its samples would mix with the votes' items)")
+                if known.get(name) == (n, identity):
+                    continue  # drawn before from this very model: votes already name these items
                 options = sampling_options(run.config.model.family, run.config.eval.sampling)
                 for start in range(0, n, BATCH):  # one generator per item: item i is what seed i draws alone
                     seeds = range(start, min(n, start + BATCH))
@@ -77,8 +85,8 @@ class Ratings:
                     for j, i in enumerate(seeds):
                         media = run.model.media
                         media.save(drawn[j : j + 1], folder / "samples" / name / f"{i}{media.suffix}")
-                db.execute("insert or replace into runs values (?, ?, ?, ?)",
-                           (name, str(run.path.resolve()), run.model.media.name, n))
+                db.execute("insert or replace into runs values (?, ?, ?, ?, ?)",
+                           (name, str(run.path.resolve()), run.model.media.name, n, identity))
         return cls(folder)
 
     def pair(self, rng: random.Random) -> dict[str, Any]:
@@ -156,3 +164,17 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     lines += [f"{p['a']} over {p['b']}: {p['a_win_rate']:.0%} of {p['votes']} "
               f"(95% interval {p['interval'][0]:.0%} to {p['interval'][1]:.0%})" for p in results["pairs"]]
     return lines
+
+
+def run_identity(run: Any) -> str:
+    """What the drawn samples were drawn from: the run's folder and its model files' names, sizes and times, so
+    a new run under an old run's name is told apart."""
+    files = sorted(p for p in run.paths.model.rglob("*") if p.is_file())
+    parts = [str(run.path.resolve()), *(f"{p.relative_to(run.paths.model)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                                        for p in files)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def _voted_on(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("select 1 from votes where left_run = ? or right_run = ? limit 1", (name, name)).fetchone() \
+        is not None

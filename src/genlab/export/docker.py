@@ -56,7 +56,8 @@ def export_docker(run: str | Path, out: str | Path, *, image: str | None = None)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copytree(folder, out / "model")
     _copy_source(out / "genlab-src")
-    serve = {"host": "0.0.0.0", "port": PORT, "names": [name]}  # noqa: S104 (inside a container, by design)
+    # the probes poll /health and /ready without a key
+    serve = {"host": "0.0.0.0", "port": PORT, "names": [name], "public": ["health", "ready"]}  # noqa: S104
     (out / "serve.yaml").write_text(yaml.safe_dump(serve, sort_keys=False))
     (out / "Dockerfile").write_text(DOCKERFILE.format(image=image, port=PORT, torch=torch.__version__.split("+")[0],
                                                       command=_json_list(COMMAND)))

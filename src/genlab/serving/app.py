@@ -19,8 +19,9 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 import genlab.serving.media as media
@@ -30,7 +31,7 @@ from genlab.serving.config import ServeConfig
 from genlab.serving.guard import Refused
 from genlab.serving.metrics import Metrics
 from genlab.serving.models import Served, load_served
-from genlab.serving.server import Server, authorize
+from genlab.serving.server import Server, authorize, operator
 
 log = logging.getLogger("genlab.serve")
 
@@ -52,7 +53,7 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, met
         for served in models.values():  # graceful shutdown: what is queued or running finishes first
             served.stop(config.shutdown_seconds)
 
-    app = FastAPI(title="genlab", version="1", lifespan=lifespan,
+    app = FastAPI(title="genlab", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
                   description="OpenAI-compatible serving of genlab models: text, images, upscaling and tables.")
     app.state.server = server
     if config.cors_origins:
@@ -66,14 +67,14 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, met
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["operations"])
+    @app.get("/ready", tags=["operations"], dependencies=[Depends(operator("ready"))])
     def ready() -> JSONResponse:
         """Readiness: every model is loaded and its batching worker is alive."""
         dead = [name for name, served in models.items() if not served.alive]
         body = {"status": "ready" if not dead else "not ready", "models": list(models), "workers_down": dead}
         return JSONResponse(body, status_code=503 if dead else 200)
 
-    @app.get("/metrics", tags=["operations"])
+    @app.get("/metrics", tags=["operations"], dependencies=[Depends(operator("metrics"))])
     def metrics_text() -> Response:
         """Prometheus text format."""
         for name, served in models.items():
@@ -86,6 +87,14 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, met
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": s.created, "owned_by": "genlab",
              "genlab": {"family": s.family, "kind": s.kind}} for name, s in models.items()]}
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(operator("docs"))])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(operator("docs"))])
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="genlab API")
 
     app.include_router(text.router)
     app.include_router(media.router)
@@ -195,6 +204,9 @@ class Observe:
                            "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": body})
         finally:
+            identity = scope["state"].get("identity")
+            if identity is not None:  # the request `authorize` counted in flight has been answered
+                self.server.guard.leave(identity)
             self._record(scope, status[0], time.perf_counter() - start, request_id)
 
     def _record(self, scope: dict, status: int, seconds: float, request_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -13,13 +14,18 @@ from genlab.errors import ConfigError
 
 
 class RateLimit(Section):
-    requests_per_minute: int | None = Field(None, ge=1)  # per API key (per client address when no keys are set)
-    tokens_per_minute: int | None = Field(None, ge=1)  # generated tokens, charged when a request finishes
+    """Per API key (per client address when no keys are set)."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    # generated tokens: a request's max_tokens is reserved when it is admitted, what it did not use is refunded
+    tokens_per_minute: int | None = Field(None, ge=1)
+    concurrent_requests: int | None = Field(64, ge=1)  # in flight at once; None: only max_queue bounds them
 
 
 class Limits(Section):
     max_n: int = Field(8, ge=1)  # completions or images per request
     max_prompt_chars: int = Field(32_000, ge=1)
+    max_tokens: int = Field(4096, ge=1)  # new tokens per choice, whatever the model's context (seq2seq has none)
     max_body_bytes: int = Field(8_000_000, ge=1024)
     max_image_side: int = Field(1024, ge=8)  # images sent for upscaling
     max_rows: int = Field(10_000, ge=1)  # table rows per request
@@ -47,11 +53,13 @@ class ServeConfig(Section):
     limits: Limits = Limits()
     filters: list[BlocklistFilter] = []
     cors_origins: list[str] = []
+    # what answers without a key when keys are set (every generation route and /v1/models always need one)
+    public: list[Literal["health", "ready", "metrics", "docs"]] = ["health"]
     shutdown_seconds: float = Field(30.0, ge=0)  # graceful shutdown: how long in-flight requests may finish
 
     def keys(self) -> set[str]:
         env = os.environ.get("GENLAB_API_KEYS", "")
-        return {k for k in [*self.api_keys, *env.split(",")] if k.strip()}
+        return {k.strip() for k in [*self.api_keys, *env.split(",")] if k.strip()}
 
 
 def load_serve_config(path: str | Path | None, **overrides) -> ServeConfig:

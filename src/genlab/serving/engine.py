@@ -171,27 +171,53 @@ class TextEngine:
         self._advance(b.seqs, logits)
 
     def _advance(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
-        """Sample one token per sequence, emit its text, and drop the sequences that finished."""
-        for seq, token in zip(seqs, self._pick(seqs, logits), strict=True):
+        """Sample one token per sequence, emit its text, and drop the sequences that finished. A sequence whose
+        settings or text fail ends with an error of its own; the others carry on."""
+        for seq, token in zip(seqs, self._tokens(seqs, logits), strict=True):
             seq.batch = max(seq.batch, len(self.batch.seqs))
-            if seq.cancelled:
-                seq.finish = "cancelled"
-            elif token == self.eos:
-                seq.finish = "stop"
-            else:
-                seq.ids.append(token)
-                self._detokenize(seq)
-                if seq.finish is None and seq.generated >= seq.params.max_tokens:
-                    seq.finish = "length"
-            if seq.finish is not None and seq.finish != "cancelled":
-                if seq.sent < len(seq.text):
-                    seq.emit(("delta", seq.text[seq.sent:]))
-                seq.emit(("done", seq.finish, seq.prompt_len, seq.generated, seq.batch))
+            try:
+                self._step(seq, token)
+            except Exception as err:
+                seq.finish = "error"
+                seq.emit(("error", f"generation failed: {type(err).__name__}: {err}"))
         if any(s.finish is not None for s in self.batch.seqs):
             self._drop_finished()
 
+    def _step(self, seq: _Sequence, token: int | Exception) -> None:
+        if isinstance(token, Exception):
+            raise token
+        if seq.cancelled:
+            seq.finish = "cancelled"
+        elif token == self.eos:
+            seq.finish = "stop"
+        else:
+            seq.ids.append(token)
+            self._detokenize(seq)
+            if seq.finish is None and seq.generated >= seq.params.max_tokens:
+                seq.finish = "length"
+        if seq.finish is not None and seq.finish != "cancelled":
+            if seq.sent < len(seq.text):
+                seq.emit(("delta", seq.text[seq.sent:]))
+            seq.emit(("done", seq.finish, seq.prompt_len, seq.generated, seq.batch))
+
+    def _tokens(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int | Exception]:
+        """`_pick` over the batch; when it fails, row by row, so that only the rows at fault get their exception."""
+        try:
+            return self._pick(seqs, logits)
+        except Exception:
+            out: list[int | Exception] = []
+            for i, seq in enumerate(seqs):
+                try:
+                    out.append(self._pick([seq], logits[i : i + 1])[0])
+                except Exception as err:
+                    out.append(err)
+            return out
+
     def _pick(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int]:
-        """One token per row under that row's settings; each row draws from its own generator."""
+        """One token per row under that row's settings; each row draws from its own generator. `logits` is left
+        as it was (a failed batch is picked again row by row)."""
+        if any(s.generated < s.params.min_tokens or s.params.repetition_penalty != 1.0 for s in seqs):
+            logits = logits.clone()
         for i, seq in enumerate(seqs):
             if seq.generated < seq.params.min_tokens:
                 logits[i, self.eos] = float("-inf")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import threading
@@ -22,7 +23,7 @@ class Refused(Exception):
 
 
 class _Bucket:
-    """A token bucket that refills `per_minute` evenly over a minute; it may run into debt (tokens charged late)."""
+    """A token bucket that refills `per_minute` evenly over a minute."""
 
     def __init__(self, per_minute: int) -> None:
         self.capacity, self.rate = float(per_minute), per_minute / 60.0
@@ -40,33 +41,48 @@ class _Bucket:
 
 
 class Guard:
-    """API keys (constant-time comparison) and per-identity request and token budgets."""
+    """API keys (constant-time comparison of bytes), per-identity request and token budgets, and requests in
+    flight per identity."""
 
     def __init__(self, config: ServeConfig) -> None:
-        self.keys = sorted(config.keys())
+        self.keys = [key.encode() for key in sorted(config.keys())]
         self.limits = config.rate_limit
         self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._inflight: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def identify(self, authorization: str | None, client: str) -> str:
-        """The identity a request is limited under: its key, or its address when the server has no keys."""
+        """The identity a request is limited under: a digest of its key, or its address when the server has no keys."""
         if not self.keys:
             return f"address:{client}"
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        if scheme.lower() != "bearer" or not token.strip():
             raise Refused(401, "missing API key: send it as 'Authorization: Bearer <key>'", code="invalid_api_key")
-        if not any(hmac.compare_digest(token.strip(), key) for key in self.keys):
+        sent = token.strip().encode("utf-8", "surrogateescape")  # any header bytes compare; none can crash
+        if not any(hmac.compare_digest(sent, key) for key in self.keys):
             raise Refused(401, "invalid API key", code="invalid_api_key")
-        return f"key:{token.strip()}"
+        return f"key:{hashlib.sha256(sent).hexdigest()[:16]}"  # the key itself never reaches a log or a label
+
+    def enter(self, identity: str) -> None:
+        """Count a request in flight; 429 when the identity already has `concurrent_requests` of them."""
+        cap = self.limits.concurrent_requests
+        with self._lock:
+            if cap is not None and self._inflight.get(identity, 0) >= cap:
+                raise Refused(429, f"concurrency limit of {cap} requests in flight reached", 1.0,
+                              "rate_limit_exceeded")
+            self._inflight[identity] = self._inflight.get(identity, 0) + 1
+
+    def leave(self, identity: str) -> None:
+        with self._lock:
+            left = self._inflight.get(identity, 0) - 1
+            if left > 0:
+                self._inflight[identity] = left
+            else:
+                self._inflight.pop(identity, None)
 
     def admit(self, identity: str) -> None:
-        """Take one request from the identity's budget, and check its token budget is not spent; 429 otherwise."""
+        """Take one request from the identity's budget; 429 otherwise."""
         with self._lock:
-            if self.limits.tokens_per_minute:
-                wait = self._bucket(identity, "tokens").wait_for(1)
-                if wait > 0:
-                    raise Refused(429, f"token rate limit of {self.limits.tokens_per_minute} per minute reached",
-                                  wait, "rate_limit_exceeded")
             if self.limits.requests_per_minute:
                 bucket = self._bucket(identity, "requests")
                 wait = bucket.wait_for(1)
@@ -75,13 +91,29 @@ class Guard:
                                   wait, "rate_limit_exceeded")
                 bucket.level -= 1
 
-    def charge(self, identity: str, tokens: int) -> None:
-        """Charge generated tokens once a request has finished."""
-        if self.limits.tokens_per_minute and tokens:
+    def reserve(self, identity: str, tokens: int) -> None:
+        """Take the most a request may generate from the identity's token budget before it starts; 429 when the
+        budget does not hold it (yet, or ever: a request larger than the budget is refused as such)."""
+        per_minute = self.limits.tokens_per_minute
+        if not per_minute:
+            return
+        if tokens > per_minute:
+            raise Refused(429, f"max_tokens: {tokens} tokens asked for, more than the token rate limit of "
+                          f"{per_minute} per minute", None, "rate_limit_exceeded")
+        with self._lock:
+            bucket = self._bucket(identity, "tokens")
+            wait = bucket.wait_for(tokens)
+            if wait > 0:
+                raise Refused(429, f"token rate limit of {per_minute} per minute reached", wait, "rate_limit_exceeded")
+            bucket.level -= tokens
+
+    def refund(self, identity: str, tokens: int) -> None:
+        """Give back what a request reserved and did not generate."""
+        if self.limits.tokens_per_minute and tokens > 0:
             with self._lock:
                 bucket = self._bucket(identity, "tokens")
                 bucket.refill()
-                bucket.level -= tokens
+                bucket.level = min(bucket.capacity, bucket.level + tokens)
 
     def _bucket(self, identity: str, kind: str) -> _Bucket:
         key = (identity, kind)

@@ -104,8 +104,9 @@ async def upscale(body: UpscaleRequest, request: Request, identity: str = Depend
     if len(body.images) > limits.max_n:
         raise Refused(400, f"images: {len(body.images)} images; the limit is {limits.max_n}", code="invalid_value")
     channels = served.model.spec.shape[0]
-    tensors = [decode_image(data, channels, f"images[{i}]", limits.max_image_side)
-               for i, data in enumerate(body.images)]
+    tensors = await asyncio.to_thread(  # decoding is CPU work: off the event loop, which keeps serving others
+        lambda: [decode_image(data, channels, f"images[{i}]", limits.max_image_side)
+                 for i, data in enumerate(body.images)])
     for i, t in enumerate(tensors):
         served.model.check_input(t[None], f"images[{i}]")
     out = await _run(served, object(), tensors, request)  # a key of its own: never batched with another request

@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -217,20 +218,29 @@ def png_b64(image: torch.Tensor) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # what a request may send: Pillow opens many more, each its own parser
+
+
 def decode_image(data: str, channels: int, field: str, max_side: int) -> torch.Tensor:
-    """A base64 PNG or JPEG as a (C, H, W) tensor in [0, 1]; GenlabError naming `field` when it is not one."""
+    """A base64 PNG, JPEG or WebP as a (C, H, W) tensor in [0, 1]; GenlabError naming `field` when it is not one.
+    The size is read from the header and checked before any pixel is decoded (a small file can hold a huge image)."""
     try:
         raw = base64.b64decode(data, validate=True)
-        with Image.open(io.BytesIO(raw)) as img:
-            img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here, below
+            opened = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
+        with opened as img:
             if max(img.size) > max_side:
                 raise GenlabError(f"{field}: {img.size[0]}x{img.size[1]} pixels, more than {max_side} a side")
+            img.load()
             img = img.convert("L" if channels == 1 else "RGB")
             array = np.asarray(img, dtype=np.float32) / 255
     except GenlabError:
         raise
+    except Image.DecompressionBombError:
+        raise GenlabError(f"{field}: too many pixels to open; at most {max_side} a side") from None
     except Exception as err:
-        raise GenlabError(f"{field}: not a base64-encoded PNG or JPEG image ({type(err).__name__})") from None
+        raise GenlabError(f"{field}: not a base64-encoded PNG, JPEG or WebP image ({type(err).__name__})") from None
     tensor = torch.from_numpy(array)
     return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
 

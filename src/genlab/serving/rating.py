@@ -4,18 +4,24 @@
     GET  /api/pair          a new pair: an opaque token and the two items' URLs
     GET  /item/{token}/{side}  one item of a pending pair (a PNG or text), by token, never by run name
     POST /api/vote          {token, choice: left|right|same, rater}
-    GET  /api/results       win rates with intervals and Bradley-Terry strengths (Ratings.results)
+    GET  /api/results       win rates and strengths (Ratings.results), for the operator's admin key only
+
+Raters learn nothing but the two items: items are sent without validators or timestamps (an ETag or a
+Last-Modified from the file would tell the runs apart, as they are drawn run by run), and the standings
+stay behind the admin key.
 """
 
 from __future__ import annotations
 
+import hmac
+import mimetypes
 import random
 import secrets
 from collections import OrderedDict
 from typing import Literal
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi import FastAPI, Header, HTTPException
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from genlab.evaluation.rating import Ratings
@@ -29,7 +35,7 @@ class Vote(BaseModel):
     rater: str = Field("anonymous", min_length=1, max_length=100)
 
 
-def rating_app(ratings: Ratings, seed: int | None = None) -> FastAPI:
+def rating_app(ratings: Ratings, seed: int | None = None, admin_key: str | None = None) -> FastAPI:
     app = FastAPI(title="genlab rating", docs_url=None, redoc_url=None)
     rng = random.Random(seed)
     pending: OrderedDict[str, dict] = OrderedDict()
@@ -54,9 +60,11 @@ def rating_app(ratings: Ratings, seed: int | None = None) -> FastAPI:
         return {"token": token, "kind": kind, "left": f"/item/{token}/left", "right": f"/item/{token}/right"}
 
     @app.get("/item/{token}/{side}")
-    def item(token: str, side: Literal["left", "right"]) -> FileResponse:
+    def item(token: str, side: Literal["left", "right"]) -> Response:
         pair = pending_pair(token)
-        return FileResponse(ratings.item(pair[f"{side}_run"], pair[f"{side}_item"]))
+        path = ratings.item(pair[f"{side}_run"], pair[f"{side}_item"])
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return Response(path.read_bytes(), media_type=kind, headers={"Cache-Control": "no-store"})
 
     @app.post("/api/vote", status_code=204)
     def vote(body: Vote) -> None:
@@ -66,7 +74,11 @@ def rating_app(ratings: Ratings, seed: int | None = None) -> FastAPI:
         ratings.vote(pair, body.choice, body.rater)
 
     @app.get("/api/results")
-    def results() -> dict:
+    def results(authorization: str | None = Header(None)) -> dict:
+        sent = (authorization or "").removeprefix("Bearer ").strip().encode("utf-8", "surrogateescape")
+        if admin_key is None or not hmac.compare_digest(sent, admin_key.encode()):
+            raise HTTPException(403, "results are for the operator: `genlab ratings DIR`, or this route with "
+                                     "the --admin-key given to `genlab rate`")
         return ratings.results()
 
     return app

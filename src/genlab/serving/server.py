@@ -30,9 +30,24 @@ class Server:
 
 
 def authorize(request: Request) -> str:
-    """The caller's identity (API key or address) after the key check and its rate limits; raises Refused."""
+    """The caller's identity (API key or address) after the key check, its rate limits and its requests in
+    flight (counted until the response, streamed or not, has been sent: `app.Observe` lets it go); raises Refused."""
     server: Server = request.app.state.server
     client = request.client.host if request.client else "unknown"
     identity = server.guard.identify(request.headers.get("authorization"), client)
     server.guard.admit(identity)
+    server.guard.enter(identity)
+    request.state.identity = identity
     return identity
+
+
+def operator(endpoint: str):
+    """A dependency for an operations endpoint: open when the server has no keys or lists it in `public`, else
+    it needs a key (no rate limit: health checks poll)."""
+
+    def check(request: Request) -> None:
+        server: Server = request.app.state.server
+        if endpoint not in server.config.public:
+            server.guard.identify(request.headers.get("authorization"), "operator")
+
+    return check

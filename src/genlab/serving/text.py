@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from genlab.serving.engine import TextParams
-from genlab.serving.guard import OutputFilter, Refused
+from genlab.serving.guard import Guard, OutputFilter, Refused
 from genlab.serving.models import ServedLM, ServedSeq2Seq
 from genlab.serving.schemas import ChatRequest, CompletionRequest, ResponsesRequest, Sampling
 from genlab.serving.server import Server, authorize
@@ -52,6 +52,9 @@ class Generation:
     served: ServedLM | ServedSeq2Seq
     choices: list[Choice]
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    guard: Guard | None = None  # where its reserved tokens go back to
+    identity: str = ""
+    reserved: int = 0  # tokens taken from the identity's budget at admission
 
     async def deltas(self) -> AsyncIterator[tuple[Choice, str]]:
         """(choice, released text) as text arrives; (choice, "") once more when a choice finishes.
@@ -87,9 +90,21 @@ class Generation:
         for choice in self.choices:
             if choice.finish is None and choice.handle is not None:
                 choice.handle.cancelled = True
+        self.settle()
+
+    def settle(self) -> None:
+        """Refund, once, what was reserved and not generated: a finished choice's tokens, and what a cancelled
+        one had generated when it stopped, are charged (a choice with no count of its own is charged whole)."""
+        if self.guard is None:
+            return
+        each = self.reserved // max(1, len(self.choices))
+        used = sum(c.tokens if c.finish is not None else c.handle.generated if c.handle is not None else each
+                   for c in self.choices)
+        self.guard.refund(self.identity, self.reserved - used)
+        self.guard = None
 
 
-def start(server: Server, served: ServedLM | ServedSeq2Seq, prompts: list[str], body: Sampling,
+def start(server: Server, served: ServedLM | ServedSeq2Seq, identity: str, prompts: list[str], body: Sampling,
           max_tokens: int | None, extra_stops: tuple[str, ...] = ()) -> Generation:
     """Validate against the model's limits, then queue n choices per prompt; Refused names the field at fault."""
     limits = server.config.limits
@@ -103,9 +118,12 @@ def start(server: Server, served: ServedLM | ServedSeq2Seq, prompts: list[str], 
                           code="invalid_value")
     loop = asyncio.get_running_loop()
     gen = Generation(served, [Choice(i, OutputFilter(server.config.filters)) for i in range(n)])
-    params = [_params(served, p, body, max_tokens, extra_stops) for p in prompts]
+    params = [_params(served, p, body, max_tokens, extra_stops, limits.max_tokens) for p in prompts]
     if served.depth + n > server.config.max_queue:
         raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded")
+    gen.reserved = sum(params[i // body.n][1].max_tokens for i in range(n))
+    server.guard.reserve(identity, gen.reserved)  # the most it may generate, refunded as far as unused
+    gen.guard, gen.identity = server.guard, identity
     try:
         for i, choice in enumerate(gen.choices):
             ids, p = params[i // body.n]
@@ -116,13 +134,18 @@ def start(server: Server, served: ServedLM | ServedSeq2Seq, prompts: list[str], 
             else:
                 _seq2seq(served, prompts[i // body.n], p, seed, emit)
     except (queue.Full, QueueFull):
+        server.guard.refund(identity, gen.reserved)  # nothing of it ran
+        gen.guard = None
         gen.cancel()
         raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded") from None
     return gen
 
 
-def _params(served, prompt: str, body: Sampling, max_tokens: int | None, stops: tuple[str, ...]
+def _params(served, prompt: str, body: Sampling, max_tokens: int | None, stops: tuple[str, ...], most: int
             ) -> tuple[list[int], TextParams]:
+    """The prompt's ids and its settings, `max_tokens` within the model's context and the server's `most`."""
+    if max_tokens is not None and max_tokens > most:
+        raise Refused(400, f"max_tokens: {max_tokens} new tokens; the limit is {most}", code="invalid_value")
     ids = served.encode(prompt)
     context = served.context
     if context is not None:
@@ -133,7 +156,7 @@ def _params(served, prompt: str, body: Sampling, max_tokens: int | None, stops: 
         if max_tokens is not None and max_tokens > room:
             raise Refused(400, f"max_tokens: {max_tokens} new tokens after a prompt of {len(ids)} exceed the model's "
                           f"context of {context}; at most {room}", code="context_length_exceeded")
-        max_tokens = max_tokens or room
+        max_tokens = min(max_tokens or room, most)
     params = TextParams(max_tokens=max_tokens or 64, temperature=body.temperature, top_p=body.top_p,
                         top_k=body.top_k, repetition_penalty=body.repetition_penalty,
                         stop=(*body.stop, *stops), min_tokens=min(body.min_tokens, max_tokens or 64))
@@ -201,7 +224,7 @@ def _usage(gen: Generation, per_prompt: int) -> dict:
 def _account(server: Server, request: Request, identity: str, gen: Generation) -> None:
     """Charge the tokens, count them and the filtered outputs, and note them for the log line."""
     tokens = sum(c.tokens for c in gen.choices)
-    server.guard.charge(identity, tokens)
+    gen.settle()
     m, name = server.metrics, gen.served.name
     m.tokens.labels(name).inc(tokens)
     for c in gen.choices:
@@ -243,7 +266,7 @@ async def completions(body: CompletionRequest, request: Request, identity: str =
     server: Server = request.app.state.server
     served = server.model(body.model, TEXT_KINDS, "/v1/completions")
     request.state.model = served.name
-    gen = start(server, served, body.prompts, body, body.max_tokens)
+    gen = start(server, served, identity, body.prompts, body, body.max_tokens)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": served.name}
     if not body.stream:
@@ -269,7 +292,7 @@ async def chat_completions(body: ChatRequest, request: Request, identity: str = 
     served = server.model(body.model, TEXT_KINDS, "/v1/chat/completions")
     request.state.model = served.name
     prompt, stops = _chat_prompt(served, [m.text() for m in body.messages])
-    gen = start(server, served, [prompt], body, body.limit, stops)
+    gen = start(server, served, identity, [prompt], body, body.limit, stops)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "chat.completion", "created": created, "model": served.name}
     if not body.stream:
@@ -334,7 +357,7 @@ async def responses(body: ResponsesRequest, request: Request, identity: str = De
         messages.insert(0, {"role": "system", "content": body.instructions})
     prompt, stops = _chat_prompt(served, messages)
     sampling = Sampling(model=body.model, temperature=body.temperature, top_p=body.top_p, seed=body.seed)
-    gen = start(server, served, [prompt], sampling, body.max_output_tokens, stops)
+    gen = start(server, served, identity, [prompt], sampling, body.max_output_tokens, stops)
     rid, item = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}"
     created = int(time.time())
 
