@@ -12,8 +12,10 @@ import re
 import threading
 import time
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import httpx
+import numpy as np
 import pytest
 import torch
 import uvicorn
@@ -318,7 +320,8 @@ def test_keys_compare_as_bytes_and_ops_endpoints_need_one_unless_public(runs, mo
     ({"model": "lm"}, 422, "prompt"),
     ({"model": "nope", "prompt": "x"}, 404, "'nope' is not served here"),
     ({"model": "digits", "prompt": "x"}, 400, "does not serve /v1/completions"),
-    ({"model": "lm", "prompt": "x", "logprobs": 3}, 422, "logprobs"),
+    ({"model": "lm", "prompt": "x", "logprobs": 6}, 422, "logprobs"),
+    ({"model": "lm", "prompt": "x", "frequency_penalty": 3}, 422, "frequency_penalty"),
     ({"model": "lm", "prompt": "x", "top_k": 2**64}, 422, "top_k"),  # past int64, it once failed the whole batch
     ({"model": "lm", "prompt": "x", "min_tokens": 2**63}, 422, "min_tokens"),
 ])
@@ -531,3 +534,62 @@ def test_a_seq2seq_model_answers_completions_and_chat_batched(tmp_path_factory):
         no_user = client.post("/v1/chat/completions", json={"model": "dates", "messages": [
             {"role": "system", "content": "x"}]})
         assert no_user.status_code == 400 and "needs a user message" in no_user.text
+
+
+def test_echo_scores_the_prompt_as_transformers_does_and_logprobs_take_openai_shapes(runs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = runs["lm"].paths.model
+    tokenizer, lm = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = tokenizer("The with statement", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        want = torch.log_softmax(lm(torch.tensor([ids])).logits[0, :-1], -1).gather(1, torch.tensor(ids[1:])[:, None])
+    with client_for(runs) as client:
+        scored = client.post("/v1/completions", json={"model": "lm", "prompt": [ids, ids[:3]], "max_tokens": 0,
+                                                      "echo": True, "logprobs": 1}).json()["choices"]
+        got = scored[0]["logprobs"]
+        assert scored[0]["text"] == tokenizer.decode(ids) and got["token_logprobs"][0] is None
+        assert got["tokens"] == [tokenizer.decode([i]) for i in ids] and got["text_offset"][1] == len(got["tokens"][0])
+        np.testing.assert_allclose(got["token_logprobs"][1:], want[:, 0].numpy(), atol=1e-4)
+        pairs = zip(got["token_logprobs"][1:], got["top_logprobs"][1:], strict=True)
+        assert all(max(top.values()) >= lp - 1e-6 for lp, top in pairs), "the top alternative is at least as likely"
+        assert len(scored[1]["logprobs"]["tokens"]) == 3, "each prompt of a batch is scored on its own"
+
+        drawn = client.post("/v1/completions", json={"model": "lm", "prompt": "The ", "max_tokens": 6,
+                                                     "temperature": 0, "logprobs": 3}).json()["choices"][0]
+        lp = drawn["logprobs"]
+        assert "".join(lp["tokens"]) == drawn["text"] and all(len(t) == 3 for t in lp["top_logprobs"])
+        assert all(v == pytest.approx(max(t.values())) for v, t in zip(lp["token_logprobs"], lp["top_logprobs"])), \
+            "greedy tokens are the likeliest"
+        chat = client.post("/v1/chat/completions", json={"model": "lm", "messages": [{"role": "user", "content": "hi"}],
+                                                         "max_tokens": 4, "logprobs": True, "top_logprobs": 2}).json()
+        content = chat["choices"][0]["logprobs"]["content"]
+        assert "".join(e["token"] for e in content) == chat["choices"][0]["message"]["content"]
+        assert all(len(e["top_logprobs"]) == 2 and e["bytes"] == list(e["token"].encode()) for e in content)
+        for body, names in (({"prompt": [10**6]}, "token id 1000000"), ({"prompt": "x", "logprobs": 9}, "logprobs"),
+                            ({"prompt": "x", "echo": True, "stream": True}, "echo")):
+            bad = client.post("/v1/completions", json={"model": "lm", **body})
+            assert bad.status_code in (400, 422) and names in bad.text, bad.text
+
+
+def test_frequency_and_presence_penalties_follow_openai(runs):
+    from genlab.serving.models import load_served
+
+    served = load_served(runs["lm"].path, ServeConfig())
+    try:
+        engine = served.engine
+        logits = torch.zeros(1, 50)
+        logits[0, 7], logits[0, 9] = 3.0, 2.0  # 7 leads by 1
+        seq = SimpleNamespace(ids=[1, 7], prompt_len=1, generated=1,
+                              params=TextParams(temperature=0, presence_penalty=0.0, frequency_penalty=0.0),
+                              generator=torch.Generator())
+        assert engine._pick([seq], logits) == [7]
+        seq.params = TextParams(temperature=0, presence_penalty=1.5)
+        assert engine._pick([seq], logits) == [9], "a token already said loses the presence penalty"
+        seq.params = TextParams(temperature=0, frequency_penalty=0.6)
+        assert engine._pick([seq], logits) == [7], "said once, 7 loses 0.6 and still leads"
+        seq.ids, seq.generated = [1, 7, 7], 2
+        assert engine._pick([seq], logits) == [9], "said twice, it loses 1.2"
+        assert logits[0, 7] == 3.0, "the batch's logits are left as they were"
+    finally:
+        served.stop(1)

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 # ("delta", text) | ("done", finish_reason, prompt_tokens, completion_tokens, largest batch) | ("error", message)
+# | ("logprob", token id, logprob, {id: logprob} of the top alternatives), before the token's text
+# | ("prompt", [(token id, logprob or None, {id: logprob})]), the prompt's own tokens scored, first (echo)
 Emit = Callable[[tuple], None]
 
 
@@ -35,6 +37,10 @@ class TextParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     min_tokens: int = 0  # the end-of-text token is not drawn before this many (fixed lengths for benchmarks)
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times a token's count in the output so far
+    presence_penalty: float = 0.0  # OpenAI's: minus this once a token is in the output
+    logprobs: int | None = None  # each drawn token's logprob and this many top alternatives (from the raw logits)
+    echo: bool = False  # score the prompt's own tokens too (with `logprobs`)
 
 
 @dataclass
@@ -156,10 +162,13 @@ class TextEngine:
         mask = torch.tensor([[0] * (width - len(s.ids)) + [1] * len(s.ids) for s in joiners])
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                         use_cache=True).logits[:, -1].float()
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits
+        for row, seq in enumerate(joiners):
+            if seq.params.echo and seq.params.logprobs is not None:
+                seq.emit(("prompt", _prompt_logprobs(out[row, width - len(seq.ids):].float(), seq.ids,
+                                                     seq.params.logprobs)))
         self._merge(joiners, cache, mask)
-        self._advance(joiners, logits)
+        self._advance(joiners, out[:, -1].float())
 
     def _decode_step(self) -> None:
         b = self.batch
@@ -173,9 +182,15 @@ class TextEngine:
     def _advance(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
         """Sample one token per sequence, emit its text, and drop the sequences that finished. A sequence whose
         settings or text fail ends with an error of its own; the others carry on."""
-        for seq, token in zip(seqs, self._tokens(seqs, logits), strict=True):
+        scored = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+        logp = F.log_softmax(logits[scored], dim=1) if scored else None  # the model's own, before any sampling rule
+        for i, (seq, token) in enumerate(zip(seqs, self._tokens(seqs, logits), strict=True)):
             seq.batch = max(seq.batch, len(self.batch.seqs))
             try:
+                if logp is not None and i in scored and isinstance(token, int) and token != self.eos \
+                        and seq.generated < seq.params.max_tokens and not seq.cancelled:
+                    row = logp[scored.index(i)]
+                    seq.emit(("logprob", token, float(row[token]), _top(row, seq.params.logprobs)))
                 self._step(seq, token)
             except Exception as err:
                 seq.finish = "error"
@@ -186,7 +201,9 @@ class TextEngine:
     def _step(self, seq: _Sequence, token: int | Exception) -> None:
         if isinstance(token, Exception):
             raise token
-        if seq.cancelled:
+        if seq.generated >= seq.params.max_tokens:  # max_tokens 0: the prompt scored (echo), nothing drawn
+            seq.finish = "length"
+        elif seq.cancelled:
             seq.finish = "cancelled"
         elif token == self.eos:
             seq.finish = "stop"
@@ -216,11 +233,15 @@ class TextEngine:
     def _pick(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int]:
         """One token per row under that row's settings; each row draws from its own generator. `logits` is left
         as it was (a failed batch is picked again row by row)."""
-        if any(s.generated < s.params.min_tokens or s.params.repetition_penalty != 1.0 for s in seqs):
+        if any(s.generated < s.params.min_tokens or s.params.repetition_penalty != 1.0
+               or s.params.frequency_penalty or s.params.presence_penalty for s in seqs):
             logits = logits.clone()
         for i, seq in enumerate(seqs):
             if seq.generated < seq.params.min_tokens:
                 logits[i, self.eos] = float("-inf")
+            if (seq.params.frequency_penalty or seq.params.presence_penalty) and seq.generated:
+                counts = torch.bincount(torch.tensor(seq.ids[seq.prompt_len:]), minlength=logits.shape[1])
+                logits[i] -= seq.params.frequency_penalty * counts + seq.params.presence_penalty * (counts > 0)
             penalty = seq.params.repetition_penalty
             if penalty != 1.0:  # as transformers' RepetitionPenaltyLogitsProcessor, over prompt and output
                 seen = torch.tensor(sorted(set(seq.ids)))
@@ -285,6 +306,23 @@ class TextEngine:
         rows = torch.tensor(keep)
         layers = [(k[rows, :, first:], v[rows, :, first:]) for k, v, _ in b.cache]
         self.batch = _Batch([b.seqs[i] for i in keep], DynamicCache(layers), mask[:, first:])
+
+
+def _top(logp: torch.Tensor, k: int) -> dict[int, float]:
+    """The k likeliest tokens of a row of logprobs, as {id: logprob}."""
+    if k <= 0:
+        return {}
+    values, ids = logp.topk(k)
+    return dict(zip(ids.tolist(), values.tolist(), strict=True))
+
+
+def _prompt_logprobs(logits: torch.Tensor, ids: list[int], k: int) -> list[tuple[int, float | None, dict]]:
+    """Each prompt token's logprob given the tokens before it (the first has none), with the top k alternatives."""
+    logp = F.log_softmax(logits[:-1], dim=1)
+    chosen = logp.gather(1, torch.tensor(ids[1:]).unsqueeze(1)).squeeze(1).tolist()
+    values, top = logp.topk(k, dim=1) if k > 0 else (logp[:, :0], logp[:, :0].long())
+    tops = [dict(zip(i, v, strict=True)) for i, v in zip(top.tolist(), values.tolist(), strict=True)]
+    return [(ids[0], None, {}), *zip(ids[1:], chosen, tops, strict=True)]
 
 
 def _pad(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:

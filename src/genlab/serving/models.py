@@ -122,9 +122,20 @@ class ServedLM(Served):
     def engine(self) -> TextEngine:
         return self.worker
 
-    def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        """A prompt's token ids: text is tokenized; ids are checked against the vocabulary (they reach a tensor)."""
+        if isinstance(prompt, list):
+            vocabulary = len(self.tokenizer)
+            bad = next((t for t in prompt if not 0 <= t < vocabulary), None)
+            if bad is not None or not prompt:
+                raise GenlabError(f"prompt: {'no token ids' if not prompt else f'token id {bad}'}; the model's "
+                                  f"vocabulary holds ids 0 to {vocabulary - 1}")
+            return list(prompt)
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         return ids or [self.tokenizer.eos_token_id]  # an empty prompt starts a new document
+
+    def token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token])
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
         """The prompt for chat messages, and the stop strings its template implies.

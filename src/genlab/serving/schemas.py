@@ -33,9 +33,8 @@ class Sampling(Request):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(None, validate_default=True)
     n: int = Field(1, ge=1)
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    logprobs: Any = None
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)  # OpenAI's: by a token's count in the output so far
+    presence_penalty: float = Field(0.0, ge=-2, le=2)  # OpenAI's: once a token is in the output
     logit_bias: dict | None = None
 
     @field_validator("stop")
@@ -48,29 +47,46 @@ class Sampling(Request):
 
     @model_validator(mode="after")
     def _unsupported(self) -> Sampling:
-        for name in ("frequency_penalty", "presence_penalty"):
-            if getattr(self, name) not in (None, 0, 0.0):
-                raise ValueError(f"{name} is not supported; use repetition_penalty")
-        if self.logprobs not in (None, False, 0) or self.logit_bias:
-            raise ValueError("logprobs and logit_bias are not supported")
+        if self.logit_bias:
+            raise ValueError("logit_bias is not supported")
         return self
+
+    def top_logprobs_asked(self) -> int | None:
+        """How many alternatives to return beside each token's logprob; None: no logprobs."""
+        return None
+
+    def echoes(self) -> bool:
+        """Whether the prompt comes back, scored, before the output."""
+        return False
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str] = Field(min_length=1)
-    max_tokens: int | None = Field(16, ge=1)
-    echo: bool = False
+    # text, texts, or token ids (one list, or a list per prompt), as OpenAI's API takes them
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(min_length=1)
+    max_tokens: int | None = Field(16, ge=0)  # 0 with echo: score the prompt alone
+    echo: bool = False  # the prompt comes back before the completion (and its tokens' logprobs, with logprobs)
+    logprobs: int | None = Field(None, ge=0, le=5)
     suffix: str | None = None
 
     @model_validator(mode="after")
     def _completion_only(self) -> CompletionRequest:
-        if self.echo or self.suffix:
-            raise ValueError("echo and suffix are not supported")
+        if self.suffix:
+            raise ValueError("suffix is not supported")
+        if self.echo and self.stream:
+            raise ValueError("echo is answered whole: not with stream")
         return self
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
+
+    def top_logprobs_asked(self) -> int | None:
+        return self.logprobs
+
+    def echoes(self) -> bool:
+        return self.echo
 
 
 class ContentPart(BaseModel):
@@ -93,6 +109,11 @@ class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def top_logprobs_asked(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def limit(self) -> int | None:

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from genlab.errors import GenlabError
 from genlab.serving.engine import TextParams
 from genlab.serving.guard import Guard, OutputFilter, Refused
+from genlab.serving.logprobs import chat_logprobs, completion_logprobs
 from genlab.serving.models import ServedLM, ServedSeq2Seq
 from genlab.serving.schemas import ChatRequest, CompletionRequest, ResponsesRequest, Sampling
 from genlab.serving.server import Server, authorize
@@ -43,6 +45,9 @@ class Choice:
     batch: int = 0
     handle: object = None  # the engine's sequence, to cancel it
     first_at: float | None = None
+    logprobs: list = field(default_factory=list)  # (token, logprob, top) per drawn token, when asked for
+    prompt_logprobs: list = field(default_factory=list)  # the prompt's own tokens scored (echo)
+    shown_logprobs: int = 0  # records already sent in a stream
 
 
 @dataclass
@@ -69,6 +74,12 @@ class Generation:
                 choice = self.choices[index]
                 if event[0] == "delta":
                     out = choice.filter.feed(event[1])
+                elif event[0] == "logprob":
+                    choice.logprobs.append(event[1:])
+                    continue
+                elif event[0] == "prompt":
+                    choice.prompt_logprobs = event[1]
+                    continue
                 elif event[0] == "error":
                     raise Refused(500, event[1], code="generation_failed")
                 else:
@@ -112,6 +123,8 @@ def start(server: Server, served: ServedLM | ServedSeq2Seq, identity: str, promp
     if n > limits.max_n:
         raise Refused(400, f"n: {n} choices asked for ({len(prompts)} prompts x n={body.n}); the limit is "
                       f"{limits.max_n}", code="invalid_value")
+    if body.top_logprobs_asked() is not None and isinstance(served, ServedSeq2Seq):
+        raise Refused(400, "logprobs: a seq2seq model does not return them", code="invalid_value")
     for prompt in prompts:
         if len(prompt) > limits.max_prompt_chars:
             raise Refused(400, f"prompt: {len(prompt)} characters, more than the limit of {limits.max_prompt_chars}",
@@ -146,7 +159,10 @@ def _params(served, prompt: str, body: Sampling, max_tokens: int | None, stops: 
     """The prompt's ids and its settings, `max_tokens` within the model's context and the server's `most`."""
     if max_tokens is not None and max_tokens > most:
         raise Refused(400, f"max_tokens: {max_tokens} new tokens; the limit is {most}", code="invalid_value")
-    ids = served.encode(prompt)
+    try:
+        ids = served.encode(prompt)
+    except GenlabError as err:
+        raise Refused(400, str(err), code="invalid_value") from None
     context = served.context
     if context is not None:
         room = context - len(ids)
@@ -156,10 +172,13 @@ def _params(served, prompt: str, body: Sampling, max_tokens: int | None, stops: 
         if max_tokens is not None and max_tokens > room:
             raise Refused(400, f"max_tokens: {max_tokens} new tokens after a prompt of {len(ids)} exceed the model's "
                           f"context of {context}; at most {room}", code="context_length_exceeded")
-        max_tokens = min(max_tokens or room, most)
-    params = TextParams(max_tokens=max_tokens or 64, temperature=body.temperature, top_p=body.top_p,
+        max_tokens = min(room if max_tokens is None else max_tokens, most)
+    max_tokens = 64 if max_tokens is None else max_tokens
+    params = TextParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                         top_k=body.top_k, repetition_penalty=body.repetition_penalty,
-                        stop=(*body.stop, *stops), min_tokens=min(body.min_tokens, max_tokens or 64))
+                        stop=(*body.stop, *stops), min_tokens=min(body.min_tokens, max_tokens),
+                        frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
+                        logprobs=body.top_logprobs_asked(), echo=body.echoes())
     return ids, params
 
 
@@ -269,15 +288,20 @@ async def completions(body: CompletionRequest, request: Request, identity: str =
     gen = start(server, served, identity, body.prompts, body, body.max_tokens)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": served.name}
+    prompts = [p if isinstance(p, str) else served.tokenizer.decode(p) for p in body.prompts]
+    logprobs = (lambda records: completion_logprobs(served.token_text, records)) \
+        if body.logprobs is not None else (lambda records: None)
     if not body.stream:
         await _collect(gen)
         _account(server, request, identity, gen)
-        return {**head, "choices": [{"index": c.index, "text": _final_text(c), "finish_reason": c.finish,
-                                     "logprobs": None, **({"genlab_filter": _refusal(c)} if _refusal(c) else {})}
-                                    for c in gen.choices], "usage": _usage(gen, body.n)}
+        return {**head, "choices": [
+            {"index": c.index, "text": (prompts[c.index // body.n] if body.echo else "") + _final_text(c),
+             "finish_reason": c.finish, "logprobs": logprobs([*c.prompt_logprobs, *c.logprobs]),
+             **({"genlab_filter": _refusal(c)} if _refusal(c) else {})} for c in gen.choices],
+            "usage": _usage(gen, body.n)}
 
     def chunk(c: Choice, out: str) -> dict:
-        choice = {"index": c.index, "text": out, "finish_reason": c.finish, "logprobs": None}
+        choice = {"index": c.index, "text": out, "finish_reason": c.finish, "logprobs": logprobs(_new_records(c))}
         return {**choice, "genlab_filter": _refusal(c)} if c.finish == "content_filter" else choice
 
     return _stream(server, request, identity, gen, head, chunk, body)
@@ -295,20 +319,23 @@ async def chat_completions(body: ChatRequest, request: Request, identity: str = 
     gen = start(server, served, identity, [prompt], body, body.limit, stops)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "chat.completion", "created": created, "model": served.name}
+    logprobs = (lambda records: chat_logprobs(served.token_text, records)) if body.logprobs else (lambda r: None)
     if not body.stream:
         await _collect(gen)
         _account(server, request, identity, gen)
         return {**head, "choices": [
             {"index": c.index, "message": {"role": "assistant", "content": _final_text(c),
                                            **({"refusal": _refusal(c)["reason"]} if _refusal(c) else {})},
-             "finish_reason": c.finish, "logprobs": None} for c in gen.choices], "usage": _usage(gen, body.n)}
+             "finish_reason": c.finish, "logprobs": logprobs(c.logprobs)} for c in gen.choices],
+            "usage": _usage(gen, body.n)}
 
     head["object"] = "chat.completion.chunk"
     roles = [{**head, "choices": [{"index": c.index, "delta": {"role": "assistant", "content": ""},
                                    "finish_reason": None}]} for c in gen.choices]  # the role first, as OpenAI does
 
     def chunk(c: Choice, out: str) -> dict:
-        return {"index": c.index, "delta": {"content": out} if out else {}, "finish_reason": c.finish}
+        return {"index": c.index, "delta": {"content": out} if out else {}, "finish_reason": c.finish,
+                "logprobs": logprobs(_new_records(c))}
 
     return _stream(server, request, identity, gen, head, chunk, body, roles)
 
@@ -332,6 +359,12 @@ def _stream(server: Server, request: Request, identity: str, gen: Generation, he
         yield _sse("[DONE]")
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _new_records(c: Choice) -> list:
+    """The logprob records of a choice not yet sent in its stream."""
+    new, c.shown_logprobs = c.logprobs[c.shown_logprobs:], len(c.logprobs)
+    return new
 
 
 def _chat_prompt(served, messages: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
