@@ -128,14 +128,20 @@ def table(title: str, unit: str, figures: dict[tuple[str, int], list[dict]], bas
                   f"{statistics.median(f['ttft'] for f in runs):8.3f} {sum(f['errors'] for f in runs):6d}")
 
 
+def train_models(tmp: Path, lm_steps: int, digits_steps: int) -> tuple[genlab.Run, genlab.Run]:
+    """The shakespeare char LM and the digits diffusion model, briefly: serving speed does not depend on quality."""
+    def brief(steps: int) -> list[str]:
+        return [f"train.max_steps={steps}", "train.max_time=null", f"train.val_every={steps}",
+                f"train.checkpoint_every={steps}", "train.progress=none"]
+
+    return (genlab.fit("configs/shakespeare-char.yaml", out=tmp / "lm", overrides=brief(lm_steps)),
+            genlab.fit("configs/digits-diffusion.yaml", out=tmp / "digits", overrides=brief(digits_steps)))
+
+
 def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     print(f"{SECONDS:.0f} s per point, {ROUNDS} rounds; {NEW_TOKENS} new tokens per completion; training the models...")
-    lm = genlab.fit("configs/shakespeare-char.yaml", out=tmp / "lm", overrides=[
-        "train.max_steps=150", "train.max_time=null", "train.val_every=150", "train.checkpoint_every=150",
-        "train.progress=none"])
-    digits = genlab.fit("configs/digits-diffusion.yaml", out=tmp / "digits", overrides=[
-        "train.max_steps=50", "train.val_every=50", "train.checkpoint_every=50", "train.progress=none"])
+    lm, digits = train_models(tmp, 150, 50)
     servers, procs = {}, []
     for name, batch in (("genlab serve, continuous batching", 32), ("genlab serve, one request at a time", 1)):
         port = free_port()

@@ -26,9 +26,7 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import BIN, free_port, start  # noqa: E402
-
-import genlab  # noqa: E402
+from serving import BIN, free_port, start, train_models  # noqa: E402
 
 warnings.filterwarnings("ignore")
 SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 120.0
@@ -105,11 +103,7 @@ async def soak(url: str, pid: int) -> tuple[collections.Counter, list, list[tupl
 def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     print(f"{CLIENTS} clients for {SECONDS:.0f} s; training the models...")
-    lm = genlab.fit("configs/shakespeare-char.yaml", out=tmp / "lm", overrides=[
-        "train.max_steps=100", "train.max_time=null", "train.val_every=100", "train.checkpoint_every=100",
-        "train.progress=none"])
-    digits = genlab.fit("configs/digits-diffusion.yaml", out=tmp / "digits", overrides=[
-        "train.max_steps=30", "train.val_every=30", "train.checkpoint_every=30", "train.progress=none"])
+    lm, digits = train_models(tmp, 100, 30)
     port = free_port()
     config = tmp / "serve.yaml"
     config.write_text(yaml.safe_dump({"names": ["lm", "digits"], "max_queue": 1024,
