@@ -19,7 +19,7 @@ TINY_DATES = [
     "model.max_target_length=12", "model.width=96", "model.heads=4", "model.layers=2", "model.dropout=0.0",
     "train.batch_size=64", "train.max_steps=600", "train.val_every=300", "train.checkpoint_every=300",
     "train.optimizer.lr=0.003", "train.schedule.warmup_steps=30", "train.grid_size=2", "train.progress=none",
-    "train.precision=bf16-mixed", "eval.num_samples=200",
+    "eval.num_samples=200",
 ]
 
 
