@@ -138,6 +138,8 @@ def test_an_out_of_tree_family_trains_samples_and_runs_its_own_verb(pixel_run, t
         assert im.size == ((3 * 9 + 1) * 4, (2 * 9 + 1) * 4)
     wrong = invoke("sample", pixel_run.path, "--temprature", 0.5)
     assert wrong.exit_code == 2 and "did you mean --temperature?" in wrong.output
+    bare = invoke("sample", pixel_run.path, "--temperature")
+    assert bare.exit_code == 2 and "--temperature: needs a value" in bare.output
     too_hot = invoke("sample", pixel_run.path, "--temperature", 99)
     assert too_hot.exit_code == 2 and "sampling.temperature: input should be less than or equal to 10" in \
         " ".join(too_hot.output.split())

@@ -24,8 +24,11 @@ def family_options(run: Any, args: list[str], conditions: bool = False) -> tuple
     given, extra = {}, {}
     for key, values in _parse_options(args).items():
         if key in fields:
-            many = typing.get_origin(fields[key].annotation) is list
-            given[key] = values if many else _one(key, values)
+            annotation = fields[key].annotation
+            if annotation is bool or annotation == bool | None:  # a bare --flag switches it on
+                values = ["true" if v is None else v for v in values]
+            many = typing.get_origin(annotation) is list
+            given[key] = [_valued(key, v) for v in values] if many else _one(key, values)
         elif key in taken:
             extra[key] = _one(key, values)
         elif key.endswith("_file") and key[: -len("_file")] in taken:
@@ -57,9 +60,9 @@ def check_taken(run: Any, conditions: dict[str, Any]) -> None:
                               f"{', '.join(taken) or 'nothing'})")
 
 
-def _parse_options(args: list[str]) -> dict[str, list[str]]:
-    """`--name value`, `--name=value` and bare `--flag` (true) -> {name: [values]}, in the order given."""
-    parsed: dict[str, list[str]] = {}
+def _parse_options(args: list[str]) -> dict[str, list[str | None]]:
+    """`--name value`, `--name=value` and bare `--flag` (None) -> {name: [values]}, in the order given."""
+    parsed: dict[str, list[str | None]] = {}
     i = 0
     while i < len(args):
         token = args[i]
@@ -68,17 +71,23 @@ def _parse_options(args: list[str]) -> dict[str, list[str]]:
         name, eq, value = token[2:].partition("=")
         if not eq:
             has_value = i + 1 < len(args) and not args[i + 1].startswith("--")
-            value = args[i + 1] if has_value else "true"
+            value = args[i + 1] if has_value else None
             i += has_value
         parsed.setdefault(name.replace("-", "_"), []).append(value)
         i += 1
     return parsed
 
 
-def _one(key: str, values: list[str]) -> str:
+def _one(key: str, values: list[str | None]) -> str:
     if len(values) > 1:
         raise ConfigError(f"--{flag(key)}: given {len(values)} times; it takes one value")
-    return values[0]
+    return _valued(key, values[0])
+
+
+def _valued(key: str, value: str | None) -> str:
+    if value is None:
+        raise ConfigError(f"--{flag(key)}: needs a value (--{flag(key)} VALUE)")
+    return value
 
 
 def _read_text(key: str, path: str) -> str:
