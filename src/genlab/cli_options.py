@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import difflib
-import inspect
 import typing
 from pathlib import Path
 from typing import Any
@@ -43,21 +42,12 @@ def family_options(run: Any, args: list[str], conditions: bool = False) -> tuple
 
 
 def _conditions_taken(run: Any) -> list[str]:
-    """What the family's `sample` takes besides n, the generator and its sampling options: labels, a prompt..."""
+    """What the family's `sample` takes besides its sampling options: labels, a prompt..."""
     from genlab.config.families import family_class, family_sampling
+    from genlab.run import sample_keywords
 
-    params = inspect.signature(family_class(run.config.model.family).sample).parameters
     fields = family_sampling(run.config.model.family).model_fields
-    return [name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-            and name not in ("generator", *fields)]
-
-
-def check_taken(run: Any, conditions: dict[str, Any]) -> None:
-    taken = _conditions_taken(run)
-    for key in conditions:
-        if key not in taken:
-            raise GenlabError(f"{key}: a {run.config.model.family} model does not take it (its samples take: "
-                              f"{', '.join(taken) or 'nothing'})")
+    return [name for name in sample_keywords(family_class(run.config.model.family).sample) if name not in fields]
 
 
 def _parse_options(args: list[str]) -> dict[str, list[str | None]]:
@@ -122,3 +112,12 @@ def _type_name(annotation: Any) -> str:
     if args:
         return _type_name(args[0])
     return getattr(annotation, "__name__", str(annotation))
+
+
+def check_taken(run: Any, conditions: dict[str, Any]) -> None:
+    """Refuse a condition the family's `sample` does not take (families with **options check only their own)."""
+    taken = _conditions_taken(run)
+    for key in conditions:
+        if key not in taken:
+            raise GenlabError(f"{key}: a {run.config.model.family} model does not take it (its samples take: "
+                              f"{', '.join(taken) or 'nothing'})")

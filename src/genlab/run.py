@@ -70,14 +70,19 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _check_conditions(model: Any, conditions: dict[str, Any]) -> None:
     """A keyword the family's `sample` does not take is a user mistake (a --prompt for an image model)."""
-    params = inspect.signature(model.sample).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(model.sample).parameters.values()):
         return  # the family checks its own options
-    taken = [name for name in params if name not in ("n", "generator")]
+    taken = sample_keywords(model.sample)
     for key in conditions:
         if key not in taken:
             raise GenlabError(f"{key}: a {model.config.family} model does not take it (its samples take: "
                               f"{', '.join(taken)})")
+
+
+def sample_keywords(sample: Any) -> list[str]:
+    """The keyword arguments a family's `sample` takes (its options and conditions), the generator aside."""
+    params = inspect.signature(sample).parameters
+    return [name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "generator"]
 
 
 def load(path: str | Path) -> Run:
