@@ -15,13 +15,12 @@ from __future__ import annotations
 import resource
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+from clock import timed_fit
 from torch.utils.flop_counter import FlopCounterMode
 
 import genlab
@@ -57,26 +56,9 @@ def plain_loop(precision: str) -> float:
     return (STEPS - WARMUP) * BATCH / (time.perf_counter() - start)
 
 
-class Clock(L.Callback):
-    """The plain loop's clock inside Lightning: from the start of step WARMUP to the end of the last step."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == WARMUP:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == STEPS:
-            self.images_per_s = (STEPS - WARMUP) * BATCH / (time.perf_counter() - self.start)
-
-
 def genlab_fit(precision: str, lean: bool) -> float:
     extra = ["train.ema.enabled=false", "train.grad_clip=null", "train.checkpoint_every=100000"] if lean else []
-    over = [f"train.precision={precision}", f"train.max_steps={STEPS}", "train.max_time=null",
-            "train.val_every=100000", "train.grid_size=0", *extra]
-    clock = Clock()
-    with tempfile.TemporaryDirectory() as tmp:
-        genlab.fit(DEMO, overrides=over, out=f"{tmp}/run", callbacks=[clock])
-    return clock.images_per_s
+    return timed_fit(DEMO, [f"train.precision={precision}", *extra], WARMUP, STEPS, BATCH)
 
 
 def flops_per_image(precision: str) -> float:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import resource
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+from clock import interleaved, timed_fit
 
 import genlab
 from genlab.data import load_dataset
@@ -63,25 +62,9 @@ def plain_loop() -> float:
     return (STEPS - WARMUP) * BATCH / (time.perf_counter() - start)
 
 
-class Clock(L.Callback):
-    """The plain loop's clock inside Lightning: from the start of step WARMUP to the end of the last step."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == WARMUP:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == STEPS:
-            self.images_per_s = (STEPS - WARMUP) * BATCH / (time.perf_counter() - self.start)
-
-
 def genlab_fit(lean: bool) -> float:
     extra = ["train.ema.enabled=false", "train.checkpoint_every=100000"] if lean else []
-    over = [f"train.max_steps={STEPS}", "train.max_time=null", "train.val_every=100000", "train.grid_size=0", *extra]
-    clock = Clock()
-    with tempfile.TemporaryDirectory() as tmp:
-        genlab.fit(DEMO, overrides=over, out=f"{tmp}/run", callbacks=[clock])
-    return clock.images_per_s
+    return timed_fit(DEMO, extra, WARMUP, STEPS, BATCH)
 
 
 def main() -> None:
@@ -89,10 +72,7 @@ def main() -> None:
           f"(timed from step {WARMUP}), {ROUNDS} interleaved rounds, medians; G/D widths {DEMO.model.channels}")
     runs = {"plain": plain_loop, "genlab lean": lambda: genlab_fit(lean=True),
             "genlab defaults": lambda: genlab_fit(lean=False)}
-    figures: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(ROUNDS):
-        for name in list(runs)[r % 3:] + list(runs)[: r % 3]:
-            figures[name].append(runs[name]())
+    figures = interleaved(runs, ROUNDS)
     med = {name: statistics.median(v) for name, v in figures.items()}
     print(f"{'plain img/s':>11} {'lean img/s':>10} {'lean/plain':>10} {'defaults img/s':>14} {'defaults/plain':>14}")
     print(f"{med['plain']:>11.0f} {med['genlab lean']:>10.0f} {med['genlab lean'] / med['plain']:>10.3f} "

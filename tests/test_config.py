@@ -26,12 +26,12 @@ def test_every_shipped_config_is_valid():
 def test_unknown_family_names_the_key_and_the_choices():
     with pytest.raises(ConfigError) as err:
         load_config({"model": {"family": "difusion"}})
-    assert str(err.value) == ("model.family: 'difusion' is not one of: diffusion, gan, seq2seq, sr_gan, tabular_vae, "
-                              "transformer, vae")
+    assert str(err.value) == ("model.family: 'difusion' is not one of: audio_diffusion, diffusion, gan, seq2seq, "
+                              "sr_gan, tabular_vae, transformer, vae")
 
 
 def test_unknown_source_names_the_key_and_the_choices():
-    with pytest.raises(ConfigError, match=r"data.source: .mnist. is not one of: breast_cancer, dates, diabetes"):
+    with pytest.raises(ConfigError, match=r"data.source: .mnist. is not one of: audio_folder, breast_cancer, dates"):
         load_config({"data": {"source": "mnist"}})
 
 
@@ -96,6 +96,6 @@ def test_cli_config_error_is_one_line_exit_2_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "genlab", "fit", str(bad), "--out", str(tmp_path / "r")],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "model.family: 'difusion' is not one of: diffusion, gan, seq2seq, sr_gan, tabular_vae" in proc.stderr
+    assert "model.family: 'difusion' is not one of: audio_diffusion, diffusion, gan, seq2seq, sr_gan" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "r").exists(), "a rejected config leaves no run directory behind"

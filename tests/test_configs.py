@@ -45,6 +45,9 @@ def use(run: genlab.Run, folder: Path) -> None:
         assert len(filled) == 5 and filled.iloc[:, 0].notna().all()
     elif family == "seq2seq":
         assert len(run.sample(2, seed=0, source=["a source", "another"])) == 2
+    elif run.model.media.name == "audio":
+        waves = run.sample(2, seed=0, labels="seven", steps=4, griffin_lim_iters=4)
+        assert waves.shape == (2, run.model.spec.shape[-1]) and waves.abs().max() <= 1
     elif run.model.media is TEXTS:
         assert all(isinstance(t, str) for t in run.sample(2, seed=0, prompt="The"))
     else:

@@ -38,6 +38,11 @@ class Media:
         """The samples inline in a self-contained page."""
         return png_tag(samples, scale=3, nrow=8)
 
+    def log(self, experiment: Any, samples: Any, step: int) -> None:
+        """Show the samples in a logger's experiment (TensorBoard's writer) when it takes this media."""
+        if hasattr(experiment, "add_image"):
+            experiment.add_image("samples", image_grid(samples), step, dataformats="HWC")
+
 
 class Texts(Media):
     def _write(self, samples: list[str], path: Path) -> Path:
@@ -47,6 +52,10 @@ class Texts(Media):
     def html(self, samples: list[str]) -> str:
         return "".join(f"<pre>{html.escape(t[:400])}</pre>" for t in samples)
 
+    def log(self, experiment: Any, samples: list[str], step: int) -> None:
+        if hasattr(experiment, "add_text"):  # TensorBoard renders markdown: a code block keeps the text as it is
+            experiment.add_text("samples", "\n\n".join(f"```\n{t}\n```" for t in samples), step)
+
 
 class Tables(Media):
     def _write(self, samples: Any, path: Path) -> Path:
@@ -54,6 +63,9 @@ class Tables(Media):
 
     def html(self, samples: Any) -> str:
         return samples.head(20).to_html(index=False, na_rep="")
+
+    def log(self, experiment: Any, samples: Any, step: int) -> None:
+        TEXTS.log(experiment, [samples.to_string()], step)
 
 
 IMAGES = Media("image", ".png")

@@ -31,6 +31,8 @@ class DataConfig(Section):
     limit: int | None = Field(None, ge=1)  # use only the first N documents
     image_size: int | None = Field(16, ge=4, le=1024)  # images are resized to this square side
     channels: Literal[1, 3] | None = None  # None: as the data comes (grey digits -> 1)
+    sample_rate: int = Field(16_000, ge=1_000, le=192_000)  # audio is resampled to this rate
+    clip_seconds: float = Field(1.0, gt=0, le=30)  # audio clips are cut or padded to this length
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     test_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     split_seed: int = 0  # the split depends on this alone, so runs with other train seeds compare

@@ -26,6 +26,8 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
                     "genlab.models.tabular_vae:TabularVAE"),
     "seq2seq": ("genlab.config.seq2seq:Seq2SeqConfig", "genlab.config.seq2seq:Seq2SeqSampling",
                 "genlab.models.seq2seq:Seq2Seq"),
+    "audio_diffusion": ("genlab.config.audio_diffusion:AudioDiffusionConfig",
+                        "genlab.config.audio_diffusion:AudioSampling", "genlab.models.audio_diffusion:AudioDiffusion"),
 }
 _registered: dict[str, Any] = {}  # name -> GenerativeModel subclass, added at run time
 

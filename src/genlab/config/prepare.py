@@ -33,6 +33,7 @@ class Clean(Section):
     max_chars: int | None = Field(None, ge=1)  # text: longer documents are removed
     mode: Literal["L", "RGB"] | None = None  # images: None keeps grey data grey and makes the rest RGB
     min_side: int = Field(8, ge=1)  # images: smaller images are removed
+    min_peak: float = Field(1e-3, ge=0, lt=1)  # audio: clips whose loudest sample is quieter are silent: removed
     outlier_z: float = Field(6.0, gt=0)  # tables: numeric cells this many deviations out are flagged (kept)
     numeric_share: float = Field(0.75, gt=0, le=1)  # tables: a column this much numbers is numeric; the rest emptied
 
@@ -91,6 +92,7 @@ DEFAULTS = {
     "image": ["validate", "clean", "normalize", "deduplicate", "labels", "split"],
     "text": ["validate", "clean", "deduplicate", "split"],
     "table": ["validate", "clean", "deduplicate", "missing", "labels", "split"],
+    "audio": ["validate", "clean", "deduplicate", "labels", "split"],
 }
 
 

@@ -16,9 +16,10 @@ import torch
 class DataSpec:
     """What a model needs to know of its data to be built."""
 
-    modality: str  # "image", "text"; "table" next
-    shape: tuple[int, ...]  # one example: (C, H, W) for images, (context,) token windows for text
+    modality: str  # "image", "text", "table", "audio"...
+    shape: tuple[int, ...]  # one example: (C, H, W) for images, (context,) token windows for text, (1, L) audio
     class_names: tuple[str, ...] = ()
+    sample_rate: int | None = None  # samples per second along the last axis, for waveforms
 
     @property
     def num_classes(self) -> int:
@@ -50,6 +51,7 @@ class Loaded:
     factors: torch.Tensor | None = None  # (N, K) indices of the factors that generated each example
     factor_names: tuple[str, ...] = ()
     weights: torch.Tensor | None = None  # (N,) sampling weights (genlab prepare's labels step, weights: true)
+    sample_rate: int | None = None  # waveforms: samples per second
 
 
 @dataclass

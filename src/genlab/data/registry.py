@@ -27,10 +27,13 @@ BUILTIN: dict[str, str] = {
     "pairs": "genlab.data.pairs:pairs",
     "dates": "genlab.data.pairs:dates",
     "docstrings": "genlab.data.pairs:docstrings",
+    "spoken_digits": "genlab.data.audio:spoken_digits",
+    "audio_folder": "genlab.data.audio:audio_folder",
 }
-FILES: dict[str, str] = {"image_folder": "image", "text": "text", "table": "table"}  # a user's files: fit prepares
+# a user's files, by the modality `genlab prepare` reads them as: fit prepares them first
+FILES: dict[str, str] = {"image_folder": "image", "text": "text", "table": "table", "audio_folder": "audio"}
 # built-ins that take seconds to generate and depend on the config alone: made once per process (fit, then evaluate)
-GENERATED = {"shapes", "docstrings", "python_code", "photos"}
+GENERATED = {"shapes", "docstrings", "python_code", "photos", "spoken_digits"}
 _registered: dict[str, Callable] = {}
 
 

@@ -47,7 +47,8 @@ def load_dataset(cfg) -> Dataset:
     else:
         a, b = data.parts
         train, val, test = np.arange(a), np.arange(a, a + b), np.arange(a + b, len(x))
-    spec = DataSpec(modality=data.modality, shape=tuple(x.shape[1:]), class_names=tuple(data.class_names))
+    spec = DataSpec(modality=data.modality, shape=tuple(x.shape[1:]), class_names=tuple(data.class_names),
+                    sample_rate=data.sample_rate)
 
     def take(idx: np.ndarray) -> Split:
         return Split(x[idx], None if y is None else y[idx], None if data.factors is None else data.factors[idx],

@@ -160,6 +160,20 @@ def image_features(net: FeatureNet, images: torch.Tensor, batch: int = 256) -> t
     return torch.cat([net(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
+@torch.no_grad()
+def inception_score(net: FeatureNet, images: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """exp E[KL(p(y|x) || p(y))] with the domain classifier's p(y|x) (Salimans et al.), the mean and the spread
+    over `splits` parts of the samples; at most the number of classes, reached by confident, balanced samples."""
+    probs = torch.cat([net.logits(images[i : i + 500]).softmax(1).double() for i in range(0, len(images), 500)])
+    scores = []
+    for part in probs.chunk(min(splits, len(probs))):
+        marginal = part.mean(0, keepdim=True)
+        kl = (part * (part.clamp(min=1e-12).log() - marginal.clamp(min=1e-12).log())).sum(1).mean()
+        scores.append(kl.exp().item())
+    values = torch.tensor(scores, dtype=torch.float64)
+    return float(values.mean()), float(values.std()) if len(values) > 1 else 0.0
+
+
 def total_variation(predicted: torch.Tensor, real: torch.Tensor, k: int) -> float:
     """Half the L1 distance between two class histograms: 0 is the same balance, 1 no overlap."""
     p = torch.bincount(predicted, minlength=k).float()

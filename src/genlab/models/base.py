@@ -164,7 +164,7 @@ class GenerativeModel(L.LightningModule):
             raise GenlabError(f"{path}: not a genlab model folder (no {META_FILE}); `genlab fit` writes one")
         meta = json.loads(file.read_text())
         spec = meta["spec"]
-        spec = DataSpec(spec["modality"], tuple(spec["shape"]), tuple(spec["class_names"]))
+        spec = DataSpec(spec["modality"], tuple(spec["shape"]), tuple(spec["class_names"]), spec.get("sample_rate"))
         return cls.Config.model_validate(meta["config"]), spec
 
     def label_ids(self, n: int, labels: int | str | list | torch.Tensor) -> torch.Tensor:

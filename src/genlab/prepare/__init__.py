@@ -26,7 +26,7 @@ from genlab.config.prepare import default_pipeline
 from genlab.data.registry import FILES
 from genlab.errors import GenlabError
 from genlab.prepare import read, stream
-from genlab.prepare.kinds import KINDS, SPLITS, Kind
+from genlab.prepare.kinds import SPLITS, Kind, kind_names, kind_of
 from genlab.prepare.record import Item, StepLog
 from genlab.prepare.report import write_reports
 from genlab.prepare.split import assign_splits
@@ -55,7 +55,7 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
     out = Path(out) if out is not None else Path("prepared") / cfg.name
     if data.prepared is not None:
         raise GenlabError("data.prepared: this config reads a prepared set already; prepare the raw data's config")
-    if KINDS.get(FILES.get(data.source) or _modality(data), Kind()).streams:
+    if (kind_of(FILES.get(data.source) or _modality(data)) or Kind()).streams:
         return _prepare_text(cfg, out)
     started = time.perf_counter()
     log, extra = StepLog("validate"), {}
@@ -153,21 +153,21 @@ def _read(data, log: StepLog, extra: dict) -> tuple[Kind, Any]:
     if data.source in FILES:
         if data.path is None:
             raise GenlabError(f"data.path: required to prepare data.source {data.source!r}")
-        kind = KINDS[FILES[data.source]]
+        kind = kind_of(FILES[data.source])
         return kind, kind.read_files(Path(data.path).expanduser(), data, log, extra)
     from genlab.data.registry import source  # a built-in set: nothing to skip, but every other step applies
 
     loaded = source(data.source)(data)
-    kind = KINDS.get(loaded.modality)
+    kind = kind_of(loaded.modality)
     if kind is None or kind.streams:
-        raise GenlabError(f"data.source {data.source!r}: genlab prepare handles {', '.join(KINDS)}, "
+        raise GenlabError(f"data.source {data.source!r}: genlab prepare handles {', '.join(kind_names())}, "
                           f"not {loaded.modality}")
     return kind, kind.from_loaded(loaded, log, extra)
 
 
 def _nothing_left(logs: list[StepLog], data) -> GenlabError:
     if not logs[0].kept + logs[0].removed:
-        files = KINDS[FILES[data.source]].files if data.source in FILES else "items"
+        files = kind_of(FILES[data.source]).files if data.source in FILES else "items"
         return GenlabError(f"data.path: no {files} found under {data.path}")
     return GenlabError(f"data: nothing is left after the pipeline ({'; '.join(reasons([g.as_dict() for g in logs]))})")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -22,24 +23,29 @@ PHASH_MIN_SIDE = 32  # pHash resizes to 32x32: smaller images are upsampled blur
 
 def deduplicate_images(items: list[Item], opts: Deduplicate, log: StepLog) -> list[Item]:
     if opts.exact:
-        seen: dict[str, str] = {}
-        kept = []
-        for item in items:
-            key = digest(item.value)
-            if key in seen:
-                log.remove("exact duplicate", f"{item.where} (copy of {seen[key]})")
-            else:
-                seen[key] = item.where
-                kept.append(item)
-        items = kept
+        items = without_exact_copies(items, log, lambda item: digest(item.value))
     side = min(items[0].value.shape[:2]) if items else 0
     if opts.near and len(items) > 1 and side < PHASH_MIN_SIDE:
         log.notes.append(f"near duplicates not looked for: {side}-pixel images are under pHash's {PHASH_MIN_SIDE}, "
                          "where distinct images share hashes (exact copies were)")
     elif opts.near and len(items) > 1:
-        items = _clusters(items, _near_images(items, opts), opts.near_action, log)
+        items = clusters(items, near_image_pairs(items, opts), opts.near_action, log)
     log.kept = len(items)
     return items
+
+
+def without_exact_copies(items: list[Item], log: StepLog, key: Callable[[Item], str]) -> list[Item]:
+    """The items less every later one whose `key` (a content hash) an earlier one has, each removal named."""
+    seen: dict[str, str] = {}
+    kept = []
+    for item in items:
+        value = key(item)
+        if value in seen:
+            log.remove("exact duplicate", f"{item.where} (copy of {seen[value]})")
+        else:
+            seen[value] = item.where
+            kept.append(item)
+    return kept
 
 
 def deduplicate_table(frame: pd.DataFrame, opts: Deduplicate, log: StepLog) -> pd.DataFrame:
@@ -66,7 +72,8 @@ def shingles(text: str, k: int) -> set[bytes]:
     return {flat[i:i + k].encode() for i in range(max(1, len(flat) - k + 1))}
 
 
-def _near_images(items: list[Item], opts: Deduplicate) -> list[tuple[int, int]]:
+def near_image_pairs(items: list[Item], opts: Deduplicate) -> list[tuple[int, int]]:
+    """Pairs (earlier, later) of uint8 images whose perceptual hashes differ in at most `opts.hamming` bits."""
     import imagehash
     from PIL import Image
 
@@ -80,7 +87,8 @@ def _near_images(items: list[Item], opts: Deduplicate) -> list[tuple[int, int]]:
     return pairs
 
 
-def _clusters(items: list[Item], pairs: list[tuple[int, int]], action: str, log: StepLog) -> list[Item]:
+def clusters(items: list[Item], pairs: list[tuple[int, int]], action: str, log: StepLog) -> list[Item]:
+    """Near-copy pairs joined into clusters: all but the first read removed, or all kept and marked."""
     parent = list(range(len(items)))
 
     def root(i: int) -> int:

@@ -230,3 +230,18 @@ def _documents(path: Path) -> list[str]:
 
 
 KINDS: dict[str, Kind] = {kind.name: kind for kind in (Images(), Tables(), Texts())}
+# kinds in modules of their own, imported when first asked for
+ELSEWHERE: dict[str, str] = {"audio": "genlab.prepare.audio:AudioClips"}
+
+
+def kind_of(modality: str) -> Kind | None:
+    """The Kind that prepares `modality`, or None when genlab prepare does not handle it."""
+    if modality not in KINDS and modality in ELSEWHERE:
+        from genlab.locate import locate
+
+        KINDS[modality] = locate(ELSEWHERE[modality])()
+    return KINDS.get(modality)
+
+
+def kind_names() -> list[str]:
+    return sorted({*KINDS, *ELSEWHERE})

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from genlab.errors import GenlabError
-from genlab.prepare.kinds import KINDS, SPLITS
+from genlab.prepare.kinds import SPLITS, kind_of
 from genlab.run import PREPARED_MANIFEST
 
 log = logging.getLogger("genlab")
@@ -71,7 +71,7 @@ def load_prepared(path: str | Path):
         per_split = json.loads((path / "weights.json").read_text())
         weights = torch.tensor([w for s in SPLITS for w in per_split[s]], dtype=torch.float64)
         notes.append("class-balanced sampling weights (weights.json)")
-    kind = KINDS.get(manifest["modality"])
+    kind = kind_of(manifest["modality"])
     if kind is None:
         raise GenlabError(f"data.prepared: {path} holds {manifest['modality']} items, which this genlab cannot read")
     return kind.load(path, manifest, notes, weights)

@@ -98,6 +98,9 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, met
 
     app.include_router(text.router)
     app.include_router(media.router)
+    routers = {id(type(s).router): type(s).router for s in models.values() if type(s).router is not None}
+    for router in routers.values():  # the routes of kinds a family brought, once each
+        app.include_router(router)
     app.openapi = lambda: _openapi(app, list(models))
     return app
 

@@ -43,7 +43,26 @@ def sampling_options(served: Served, given: dict[str, Any]) -> dict[str, Any]:
     return dict(given)
 
 
-async def _run(served: Served, key: Any, items: list[Any], request: Request) -> list[Any]:
+def sample_items(server: Server, served: Served, n: int, label: Any, seed: int | None, extras: dict[str, Any]
+                 ) -> tuple[Any, list[Any]]:
+    """A sampling request as a worker job: (the key requests share a batch under, one item per sample), after
+    the request's options and label are checked against the model (a 400 naming the field)."""
+    options = sampling_options(served, extras)
+    if options.get("steps") is not None and options["steps"] > server.config.limits.max_steps:
+        raise Refused(400, f"steps: {options['steps']}; the limit is {server.config.limits.max_steps}",
+                      code="invalid_value")
+    try:
+        served.model.check_request(1, label, **options)
+    except GenlabError as err:  # the model says "labels"; the request's field is "label"
+        field, _, detail = str(err).partition(": ")
+        raise Refused(400, f"{'label' if field == 'labels' else field}: {detail}", code="invalid_value") from None
+    per_sample = {k: options.pop(k) for k in served.model.Sampling.per_sample if k in options}
+    seed = seed if seed is not None else random.randrange(2**62)
+    items = [(seed + i, label, per_sample) for i in range(n)]
+    return tuple(sorted({**options, "labelled": label is not None}.items())), items
+
+
+async def run_job(served: Served, key: Any, items: list[Any], request: Request) -> list[Any]:
     """Queue a job on the model's worker and wait for it; 503 when the queue is full, 400 for a bad input."""
     try:
         future: Future = served.submit(key, items)
@@ -59,7 +78,7 @@ async def _run(served: Served, key: Any, items: list[Any], request: Request) -> 
     return out
 
 
-def _served(request: Request, name: str, kinds: tuple[str, ...], route: str) -> tuple[Server, Served]:
+def served_for(request: Request, name: str, kinds: tuple[str, ...], route: str) -> tuple[Server, Served]:
     server: Server = request.app.state.server
     served = server.model(name, kinds, route)
     request.state.model = served.name
@@ -69,29 +88,17 @@ def _served(request: Request, name: str, kinds: tuple[str, ...], route: str) -> 
 @router.post("/v1/images/generations", tags=["images"])
 async def images(body: ImageRequest, request: Request, identity: str = Depends(authorize)) -> dict:
     """Images in OpenAI's shape (b64_json), with genlab's seed, label, sampler, steps and guidance_scale."""
-    server, served = _served(request, body.model, ("image",), "/v1/images/generations")
+    server, served = served_for(request, body.model, ("image",), "/v1/images/generations")
     if body.n > server.config.limits.max_n:
         raise Refused(400, f"n: {body.n} images; the limit is {server.config.limits.max_n}", code="invalid_value")
     if body.size is not None and body.size != served.size:
         raise Refused(400, f"size: this model draws {served.size} images, not {body.size}", code="invalid_value")
-    options = sampling_options(served, body.model_extra or {})
-    if options.get("steps") is not None and options["steps"] > server.config.limits.max_steps:
-        raise Refused(400, f"steps: {options['steps']}; the limit is {server.config.limits.max_steps}",
-                      code="invalid_value")
     label = body.label
     conditional = getattr(served.model.config, "class_conditional", False)
     if label is None and conditional and body.prompt.strip() in served.model.spec.class_names:
         label = body.prompt.strip()
-    try:
-        served.model.check_request(1, label, **options)
-    except GenlabError as err:  # the model says "labels"; the request's field is "label"
-        field, _, detail = str(err).partition(": ")
-        raise Refused(400, f"{'label' if field == 'labels' else field}: {detail}", code="invalid_value") from None
-    per_sample = {k: options.pop(k) for k in served.model.Sampling.per_sample if k in options}
-    seed = body.seed if body.seed is not None else random.randrange(2**62)
-    items = [(seed + i, label, per_sample) for i in range(body.n)]
-    key = tuple(sorted({**options, "labelled": label is not None}.items()))
-    images = await _run(served, key, items, request)
+    key, items = sample_items(server, served, body.n, label, body.seed, body.model_extra or {})
+    images = await run_job(served, key, items, request)
     server.metrics.images.labels(served.name).inc(len(images))
     return {"created": int(time.time()), "data": [{"b64_json": b} for b in images]}
 
@@ -99,7 +106,7 @@ async def images(body: ImageRequest, request: Request, identity: str = Depends(a
 @router.post("/v1/images/upscale", tags=["images"])
 async def upscale(body: UpscaleRequest, request: Request, identity: str = Depends(authorize)) -> dict:
     """Each base64 image upscaled by the super-resolution model, as base64 PNG."""
-    server, served = _served(request, body.model, ("upscale",), "/v1/images/upscale")
+    server, served = served_for(request, body.model, ("upscale",), "/v1/images/upscale")
     limits = server.config.limits
     if len(body.images) > limits.max_n:
         raise Refused(400, f"images: {len(body.images)} images; the limit is {limits.max_n}", code="invalid_value")
@@ -109,7 +116,7 @@ async def upscale(body: UpscaleRequest, request: Request, identity: str = Depend
                  for i, data in enumerate(body.images)])
     for i, t in enumerate(tensors):
         served.model.check_input(t[None], f"images[{i}]")
-    out = await _run(served, object(), tensors, request)  # a key of its own: never batched with another request
+    out = await run_job(served, object(), tensors, request)  # a key of its own: never batched with another request
     server.metrics.images.labels(served.name).inc(len(out))
     return {"created": int(time.time()), "data": [{"b64_json": b} for b in out]}
 
@@ -141,17 +148,17 @@ async def score(body: RowsRequest, request: Request, identity: str = Depends(aut
 
 
 async def _on_rows(request: Request, body: RowsRequest, action: str, field: str) -> dict:
-    server, served = _served(request, body.model, ("table",), f"/v1/tabular/{action}")
+    server, served = served_for(request, body.model, ("table",), f"/v1/tabular/{action}")
     warnings = _rows(server, served, body)
-    out = (await _run(served, (action, body.seed, object()), [body.rows], request))[0]
+    out = (await run_job(served, (action, body.seed, object()), [body.rows], request))[0]
     return {"object": "list", "model": served.name, field: out, "warnings": warnings}
 
 
 @router.post("/v1/tabular/sample", tags=["tables"])
 async def sample_rows(body: TableSampleRequest, request: Request, identity: str = Depends(authorize)) -> dict:
     """`n` synthetic rows, with the training table's columns; the same seed gives the same rows."""
-    server, served = _served(request, body.model, ("table",), "/v1/tabular/sample")
+    server, served = served_for(request, body.model, ("table",), "/v1/tabular/sample")
     if body.n > server.config.limits.max_rows:
         raise Refused(400, f"n: {body.n} rows; the limit is {server.config.limits.max_rows}", code="invalid_value")
-    rows = (await _run(served, ("sample", body.seed, object()), [body.n], request))[0]
+    rows = (await run_job(served, ("sample", body.seed, object()), [body.n], request))[0]
     return {"object": "list", "model": served.name, "rows": rows}

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from fastapi import APIRouter
 from PIL import Image
 
 from genlab.errors import GenlabError
@@ -65,17 +66,29 @@ def load_served(path: str | Path, config: ServeConfig, name: str | None = None,
     name = name or default
     family = model.config.family
     on_batch = (lambda size: observe(name, size)) if observe else None
+    return served_kind(model.serves, f"{path}: a {family} model")(name, family, model, config, on_batch)
+
+
+def served_kind(serves: str, what: str) -> type[Served]:
+    """The `Served` class a family names: a built-in kind, or "module:Class" for a kind of its own (which may
+    bring routes of its own in its `router`)."""
     kinds = {kind.kind: kind for kind in (ServedLM, ServedSeq2Seq, ServedImages, ServedUpscaler, ServedTable)}
-    if model.serves not in kinds:
-        raise GenlabError(f"{path}: a {family} model is served as {model.serves!r}; genlab serves "
-                          f"{', '.join(kinds)}")
-    return kinds[model.serves](name, family, model, config, on_batch)
+    if ":" in serves:
+        from genlab.locate import locate
+
+        return locate(serves)
+    if serves not in kinds:
+        raise GenlabError(f"{what} is served as {serves!r}; genlab serves {', '.join(kinds)} or a "
+                          "'module:Class' Served kind")
+    return kinds[serves]
 
 
 class Served:
-    """One loaded model under its name; `kind` decides which routes serve it."""
+    """One loaded model under its name; `kind` decides which routes serve it. A kind that a family brings
+    carries its routes in `router`, which the app mounts when a model of that kind is loaded."""
 
     kind = "model"
+    router: APIRouter | None = None
 
     def __init__(self, name: str, family: str, model: Any, config: ServeConfig,
                  on_batch: Callable[[int], None] | None) -> None:
@@ -184,8 +197,12 @@ class ServedImages(Served):
         for name in sorted({name for _, _, own in items for name in own}):
             values = [own.get(name, defaults[name].default) for _, _, own in items]
             conditions[name] = torch.tensor(values, dtype=torch.float32)
-        images = self.model.sample(len(items), generator=generators, **conditions, **options)
-        return [png_b64(image) for image in images]
+        samples = self.model.sample(len(items), generator=generators, **conditions, **options)
+        return [self.encode(sample) for sample in samples]
+
+    def encode(self, sample: torch.Tensor) -> Any:
+        """One sample as a response carries it."""
+        return png_b64(sample)
 
     @property
     def size(self) -> str:

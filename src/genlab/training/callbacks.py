@@ -13,7 +13,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.flop_counter import FlopCounterMode
 
 from genlab.errors import GenlabError
-from genlab.images import image_grid
 from genlab.training.peak import PEAK_METHOD, matmul_peak
 
 
@@ -265,12 +264,7 @@ class SamplePreview(L.Callback):
         step = trainer.global_step
         pl_module.media.save(samples, self.out_dir / f"step_{step:06d}{pl_module.media.suffix}")
         for logger in trainer.loggers:
-            texts = [samples.to_string()] if hasattr(samples, "to_string") else samples  # table rows: one block
-            if isinstance(texts, list) and hasattr(logger.experiment, "add_text"):
-                # TensorBoard renders text as markdown: a code block keeps newlines and symbols as they are
-                logger.experiment.add_text("samples", "\n\n".join(f"```\n{t}\n```" for t in texts), step)
-            elif hasattr(logger.experiment, "add_image"):
-                logger.experiment.add_image("samples", image_grid(samples), step, dataformats="HWC")
+            pl_module.media.log(logger.experiment, samples, step)
 
 
 class LastCheckpoint(Checkpoint):

@@ -1,0 +1,119 @@
+"""Audio in `genlab prepare`: clips read and converted to the data's rate and length (validate), silent clips
+removed (clean), exact and near copies found (deduplicate: near by a perceptual hash of the log-mel image),
+classes checked (labels); written as 16-bit PCM in safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from genlab.audio import MelSpectrogram, audio_tag
+from genlab.data.audio import audio_files, read_clip
+from genlab.data.records import Loaded
+from genlab.prepare.dedup import clusters, digest, near_image_pairs, without_exact_copies
+from genlab.prepare.kinds import SPLITS, Kind, Step, _check_labels
+from genlab.prepare.record import Item, StepLog
+
+FULL_SCALE = 32767  # 16-bit PCM
+
+
+class AudioClips(Kind):
+    name, files = "audio", "audio files (.wav, .flac, .ogg)"
+
+    def steps(self) -> dict[str, Step]:
+        return {"clean": _clean, "deduplicate": _deduplicate, "labels": lambda *args: _check_labels(*args, kind=self)}
+
+    def read_files(self, root: Path, data: Any, log: StepLog, extra: dict) -> list[Item]:
+        samples = round(data.sample_rate * data.clip_seconds)
+        classes = sorted({p.parent.relative_to(root).as_posix() for p in audio_files(root)} - {"."}) \
+            if root.is_dir() else []
+        items = []
+        for path in audio_files(root):
+            if data.limit is not None and len(items) >= data.limit:
+                break
+            where = path.relative_to(root).as_posix() if root.is_dir() else path.name
+            log.megabytes += path.stat().st_size / 1e6
+            wave, changed, skipped = read_clip(path, data.sample_rate, samples)
+            if skipped:
+                log.remove(skipped, where)
+                continue
+            if changed:
+                log.change(changed, where)
+            label = path.parent.relative_to(root).as_posix() if classes else None
+            items.append(Item(where, wave, label if label != "." else None))
+        log.kept = len(items)
+        extra["sample_rate"] = data.sample_rate
+        return items
+
+    def from_loaded(self, loaded: Loaded, log: StepLog, extra: dict) -> list[Item]:
+        names = loaded.class_names
+        items = [Item(f"clip {i + 1}", wave[0].numpy(), names[int(loaded.y[i])] if loaded.y is not None else None)
+                 for i, wave in enumerate(loaded.x)]
+        extra["sample_rate"] = loaded.sample_rate
+        log.kept = len(items)
+        return items
+
+    def megabytes(self, items: list[Item]) -> float:
+        return sum(i.value.nbytes for i in items) / 1e6
+
+    def write(self, out: Path, split: str, items: list[Item], rows: np.ndarray, labels: list, names: list[str]
+              ) -> None:
+        chosen = [items[i] for i in rows]
+        waves = np.stack([i.value for i in chosen]) if chosen else np.zeros((0, 1), np.float32)
+        tensors = {"x": torch.from_numpy(_pcm(waves))[:, None]}
+        if names and all(labels[i] is not None for i in rows):
+            tensors["y"] = torch.tensor([names.index(labels[i]) for i in rows], dtype=torch.long)
+        save_file(tensors, str(out / f"{split}.safetensors"), metadata={"where": json.dumps([i.where for i in chosen])})
+
+    def preview(self, items: list[Item], extra: dict) -> tuple[Any, list[float], str]:
+        rate = extra.get("sample_rate") or 16_000
+        players = "".join(audio_tag(i.value, rate, i.where) for i in items[:8])
+        peaks = [float(20 * np.log10(max(np.abs(i.value).max(), 1e-6))) for i in items]
+        return f"<div class=clips>{players}</div>", peaks, "peak level (dBFS)"
+
+    def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
+        loaded = [load_file(str(path / f"{s}.safetensors")) for s in SPLITS]
+        x = torch.cat([d["x"] for d in loaded if d["x"].ndim == 3]).float() / FULL_SCALE
+        y = torch.cat([d["y"] for d in loaded]) if all("y" in d for d in loaded) else None
+        counts = manifest["splits"]
+        return Loaded(x, y, manifest.get("class_names", []), notes, self.name, (counts["train"], counts["val"]),
+                      weights=weights, sample_rate=manifest["data"]["sample_rate"])
+
+
+def _pcm(waves: np.ndarray) -> np.ndarray:
+    """Samples in [-1, 1] as 16-bit PCM: how a clip is stored, and what its exact copies share."""
+    return (np.clip(waves, -1, 1) * FULL_SCALE).round().astype(np.int16)
+
+
+def _clean(step, items: list[Item], data: Any, log: StepLog, extra: dict) -> list[Item]:
+    kept = []
+    for item in items:
+        if np.abs(item.value).max() < step.min_peak:
+            log.remove(f"silent (peak under {step.min_peak:g})", item.where)
+        else:
+            kept.append(item)
+    log.kept = len(kept)
+    return kept
+
+
+def _deduplicate(step, items: list[Item], data: Any, log: StepLog, extra: dict) -> list[Item]:
+    """Exact copies by the hash of their 16-bit samples; near copies by pHash of their log-mel images."""
+    if step.exact:
+        items = without_exact_copies(items, log, lambda item: digest(_pcm(item.value)))
+    if step.near and len(items) > 1:
+        rate = extra.get("sample_rate") or data.sample_rate
+        mel = MelSpectrogram(rate, len(items[0].value), 32, 32, 2 ** int(np.ceil(np.log2(len(items[0].value) / 16))),
+                             max_db=45, top_db=80)
+        with torch.no_grad():
+            images = mel.encode(torch.from_numpy(np.stack([i.value for i in items])))
+        pixels = ((images + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        pairs = near_image_pairs([Item(i.where, p) for i, p in zip(items, pixels)], step)
+        items = clusters(items, pairs, step.near_action, log)
+    log.kept = len(items)
+    return items

@@ -1,0 +1,98 @@
+"""OpenAI's speech route, /v1/audio/speech, for the audio family: the input names the class to speak.
+
+`client.audio.speech.create(model=..., input="seven", voice="alloy", response_format="wav")` returns a WAV
+of the digit: the input is a class name (any case) or a class number; the model draws its own voice, so
+`voice` is accepted and not used (`seed` picks the voice, as it picks an image). Concurrent requests with the
+same options share one sampler call, as images do.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any, Literal
+
+import torch
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import ConfigDict, Field
+
+from genlab.audio import wav_bytes
+from genlab.serving.guard import Refused
+from genlab.serving.media import run_job, sample_items, served_for
+from genlab.serving.models import ServedImages
+from genlab.serving.schemas import Request as ModelRequest
+from genlab.serving.server import authorize
+
+FORMATS = {"wav": "audio/wav", "flac": "audio/flac", "pcm": "application/octet-stream"}
+
+
+class SpeechRequest(ModelRequest):
+    input: str = Field(max_length=4096)
+    voice: str | dict[str, Any] | None = None  # OpenAI's; the model draws its own voice (seed picks it)
+    instructions: str | None = Field(None, max_length=4096)
+    response_format: str = "wav"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio"] = "audio"
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    # any other field is one of the model family's sampling options (its `Sampling` class), checked there
+    model_config = ConfigDict(extra="allow")
+
+
+router = APIRouter()
+
+
+class ServedSpeech(ServedImages):
+    """A class-conditional audio model: each request one clip, WAV bytes out of the worker."""
+
+    kind = "speech"
+    router = router
+
+    def encode(self, sample: torch.Tensor) -> bytes:
+        return wav_bytes(sample, self.model.spec.sample_rate)
+
+    def label(self, text: str) -> int | None:
+        """The class an input names: a class name in any case, or its number; None for an unconditional model."""
+        if not getattr(self.model.config, "class_conditional", False):
+            return None
+        names = [n.casefold() for n in self.model.spec.class_names]
+        word = text.strip().casefold()
+        if word in names:
+            return names.index(word)
+        if word.isdigit() and int(word) < len(names):
+            return int(word)
+        shown = ", ".join(self.model.spec.class_names)
+        raise Refused(400, f"input: {text[:40]!r} is not a class this model speaks ({shown}), nor a class "
+                      f"number 0 to {len(names) - 1}", code="invalid_value")
+
+
+@router.post("/v1/audio/speech", tags=["audio"])
+async def speech(body: SpeechRequest, request: Request, identity: str = Depends(authorize)) -> Response:
+    """One clip of the class the input names, in OpenAI's speech shape (wav, flac, or 16-bit pcm at the model's
+    rate); genlab's seed and the family's sampling options (guidance_scale, steps...) ride along."""
+    server, served = served_for(request, body.model, ("speech",), "/v1/audio/speech")
+    if body.response_format not in FORMATS:
+        raise Refused(400, f"response_format: {body.response_format!r}; this server writes "
+                      f"{', '.join(FORMATS)}", code="invalid_value")
+    if body.speed != 1.0:
+        raise Refused(400, "speed: this model speaks at the pace it learned; only 1.0", code="invalid_value")
+    key, items = sample_items(server, served, 1, served.label(body.input), body.seed, body.model_extra or {})
+    clip = (await run_job(served, key, items, request))[0]
+    server.metrics.images.labels(served.name).inc(1)
+    return Response(_as(clip, body.response_format, served.model.spec.sample_rate), media_type=FORMATS[
+        body.response_format], headers={"x-genlab-sample-rate": str(served.model.spec.sample_rate),
+                                        "x-genlab-created": str(int(time.time()))})
+
+
+def _as(wav: bytes, response_format: str, sample_rate: int) -> bytes:
+    """The worker's WAV in the asked format."""
+    if response_format == "wav":
+        return wav
+    import soundfile
+
+    wave, _ = soundfile.read(io.BytesIO(wav), dtype="float32")
+    if response_format == "pcm":
+        return (wave.clip(-1, 1) * 32767).astype("<i2").tobytes()
+    buffer = io.BytesIO()
+    soundfile.write(buffer, wave, sample_rate, format="FLAC")
+    return buffer.getvalue()
