@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -216,6 +217,18 @@ def audit(
 
 @app.command()
 @_user_errors
+def card(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `genlab fit`.")],
+    license: Annotated[str, typer.Option(help="The license the card declares (a Hub license id).")] = "other",
+) -> None:
+    """Write the run's model card (model/README.md, Hugging Face format): data, training, metrics, audit, limits."""
+    from genlab.responsible.card import write_card
+
+    out.print(f"wrote {write_card(run_dir, license)}")
+
+
+@app.command()
+@_user_errors
 def rate(
     runs: Annotated[list[Path], typer.Argument(help="Two or more run directories to compare.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the drawn samples and ratings.sqlite.")] = Path(
@@ -342,6 +355,10 @@ def export_run(
         out.print(f"wrote a build context to {export_docker(run_dir, out_dir)} (docker build -t NAME {out_dir})")
     elif to == "onnx":
         written = export_onnx(load_model(run_dir)[0], out_dir)
+        if (run_dir / "config.yaml").is_file():  # a run directory: its model card goes with the graphs
+            from genlab.responsible.card import write_card
+
+            written.append(Path(shutil.copy(write_card(run_dir), out_dir / "README.md")))
         out.print(f"wrote {', '.join(p.name for p in written)} to {out_dir}")
     else:
         raise GenlabError(f"--to: {to!r} is not one of docker, onnx")

@@ -54,6 +54,10 @@ def export_docker(run: str | Path, out: str | Path, *, image: str | None = None)
     slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "model"
     image = image or f"genlab-{slug}:latest"
     out.mkdir(parents=True, exist_ok=True)
+    if (Path(run) / "config.yaml").is_file():  # a run directory: its model card, fresh, goes with the model
+        from genlab.responsible.card import write_card
+
+        write_card(run)
     shutil.copytree(folder, out / "model")
     _copy_source(out / "genlab-src")
     # the probes poll /health and /ready without a key

@@ -33,6 +33,7 @@ class AudioDiffusion(GenerativeModel):
     Config = AudioDiffusionConfig
     Sampling = AudioSampling
     serves = "genlab.serving.speech:ServedSpeech"  # OpenAI's /v1/audio/speech
+    hub_library, hub_task = "diffusers", "text-to-audio"
     evaluator = "genlab.evaluation.audio:evaluate_audio"
     headline = AUDIO_FIGURES
     audit = None

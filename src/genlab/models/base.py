@@ -46,6 +46,9 @@ class GenerativeModel(L.LightningModule):
     evaluator: ClassVar[str] = "genlab.evaluation.metrics:evaluate_images"
     # how `genlab audit` reads it: "module:function(run, n) -> audit.json's content"; None: no audit yet
     audit: ClassVar[str | None] = "genlab.responsible.audit:audit_by_class"
+    # what a model card says of it: the library whose loaders read the model folder, the Hub's task tag (or None)
+    hub_library: ClassVar[str] = "genlab"
+    hub_task: ClassVar[str | None] = "unconditional-image-generation"
     # its verbs beyond `sample` (upscale, impute, ...) are declared on its Config class, where the CLI finds them
 
     def __init__(self, config: ModelConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:

@@ -45,6 +45,7 @@ class _Denoiser(torch.nn.Module):
 class Diffusion(GenerativeModel):
     Config = DiffusionConfig
     Sampling = DiffusionSampling
+    hub_library = "diffusers"
 
     def __init__(self, config: DiffusionConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__(config, spec, train)

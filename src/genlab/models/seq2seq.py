@@ -85,6 +85,7 @@ class Seq2Seq(GenerativeModel):
     Config = Seq2SeqConfig
     Sampling = Seq2SeqSampling
     media, serves, audit = TEXTS, "text2text", None
+    hub_library, hub_task = "transformers", "text2text-generation"
     evaluator = "genlab.evaluation.seq2seq:evaluate_pairs"
     headline = tuple(Figure(key, label, True, (f"copy_source_baseline.{key}", "copying the source"))
                      for key, label in (("chrf", "chrF"), ("bleu", "BLEU"), ("exact_match", "exact match")))

@@ -94,6 +94,7 @@ class SRGAN(GenerativeModel):
     Config = SRConfig
     Sampling = SRSampling
     network = "generator"
+    hub_task = "image-to-image"
     serves, audit = "upscale", None  # images in, images out: no classes to audit
     evaluator = "genlab.evaluation.upscale:evaluate_upscaling"
     headline = (Figure("psnr", "PSNR dB", True, ("psnr_bicubic", "bicubic")),

@@ -81,6 +81,7 @@ class TabularVAE(GenerativeModel):
     Config = TabularVAEConfig
     Sampling = TabularSampling
     media, serves, audit = TABLES, "table", None
+    hub_task = None  # the Hub has no task for generated tables
     network = "net"
     evaluator = "genlab.evaluation.tabular:evaluate_table"
     headline = (Figure("imputation.genlab.rmse", "imputation RMSE", False,

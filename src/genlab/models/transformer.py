@@ -61,6 +61,7 @@ class Transformer(GenerativeModel):
     Config = TransformerConfig
     Sampling = TextSampling
     media, serves, audit = TEXTS, "text", None
+    hub_library, hub_task = "transformers", "text-generation"
     evaluator = "genlab.evaluation.text:evaluate_text"
     headline = (Figure("bits_per_character", "bits/char", False), Figure("perplexity", "perplexity", False),
                 Figure("distinct_2", "distinct-2", True))

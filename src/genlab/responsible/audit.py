@@ -29,7 +29,7 @@ from genlab.run import Run, write_json
 MIN_PER_CLASS = 4  # samples of a class (generated and real) for its precision and recall
 MITIGATION = {
     "rare in the training data": "balance the batches: genlab prepare's labels step with `weights: true` "
-                                 "(data.pipeline), which fit samples by",
+                                 "(data.pipeline) writes class-balanced weights, and fit draws its batches by them",
     "under-represented in the outputs": "train with class-balanced weights, or make the model class-conditional "
                                         "(model.class_conditional) and ask for the class",
     "generated worse than the others": "more data or steps for the class; balanced weights; check its "
