@@ -144,6 +144,14 @@ def test_a_trained_model_beats_an_untrained_one_and_the_report_plays_the_clips(a
     assert page.count("<audio controls") >= 30 and "data:audio/wav;base64," in page and "src='http" not in page
 
 
+def test_an_audio_run_is_audited_by_class_through_the_digit_classifier(audio_run):
+    result = CliRunner().invoke(app, ["audit", str(audio_run.path), "--n", "40", "--fail-on", "flags>40"])
+    assert result.exit_code == 0, result.output
+    audit = json.loads((audio_run.path / "audit.json").read_text())
+    assert audit["target"] == "requested" and [c["class"] for c in audit["classes"]][:2] == ["zero", "one"]
+    assert all("label_accuracy" in c for c in audit["classes"]) and audit["samples"] == 40
+
+
 def test_the_model_folder_loads_in_diffusers_and_exports_to_onnx(audio_run, tmp_path):
     from diffusers import DDPMPipeline, UNet2DModel
 

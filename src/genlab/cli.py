@@ -199,20 +199,35 @@ def bakeoff(
 @app.command()
 @_user_errors
 def audit(
-    run_dir: Annotated[Path, typer.Argument(help="An image run directory trained on labelled data.")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory trained on labelled data.")],
     n: Annotated[int | None, typer.Option("--n", min=2, help="Samples to audit (default: eval.num_samples).")] = None,
+    target: Annotated[str, typer.Option(help="The class mix the outputs are held to: data (the held-out mix) or "
+                                             "parity.")] = "data",
+    min_share: Annotated[float | None, typer.Option(min=0, max=1, help="A class under this share of the training "
+                                                                       "data is flagged (default: half of parity).")]
+    = None,
+    fail_on: Annotated[str | None, typer.Option(help="Exit 3 when met: gap>X, p<X, flags[>N] or words of a flag's "
+                                                     "kind, comma-separated (for CI).")] = None,
 ) -> None:
     """Audit a run by class: each class's share of the data and of the samples, and how well each is generated."""
-    from genlab.responsible.audit import audit_run
+    from genlab.responsible.audit import audit_run, gate
     from genlab.run import Run
 
-    result = audit_run(Run(run_dir), n)
+    if fail_on is not None:
+        gate({"classes": [], "flags": [], "mix_test": {"valid": False}}, fail_on)  # a bad expression fails first
+    result = audit_run(Run(run_dir), n, target=target, min_share=min_share)
     test = result["mix_test"]
-    out.print(f"class mix of {result['samples']} samples against held-out images: p = {test['p_value']:.3g}; "
+    out.print(f"class mix of {result['samples']} samples against the target ({result['target']}): "
+              f"p = {test['p_value']:.3g}{' (approximate: ' + test['note'] + ')' if not test['valid'] else ''}; "
               f"training imbalance ratio {result['imbalance_ratio']:.2f}", highlight=False)
     for flag in result["flags"]:
         out.print(f"flag: {flag['class']}: {flag['kind']} ({flag['detail']}); {flag['mitigation']}", highlight=False)
     out.print(f"{len(result['flags'])} flag(s); report: {Path(run_dir) / 'audit.html'}")
+    met = gate(result, fail_on) if fail_on is not None else []
+    for line in met:
+        out.print(f"fail-on {line}", highlight=False)
+    if met:
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -116,3 +116,10 @@ def evaluate_audio(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[st
              f"<h3>held-out real through the vocoder</h3>{media.html(round_trip[:10], 10)}")
     write_report(run, rows, setup, shown)
     return metrics
+
+
+def audit_clips(run: Run, n: int | None = None, **options: Any) -> dict[str, Any]:
+    """`genlab audit` for audio: the audit by class, with the digit classifier reading log-mels of the clips."""
+    from genlab.responsible.audit import audit_by_class
+
+    return audit_by_class(run, n, as_images=mel_images, samples_as_images=mel_images, **options)

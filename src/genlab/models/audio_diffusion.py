@@ -36,7 +36,7 @@ class AudioDiffusion(GenerativeModel):
     hub_library, hub_task = "diffusers", "text-to-audio"
     evaluator = "genlab.evaluation.audio:evaluate_audio"
     headline = AUDIO_FIGURES
-    audit = None
+    audit = "genlab.evaluation.audio:audit_clips"
 
     def __init__(self, config: AudioDiffusionConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__(config, spec, train)

@@ -1,20 +1,26 @@
-"""An audit of an image run by class, the groups a labelled data set has: is every group in the training
+"""An audit of a labelled run by class, the groups a labelled data set has: is every group in the training
 data, in the model's outputs, and generated as well as the others?
 
-    genlab audit RUN [--n N]   -> audit.json and audit.html in the run directory
+    genlab audit RUN [--n N] [--target data|parity] [--fail-on EXPR]   -> audit.json, audit.html
 
-- data: each class's share of the training split, the imbalance ratio, classes under `min_share`;
-- outputs: N samples (the run's eval sampling) classified by the run's feature extractor, each class's
-  generated share beside its share of the held-out images, and a chi-square test of the whole mix; a
-  class generated at under half its real share is flagged;
+- data: each class's share of the training split, the imbalance ratio, classes under `min_share` (default:
+  half of an equal share);
+- outputs: N samples classified by the run's feature extractor. Each class's generated share has a bootstrap
+  interval and its gap to the target share (the held-out mix, or parity) an exact binomial test, Holm-corrected
+  across classes; a class generated at under half its target, significantly, is flagged. A chi-square test of
+  the whole mix says when its expected counts are too small to trust. A class-conditional model is asked for
+  every class equally, and audited on whether it draws what it is asked for (label accuracy per class);
 - quality by class: precision and recall (k-NN manifolds) of the samples classified as a class against
   the real images of that class; a class whose recall is under half the median is flagged;
-- mitigation: what to change for each kind of flag, in the report.
+- mitigation: what to change for each kind of flag, in the report; `--fail-on` turns flags or figures into
+  a non-zero exit status, so that a CI job can stop a release on them.
 """
 
 from __future__ import annotations
 
 import html
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +30,45 @@ from genlab.errors import GenlabError
 from genlab.evaluation.features import FeatureNet, predict
 from genlab.evaluation.metrics import precision_recall
 from genlab.locate import locate
+from genlab.responsible.stats import binomial_p, holm, mix_test, share_intervals
 from genlab.run import Run, write_json
 
 MIN_PER_CLASS = 4  # samples of a class (generated and real) for its precision and recall
+ALPHA = 0.05  # the family-wise error of the per-class tests
 MITIGATION = {
     "rare in the training data": "balance the batches: genlab prepare's labels step with `weights: true` "
                                  "(data.pipeline) writes class-balanced weights, and fit draws its batches by them",
     "under-represented in the outputs": "train with class-balanced weights, or make the model class-conditional "
                                         "(model.class_conditional) and ask for the class",
+    "not drawn when asked for": "train longer or raise guidance_scale (classifier-free guidance); class-balanced "
+                                "weights if the class is rare in the training data",
     "generated worse than the others": "more data or steps for the class; balanced weights; check its "
                                        "real images in the data report",
 }
 
 
 def audit_classes(net: FeatureNet, real: torch.Tensor, real_y: torch.Tensor, train_y: torch.Tensor,
-                  fake: torch.Tensor, names: list[str], min_share: float = 0.05) -> dict[str, Any]:
-    """The audit's figures and flags from images in [0, 1]: held-out real with labels, the training labels, samples."""
-    from scipy.stats import chisquare
-
+                  fake: torch.Tensor, names: list[str], *, target: str = "data", min_share: float | None = None,
+                  requested: torch.Tensor | None = None, seed: int = 0) -> dict[str, Any]:
+    """The audit's figures and flags from images in [0, 1]: held-out real with labels, the training labels,
+    samples (and the class each was asked for, for a class-conditional model)."""
     k = len(names)
+    min_share = 0.5 / k if min_share is None else min_share
     predicted = predict(net, fake)
     train_share = torch.bincount(train_y, minlength=k).double() / len(train_y)
     real_share = torch.bincount(real_y, minlength=k).double() / len(real_y)
-    fake_count = torch.bincount(predicted, minlength=k).double()
-    present = real_share > 0
-    observed = fake_count[present]
-    test = chisquare(observed.numpy(), (real_share[present] / real_share[present].sum() * observed.sum()).numpy())
+    if requested is not None:  # asked for each class: the mix to draw is the mix asked for
+        goal = torch.bincount(requested, minlength=k).double() / len(requested)
+    elif target == "parity":
+        goal = (real_share > 0).double() / (real_share > 0).sum()
+    elif target == "data":
+        goal = real_share
+    else:
+        raise GenlabError(f"--target: {target!r} is not one of data, parity")
+    counts = torch.bincount(predicted, minlength=k)
+    intervals = share_intervals(predicted, k, seed=seed)
+    p_values = [binomial_p(int(counts[c]), len(fake), float(goal[c])) for c in range(k)]
+    adjusted = holm(p_values)
     classes = []
     for c, name in enumerate(names):
         mine, theirs = fake[predicted == c], real[real_y == c]
@@ -61,61 +80,117 @@ def audit_classes(net: FeatureNet, real: torch.Tensor, real_y: torch.Tensor, tra
             quality = {"recall": 0.0}
         else:
             quality = precision_recall(net, theirs, mine)
-        classes.append({"class": name, "train_share": float(train_share[c]), "real_share": float(real_share[c]),
-                        "generated_share": float(fake_count[c] / len(fake)),
-                        "precision": quality.get("precision"), "recall": quality["recall"]})
+        share = float(counts[c]) / len(fake)
+        low, high = (float(v) for v in intervals[c])
+        entry = {"class": name, "train_share": float(train_share[c]), "real_share": float(real_share[c]),
+                 "target_share": float(goal[c]), "generated_share": share, "generated_interval": [low, high],
+                 "gap": share - float(goal[c]), "gap_interval": [low - float(goal[c]), high - float(goal[c])],
+                 "p_value": p_values[c], "p_holm": adjusted[c],
+                 "precision": quality.get("precision"), "recall": quality["recall"]}
+        if requested is not None and (requested == c).any():
+            asked = predicted[requested == c] == c
+            entry["label_accuracy"] = float(asked.double().mean())
+            entry["label_accuracy_interval"] = [float(v) for v in share_intervals(asked.long(), 2, seed=seed)[1]]
+        classes.append(entry)
+    flags = _flags(classes, min_share, conditional=requested is not None)
+    shares = train_share[train_share > 0]
+    return {"classes": classes, "flags": flags, "samples": len(fake), "target": "requested" if requested is not None
+            else target, "min_share": min_share, "imbalance_ratio": float(shares.max() / shares.min()),
+            "mix_test": mix_test(counts, goal), "correction": f"Holm across {k} classes, family-wise {ALPHA}",
+            "interval_level": 0.9}
+
+
+def _flags(classes: list[dict[str, Any]], min_share: float, conditional: bool) -> list[dict[str, str]]:
     recalls = torch.tensor([c["recall"] for c in classes if c["recall"] is not None])
     median = float(recalls.median()) if len(recalls) else 0.0
+    accuracies = torch.tensor([c["label_accuracy"] for c in classes if "label_accuracy" in c])
+    accuracy_median = float(accuracies.median()) if len(accuracies) else 0.0
     flags = []
     for c in classes:
         if c["train_share"] < min_share:
             flags.append(_flag("rare in the training data", c["class"], f"{c['train_share']:.1%} of the training "
-                               f"images (under {min_share:.0%})"))
-        if c["real_share"] > 0 and c["generated_share"] < 0.5 * c["real_share"]:
+                               f"data (under {min_share:.1%})"))
+        if conditional and "label_accuracy" in c and c["label_accuracy_interval"][1] < 0.5 * accuracy_median:
+            flags.append(_flag("not drawn when asked for", c["class"], f"{c['label_accuracy']:.0%} of the samples "
+                               f"asked for it are classified as it, against a median of {accuracy_median:.0%}"))
+        elif not conditional and c["generated_share"] < 0.5 * c["target_share"] and c["p_holm"] < ALPHA:
             flags.append(_flag("under-represented in the outputs", c["class"], f"{c['generated_share']:.1%} of the "
-                               f"samples against {c['real_share']:.1%} of the real images"))
+                               f"samples against a target of {c['target_share']:.1%} (Holm p = {c['p_holm']:.2g})"))
         if c["recall"] is not None and c["recall"] < 0.5 * median:
             flags.append(_flag("generated worse than the others", c["class"], f"recall {c['recall']:.2f} against "
                                f"a median of {median:.2f}"))
-    shares = train_share[train_share > 0]
-    return {"classes": classes, "flags": flags, "samples": len(fake),
-            "imbalance_ratio": float(shares.max() / shares.min()),
-            "mix_test": {"test": "chi-square, generated class counts against the held-out shares",
-                         "statistic": float(test.statistic), "p_value": float(test.pvalue)}}
+    return flags
 
 
 def _flag(kind: str, name: str, detail: str) -> dict[str, str]:
     return {"kind": kind, "class": name, "detail": detail, "mitigation": MITIGATION[kind]}
 
 
-def audit_run(run: Run, n: int | None = None) -> dict[str, Any]:
+def gate(result: dict[str, Any], expression: str) -> list[str]:
+    """What in `result` meets `expression`: comma-separated terms, each `gap>X` (a class whose gap to its target
+    is beyond X, its interval clear of 0), `p<X` (a class's Holm-corrected p-value, or a valid mix test's),
+    `flags` or `flags>N`, or words of a flag's kind (`under-represented`). Empty: the gate passes."""
+    met = []
+    for term in (t.strip() for t in expression.split(",") if t.strip()):
+        if m := re.fullmatch(r"gap\s*>\s*([0-9.]+)", term):
+            limit = float(m[1])
+            met += [f"{term}: class {c['class']} gap {c['gap']:+.3f} [{c['gap_interval'][0]:+.3f}, "
+                    f"{c['gap_interval'][1]:+.3f}]" for c in result["classes"] if abs(c["gap"]) > limit
+                    and (c["gap_interval"][0] > 0 or c["gap_interval"][1] < 0)]
+        elif m := re.fullmatch(r"p\s*<\s*([0-9.eE-]+)", term):
+            limit = float(m[1])
+            met += [f"{term}: class {c['class']} Holm p = {c['p_holm']:.3g}" for c in result["classes"]
+                    if c["p_holm"] < limit]
+            test = result["mix_test"]
+            if test["valid"] and test["p_value"] < limit:
+                met.append(f"{term}: the class mix, p = {test['p_value']:.3g}")
+        elif m := re.fullmatch(r"flags(?:\s*>\s*(\d+))?", term):
+            if len(result["flags"]) > int(m[1] or 0):
+                met.append(f"{term}: {len(result['flags'])} flag(s)")
+        elif re.fullmatch(r"[a-z][a-z -]*", term):
+            met += [f"{term}: {f['class']}: {f['kind']}" for f in result["flags"] if term in f["kind"]]
+        else:
+            raise GenlabError(f"--fail-on: {term!r} is not gap>X, p<X, flags[>N] or words of a flag's kind "
+                              f"({', '.join(MITIGATION)})")
+    return met
+
+
+def audit_run(run: Run, n: int | None = None, **options: Any) -> dict[str, Any]:
     """The audit the run's family declares (`GenerativeModel.audit`), written beside its other results."""
     family = run.config.model.family
     if run.model.audit is None:
-        raise GenlabError(f"audit: {run.path} is a {family} run, and the {family} family declares no audit")
-    return locate(run.model.audit)(run, n)
+        raise GenlabError(f"audit: {run.path} is a run of the {family} family, which declares no audit yet")
+    return locate(run.model.audit)(run, n, **options)
 
 
-def audit_by_class(run: Run, n: int | None = None) -> dict[str, Any]:
-    """Sample the run, audit it by class, write audit.json and audit.html beside its other results."""
+def audit_by_class(run: Run, n: int | None = None, *, target: str = "data", min_share: float | None = None,
+                   as_images: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+                   samples_as_images: Callable[[Any, torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+    """Sample the run, audit it by class, write audit.json and audit.html beside its other results. A family
+    whose data are not images gives `as_images` (its data -> images in [0, 1]) and `samples_as_images`."""
     from genlab.config import sampling_options
+    from genlab.data.records import Split
     from genlab.data.sources import load_dataset
     from genlab.evaluation.features import feature_net
     from genlab.evaluation.metrics import generate_images
 
-    cfg = run.config
+    as_images = as_images or (lambda model, x: x / 2 + 0.5)
+    samples_as_images = samples_as_images or (lambda model, samples: samples)
+    cfg, model = run.config, run.model
     dataset = load_dataset(cfg.data)
     held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
     names = list(dataset.spec.class_names)
     if len(names) < 2 or held_out.y is None:
         raise GenlabError(f"audit: {cfg.data.source} has no classes to audit by; label the data (class subfolders)")
-    net, extractor = feature_net(dataset.train, len(names), cfg.eval.feature_steps, run.paths.eval_cache)
+    train = Split(as_images(model, dataset.train.x) * 2 - 1, dataset.train.y)
+    net, extractor = feature_net(train, len(names), cfg.eval.feature_steps, run.paths.eval_cache)
     ev = cfg.eval.model_copy(update={"num_samples": n or cfg.eval.num_samples})
-    conditional = bool(getattr(run.model.config, "class_conditional", False))
-    labels = dataset.train.y[torch.randint(0, len(dataset.train.y), (ev.num_samples,),
-                                           generator=torch.Generator().manual_seed(ev.seed))] if conditional else None
-    fake = generate_images(run.model, ev, sampling_options(cfg.model.family, ev.sampling), labels)
-    result = audit_classes(net, held_out.x / 2 + 0.5, held_out.y, dataset.train.y, fake, names)
+    conditional = bool(getattr(model.config, "class_conditional", False))
+    requested = torch.arange(ev.num_samples) % len(names) if conditional else None
+    fake = samples_as_images(model, generate_images(model, ev, sampling_options(cfg.model.family, ev.sampling),
+                                                    requested))
+    result = audit_classes(net, as_images(model, held_out.x), held_out.y, dataset.train.y, fake, names,
+                           target=target, min_share=min_share, requested=requested, seed=ev.seed)
     result["feature_extractor"] = extractor
     write_json(run.path / "audit.json", result)
     _write_html(run.path / "audit.html", run, result)
@@ -130,21 +205,30 @@ def _write_html(path: Path, run: Run, result: dict[str, Any]) -> None:
         return "" if v is None else f"{v:.2f}"
 
     flagged = {(f["class"]) for f in result["flags"]}
+    conditional = result["target"] == "requested"
     rows = "".join(
         f"<tr{' class=flag' if c['class'] in flagged else ''}><td>{html.escape(c['class'])}</td>"
-        f"<td>{pct(c['train_share'])}</td><td>{pct(c['real_share'])}</td><td>{pct(c['generated_share'])}</td>"
-        f"<td>{num(c['precision'])}</td><td>{num(c['recall'])}</td></tr>" for c in result["classes"])
+        f"<td>{pct(c['train_share'])}</td><td>{pct(c['target_share'])}</td>"
+        f"<td>{pct(c['generated_share'])} [{pct(c['generated_interval'][0])}, "
+        f"{pct(c['generated_interval'][1])}]</td>"
+        f"<td>{c['p_holm']:.2g}</td>"
+        + (f"<td>{pct(c.get('label_accuracy'))}</td>" if conditional else "")
+        + f"<td>{num(c['precision'])}</td><td>{num(c['recall'])}</td></tr>" for c in result["classes"])
     flags = "".join(f"<li><b>{html.escape(f['class'])}</b>: {html.escape(f['kind'])} ({html.escape(f['detail'])})."
                     f" <i>What to do:</i> {html.escape(f['mitigation'])}.</li>" for f in result["flags"]) or \
         "<li>no flags</li>"
     test = result["mix_test"]
+    target = {"data": "the held-out mix", "parity": "an equal share for every class",
+              "requested": "the mix asked for (every class equally)"}[result["target"]]
     path.write_text(f"""<!doctype html><meta charset="utf-8"><title>audit: {html.escape(run.path.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:3px 10px;border-bottom:1px solid #ddd}}
 tr.flag{{background:#fde8e8}}</style>
 <h1>Audit by class: {html.escape(run.path.name)}</h1>
-<p>{result['samples']} samples classified by {html.escape(result['feature_extractor'])}. Training imbalance ratio
-{result['imbalance_ratio']:.2f}. Class mix of the samples against the held-out images: {test['test']},
-p = {test['p_value']:.3g}.</p>
+<p>{result['samples']} samples classified by {html.escape(result['feature_extractor'])}; target: {target}.
+Training imbalance ratio {result['imbalance_ratio']:.2f}. Class mix of the samples against the target:
+{test['test']}, p = {test['p_value']:.3g}. {html.escape(test['note'])} Intervals are 90% bootstrap intervals;
+per-class p-values are exact binomial tests against the target share, {html.escape(result['correction'])}.</p>
 <h2>Flags</h2><ul>{flags}</ul>
-<h2>Classes</h2><table><tr><th>class</th><th>train share</th><th>held-out share</th><th>generated share</th>
-<th>precision</th><th>recall</th></tr>{rows}</table>""")
+<h2>Classes</h2><table><tr><th>class</th><th>train share</th><th>target share</th><th>generated share</th>
+<th>Holm p</th>{'<th>label accuracy</th>' if conditional else ''}<th>precision</th><th>recall</th></tr>
+{rows}</table>""")
