@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import genlab
 from genlab.cli import app
 from genlab.config import load_config
 from genlab.data import load_dataset
@@ -57,7 +58,7 @@ def test_a_class_the_outputs_never_hold_is_flagged_and_the_real_mix_is_not(digit
     assert "weights: true" in thin["flags"][0]["mitigation"]
 
 
-def test_audit_command_writes_its_report_and_refuses_runs_it_cannot_audit(tiny_run, runs):
+def test_audit_command_writes_its_report_and_refuses_runs_it_cannot_audit(tiny_run, tmp_path):
     result = CliRunner().invoke(app, ["audit", str(tiny_run.path), "--n", "64"])
     assert result.exit_code == 0 and "class mix of 64 samples" in result.output
     audit = json.loads((tiny_run.path / "audit.json").read_text())
@@ -68,8 +69,10 @@ def test_audit_command_writes_its_report_and_refuses_runs_it_cannot_audit(tiny_r
     assert gated.exit_code == 3 and "fail-on p<1.01: class" in gated.output
     bad = CliRunner().invoke(app, ["audit", str(tiny_run.path), "--fail-on", "gap=>0.1"])
     assert bad.exit_code == 1 and "--fail-on: 'gap=>0.1' is not" in bad.output
-    refused = CliRunner().invoke(app, ["audit", str(runs["lm"].path)])
-    assert refused.exit_code == 1 and "the transformer family, which declares no audit" in refused.output
+    tables = genlab.fit(None, overrides=["model.family=tabular_vae", "data.source=wine", "train.max_steps=2",
+                                         "train.val_every=2", "train.progress=none"], out=tmp_path / "wine")
+    refused = CliRunner().invoke(app, ["audit", str(tables.path)])
+    assert refused.exit_code == 1 and "the tabular_vae family, which declares no audit" in refused.output
 
 
 def test_holm_holds_the_family_wise_error_and_keeps_the_order():
