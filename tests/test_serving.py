@@ -390,6 +390,12 @@ def test_filters_refuse_or_replace_blocked_terms_and_are_counted(runs):
     pieces = [json.loads(line[6:])["choices"][0]["text"] for line in streamed.splitlines()
               if line.startswith("data: {")]
     assert "".join(pieces) == replaced["text"], "a stream is filtered as the whole text is"
+    with client_for(runs, filters=[{"type": "pii", "action": "redact"}]) as client:  # text with no personal data
+        kept = client.post("/v1/completions", json=body).json()["choices"][0]
+        streamed = client.post("/v1/completions", json={**body, "stream": True}).text
+    pieces = [json.loads(line[6:])["choices"][0]["text"] for line in streamed.splitlines()
+              if line.startswith("data: {")]
+    assert kept["text"] == text == "".join(pieces) and kept["finish_reason"] == "length"
 
 
 def test_metrics_and_one_json_log_line_per_request(runs, caplog):

@@ -230,6 +230,44 @@ def audit(
         raise typer.Exit(3)
 
 
+@app.command("filter")
+@_user_errors
+def filter_text(
+    source: Annotated[Path, typer.Argument(help="A text file (one document, or one per line: findings name "
+                                                "the line).")],
+    action: Annotated[str, typer.Option(help="flag (list what was found), redact ([EMAIL], [CARD]...) or "
+                                             "refuse (exit 3 when anything is found).")] = "flag",
+    kinds: Annotated[list[str], typer.Option("--kind", help="Kinds to look for (repeat; default all): email, "
+                                                           "card, iban, ssn, ipv4, ipv6, phone.")] = [],  # noqa: B006
+    out_file: Annotated[Path | None, typer.Option("--out", help="Where redact writes the text.")] = None,
+) -> None:
+    """Find personal data in text offline (patterns with checksums) and flag, redact or refuse it."""
+    from genlab.responsible.pii import KINDS, find_pii, redact
+
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or action not in ("flag", "redact", "refuse"):
+        raise GenlabError(f"--kind: {', '.join(unknown)} not one of {', '.join(KINDS)}" if unknown else
+                          f"--action: {action!r} is not one of flag, redact, refuse")
+    if not source.is_file():
+        raise GenlabError(f"{source}: no such file")
+    lines = source.read_text(errors="replace").splitlines(keepends=True)
+    found, cleaned = 0, []
+    for number, line in enumerate(lines, 1):
+        findings = find_pii(line, kinds or KINDS)
+        found += len(findings)
+        for f in findings:
+            out.print(f"{source}:{number}:{f.start + 1}: {f.kind}", highlight=False)
+        cleaned.append(redact(line, findings))
+    if action == "redact":
+        target = out_file or source.with_name(f"{source.stem}.redacted{source.suffix}")
+        target.write_text("".join(cleaned))
+        out.print(f"redacted {found} finding(s) into {target}")
+    else:
+        out.print(f"{found} finding(s) in {source}")
+    if action == "refuse" and found:
+        raise typer.Exit(3)
+
+
 @app.command()
 @_user_errors
 def card(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Discriminator, Field, Tag, ValidationError
 
 from genlab.config import Section
 from genlab.errors import ConfigError
@@ -35,10 +35,28 @@ class Limits(Section):
 class BlocklistFilter(Section):
     """Terms matched case-insensitively on word boundaries; a match replaces the output or refuses it."""
 
-    type: str = "blocklist"
+    type: Literal["blocklist"] = "blocklist"
     terms: list[str] = []
     action: str = Field("refuse", pattern="^(refuse|replace)$")
     replacement: str = "[filtered]"
+
+
+class PIIFilter(Section):
+    """Personal data (genlab.responsible.pii): flagged in the response, redacted as [EMAIL], [CARD]..., or the
+    output refused."""
+
+    type: Literal["pii"] = "pii"
+    kinds: list[Literal["email", "card", "iban", "ssn", "ipv4", "ipv6", "phone"]] = ["email", "card", "iban",
+                                                                                       "ssn", "ipv4", "ipv6", "phone"]
+    action: Literal["flag", "redact", "refuse"] = "redact"
+
+
+def _filter_type(value: Any) -> str:
+    return value.get("type", "blocklist") if isinstance(value, dict) else getattr(value, "type", "blocklist")
+
+
+OutputRule = Annotated[Annotated[BlocklistFilter, Tag("blocklist")] | Annotated[PIIFilter, Tag("pii")],
+                       Discriminator(_filter_type)]
 
 
 class ServeConfig(Section):
@@ -51,7 +69,7 @@ class ServeConfig(Section):
     api_keys: list[str] = []  # also GENLAB_API_KEYS (comma-separated); any key set: generation routes need one
     rate_limit: RateLimit = RateLimit()
     limits: Limits = Limits()
-    filters: list[BlocklistFilter] = []
+    filters: list[OutputRule] = []  # each output passes every rule, as it streams
     cors_origins: list[str] = []
     # what answers without a key when keys are set (every generation route and /v1/models always need one)
     public: list[Literal["health", "ready", "metrics", "docs"]] = ["health"]

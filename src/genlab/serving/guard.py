@@ -9,7 +9,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from genlab.serving.config import BlocklistFilter, ServeConfig
+from genlab.responsible.pii import LONGEST, find_pii, redact
+from genlab.serving.config import BlocklistFilter, PIIFilter, ServeConfig
 
 MAX_IDENTITIES = 10_000  # buckets kept before full ones are forgotten (addresses, when no keys are set)
 
@@ -136,26 +137,33 @@ class Verdict:
 class OutputFilter:
     """The serve config's filters over one output, fed as it streams.
 
-    Text is released only up to a word boundary at least the longest term's length back from
-    the end, so a term split across tokens is judged whole before any of it is sent."""
+    Text is released only up to a word boundary at least the longest term's (or personal datum's) length
+    back from the end, and never inside a finding, so a term split across tokens is judged whole before any
+    of it is sent."""
 
-    def __init__(self, filters: list[BlocklistFilter]) -> None:
+    def __init__(self, filters: list[BlocklistFilter | PIIFilter]) -> None:
         self.rules = [(f, re.compile(r"\b(?:" + "|".join(map(re.escape, f.terms)) + r")\b", re.IGNORECASE))
-                      for f in filters if f.terms]
-        self.hold = max((len(t) for f, _ in self.rules for t in f.terms), default=0)
+                      for f in filters if isinstance(f, BlocklistFilter) and f.terms]
+        self.pii = [f for f in filters if isinstance(f, PIIFilter)]
+        self.hold = max([len(t) for f, _ in self.rules for t in f.terms] + ([LONGEST] if self.pii else []),
+                        default=0)
         self.text, self.released = "", 0
         self.verdict: Verdict | None = None
 
     def feed(self, delta: str) -> str:
         """Text that may be sent now."""
         self.text += delta
-        if not self.rules:
+        if not self.rules and not self.pii:
             return self._release(len(self.text))
         return self._release(self.text.rfind(" ", self.released, max(len(self.text) - self.hold, 0)) + 1)
 
     def finish(self) -> str:
         """The rest of the text, once the output is complete."""
         return self._release(len(self.text))
+
+    def _judge(self, verdict: Verdict) -> None:
+        if self.verdict is None or self.verdict.action == "flag":  # refusing or changing outranks flagging
+            self.verdict = verdict
 
     def _release(self, upto: int) -> str:
         if self.verdict and self.verdict.action == "refuse":
@@ -164,15 +172,41 @@ class OutputFilter:
             if rule.action == "refuse" and pattern.search(self.text):
                 self.verdict = Verdict(rule.type, "refuse", "the output contains a blocked term")
                 return ""
+        for rule in self.pii:
+            upto = self._personal_data(rule, upto)
+            if self.verdict and self.verdict.action == "refuse":
+                return ""
         end = len(self.text) - upto  # measured from the end: replacements change lengths before it
         for rule, pattern in self.rules:
             if rule.action == "replace":
                 tail, count = pattern.subn(rule.replacement, self.text[self.released:])
                 if count:
                     self.text = self.text[:self.released] + tail
-                    self.verdict = Verdict(rule.type, "replace", "blocked terms were replaced")
+                    self._judge(Verdict(rule.type, "replace", "blocked terms were replaced"))
         upto = len(self.text) - end
         if upto <= self.released:
             return ""
         out, self.released = self.text[self.released:upto], upto
         return out
+
+    def _personal_data(self, rule: PIIFilter, upto: int) -> int:
+        """Act on the findings that end before `upto` (held back to a finding's start, never inside it); returns
+        where release may go now."""
+        found = find_pii(self.text[self.released:], rule.kinds)
+        for f in found:
+            if f.start < upto - self.released < f.end:
+                upto = self.released + f.start
+        final = [f for f in found if f.end <= upto - self.released]
+        if not final:
+            return upto
+        kinds = ", ".join(sorted({f.kind for f in final}))
+        if rule.action == "refuse":
+            self.verdict = Verdict("pii", "refuse", f"the output holds personal data ({kinds})")
+        elif rule.action == "flag":
+            self._judge(Verdict("pii", "flag", f"the output holds personal data ({kinds})"))
+        else:
+            part = redact(self.text[self.released:upto], final)
+            self.text = self.text[:self.released] + part + self.text[upto:]
+            upto = self.released + len(part)
+            self._judge(Verdict("pii", "redact", f"personal data were redacted ({kinds})"))
+        return upto

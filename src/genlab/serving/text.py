@@ -89,7 +89,8 @@ class Generation:
                 released[index] = released.get(index, "") + out
             for index, out in released.items():
                 choice = self.choices[index]
-                if choice.filter.verdict is not None and choice.finish is not None:
+                if choice.filter.verdict is not None and choice.filter.verdict.action != "flag" \
+                        and choice.finish is not None:
                     choice.finish = "content_filter"
                 if out and choice.first_at is None:
                     choice.first_at = time.perf_counter()
