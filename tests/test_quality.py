@@ -46,3 +46,22 @@ def test_unlabelled_image_folder_trains_and_evaluates_with_random_features(tmp_p
     # ten steps make a poor model: even random features tell its samples from real discs
     assert "random init" in metrics["feature_extractor"] and metrics["fid"] > 2 * metrics["fid_real_baseline"] > 0
     assert "classifier_accuracy" not in metrics
+
+
+def test_density_coverage_and_inception_score_tell_real_images_from_copies_and_noise(tmp_path):
+    import torch
+
+    from genlab.config import load_config
+    from genlab.data import load_dataset
+    from genlab.evaluation.features import feature_net
+    from genlab.evaluation.metrics import density_coverage, inception_score
+
+    data = load_dataset(load_config(None, ["data.image_size=8"]).data)
+    net, _ = feature_net(data.train, 10, 300, tmp_path)
+    real, other = data.test.x / 2 + 0.5, data.val.x / 2 + 0.5
+    one = other[:1].expand(180, -1, -1, -1)  # a "model" that draws one image
+    faithful, copies = density_coverage(net, real, other), density_coverage(net, real, one)
+    noise = density_coverage(net, real, torch.rand(180, *real.shape[1:], generator=torch.Generator().manual_seed(0)))
+    assert 0.6 < faithful["density"] < 1.5 and faithful["coverage"] > 0.8  # measured: 0.99 and 0.97
+    assert copies["coverage"] < 0.05 and noise["coverage"] < 0.25 and noise["density"] < 0.3  # 0.01; 0.09, 0.12
+    assert inception_score(net, real)[0] > 5 and inception_score(net, one)[0] < 1.1

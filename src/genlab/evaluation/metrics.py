@@ -48,6 +48,7 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Cal
         "fid_real_baseline": frechet_distance(net, real_test, real_train),
         **kernel_distance(net, real_test, fake),
         **precision_recall(net, real_test, fake),
+        **density_coverage(net, real_test, fake),
         "fid_interval": fid_interval(net, real_test, fake, seed=ev.seed),
     }
     if dataset.spec.num_classes > 1 and held_out.y is not None:
@@ -56,6 +57,8 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Cal
         metrics["classifier_accuracy"] = (predict(net, real_test) == held_out.y).float().mean().item()
         metrics["class_distribution_tv"] = total_variation(predicted, held_out.y, k)
         metrics["generated_class_histogram"] = torch.bincount(predicted, minlength=k).tolist()
+        metrics["inception_score"], metrics["inception_score_std"] = inception_score(net, fake)
+        metrics["inception_score_real"], _ = inception_score(net, real_test)
         if labels is not None:
             metrics["conditional_accuracy"] = (predicted == labels).float().mean().item()
     if also is not None:
@@ -152,6 +155,19 @@ def precision_recall(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor, k:
         return (torch.cdist(points, support) <= radii).any(dim=1).double().mean().item()
 
     return {"precision": covered(fake_f, real_f), "recall": covered(real_f, fake_f)}
+
+
+def density_coverage(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, float]:
+    """Density and coverage (Naeem et al., 2020) in the extractor's features: density counts how many real
+    k-NN balls hold each sample (about 1 when samples are distributed as the real ones, above 1 when they crowd
+    dense regions); coverage is the share of real balls holding at least one sample. Unlike recall, coverage
+    is not inflated by a few outlying samples."""
+    if len(real) <= k or not len(fake):
+        return {}
+    real_f, fake_f = image_features(net, real), image_features(net, fake)
+    radii = torch.cdist(real_f, real_f).kthvalue(k + 1, dim=1).values  # +1: each point is its own nearest
+    inside = torch.cdist(fake_f, real_f) <= radii  # (samples, real)
+    return {"density": inside.sum().item() / (k * len(fake_f)), "coverage": inside.any(0).double().mean().item()}
 
 
 @torch.no_grad()
