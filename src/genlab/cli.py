@@ -218,7 +218,7 @@ def audit(
     result = audit_run(Run(run_dir), n, target=target, min_share=min_share)
     test = result["mix_test"]
     out.print(f"class mix of {result['samples']} samples against the target ({result['target']}): "
-              f"p = {test['p_value']:.3g}{' (approximate: ' + test['note'] + ')' if not test['valid'] else ''}; "
+              f"p = {test['p_value']:.3g}{' (' + test['note'] + ')' if not test['valid'] else ''}; "
               f"training imbalance ratio {result['imbalance_ratio']:.2f}", highlight=False)
     for flag in result["flags"]:
         out.print(f"flag: {flag['class']}: {flag['kind']} ({flag['detail']}); {flag['mitigation']}", highlight=False)

@@ -35,6 +35,7 @@ from genlab.run import Run, write_json
 
 MIN_PER_CLASS = 4  # samples of a class (generated and real) for its precision and recall
 ALPHA = 0.05  # the family-wise error of the per-class tests
+TARGETS = ("data", "parity")  # the class mix an unconditional model's outputs are held to
 MITIGATION = {
     "rare in the training data": "balance the batches: genlab prepare's labels step with `weights: true` "
                                  "(data.pipeline) writes class-balanced weights, and fit draws its batches by them",
@@ -64,7 +65,7 @@ def audit_classes(net: FeatureNet, real: torch.Tensor, real_y: torch.Tensor, tra
     elif target == "data":
         goal = real_share
     else:
-        raise GenlabError(f"--target: {target!r} is not one of data, parity")
+        raise GenlabError(f"--target: {target!r} is not one of {', '.join(TARGETS)}")
     counts = torch.bincount(predicted, minlength=k)
     intervals = share_intervals(predicted, k, seed=seed)
     p_values = [binomial_p(int(counts[c]), len(fake), float(goal[c])) for c in range(k)]
@@ -158,6 +159,8 @@ def gate(result: dict[str, Any], expression: str) -> list[str]:
 def audit_run(run: Run, n: int | None = None, **options: Any) -> dict[str, Any]:
     """The audit the run's family declares (`GenerativeModel.audit`), written beside its other results."""
     family = run.config.model.family
+    if options.get("target", "data") not in TARGETS:  # before any sampling, and for conditional runs too
+        raise GenlabError(f"--target: {options['target']!r} is not one of {', '.join(TARGETS)}")
     if run.model.audit is None:
         raise GenlabError(f"audit: {run.path} is a run of the {family} family, which declares no audit yet")
     return locate(run.model.audit)(run, n, **options)
