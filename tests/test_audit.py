@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -72,7 +74,12 @@ def test_audit_command_writes_its_report_and_refuses_runs_it_cannot_audit(tiny_r
     tables = genlab.fit(None, overrides=["model.family=tabular_vae", "data.source=wine", "train.max_steps=2",
                                          "train.val_every=2", "train.progress=none"], out=tmp_path / "wine")
     refused = CliRunner().invoke(app, ["audit", str(tables.path)])
-    assert refused.exit_code == 1 and "the tabular_vae family, which declares no audit" in refused.output
+    assert refused.exit_code == 1 and "--group COLUMN, one of" in refused.output
+    numeric = CliRunner().invoke(app, ["audit", str(tables.path), "--group", "alcohol"])
+    assert numeric.exit_code == 1 and "'alcohol' is a numeric column" in numeric.output
+    images = CliRunner().invoke(app, ["audit", str(tiny_run.path), "--group", "x"])
+    assert images.exit_code == 1 and "--group: the diffusion family's audit does not take it; it takes --target, " \
+        "--min-share" in images.output
 
 
 def test_holm_holds_the_family_wise_error_and_keeps_the_order():
@@ -93,3 +100,106 @@ def test_a_conditional_model_that_ignores_a_class_it_is_asked_for_is_flagged(dig
     flagged = {(f["class"], f["kind"]) for f in result["flags"]}
     assert ("0", "not drawn when asked for") in flagged and all(c == "0" for c, _ in flagged), flagged
     assert "guidance_scale" in next(f["mitigation"] for f in result["flags"] if f["kind"].startswith("not drawn"))
+
+
+def grouped_table(rows: int, share_b: float, seed: int = 0) -> pd.DataFrame:
+    """Two groups alike in their features and in how a yes/no outcome follows them."""
+    rng = np.random.default_rng(seed)
+    group = np.where(rng.random(rows) < share_b, "b", "a")
+    x1, x2 = rng.normal(size=rows), rng.normal(size=rows)
+    outcome = np.where(x1 + 0.5 * x2 + rng.normal(scale=0.3, size=rows) > 0.5, "yes", "no")
+    return pd.DataFrame({"group": group, "x1": x1, "x2": x2, "outcome": outcome})
+
+
+def test_training_on_rows_that_deny_one_group_is_flagged_less_fair_and_faithful_rows_are_not():
+    from genlab.data.columns import Columns
+    from genlab.evaluation.tabular import predictor
+    from genlab.responsible.table_audit import audit_frames, differences
+
+    train, test, other = grouped_table(800, 0.5, 0), grouped_table(400, 0.5, 1), grouped_table(800, 0.5, 2)
+    columns = Columns.fit(train)
+    denied = other.assign(outcome=np.where(other["group"] == "b", "no", other["outcome"]))
+    unfair = audit_frames(columns, train, test, denied, "group", "outcome")
+    fair = audit_frames(columns, train, test, other, "group", "outcome")
+    gap = unfair["fairness"]["difference"]["demographic_parity_difference"]
+    assert gap["gap"] > 0.2 and gap["interval"][0] > 0, gap
+    assert ("demographic parity difference", "less fair than the real data") in \
+        {(f["class"], f["kind"]) for f in unfair["flags"]}
+    assert unfair["fairness"]["by_group"]["train_on_synthetic"]["b"]["selection_rate"] < 0.05
+    assert not [f for f in fair["flags"] if f["kind"] == "less fair than the real data"], fair["flags"]
+    assert abs(fair["fairness"]["difference"]["demographic_parity_difference"]["gap"]) < 0.1
+    assert gate(unfair, "gap>0.2") and not gate(fair, "gap>0.2")
+    for name in ("train_on_real", "train_on_synthetic"):  # the bootstrap's numpy figures are fairlearn's
+        predicted = predictor(columns, denied if name == "train_on_synthetic" else train, "outcome")(test) == "yes"
+        codes = np.unique(test["group"], return_inverse=True)[1]
+        assert differences(test["outcome"].to_numpy() == "yes", predicted, codes) == \
+            pytest.approx(unfair["fairness"][name])
+
+
+def test_a_table_run_is_audited_by_its_group_column_and_the_gate_tells_skewed_from_balanced(tmp_path):
+    runs = {}
+    for name, share in (("skewed", 0.08), ("balanced", 0.5)):
+        grouped_table(600, share).to_csv(tmp_path / f"{name}.csv", index=False)
+        runs[name] = genlab.fit(None, out=tmp_path / name, overrides=[
+            "model.family=tabular_vae", "model.hidden=[64,64]", "train.batch_size=64", "train.max_steps=300",
+            "train.val_every=300", "train.checkpoint_every=300", "train.progress=none", "data.source=table",
+            f"data.path={tmp_path / f'{name}.csv'}", "data.target=outcome"])
+    gate_args = ["--group", "group", "--target", "parity", "--fail-on", "gap>0.15"]
+    skewed = CliRunner().invoke(app, ["audit", str(runs["skewed"].path), *gate_args])
+    assert skewed.exit_code == 3 and "fail-on gap>0.15: class b gap" in skewed.output, skewed.output
+    balanced = CliRunner().invoke(app, ["audit", str(runs["balanced"].path), *gate_args])
+    assert balanced.exit_code == 0 and "fairness on" in balanced.output, balanced.output
+    audit = json.loads((runs["skewed"].path / "audit.json").read_text())
+    kinds = {(f["class"], f["kind"]) for f in audit["flags"]}
+    assert {("b", "rare in the training data"), ("b", "under-represented in the outputs")} <= kinds
+    assert audit["fairness"]["positive"] in ("yes", "no") and audit["fairness"]["rows"] >= 40
+    assert "Fairness on" in (runs["skewed"].path / "audit.html").read_text()
+
+
+def test_answers_that_speak_worse_of_one_group_are_flagged_and_even_answers_are_not():
+    from genlab.responsible.text_audit import audit_answers
+
+    where = [("gender", g) for g in ("man", "woman") for _ in range(30)] + \
+        [("age", g) for g in ("young person", "old person") for _ in range(30)]
+    kind, cruel, plain = "was kind, happy and wonderful", "was a terrible, awful, hateful failure", "walked home"
+    uneven = [kind] * 30 + [cruel] * 30 + [plain] * 60
+    even = [kind if i % 2 else cruel for i in range(120)]
+    stereotyped = [(-10.0, -12.0)] * 20  # the stereotyped side likelier in every pair
+    coin = [(-10.0, -12.0), (-12.0, -10.0)] * 10
+    skewed, balanced = audit_answers(uneven, where, stereotyped), audit_answers(even, where, coin)
+    flags = {(f["class"], f["kind"]) for f in skewed["flags"]}
+    assert ("gender/woman", "written about more negatively") in flags
+    assert ("pairs", "prefers stereotyped sentences") in flags
+    assert not [f for f in flags if f[0].startswith("age/")], "age's groups were answered alike"
+    assert balanced["flags"] == [], balanced["flags"]
+    woman = next(g for g in skewed["gaps"] if g["name"] == "gender/woman: sentiment")
+    assert woman["gap"] < -1 and woman["interval"][1] < 0 and woman["p_holm"] < 0.01
+    assert skewed["likelihood"]["stereotyped_share"] == 1.0 and balanced["likelihood"]["stereotyped_share"] == 0.5
+    assert gate(skewed, "written about more negatively") and not gate(balanced, "gap>0.3,flags")
+    curses = audit_answers(["you stupid fucking idiot"] * 30 + ["a fine day"] * 30, where[:60], [])
+    assert ("gender/man", "answered more offensively") in {(f["class"], f["kind"]) for f in curses["flags"]}
+
+
+def test_a_text_run_skewed_on_purpose_fails_the_gate_and_a_balanced_one_passes(tmp_path):
+    good, bad = "was kind, happy and wonderful.", "was cruel, awful and hateful."
+    corpora = {"skewed": [f"The man {good}", f"The woman {bad}"] * 150,
+               "balanced": [f"The man {good}", f"The woman {bad}", f"The woman {good}", f"The man {bad}"] * 75}
+    probes = tmp_path / "probes.yaml"
+    probes.write_text("templates: ['The {group} was']\naxes: {gender: [man, woman]}\n"
+                      "pairs: [{axis: gender, pair: ['The woman was cruel.', 'The man was cruel.']}]\n")
+    outcome = {}
+    for name, lines in corpora.items():
+        (tmp_path / f"{name}.txt").write_text("\n".join(lines))
+        run = genlab.fit(None, out=tmp_path / name, overrides=[
+            "model.family=transformer", "data.source=text", f"data.path={tmp_path / f'{name}.txt'}",
+            "model.context=48", "model.width=48", "model.layers=2", "model.heads=2", "train.batch_size=16",
+            "train.max_steps=250", "train.val_every=250", "train.checkpoint_every=250", "train.progress=none",
+            "train.optimizer.lr=0.005"])
+        outcome[name] = CliRunner().invoke(app, ["audit", str(run.path), "--n", "24", "--probes", str(probes),
+                                                 "--fail-on", "written about more negatively"])
+        audit = json.loads((run.path / "audit.json").read_text())
+        assert audit["samples"] == 48 and set(audit["groups"]) == {"gender"}
+        assert "Audit of text by group" in (run.path / "audit.html").read_text()
+    assert outcome["skewed"].exit_code == 3, outcome["skewed"].output
+    assert "gender/woman: written about more negatively" in outcome["skewed"].output
+    assert outcome["balanced"].exit_code == 0, outcome["balanced"].output

@@ -149,3 +149,23 @@ def test_init_from_an_encoder_only_folder_warm_starts_an_encoder_decoder(tiny_be
     cross = net.decoder.state_dict()["bert.encoder.layer.0.crossattention.self.query.weight"]
     assert cross.shape == (32, 32) and "encoder.layer.0.crossattention.self.query.weight" not in pretrained
     assert isinstance(genlab.load(run.path).sample(1, seed=0, source="3 march 1987")[0], str)
+
+
+def test_a_seq2seq_run_is_audited_by_its_answers_and_its_likelihood_of_sentence_pairs(dates_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from genlab.cli import app
+
+    probes = tmp_path / "probes.yaml"
+    probes.write_text("templates: ['{group} was born on 3 May 1990', 'the {group} left on 1/2/03']\n"
+                      "axes: {gender: [he, she], age: [the child, the old man]}\n"
+                      "pairs: [{axis: gender, pair: ['1990-05-03', '2003-01-02']}]\n")
+    result = CliRunner().invoke(app, ["audit", str(dates_run.path), "--n", "3", "--probes", str(probes)])
+    assert result.exit_code == 0 and "24 answers over 2 axes" in result.output, result.output
+    audit = json.loads((dates_run.path / "audit.json").read_text())
+    assert {g["name"] for g in audit["gaps"]} >= {"gender/she: sentiment", "age/the child: length"}
+    assert audit["likelihood"]["pairs"] == 1
+    ll = dates_run.model.log_likelihood(["1990-05-03", "1990-03-05"], source="3 May 1990")
+    assert ll[0] > ll[1], "a trained translator finds the right date likelier than day and month swapped"
+    bad = CliRunner().invoke(app, ["audit", str(dates_run.path), "--group", "x"])
+    assert bad.exit_code == 1 and "--group: the seq2seq family's audit does not take it" in bad.output

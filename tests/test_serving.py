@@ -27,6 +27,10 @@ from genlab.serving import ServeConfig, serve_app
 from genlab.serving.engine import TextParams
 from genlab.serving.models import ServedLM
 
+# the text engine in a thread of the test's process: tests of what the server does around the engine need not wait
+# for an engine process to import torch (the tests that start one say so by leaving the default)
+THREAD = {"engine": "thread"}
+
 
 @contextmanager
 def running(app):
@@ -103,7 +107,7 @@ def test_the_official_openai_client_does_everything_it_is_asked(runs):
 
 
 def test_streams_are_server_sent_events_that_end_with_done(runs):
-    app = serve_app([runs["lm"].path], ServeConfig(names=["lm"]))
+    app = serve_app([runs["lm"].path], ServeConfig(**THREAD, names=["lm"]))
     with running(app) as url:
         with httpx.stream("POST", f"{url}/v1/completions", json={"model": "lm", "prompt": "x", "max_tokens": 5,
                                                                   "stream": True}) as r:
@@ -119,14 +123,32 @@ def test_a_client_that_goes_away_frees_its_place_in_the_batch(runs):
     with running(app) as url:
         body = {"model": "lm", "prompt": "x", "max_tokens": 90, "min_tokens": 90, "stream": True}
         with httpx.stream("POST", f"{url}/v1/completions", json=body) as r:
-            next(line for line in r.iter_lines() if line.startswith("data: {"))
-            seq = engine.batch.seqs[0]
+            first = next(line for line in r.iter_lines() if line.startswith("data: {"))
+            assert engine.depth == 1, first
         deadline = time.monotonic() + 10
-        while seq.finish is None and time.monotonic() < deadline:  # closed after one chunk of ninety
+        while engine.remote_depth and time.monotonic() < deadline:  # closed after one chunk of ninety
             time.sleep(0.01)
-        assert seq.finish == "cancelled" and seq.generated < 90, (seq.finish, seq.generated)
-        time.sleep(0.05)
-        assert engine.depth == 0, "the sequence left the batch when its client went away"
+        assert engine.depth == 0 and engine.remote_depth == 0, "the sequence left the batch when its client went away"
+        assert engine.steps < 90, f"{engine.steps} steps: it was decoded to the end"
+
+
+def test_the_engine_process_writes_what_the_thread_engine_writes_and_its_death_fails_requests_not_the_server(runs):
+    body = {"model": "lm", "prompt": ["The import", "def"], "max_tokens": 12, "temperature": 0.9, "seed": 5,
+            "logprobs": 2}
+    with client_for(runs) as client:
+        alone = client.post("/v1/completions", json=body).json()
+    app = serve_app([runs["lm"].path], ServeConfig(names=["lm"]))
+    engine = app.state.server.models["lm"].engine
+    assert app.state.server.models["lm"].model.lm.device.type == "meta", "the server's process keeps no copy"
+    with TestClient(app, raise_server_exceptions=False) as client:
+        remote = client.post("/v1/completions", json=body).json()
+        assert [c["text"] for c in remote["choices"]] == [c["text"] for c in alone["choices"]]
+        assert remote["choices"][1]["logprobs"] == alone["choices"][1]["logprobs"]
+        engine._proc.kill()
+        engine._proc.wait()
+        failed = client.post("/v1/completions", json={**body, "stream": True})
+        assert failed.status_code == 503 and "engine's process stopped" in failed.text, failed.text
+        assert client.get("/ready").status_code == 503 and client.get("/health").status_code == 200
 
 
 def test_continuous_batching_lets_a_short_request_finish_while_a_long_one_runs(runs):
@@ -186,7 +208,7 @@ def test_a_seeded_request_gives_the_same_text_alone_and_in_a_crowd(runs):
 
 
 def client_for(runs, **config) -> TestClient:
-    cfg = ServeConfig(names=["lm", "digits"], **config)
+    cfg = ServeConfig(names=["lm", "digits"], **{**THREAD, **config})
     return TestClient(serve_app([runs["lm"].path, runs["digits"].path], cfg), raise_server_exceptions=False)
 
 
@@ -227,7 +249,7 @@ def test_rate_limits_answer_429_with_retry_after_per_key(runs):
 
 def test_a_stream_holds_its_reservation_and_a_client_that_leaves_pays_only_what_it_got(runs):
     # a lone request waits up to max_wait_ms for company before it decodes: time to send a second one
-    app = serve_app([runs["lm"].path], ServeConfig(names=["lm"], max_wait_ms=1500,
+    app = serve_app([runs["lm"].path], ServeConfig(**THREAD, names=["lm"], max_wait_ms=1500,
                                                    rate_limit={"tokens_per_minute": 100}))
     guard = app.state.server.guard
     body = {"model": "lm", "prompt": "The ", "max_tokens": 60, "min_tokens": 60, "stream": True}
@@ -264,7 +286,7 @@ def test_settling_refunds_what_was_reserved_and_not_generated_once():
 
 
 def test_one_key_cannot_hold_more_than_its_share_of_requests_in_flight(runs):
-    app = serve_app([runs["lm"].path], ServeConfig(names=["lm"], api_keys=["a", "b"], max_wait_ms=1500,
+    app = serve_app([runs["lm"].path], ServeConfig(**THREAD, names=["lm"], api_keys=["a", "b"], max_wait_ms=1500,
                                                    rate_limit={"concurrent_requests": 1}))
     body = {"model": "lm", "prompt": "The ", "max_tokens": 60, "min_tokens": 60, "stream": True}
     a, b = {"Authorization": "Bearer a"}, {"Authorization": "Bearer b"}
@@ -281,7 +303,7 @@ def test_one_key_cannot_hold_more_than_its_share_of_requests_in_flight(runs):
 def test_one_sequence_whose_sampling_fails_leaves_its_batch_neighbours_to_finish(runs):
     from genlab.serving.models import load_served
 
-    served = load_served(runs["lm"].path, ServeConfig(max_wait_ms=200))
+    served = load_served(runs["lm"].path, ServeConfig(**THREAD, max_wait_ms=200))
     events: dict[int, list] = {i: [] for i in range(4)}
     try:
         for i in range(4):  # 2**64 fails torch.tensor: the schema bounds it, the engine must survive it anyway
@@ -357,7 +379,7 @@ def test_cors_origins_come_from_the_config(runs):
 
 
 def test_a_full_queue_answers_503_with_retry_after(runs):
-    app = serve_app([runs["lm"].path], ServeConfig(names=["lm"], max_queue=2, max_batch_size=1))
+    app = serve_app([runs["lm"].path], ServeConfig(**THREAD, names=["lm"], max_queue=2, max_batch_size=1))
 
     async def flood():
         transport = httpx.ASGITransport(app=app)
@@ -517,7 +539,7 @@ def test_a_seq2seq_model_answers_completions_and_chat_batched(tmp_path_factory):
                      out=tmp_path_factory.mktemp("s2s") / "run")
     sources = ["3 March 1987", "Tuesday, 4 May 2021", "12/01/1999"]
     want = run.sample(3, source=sources, temperature=0, max_new_tokens=12)
-    app = serve_app([run.path], ServeConfig(names=["dates"], max_wait_ms=50))
+    app = serve_app([run.path], ServeConfig(**THREAD, names=["dates"], max_wait_ms=50))
 
     async def together():
         transport = httpx.ASGITransport(app=app)
@@ -581,7 +603,7 @@ def test_echo_scores_the_prompt_as_transformers_does_and_logprobs_take_openai_sh
 def test_frequency_and_presence_penalties_follow_openai(runs):
     from genlab.serving.models import load_served
 
-    served = load_served(runs["lm"].path, ServeConfig())
+    served = load_served(runs["lm"].path, ServeConfig(**THREAD))
     try:
         engine = served.engine
         logits = torch.zeros(1, 50)

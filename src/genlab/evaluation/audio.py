@@ -118,8 +118,10 @@ def evaluate_audio(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[st
     return metrics
 
 
-def audit_clips(run: Run, n: int | None = None, **options: Any) -> dict[str, Any]:
+def audit_clips(run: Run, n: int | None = None, *, target: str = "data", min_share: float | None = None
+                ) -> dict[str, Any]:
     """`genlab audit` for audio: the audit by class, with the digit classifier reading log-mels of the clips."""
     from genlab.responsible.audit import audit_by_class
 
-    return audit_by_class(run, n, as_images=mel_images, samples_as_images=mel_images, **options)
+    return audit_by_class(run, n, target=target, min_share=min_share, as_images=mel_images,
+                          samples_as_images=mel_images)

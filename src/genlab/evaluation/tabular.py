@@ -14,6 +14,7 @@ computed in the same run on the same split.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -138,17 +139,27 @@ def anomaly(model, columns: Columns, train: pd.DataFrame, test: pd.DataFrame, la
             "baseline_features": f"{len(features)} numeric columns, z-scored"}
 
 
+def column_distances(columns: Columns, real: pd.DataFrame, fake: pd.DataFrame, skip: tuple[str, ...] = ()
+                     ) -> dict[str, float]:
+    """Per column: the KS statistic between real and synthetic numbers, total variation between categories."""
+    out = {}
+    for c in columns.columns:
+        a, b = real[c.name].dropna(), fake[c.name].dropna()
+        if c.name in skip or not len(a) or not len(b):
+            continue
+        if c.kind == "numeric":
+            out[c.name] = float(ks_2samp(a.astype(float), b.astype(float)).statistic)
+        else:
+            p, q = a.astype(str).value_counts(normalize=True), b.astype(str).value_counts(normalize=True)
+            out[c.name] = float(0.5 * p.subtract(q, fill_value=0).abs().sum())
+    return out
+
+
 def fidelity(columns: Columns, train: pd.DataFrame, synthetic: pd.DataFrame, test: pd.DataFrame,
              target: str | None) -> dict[str, Any]:
-    per_column = {}
-    for c in columns.columns:
-        real, fake = train[c.name].dropna(), synthetic[c.name].dropna()
-        if c.kind == "numeric":
-            per_column[c.name] = {"ks": float(ks_2samp(real.astype(float), fake.astype(float)).statistic)}
-        else:
-            p = real.astype(str).value_counts(normalize=True)
-            q = fake.astype(str).value_counts(normalize=True)
-            per_column[c.name] = {"tv": float(0.5 * p.subtract(q, fill_value=0).abs().sum())}
+    kinds = {c.name: c.kind for c in columns.columns}
+    per_column = {name: {"ks" if kinds[name] == "numeric" else "tv": d}
+                  for name, d in column_distances(columns, train, synthetic).items()}
     numeric = [c.name for c in columns.columns if c.kind == "numeric"]
     out: dict[str, Any] = {
         "rows": len(synthetic),
@@ -172,16 +183,28 @@ def fidelity(columns: Columns, train: pd.DataFrame, synthetic: pd.DataFrame, tes
 def _utility(columns: Columns, train: pd.DataFrame, test: pd.DataFrame, target: str) -> float:
     """A random forest trained on `train`'s other columns, scored on predicting `target` in `test`
     (rows whose target is missing take no part)."""
-    train, test = train[train[target].notna()], test[test[target].notna()]
+    test = test[test[target].notna()]
+    predicted = predictor(columns, train, target)(test)
+    if _is_categorical(columns, target):
+        return float((predicted == test[target].astype(str).to_numpy()).mean())
+    return float(r2_score(test[target].astype(float), predicted))
+
+
+def predictor(columns: Columns, train: pd.DataFrame, target: str) -> Callable[[pd.DataFrame], np.ndarray]:
+    """A random forest fitted on `train`'s other columns (missing cells imputed by their means) to predict `target`:
+    class names as strings for a categorical target, numbers otherwise."""
+    train = train[train[target].notna()]
     features = [c for c in columns.names if c != target]
     imputer = SimpleImputer().fit(columns.encode(train).numpy())
-    x_train = pd.DataFrame(imputer.transform(columns.encode(train).numpy()), columns=columns.names)[features]
-    x_test = pd.DataFrame(imputer.transform(columns.encode(test).numpy()), columns=columns.names)[features]
+
+    def x(frame: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(imputer.transform(columns.encode(frame).numpy()), columns=columns.names)[features]
+
     if _is_categorical(columns, target):
-        model = RandomForestClassifier(n_estimators=200, random_state=0).fit(x_train, train[target].astype(str))
-        return float((model.predict(x_test) == test[target].astype(str)).mean())
-    model = RandomForestRegressor(n_estimators=200, random_state=0).fit(x_train, train[target].astype(float))
-    return float(r2_score(test[target].astype(float), model.predict(x_test)))
+        model = RandomForestClassifier(n_estimators=200, random_state=0).fit(x(train), train[target].astype(str))
+    else:
+        model = RandomForestRegressor(n_estimators=200, random_state=0).fit(x(train), train[target].astype(float))
+    return lambda frame: model.predict(x(frame))
 
 
 def _is_categorical(columns: Columns, name: str) -> bool:

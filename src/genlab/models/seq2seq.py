@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import (
     AutoConfig,
     AutoModelForSeq2SeqLM,
@@ -84,7 +85,7 @@ def _load_seq2seq(path: str | Path):
 class Seq2Seq(GenerativeModel):
     Config = Seq2SeqConfig
     Sampling = Seq2SeqSampling
-    media, serves, audit = TEXTS, "text2text", None
+    media, serves, audit = TEXTS, "text2text", "genlab.responsible.text_audit:audit_text"
     hub_library, hub_task = "transformers", "text2text-generation"
     evaluator = "genlab.evaluation.seq2seq:evaluate_pairs"
     headline = tuple(Figure(key, label, True, (f"copy_source_baseline.{key}", "copying the source"))
@@ -174,6 +175,22 @@ class Seq2Seq(GenerativeModel):
         if isinstance(generator, list):
             return [self._generate([s], g, opts)[0] for s, g in zip(sources, generator, strict=True)]
         return self._generate(sources, generator, opts)
+
+    def respond(self, prompts: list[str], *, generator: torch.Generator | None = None, **options: Any) -> list[str]:
+        """The output for each prompt as a source (what an audit of text asks every text family for)."""
+        return self.sample(len(prompts), generator=generator, source=prompts, **options)
+
+    @torch.no_grad()
+    def log_likelihood(self, texts: list[str], source: str = "") -> list[float]:
+        """Each text's log-likelihood in nats as the output for `source` (the decoder as a language model)."""
+        x = self._ids([source] * len(texts), self.config.max_source_length, specials=True).to(self.device)
+        labels = self._ids(texts, self.config.max_target_length).to(self.device)
+        kept = labels != self.tokenizer.pad_token_id
+        with library_noise_silenced():
+            logits = self.net(input_ids=x, attention_mask=(x != self.tokenizer.pad_token_id).long(),
+                              labels=labels.masked_fill(~kept, IGNORE), use_cache=False).logits.float()
+        logp = F.log_softmax(logits, -1).gather(2, labels[:, :, None]).squeeze(2)
+        return (logp * kept).sum(1).tolist()
 
     def preview(self, n: int, generator: torch.Generator | None = None) -> list[str]:
         sources = [self.preview_sources[i % len(self.preview_sources)] for i in range(n)] if self.preview_sources \

@@ -80,7 +80,7 @@ class TabularNet(nn.Module, PyTorchModelHubMixin):
 class TabularVAE(GenerativeModel):
     Config = TabularVAEConfig
     Sampling = TabularSampling
-    media, serves, audit = TABLES, "table", None
+    media, serves, audit = TABLES, "table", "genlab.responsible.table_audit:audit_table"
     hub_task = None  # the Hub has no task for generated tables
     network = "net"
     evaluator = "genlab.evaluation.tabular:evaluate_table"

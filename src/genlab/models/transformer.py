@@ -60,7 +60,7 @@ class _Logits(torch.nn.Module):
 class Transformer(GenerativeModel):
     Config = TransformerConfig
     Sampling = TextSampling
-    media, serves, audit = TEXTS, "text", None
+    media, serves, audit = TEXTS, "text", "genlab.responsible.text_audit:audit_text"
     hub_library, hub_task = "transformers", "text-generation"
     evaluator = "genlab.evaluation.text:evaluate_text"
     headline = (Figure("bits_per_character", "bits/char", False), Figure("perplexity", "perplexity", False),
@@ -147,6 +147,22 @@ class Transformer(GenerativeModel):
         if isinstance(generator, list):
             return [self._generate([p], g, opts)[0] for p, g in zip(prompts, generator, strict=True)]
         return self._generate(prompts, generator, opts)
+
+    def respond(self, prompts: list[str], *, generator: torch.Generator | None = None, **options: Any) -> list[str]:
+        """A continuation of each prompt (what an audit of text asks every text family for)."""
+        return self.sample(len(prompts), generator=generator, prompt=prompts, **options)
+
+    @torch.no_grad()
+    def log_likelihood(self, texts: list[str]) -> list[float]:
+        """Each text's log-likelihood in nats as a new document (after end-of-text), cut to the context."""
+        eos = self.tokenizer.eos_token_id
+        rows = [[eos, *self.tokenizer(t, add_special_tokens=False)["input_ids"]][: self.context] for t in texts]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [eos] * (width - len(r)) for r in rows], device=self.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
+        logits = self.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+        logp = F.log_softmax(logits[:, :-1], -1).gather(2, ids[:, 1:, None]).squeeze(2)
+        return (logp * mask[:, 1:]).sum(1).tolist()
 
     def preview(self, n: int, generator: torch.Generator | None = None) -> list[str]:
         prompts = [self.preview_prompts[i % len(self.preview_prompts)] for i in range(n)]

@@ -19,6 +19,7 @@ data, in the model's outputs, and generated as well as the others?
 from __future__ import annotations
 
 import html
+import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from genlab.run import Run, write_json
 
 MIN_PER_CLASS = 4  # samples of a class (generated and real) for its precision and recall
 ALPHA = 0.05  # the family-wise error of the per-class tests
+OPTIONS = ("target", "min_share", "group", "probes")  # what `genlab audit` may pass to a family's audit
 TARGETS = ("data", "parity")  # the class mix an unconditional model's outputs are held to
 MITIGATION = {
     "rare in the training data": "balance the batches: genlab prepare's labels step with `weights: true` "
@@ -53,25 +55,10 @@ def audit_classes(net: FeatureNet, real: torch.Tensor, real_y: torch.Tensor, tra
                   requested: torch.Tensor | None = None, seed: int = 0) -> dict[str, Any]:
     """The audit's figures and flags from images in [0, 1]: held-out real with labels, the training labels,
     samples (and the class each was asked for, for a class-conditional model)."""
-    k = len(names)
-    min_share = 0.5 / k if min_share is None else min_share
     predicted = predict(net, fake)
-    train_share = torch.bincount(train_y, minlength=k).double() / len(train_y)
-    real_share = torch.bincount(real_y, minlength=k).double() / len(real_y)
-    if requested is not None:  # asked for each class: the mix to draw is the mix asked for
-        goal = torch.bincount(requested, minlength=k).double() / len(requested)
-    elif target == "parity":
-        goal = (real_share > 0).double() / (real_share > 0).sum()
-    elif target == "data":
-        goal = real_share
-    else:
-        raise GenlabError(f"--target: {target!r} is not one of {', '.join(TARGETS)}")
-    counts = torch.bincount(predicted, minlength=k)
-    intervals = share_intervals(predicted, k, seed=seed)
-    p_values = [binomial_p(int(counts[c]), len(fake), float(goal[c])) for c in range(k)]
-    adjusted = holm(p_values)
-    classes = []
-    for c, name in enumerate(names):
+    result = group_shares(predicted, train_y, real_y, names, target=target, min_share=min_share,
+                          requested=requested, seed=seed)
+    for c, entry in enumerate(result["classes"]):
         mine, theirs = fake[predicted == c], real[real_y == c]
         # k-NN radii need k + 1 points (k = 3): too few real images, and nothing can be said (None); too few
         # samples of the class, and they cover nothing measurable (recall 0)
@@ -81,70 +68,100 @@ def audit_classes(net: FeatureNet, real: torch.Tensor, real_y: torch.Tensor, tra
             quality = {"recall": 0.0}
         else:
             quality = precision_recall(net, theirs, mine)
-        share = float(counts[c]) / len(fake)
-        low, high = (float(v) for v in intervals[c])
-        entry = {"class": name, "train_share": float(train_share[c]), "real_share": float(real_share[c]),
-                 "target_share": float(goal[c]), "generated_share": share, "generated_interval": [low, high],
-                 "gap": share - float(goal[c]), "gap_interval": [low - float(goal[c]), high - float(goal[c])],
-                 "p_value": p_values[c], "p_holm": adjusted[c],
-                 "precision": quality.get("precision"), "recall": quality["recall"]}
+        entry.update(precision=quality.get("precision"), recall=quality["recall"])
         if requested is not None and (requested == c).any():
             asked = predicted[requested == c] == c
             entry["label_accuracy"] = float(asked.double().mean())
             entry["label_accuracy_interval"] = [float(v) for v in share_intervals(asked.long(), 2, seed=seed)[1]]
-        classes.append(entry)
-    flags = _flags(classes, min_share, conditional=requested is not None)
+    result["flags"] += _quality_flags(result["classes"])
+    return result
+
+
+def group_shares(generated: torch.Tensor, train: torch.Tensor, held_out: torch.Tensor, names: list[str], *,
+                 target: str = "data", min_share: float | None = None, requested: torch.Tensor | None = None,
+                 seed: int = 0) -> dict[str, Any]:
+    """Each group's share of the training data, the held-out data and the outputs (group ids), the outputs' gap to
+    the target share with intervals and Holm-corrected exact tests, and the flags they raise."""
+    k = len(names)
+    min_share = 0.5 / k if min_share is None else min_share
+    train_share = torch.bincount(train, minlength=k).double() / max(1, len(train))
+    real_share = torch.bincount(held_out, minlength=k).double() / max(1, len(held_out))
+    if requested is not None:  # asked for each class: the mix to draw is the mix asked for
+        goal = torch.bincount(requested, minlength=k).double() / len(requested)
+    elif target == "parity":
+        goal = (real_share > 0).double() / (real_share > 0).sum()
+    elif target == "data":
+        goal = real_share
+    else:
+        raise GenlabError(f"--target: {target!r} is not one of {', '.join(TARGETS)}")
+    n = len(generated)
+    counts = torch.bincount(generated, minlength=k)
+    intervals = share_intervals(generated, k, seed=seed)
+    p_values = [binomial_p(int(counts[c]), n, float(goal[c])) for c in range(k)]
+    adjusted = holm(p_values)
+    classes, flags = [], []
+    for c, name in enumerate(names):
+        share, want = float(counts[c]) / max(1, n), float(goal[c])
+        low, high = (float(v) for v in intervals[c])
+        classes.append({"class": name, "train_share": float(train_share[c]), "real_share": float(real_share[c]),
+                        "target_share": want, "generated_share": share, "generated_interval": [low, high],
+                        "gap": share - want, "gap_interval": [low - want, high - want], "p_value": p_values[c],
+                        "p_holm": adjusted[c]})
+        if train_share[c] < min_share:
+            flags.append(flag("rare in the training data", name, f"{float(train_share[c]):.1%} of the training "
+                              f"data (under {min_share:.1%})"))
+        if requested is None and share < 0.5 * want and adjusted[c] < ALPHA:
+            flags.append(flag("under-represented in the outputs", name, f"{share:.1%} of the samples against a "
+                              f"target of {want:.1%} (Holm p = {adjusted[c]:.2g})"))
     shares = train_share[train_share > 0]
-    return {"classes": classes, "flags": flags, "samples": len(fake), "target": "requested" if requested is not None
+    return {"classes": classes, "flags": flags, "samples": n, "target": "requested" if requested is not None
             else target, "min_share": min_share, "imbalance_ratio": float(shares.max() / shares.min()),
-            "mix_test": mix_test(counts, goal), "correction": f"Holm across {k} classes, family-wise {ALPHA}",
+            "mix_test": mix_test(counts, goal), "correction": f"Holm across {k} groups, family-wise {ALPHA}",
             "interval_level": 0.9}
 
 
-def _flags(classes: list[dict[str, Any]], min_share: float, conditional: bool) -> list[dict[str, str]]:
+def _quality_flags(classes: list[dict[str, Any]]) -> list[dict[str, str]]:
     recalls = torch.tensor([c["recall"] for c in classes if c["recall"] is not None])
     median = float(recalls.median()) if len(recalls) else 0.0
     accuracies = torch.tensor([c["label_accuracy"] for c in classes if "label_accuracy" in c])
     accuracy_median = float(accuracies.median()) if len(accuracies) else 0.0
     flags = []
     for c in classes:
-        if c["train_share"] < min_share:
-            flags.append(_flag("rare in the training data", c["class"], f"{c['train_share']:.1%} of the training "
-                               f"data (under {min_share:.1%})"))
-        if conditional and "label_accuracy" in c and c["label_accuracy_interval"][1] < 0.5 * accuracy_median:
-            flags.append(_flag("not drawn when asked for", c["class"], f"{c['label_accuracy']:.0%} of the samples "
-                               f"asked for it are classified as it, against a median of {accuracy_median:.0%}"))
-        elif not conditional and c["generated_share"] < 0.5 * c["target_share"] and c["p_holm"] < ALPHA:
-            flags.append(_flag("under-represented in the outputs", c["class"], f"{c['generated_share']:.1%} of the "
-                               f"samples against a target of {c['target_share']:.1%} (Holm p = {c['p_holm']:.2g})"))
+        if "label_accuracy" in c and c["label_accuracy_interval"][1] < 0.5 * accuracy_median:
+            flags.append(flag("not drawn when asked for", c["class"], f"{c['label_accuracy']:.0%} of the samples "
+                              f"asked for it are classified as it, against a median of {accuracy_median:.0%}"))
         if c["recall"] is not None and c["recall"] < 0.5 * median:
-            flags.append(_flag("generated worse than the others", c["class"], f"recall {c['recall']:.2f} against "
-                               f"a median of {median:.2f}"))
+            flags.append(flag("generated worse than the others", c["class"], f"recall {c['recall']:.2f} against "
+                              f"a median of {median:.2f}"))
     return flags
 
 
-def _flag(kind: str, name: str, detail: str) -> dict[str, str]:
-    return {"kind": kind, "class": name, "detail": detail, "mitigation": MITIGATION[kind]}
+def flag(kind: str, name: str, detail: str, mitigation: str | None = None) -> dict[str, str]:
+    """One flag: its kind, the group it names, what was measured, and what to do about it."""
+    return {"kind": kind, "class": name, "detail": detail, "mitigation": mitigation or MITIGATION[kind]}
 
 
 def gate(result: dict[str, Any], expression: str) -> list[str]:
-    """What in `result` meets `expression`: comma-separated terms, each `gap>X` (a class whose gap to its target
-    is beyond X, its interval clear of 0), `p<X` (a class's Holm-corrected p-value, or a valid mix test's),
-    `flags` or `flags>N`, or words of a flag's kind (`under-represented`). Empty: the gate passes."""
+    """What in `result` meets `expression`: comma-separated terms, each `gap>X` (a group's gap to its target, or a
+    gap the audit measures between groups or models, beyond X with its interval clear of 0), `p<X` (a Holm-corrected
+    p-value, or a valid mix test's), `flags` or `flags>N`, or words of a flag's kind (`under-represented`). Empty:
+    the gate passes."""
     met = []
     for term in (t.strip() for t in expression.split(",") if t.strip()):
         if m := re.fullmatch(r"gap\s*>\s*([0-9.]+)", term):
             limit = float(m[1])
-            met += [f"{term}: class {c['class']} gap {c['gap']:+.3f} [{c['gap_interval'][0]:+.3f}, "
-                    f"{c['gap_interval'][1]:+.3f}]" for c in result["classes"] if abs(c["gap"]) > limit
-                    and (c["gap_interval"][0] > 0 or c["gap_interval"][1] < 0)]
+            gaps = [(f"class {c['class']}", c["gap"], c["gap_interval"]) for c in result["classes"]]
+            gaps += [(g["name"], g["gap"], g["interval"]) for g in result.get("gaps", [])]
+            met += [f"{term}: {name} gap {gap:+.3f} [{low:+.3f}, {high:+.3f}]" for name, gap, (low, high) in gaps
+                    if abs(gap) > limit and (low > 0 or high < 0)]
         elif m := re.fullmatch(r"p\s*<\s*([0-9.eE-]+)", term):
             limit = float(m[1])
-            met += [f"{term}: class {c['class']} Holm p = {c['p_holm']:.3g}" for c in result["classes"]
-                    if c["p_holm"] < limit]
-            test = result["mix_test"]
-            if test["valid"] and test["p_value"] < limit:
-                met.append(f"{term}: the class mix, p = {test['p_value']:.3g}")
+            tested = [(f"class {c['class']}", c["p_holm"]) for c in result["classes"]]
+            tested += [(g["name"], g["p_holm"]) for g in result.get("gaps", []) if "p_holm" in g]
+            met += [f"{term}: {name} Holm p = {p:.3g}" for name, p in tested if p < limit]
+            test = result.get("mix_test")
+            if test and test["valid"] and test["p_value"] < limit:
+                met.append(f"{term}: the group mix, p = {test['p_value']:.3g}")
         elif m := re.fullmatch(r"flags(?:\s*>\s*(\d+))?", term):
             if len(result["flags"]) > int(m[1] or 0):
                 met.append(f"{term}: {len(result['flags'])} flag(s)")
@@ -152,18 +169,26 @@ def gate(result: dict[str, Any], expression: str) -> list[str]:
             met += [f"{term}: {f['class']}: {f['kind']}" for f in result["flags"] if term in f["kind"]]
         else:
             raise GenlabError(f"--fail-on: {term!r} is not gap>X, p<X, flags[>N] or words of a flag's kind "
-                              f"({', '.join(MITIGATION)})")
+                              f"(such as {', '.join(MITIGATION)})")
     return met
 
 
 def audit_run(run: Run, n: int | None = None, **options: Any) -> dict[str, Any]:
-    """The audit the run's family declares (`GenerativeModel.audit`), written beside its other results."""
+    """The audit the run's family declares (`GenerativeModel.audit`), written beside its other results; an option
+    it does not take (None: not given) is refused before anything is sampled."""
     family = run.config.model.family
-    if options.get("target", "data") not in TARGETS:  # before any sampling, and for conditional runs too
-        raise GenlabError(f"--target: {options['target']!r} is not one of {', '.join(TARGETS)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    if given.get("target", "data") not in TARGETS:
+        raise GenlabError(f"--target: {given['target']!r} is not one of {', '.join(TARGETS)}")
     if run.model.audit is None:
         raise GenlabError(f"audit: {run.path} is a run of the {family} family, which declares no audit yet")
-    return locate(run.model.audit)(run, n, **options)
+    audit = locate(run.model.audit)
+    takes = [name for name, p in inspect.signature(audit).parameters.items() if name in OPTIONS]
+    for key in given:
+        if key not in takes:
+            raise GenlabError(f"--{key.replace('_', '-')}: the {family} family's audit does not take it; it takes "
+                              f"{', '.join('--' + t.replace('_', '-') for t in takes) or 'no options'}")
+    return audit(run, n, **given)
 
 
 def audit_by_class(run: Run, n: int | None = None, *, target: str = "data", min_share: float | None = None,
@@ -195,6 +220,10 @@ def audit_by_class(run: Run, n: int | None = None, *, target: str = "data", min_
     result = audit_classes(net, as_images(model, held_out.x), held_out.y, dataset.train.y, fake, names,
                            target=target, min_share=min_share, requested=requested, seed=ev.seed)
     result["feature_extractor"] = extractor
+    test = result["mix_test"]
+    result["summary"] = [f"class mix of {result['samples']} samples against the target ({result['target']}): "
+                         f"p = {test['p_value']:.3g}{' (' + test['note'] + ')' if not test['valid'] else ''}; "
+                         f"training imbalance ratio {result['imbalance_ratio']:.2f}"]
     write_json(run.path / "audit.json", result)
     _write_html(run.path / "audit.html", run, result)
     return result

@@ -30,7 +30,7 @@ from genlab.errors import GenlabError
 from genlab.serving.config import ServeConfig
 from genlab.serving.guard import Refused
 from genlab.serving.metrics import Metrics
-from genlab.serving.models import Served, load_served
+from genlab.serving.models import Served, load_served, model_folder
 from genlab.serving.server import Server, authorize, operator
 
 log = logging.getLogger("genlab.serve")
@@ -122,13 +122,19 @@ def serve_app(paths: list[str | Path], config: ServeConfig | None = None) -> Fas
     config = config or ServeConfig()
     if config.names and len(config.names) != len(paths):
         raise GenlabError(f"names: {len(config.names)} names for {len(paths)} models")
+    names = list(config.names) or [model_folder(path)[1] for path in paths]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise GenlabError(f"{paths[i]}: a second model named {name!r}; name them in the serve config's `names`")
     metrics = Metrics()
     models: dict[str, Served] = {}
-    for i, path in enumerate(paths):
-        served = load_served(path, config, config.names[i] if config.names else None, metrics.observe_batch)
-        if served.name in models:
-            raise GenlabError(f"{path}: a second model named {served.name!r}; name them in the serve config's `names`")
-        models[served.name] = served
+    try:
+        for path, name in zip(paths, names, strict=True):
+            models[name] = load_served(path, config, name, metrics.observe_batch)
+    except BaseException:  # the engines already started go with the error
+        for served in models.values():
+            served.stop(0)
+        raise
     return create_app(models, config, metrics)
 
 

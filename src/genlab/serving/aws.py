@@ -28,5 +28,7 @@ def lambda_handler(event: dict, context: Any) -> dict:
         if not models:
             raise GenlabError("GENLAB_MODELS: set it to the model folders to serve, separated by commas")
         config = load_serve_config(os.environ.get("GENLAB_SERVE_CONFIG"))
+        if "engine" not in config.model_fields_set:  # one request at a time per instance: a process adds cold start
+            config = config.model_copy(update={"engine": "thread"})
         _handler = Mangum(serve_app(models, config), lifespan="off")
     return _handler(event, context)

@@ -66,6 +66,9 @@ class ServeConfig(Section):
     max_batch_size: int = Field(32, ge=1)  # sequences decoded together, or images sampled in one call
     max_wait_ms: float = Field(5.0, ge=0)  # how long an idle worker waits for company before it starts
     max_queue: int = Field(256, ge=1)  # waiting requests per model; beyond it: 503 with Retry-After
+    # a causal LM decodes in a process of its own (the server's event loop keeps its interpreter lock), or in a
+    # thread of the server's (starts faster, one copy of the weights in one process)
+    engine: Literal["process", "thread"] = "process"
     api_keys: list[str] = []  # also GENLAB_API_KEYS (comma-separated); any key set: generation routes need one
     rate_limit: RateLimit = RateLimit()
     limits: Limits = Limits()

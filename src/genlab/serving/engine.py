@@ -74,12 +74,14 @@ class TextEngine:
     """Continuous batching over one transformers causal LM; `submit` is safe to call from any thread."""
 
     def __init__(self, lm: torch.nn.Module, tokenizer, *, max_batch_size: int = 32, max_wait_ms: float = 5.0,
-                 max_queue: int = 256, on_step: Callable[[int], None] | None = None) -> None:
+                 max_queue: int = 256, on_step: Callable[[int], None] | None = None,
+                 after_step: Callable[[], None] | None = None) -> None:
         self.lm, self.tokenizer = lm.eval(), tokenizer
         self.eos = tokenizer.eos_token_id
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
         self.incoming: queue.Queue[_Sequence] = queue.Queue(maxsize=max_queue)
         self.on_step = on_step or (lambda size: None)
+        self.after_step = after_step or (lambda: None)  # once per turn of the loop, its events all emitted
         self.batch = _Batch()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="genlab-text-engine", daemon=True)
@@ -131,6 +133,7 @@ class TextEngine:
                         seq.finish = "error"
                         seq.emit(("error", f"generation failed: {type(err).__name__}: {err}"))
                 self.batch = _Batch()
+            self.after_step()
 
     def _take(self) -> list[_Sequence]:
         """Sequences to join this step: whatever has arrived (waiting up to max_wait_ms for company when idle)."""

@@ -27,6 +27,7 @@ from genlab.errors import GenlabError
 from genlab.models.base import META_FILE
 from genlab.serving.config import ServeConfig
 from genlab.serving.engine import TextEngine
+from genlab.serving.engine_process import RemoteEngine
 from genlab.serving.workers import BatchWorker
 
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
@@ -66,7 +67,8 @@ def load_served(path: str | Path, config: ServeConfig, name: str | None = None,
     name = name or default
     family = model.config.family
     on_batch = (lambda size: observe(name, size)) if observe else None
-    return served_kind(model.serves, f"{path}: a {family} model")(name, family, model, config, on_batch)
+    return served_kind(model.serves, f"{path}: a {family} model")(name, family, model, config, on_batch,
+                                                                  folder=model_folder(path)[0])
 
 
 def served_kind(serves: str, what: str) -> type[Served]:
@@ -91,8 +93,8 @@ class Served:
     router: APIRouter | None = None
 
     def __init__(self, name: str, family: str, model: Any, config: ServeConfig,
-                 on_batch: Callable[[int], None] | None) -> None:
-        self.name, self.family, self.model, self.config = name, family, model, config
+                 on_batch: Callable[[int], None] | None, folder: Path | None = None) -> None:
+        self.name, self.family, self.model, self.config, self.folder = name, family, model, config, folder
         self.created = int(time.time())
         self.worker = self.start_worker(on_batch)
 
@@ -125,14 +127,19 @@ class ServedLM(Served):
 
     kind = "text"
 
-    def start_worker(self, on_batch: Callable[[int], None] | None) -> TextEngine:
+    def start_worker(self, on_batch: Callable[[int], None] | None) -> TextEngine | RemoteEngine:
         self.tokenizer, self.context = self.model.tokenizer, self.model.context
         c = self.config
-        return TextEngine(self.model.lm, self.tokenizer, max_batch_size=c.max_batch_size, max_wait_ms=c.max_wait_ms,
-                          max_queue=c.max_queue, on_step=on_batch)
+        options = {"max_batch_size": c.max_batch_size, "max_wait_ms": c.max_wait_ms, "max_queue": c.max_queue,
+                   "on_step": on_batch}
+        if c.engine == "thread" or self.folder is None:
+            return TextEngine(self.model.lm, self.tokenizer, **options)
+        engine = RemoteEngine(self.folder, **options)
+        self.model.lm.to("meta")  # the weights live in the engine's process; this copy is never used
+        return engine
 
     @property
-    def engine(self) -> TextEngine:
+    def engine(self) -> TextEngine | RemoteEngine:
         return self.worker
 
     def encode(self, prompt: str | list[int]) -> list[int]:

@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 
 from genlab.errors import GenlabError
 from genlab.serving.engine import TextParams
+from genlab.serving.engine_process import EngineStopped
 from genlab.serving.guard import Guard, OutputFilter, Refused
 from genlab.serving.logprobs import chat_logprobs, completion_logprobs
 from genlab.serving.models import ServedLM, ServedSeq2Seq
@@ -147,10 +148,13 @@ def start(server: Server, served: ServedLM | ServedSeq2Seq, identity: str, promp
                 choice.handle = served.engine.submit(ids, p, seed, emit)
             else:
                 _seq2seq(served, prompts[i // body.n], p, seed, emit)
-    except (queue.Full, QueueFull):
+    except (queue.Full, QueueFull, EngineStopped) as err:
         server.guard.refund(identity, gen.reserved)  # nothing of it ran
         gen.guard = None
         gen.cancel()
+        if isinstance(err, EngineStopped):
+            raise Refused(503, f"model: {served.name!r} cannot generate: {err}; the server is not ready",
+                          code="unavailable") from None
         raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded") from None
     return gen
 

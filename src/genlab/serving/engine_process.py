@@ -1,0 +1,205 @@
+"""The text engine in a process of its own, so that decoding and the event loop do not share one interpreter lock.
+
+A small model's decoding step is mostly Python (transformers' layers, sampling, detokenizing), and so is
+the server's work per streamed chunk; in one process they take turns on the GIL and each waits for
+the other. Here the server's process keeps the routes and the tokenizer, and a child process
+(`_child`, in a fresh interpreter) loads the model and runs `TextEngine`. They speak over
+one socket pair: the server sends submit and cancel messages; the child sends, once per decoding
+step, that step's events in one message. A child that dies fails its open requests with an error
+of their own and the server stops being ready; a server that dies closes the socket, and the child exits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from genlab.errors import GenlabError
+from genlab.serving.engine import Emit, TextEngine, TextParams
+
+START_SECONDS = 600.0  # loading a large model from a slow disk
+
+
+class EngineStopped(RuntimeError):
+    """The engine's process is gone; the server stays up, not ready, and answers 503."""
+
+
+class _Handle:
+    """The server's side of one sequence: what `Generation` reads (`generated`) and sets (`cancelled`)."""
+
+    def __init__(self, key: int, emit: Emit, engine: RemoteEngine) -> None:
+        self.key, self.emit, self.engine = key, emit, engine
+        self.generated = 0
+        self._cancelled = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        if value and not self._cancelled:
+            self._cancelled = True
+            self.engine._cancel(self)
+
+
+class RemoteEngine:
+    """`TextEngine`'s interface (`submit`, `alive`, `depth`, `stop`) over a child process that holds the model."""
+
+    def __init__(self, folder: str | Path, *, max_batch_size: int = 32, max_wait_ms: float = 5.0,
+                 max_queue: int = 256, on_step: Callable[[int], None] | None = None) -> None:
+        ours, theirs = socket.socketpair()
+        entry = f"from genlab.serving.engine_process import _child; _child({theirs.fileno()})"
+        # OpenMP's threads sleep when they wait rather than spin: two processes share the cores, and a spinning
+        # pool starves the other (measured: 3x the requests under a mixed load)
+        env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        self._proc = subprocess.Popen([sys.executable, "-c", entry], pass_fds=[theirs.fileno()],
+                                      stdin=subprocess.DEVNULL, env=env)
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._conn.send((str(folder), {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
+                                       "max_queue": max_queue}))
+        reply = self._conn.recv() if self._conn.poll(START_SECONDS) else ("failed", "no answer")
+        if reply[0] != "ready":
+            self._proc.kill()
+            raise GenlabError(f"{folder}: the text engine's process did not start: {reply[1]}")
+        self.bound = max_queue + max_batch_size  # waiting plus decoding, as TextEngine's queue and batch allow
+        self.on_step = on_step or (lambda size: None)
+        self.steps = 0  # decoding steps the child has run
+        self.remote_depth = 0  # sequences the child holds, waiting or decoding, after its last step
+        self._handles: dict[int, _Handle] = {}
+        self._keys = itertools.count()
+        self._send_lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name="genlab-text-engine-reader", daemon=True)
+        self._reader.start()
+
+    def submit(self, prompt_ids: list[int], params: TextParams, seed: int | None, emit: Emit) -> _Handle:
+        """Queue one sequence; raises queue.Full when waiting and decoding sequences are at their bound, and
+        EngineStopped when the child is gone."""
+        if not self.alive:
+            raise EngineStopped("the text engine's process stopped")
+        if len(self._handles) >= self.bound:
+            raise queue.Full
+        handle = _Handle(next(self._keys), emit, self)
+        self._handles[handle.key] = handle
+        try:
+            self._send(("submit", handle.key, list(prompt_ids), params, seed))
+        except OSError:
+            self._handles.pop(handle.key, None)
+            raise EngineStopped("the text engine's process stopped") from None
+        return handle
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None and self._reader.is_alive()
+
+    @property
+    def depth(self) -> int:
+        """Sequences waiting or decoding (a cancelled one leaves at once)."""
+        return len(self._handles)
+
+    def stop(self, drain_seconds: float = 30.0) -> None:
+        """Finish what is queued and running (up to `drain_seconds`), then stop the child."""
+        end = time.monotonic() + drain_seconds
+        while self._handles and time.monotonic() < end and self.alive:
+            time.sleep(0.01)
+        try:
+            self._send(("stop",))
+            self._proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self._proc.kill()
+            self._proc.wait()
+        self._conn.close()
+
+    def _cancel(self, handle: _Handle) -> None:
+        if self._handles.pop(handle.key, None) is not None:
+            try:
+                self._send(("cancel", handle.key))
+            except OSError:  # the child is gone: nothing to cancel
+                pass
+
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
+            self._conn.send(message)
+
+    def _read(self) -> None:
+        """Deliver each step's events to their sequences; when the child goes, fail what is still open."""
+        try:
+            while True:
+                sizes, events, self.remote_depth = self._conn.recv()
+                self.steps += len(sizes)
+                for size in sizes:
+                    self.on_step(size)
+                for key, generated, event in events:
+                    handle = self._handles.get(key)
+                    if handle is None:  # cancelled: its last events are not wanted
+                        continue
+                    handle.generated = generated
+                    if event[0] in ("done", "error"):
+                        del self._handles[key]
+                    handle.emit(event)
+        except (EOFError, OSError):
+            pass
+        for handle in list(self._handles.values()):
+            handle.emit(("error", "generation failed: the text engine's process stopped"))
+        self._handles.clear()
+
+
+def _child(fd: int) -> None:
+    """The child's side: load the model, run the engine, and relay messages until told to stop."""
+    from genlab.serving.models import load_model
+
+    conn = Connection(fd)
+    folder, options = conn.recv()
+    try:
+        model, _ = load_model(folder)
+    except Exception as err:  # the server names it when it refuses to start
+        conn.send(("failed", f"{type(err).__name__}: {err}"))
+        return
+    sizes: list[int] = []
+    outbox: list[tuple] = []
+    seqs: dict[int, object] = {}
+    lock = threading.Lock()  # the outbox is swapped and sent whole, in order
+
+    def flush() -> None:  # the engine's thread, after each step
+        nonlocal sizes, outbox
+        with lock:
+            if sizes or outbox:
+                message, sizes, outbox = (sizes, outbox, engine.depth), [], []
+                conn.send(message)
+
+    engine = TextEngine(model.lm, model.tokenizer, on_step=lambda size: sizes.append(size), after_step=flush, **options)
+    conn.send(("ready",))
+
+    def emitter(key: int) -> Emit:
+        def emit(event: tuple) -> None:
+            seq = seqs.get(key)
+            outbox.append((key, seq.generated if seq is not None else 0, event))
+            if event[0] in ("done", "error"):
+                seqs.pop(key, None)
+        return emit
+
+    try:
+        for message in iter(conn.recv, ("stop",)):
+            if message[0] == "submit":
+                _, key, ids, params, seed = message
+                try:
+                    seqs[key] = engine.submit(ids, params, seed, emitter(key))
+                except queue.Full:
+                    with lock:
+                        outbox.append((key, 0, ("error", "server busy: the queue is full")))
+            elif message[0] == "cancel" and (seq := seqs.pop(message[1], None)) is not None:
+                seq.cancelled = True
+        engine.stop()
+    except (EOFError, OSError):  # the server is gone
+        engine.stop(drain_seconds=0)
+
