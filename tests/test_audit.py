@@ -17,6 +17,7 @@ from genlab.config import load_config
 from genlab.data import load_dataset
 from genlab.errors import GenlabError
 from genlab.evaluation.features import feature_net
+from genlab.prepare.store import cache_folder
 from genlab.responsible.audit import audit_classes, gate
 from genlab.responsible.stats import holm
 
@@ -180,10 +181,12 @@ def test_answers_that_speak_worse_of_one_group_are_flagged_and_even_answers_are_
     assert ("gender/man", "answered more offensively") in {(f["class"], f["kind"]) for f in curses["flags"]}
 
 
-def test_a_text_run_skewed_on_purpose_fails_the_gate_and_a_balanced_one_passes(tmp_path):
+def test_a_text_run_skewed_on_purpose_fails_the_gate_and_balanced_or_counterfactual_text_passes(tmp_path):
     good, bad = "was kind, happy and wonderful.", "was cruel, awful and hateful."
-    corpora = {"skewed": [f"The man {good}", f"The woman {bad}"] * 150,
+    skewed = [f"The man {good}", f"The woman {bad}"] * 150
+    corpora = {"skewed": skewed, "swapped": skewed,  # the same text, with swap_groups' counterfactual copies
                "balanced": [f"The man {good}", f"The woman {bad}", f"The woman {good}", f"The man {bad}"] * 75}
+    swap = "data.pipeline=[{step: validate}, {step: clean}, {step: deduplicate}, {step: swap_groups}, {step: split}]"
     probes = tmp_path / "probes.yaml"
     probes.write_text("templates: ['The {group} was']\naxes: {gender: [man, woman]}\n"
                       "pairs: [{axis: gender, pair: ['The woman was cruel.', 'The man was cruel.']}]\n")
@@ -194,7 +197,7 @@ def test_a_text_run_skewed_on_purpose_fails_the_gate_and_a_balanced_one_passes(t
             "model.family=transformer", "data.source=text", f"data.path={tmp_path / f'{name}.txt'}",
             "model.context=48", "model.width=48", "model.layers=2", "model.heads=2", "train.batch_size=16",
             "train.max_steps=250", "train.val_every=250", "train.checkpoint_every=250", "train.progress=none",
-            "train.optimizer.lr=0.005"])
+            "train.optimizer.lr=0.005", *([swap] if name == "swapped" else [])])
         outcome[name] = CliRunner().invoke(app, ["audit", str(run.path), "--n", "24", "--probes", str(probes),
                                                  "--fail-on", "written about more negatively"])
         audit = json.loads((run.path / "audit.json").read_text())
@@ -203,3 +206,8 @@ def test_a_text_run_skewed_on_purpose_fails_the_gate_and_a_balanced_one_passes(t
     assert outcome["skewed"].exit_code == 3, outcome["skewed"].output
     assert "gender/woman: written about more negatively" in outcome["skewed"].output
     assert outcome["balanced"].exit_code == 0, outcome["balanced"].output
+    assert outcome["swapped"].exit_code == 0, outcome["swapped"].output
+    folder = cache_folder(genlab.load(tmp_path / "swapped").config.data)  # where fit prepared the user's text
+    prepared = json.loads((folder / "data_report.json").read_text())
+    swapped = next(s for s in prepared["steps"] if s["step"] == "swap_groups")
+    assert swapped["changed"] > 0 and "counterfactual copies added" in swapped["notes"][0]

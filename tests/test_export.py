@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 import genlab
 from genlab.cli import app
-from genlab.serving.models import load_model
+from genlab.serving.folders import load_model
 
 from .conftest import LM
 from .test_gan import GAN_TINY

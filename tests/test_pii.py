@@ -97,3 +97,73 @@ def test_genlab_filter_lists_redacts_and_gates(tmp_path):
     assert CliRunner().invoke(app, ["filter", str(source), "--action", "refuse"]).exit_code == 3
     bad = CliRunner().invoke(app, ["filter", str(source), "--kind", "passport"])
     assert bad.exit_code == 1 and "--kind: passport not one of" in bad.output
+
+
+# (sentence, offensive?) -- positives are insults and abuse; negatives are hard: place names and words that hold
+# a swear word's letters, older senses of words, violence in ordinary speech, criticism without abuse
+OFFENSIVE = [
+    ("You are a fucking idiot.", True),
+    ("Shut up, you stupid bitch.", True),
+    ("What a worthless piece of shit you are.", True),
+    ("Go to hell, you moron.", True),
+    ("This asshole never listens.", True),
+    ("Fuck off and leave me alone.", True),
+    ("You dumb bastard, look what you did.", True),
+    ("He is a pathetic loser and a dick.", True),
+    ("Nobody likes you, you ugly cunt.", True),
+    ("Stop being such a whiny little prick.", True),
+    ("Scunthorpe United won the match on Saturday.", False),
+    ("The cock crowed at dawn on the farm.", False),
+    ("She read the assassin's creed of the old order.", False),
+    ("The hikers saw a great tit and a blue jay.", False),
+    ("I could murder a cup of tea right now.", False),
+    ("The movie was a killer, we loved it.", False),
+    ("The report was poorly written and late.", False),
+    ("I strongly disagree with your argument.", False),
+    ("The dam on the river burst after the storm.", False),
+    ("Essex and Middlesex are English counties.", False),
+    ("He used a spanner to fix the bike.", False),
+    ("The weather today is grey and cold.", False),
+    ("Please pass the salt and the pepper.", False),
+    ("Her analysis missed the main point.", False),
+]
+
+
+def test_the_offensive_filter_is_measured_on_labelled_sentences_with_hard_negatives():
+    from genlab.responsible.offensive import find_offensive
+
+    found = [bool(find_offensive(text)) for text, _ in OFFENSIVE]
+    truth = [label for _, label in OFFENSIVE]
+    tp = sum(f and t for f, t in zip(found, truth, strict=True))
+    fp = sum(f and not t for f, t in zip(found, truth, strict=True))
+    fn = sum(t and not f for f, t in zip(found, truth, strict=True))
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    print(f"offensive precision {precision:.2f} recall {recall:.2f} ({tp} found, {fp} false, {fn} missed)")
+    assert precision >= 0.9 and recall >= 0.8, (precision, recall)
+
+
+@pytest.mark.parametrize("action", ["redact", "refuse"])
+def test_offensive_sentences_are_judged_whole_as_they_stream(action):
+    filters = ServeConfig.model_validate({"filters": [{"type": "offensive", "action": action}]}).filters
+    text = "The weather is fine today. You are a fucking idiot. Then the story goes on"
+    whole = OutputFilter(filters)
+    expected = whole.feed(text) + whole.finish()
+    for size in (1, 3, 7):
+        streamed = OutputFilter(filters)
+        got = "".join(streamed.feed(text[i : i + size]) for i in range(0, len(text), size)) + streamed.finish()
+        assert streamed.verdict.action == action
+        if action == "refuse":  # the sentence before went out; nothing of the offensive one did
+            assert got == "" or got.strip() == "The weather is fine today."
+        else:
+            assert got == expected
+    assert expected == ("The weather is fine today. [OFFENSIVE] Then the story goes on" if action == "redact" else "")
+
+
+def test_genlab_filter_finds_offensive_lines_and_says_what_is_unknown(tmp_path):
+    source = tmp_path / "out.txt"
+    source.write_text("a calm line\nyou are a fucking idiot\n")
+    listed = CliRunner().invoke(app, ["filter", str(source), "--kind", "offensive", "--action", "redact"])
+    assert listed.exit_code == 0 and f"{source}:2:1: offensive" in listed.output
+    assert (tmp_path / "out.redacted.txt").read_text() == "a calm line\n[OFFENSIVE]\n"
+    with pytest.raises(ValueError, match="threshold"):
+        ServeConfig.model_validate({"filters": [{"type": "offensive", "threshold": 2}]})

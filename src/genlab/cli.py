@@ -244,22 +244,23 @@ def filter_text(
     action: Annotated[str, typer.Option(help="flag (list what was found), redact ([EMAIL], [CARD]...) or "
                                              "refuse (exit 3 when anything is found).")] = "flag",
     kinds: Annotated[list[str], typer.Option("--kind", help="Kinds to look for (repeat; default all): email, "
-                                                           "card, iban, ssn, ipv4, ipv6, phone.")] = [],  # noqa: B006
+                                                           "card, iban, ssn, ipv4, ipv6, phone, offensive.")] = [],  # noqa: B006
+    threshold: Annotated[float, typer.Option(min=0.05, max=1.0, help="offensive: the model's probability from which "
+                                                                     "a sentence is offensive.")] = 0.8,
     out_file: Annotated[Path | None, typer.Option("--out", help="Where redact writes the text.")] = None,
 ) -> None:
-    """Find personal data in text offline (patterns with checksums) and flag, redact or refuse it."""
-    from genlab.responsible.pii import KINDS, find_pii, redact
+    """Find personal data and offensive sentences in text offline and flag, redact or refuse them."""
+    from genlab.responsible.filters import chosen_kinds, find, redact
 
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown or action not in ("flag", "redact", "refuse"):
-        raise GenlabError(f"--kind: {', '.join(unknown)} not one of {', '.join(KINDS)}" if unknown else
-                          f"--action: {action!r} is not one of flag, redact, refuse")
+    chosen = chosen_kinds(kinds)
+    if action not in ("flag", "redact", "refuse"):
+        raise GenlabError(f"--action: {action!r} is not one of flag, redact, refuse")
     if not source.is_file():
         raise GenlabError(f"{source}: no such file")
     lines = source.read_text(errors="replace").splitlines(keepends=True)
     found, cleaned = 0, []
     for number, line in enumerate(lines, 1):
-        findings = find_pii(line, kinds or KINDS)
+        findings = find(line, chosen, threshold)
         found += len(findings)
         for f in findings:
             out.print(f"{source}:{number}:{f.start + 1}: {f.kind}", highlight=False)
@@ -411,7 +412,7 @@ def export_run(
 ) -> None:
     """Export a run for deployment: a container build context, or ONNX graphs."""
     from genlab.export import export_docker, export_onnx
-    from genlab.serving.models import load_model
+    from genlab.serving.folders import load_model
 
     if to == "docker":
         out.print(f"wrote a build context to {export_docker(run_dir, out_dir)} (docker build -t NAME {out_dir})")

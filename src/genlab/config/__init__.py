@@ -46,6 +46,15 @@ class DataConfig(Section):
 
         return _one_of(value, source_names())
 
+    @field_validator("pipeline")
+    @classmethod
+    def _copies_after_dedup(cls, value: list | None) -> list | None:
+        names = [s.step for s in value or []]
+        if "swap_groups" in names and "deduplicate" in names and names.index("swap_groups") < names.index(
+                "deduplicate"):
+            raise ValueError("swap_groups runs after deduplicate, which would take its copies for near duplicates")
+        return value
+
 
 class ModelConfig(Section):
     """Fields every family shares; each family subclasses it with its own."""

@@ -85,7 +85,26 @@ class Augment(Section):
     color_jitter: float = Field(0.0, ge=0, lt=1)  # brightness, contrast and saturation each scaled by 1 +- this
 
 
-Step = Annotated[Validate | Clean | Normalize | Deduplicate | Missing | Labels | Split | Augment,
+GROUP_PAIRS = [("he", "she"), ("his", "her"), ("him", "her"), ("himself", "herself"), ("man", "woman"),
+               ("men", "women"), ("boy", "girl"), ("boys", "girls"), ("father", "mother"), ("fathers", "mothers"),
+               ("son", "daughter"), ("sons", "daughters"), ("brother", "sister"), ("brothers", "sisters"),
+               ("husband", "wife"), ("husbands", "wives"), ("king", "queen"), ("kings", "queens"), ("mr", "mrs"),
+               ("sir", "madam"), ("gentleman", "lady"), ("gentlemen", "ladies"), ("male", "female"),
+               ("uncle", "aunt"), ("nephew", "niece"), ("grandfather", "grandmother"), ("boyfriend", "girlfriend")]
+
+
+class SwapGroups(Section):
+    """Text: counterfactual augmentation. Each document that names a group gets a copy with every group term
+    swapped for its pair (he <-> she, man <-> woman...), in the same split; runs after deduplicate, which would
+    take the copies for near duplicates."""
+
+    step: Literal["swap_groups"] = "swap_groups"
+    # word pairs, swapped both ways on word boundaries, keeping capitals; a word in two pairs takes its first
+    # (her -> his, not him)
+    pairs: list[tuple[str, str]] = Field(default_factory=lambda: list(GROUP_PAIRS), min_length=1)
+
+
+Step = Annotated[Validate | Clean | Normalize | Deduplicate | Missing | Labels | Split | Augment | SwapGroups,
                  Field(discriminator="step")]
 
 DEFAULTS = {
@@ -98,5 +117,5 @@ DEFAULTS = {
 
 def default_pipeline(modality: str) -> list[Step]:
     kinds = {c.model_fields["step"].default: c for c in (Validate, Clean, Normalize, Deduplicate, Missing, Labels,
-                                                        Split, Augment)}
+                                                        Split, Augment, SwapGroups)}
     return [kinds[name]() for name in DEFAULTS[modality]]

@@ -18,7 +18,7 @@ import yaml
 
 import genlab
 from genlab.errors import GenlabError
-from genlab.serving.models import model_folder
+from genlab.serving.folders import model_folder
 
 PORT = 8000
 COMMAND = ["genlab", "serve", "model", "--config", "serve.yaml"]  # run from the image's WORKDIR

@@ -135,6 +135,8 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
         elif step.step == "deduplicate":
             dedup = stream.Deduplicator(step, log, data)
             items = dedup(items)
+        elif step.step == "swap_groups":
+            items = stream.swap_groups(items, step, log)
         else:
             log.notes.append("does not apply to text")
     staging = _staging(out)

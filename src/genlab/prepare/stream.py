@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import genlab.prepare.steps as steps
-from genlab.config.prepare import Clean, Deduplicate, Normalize
+from genlab.config.prepare import Clean, Deduplicate, Normalize, SwapGroups
 from genlab.prepare.dedup import digest, shingles
 from genlab.prepare.kinds import SPLITS
 from genlab.prepare.record import Item, StepLog
@@ -104,6 +105,44 @@ def normalize(items: Iterable[Item], opts: Normalize, log: StepLog) -> Iterator[
             return replace(item, value=item.value.lower())
         return item
     return timed(items, log, work)
+
+
+def swap_groups(items: Iterable[Item], opts: SwapGroups, log: StepLog) -> Iterator[Item]:
+    """Each document, then, when it names a group, its copy with the group terms swapped (the same split; a piece
+    of one long file is followed by its swapped copy in the same document)."""
+    swap, added = group_swapper(opts.pairs), 0
+
+    def work(item: Item) -> Item:
+        nonlocal added
+        swapped = swap(item.value)
+        if swapped != item.value:
+            added += 1
+            copies.append(replace(item, value=swapped, continues=item.continues or item.split is not None))
+        return item
+
+    copies: list[Item] = []
+    for item in timed(items, log, work):
+        yield item
+        while copies:
+            copy = copies.pop()
+            log.kept += not copy.continues
+            yield copy
+    log.changed = added
+    log.notes.append(f"{added} counterfactual copies added (group terms swapped)")
+
+
+def group_swapper(pairs: list[tuple[str, str]]) -> Callable[[str], str]:
+    """A function that swaps each pair's words both ways, on word boundaries, keeping their capitals."""
+    table: dict[str, str] = {}
+    for a, b in pairs:
+        table.setdefault(a.lower(), b.lower())
+        table.setdefault(b.lower(), a.lower())
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(table, key=len, reverse=True))) + r")\b", re.I)
+
+    def one(m: re.Match) -> str:
+        word, new = m.group(), table[m.group().lower()]
+        return new.upper() if word.isupper() and len(word) > 1 else new.capitalize() if word[0].isupper() else new
+    return lambda text: pattern.sub(one, text)
 
 
 class Deduplicator:

@@ -28,9 +28,10 @@ import genlab.serving.media as media
 import genlab.serving.text as text
 from genlab.errors import GenlabError
 from genlab.serving.config import ServeConfig
+from genlab.serving.folders import model_folder
 from genlab.serving.guard import Refused
 from genlab.serving.metrics import Metrics
-from genlab.serving.models import Served, load_served, model_folder
+from genlab.serving.models import Served, load_served
 from genlab.serving.server import Server, authorize, operator
 
 log = logging.getLogger("genlab.serve")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Discriminator, Field, Tag, ValidationError
+from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
 from genlab.config import Section
 from genlab.errors import ConfigError
@@ -51,12 +51,29 @@ class PIIFilter(Section):
     action: Literal["flag", "redact", "refuse"] = "redact"
 
 
+class OffensiveFilter(Section):
+    """Offensive sentences (genlab.responsible.offensive, alt-profanity-check): flagged, redacted as [OFFENSIVE], or
+    the output refused. A stream releases each sentence once it has ended and been judged."""
+
+    type: Literal["offensive"] = "offensive"
+    threshold: float = Field(0.8, ge=0.05, le=1.0)  # the model's probability from which a sentence is offensive
+    action: Literal["flag", "redact", "refuse"] = "redact"
+
+    @model_validator(mode="after")
+    def _installed(self) -> OffensiveFilter:
+        from genlab.responsible.offensive import available
+
+        if not available():
+            raise ValueError("an offensive-text filter needs alt-profanity-check: pip install 'genlab[audit]'")
+        return self
+
+
 def _filter_type(value: Any) -> str:
     return value.get("type", "blocklist") if isinstance(value, dict) else getattr(value, "type", "blocklist")
 
 
-OutputRule = Annotated[Annotated[BlocklistFilter, Tag("blocklist")] | Annotated[PIIFilter, Tag("pii")],
-                       Discriminator(_filter_type)]
+OutputRule = Annotated[Annotated[BlocklistFilter, Tag("blocklist")] | Annotated[PIIFilter, Tag("pii")]
+                       | Annotated[OffensiveFilter, Tag("offensive")], Discriminator(_filter_type)]
 
 
 class ServeConfig(Section):

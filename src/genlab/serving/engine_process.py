@@ -156,7 +156,7 @@ class RemoteEngine:
 
 def _child(fd: int) -> None:
     """The child's side: load the model, run the engine, and relay messages until told to stop."""
-    from genlab.serving.models import load_model
+    from genlab.serving.folders import load_model
 
     conn = Connection(fd)
     folder, options = conn.recv()

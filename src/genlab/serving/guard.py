@@ -9,8 +9,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from genlab.responsible.offensive import find_offensive, judged_upto
 from genlab.responsible.pii import LONGEST, find_pii, redact
-from genlab.serving.config import BlocklistFilter, PIIFilter, ServeConfig
+from genlab.serving.config import BlocklistFilter, OffensiveFilter, PIIFilter, ServeConfig
 
 MAX_IDENTITIES = 10_000  # buckets kept before full ones are forgotten (addresses, when no keys are set)
 
@@ -141,24 +142,25 @@ class OutputFilter:
     back from the end, and never inside a finding, so a term split across tokens is judged whole before any
     of it is sent."""
 
-    def __init__(self, filters: list[BlocklistFilter | PIIFilter]) -> None:
+    def __init__(self, filters: list[BlocklistFilter | PIIFilter | OffensiveFilter]) -> None:
         self.rules = [(f, re.compile(r"\b(?:" + "|".join(map(re.escape, f.terms)) + r")\b", re.IGNORECASE))
                       for f in filters if isinstance(f, BlocklistFilter) and f.terms]
-        self.pii = [f for f in filters if isinstance(f, PIIFilter)]
-        self.hold = max([len(t) for f, _ in self.rules for t in f.terms] + ([LONGEST] if self.pii else []),
-                        default=0)
-        self.text, self.released = "", 0
+        self.finders = [f for f in filters if isinstance(f, PIIFilter | OffensiveFilter)]
+        pii = any(isinstance(f, PIIFilter) for f in filters)
+        self.hold = max([len(t) for f, _ in self.rules for t in f.terms] + ([LONGEST] if pii else []), default=0)
+        self.text, self.released, self.finished = "", 0, False
         self.verdict: Verdict | None = None
 
     def feed(self, delta: str) -> str:
         """Text that may be sent now."""
         self.text += delta
-        if not self.rules and not self.pii:
+        if not self.rules and not self.finders:
             return self._release(len(self.text))
         return self._release(self.text.rfind(" ", self.released, max(len(self.text) - self.hold, 0)) + 1)
 
     def finish(self) -> str:
         """The rest of the text, once the output is complete."""
+        self.finished = True
         return self._release(len(self.text))
 
     def _judge(self, verdict: Verdict) -> None:
@@ -172,8 +174,8 @@ class OutputFilter:
             if rule.action == "refuse" and pattern.search(self.text):
                 self.verdict = Verdict(rule.type, "refuse", "the output contains a blocked term")
                 return ""
-        for rule in self.pii:
-            upto = self._personal_data(rule, upto)
+        for rule in self.finders:
+            upto = self._findings(rule, upto)
             if self.verdict and self.verdict.action == "refuse":
                 return ""
         end = len(self.text) - upto  # measured from the end: replacements change lengths before it
@@ -189,16 +191,32 @@ class OutputFilter:
         out, self.released = self.text[self.released:upto], upto
         return out
 
-    def _personal_data(self, rule: PIIFilter, upto: int) -> int:
-        """Act on the findings that end before `upto` (held back to a finding's start, never inside it); returns
-        where release may go now."""
-        found = find_pii(self.text[self.released:], rule.kinds)
-        for f in found:
-            if f.start < upto - self.released < f.end:
-                upto = self.released + f.start
+    def _findings(self, rule: PIIFilter | OffensiveFilter, upto: int) -> int:
+        """Act on the rule's findings that end before `upto` (release held back to a finding's start, never inside
+        it; an offensive sentence is judged once it has ended); returns where release may go now."""
+        if isinstance(rule, OffensiveFilter):
+            if not self.finished:
+                upto = self.released + judged_upto(self.text[self.released:upto])
+            found, what = find_offensive(self.text[self.released:upto], rule.threshold), "offensive text"
+        else:
+            found, what = find_pii(self.text[self.released:], rule.kinds), "personal data"
+            for f in found:
+                if f.start < upto - self.released < f.end:
+                    upto = self.released + f.start
         final = [f for f in found if f.end <= upto - self.released]
         if not final:
             return upto
+        kinds = ", ".join(sorted({f.kind for f in final}))
+        if rule.action == "refuse":
+            self.verdict = Verdict(rule.type, "refuse", f"the output holds {what} ({kinds})")
+        elif rule.action == "flag":
+            self._judge(Verdict(rule.type, "flag", f"the output holds {what} ({kinds})"))
+        else:
+            part = redact(self.text[self.released:upto], final)
+            self.text = self.text[:self.released] + part + self.text[upto:]
+            upto = self.released + len(part)
+            self._judge(Verdict(rule.type, "redact", f"{what} redacted ({kinds})"))
+        return upto
         kinds = ", ".join(sorted({f.kind for f in final}))
         if rule.action == "refuse":
             self.verdict = Verdict("pii", "refuse", f"the output holds personal data ({kinds})")
