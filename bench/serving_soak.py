@@ -1,7 +1,7 @@
 """genlab serve soaked: many clients on a mixed load for minutes, as a hostile world would send it.
 
 Trains a small character LM and the digits diffusion model, starts `genlab serve` on both (a separate
-process, its memory sampled from /proc), then runs CLIENTS clients for SECONDS: streamed and plain
+process, its memory and its children's sampled from /proc), then runs CLIENTS clients for SECONDS: streamed and plain
 completions, chat, images, deliberately bad requests (each must get a 4xx that names its field), and
 clients that disconnect mid-stream. Prints requests by kind and status, any 5xx, the bad requests
 answered wrongly, and the server's resident memory over the first and last 30 s. Figures only.
@@ -44,10 +44,15 @@ BAD = [({"model": "lm", "prompt": "x", "max_tokens": 10**9}, "max_tokens"),
 
 
 def rss_mb(pid: int) -> float:
+    """Resident memory of the server and its children (the text engine's process)."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+            total += int(line.split()[1]) / 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += rss_mb(int(child))
+    return total
 
 
 async def one(client: httpx.AsyncClient, rng: random.Random, tally: collections.Counter, wrong: list) -> None:

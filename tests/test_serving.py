@@ -28,7 +28,8 @@ from genlab.serving.engine import TextParams
 from genlab.serving.models import ServedLM
 
 # the text engine in a thread of the test's process: tests of what the server does around the engine need not wait
-# for an engine process to import torch (the tests that start one say so by leaving the default)
+# for an engine process to import torch. The default (a process) is what the cancellation, engine-process,
+# lm-evaluation-harness and fuzz tests serve.
 THREAD = {"engine": "thread"}
 
 
@@ -68,7 +69,7 @@ def png(b64: str) -> Image.Image:
 def test_the_official_openai_client_does_everything_it_is_asked(runs):
     from openai import OpenAI
 
-    app = serve_app([runs["lm"].path, runs["digits"].path], ServeConfig(names=["lm", "digits"]))
+    app = serve_app([runs["lm"].path, runs["digits"].path], ServeConfig(**THREAD, names=["lm", "digits"]))
     with running(app) as url:
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         assert {m.id for m in client.models.list()} == {"lm", "digits"}
