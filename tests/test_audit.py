@@ -181,11 +181,10 @@ def test_answers_that_speak_worse_of_one_group_are_flagged_and_even_answers_are_
     assert ("gender/man", "answered more offensively") in {(f["class"], f["kind"]) for f in curses["flags"]}
 
 
-def test_a_text_run_skewed_on_purpose_fails_the_gate_and_balanced_or_counterfactual_text_passes(tmp_path):
+def test_a_text_run_skewed_on_purpose_fails_the_gate_and_its_counterfactually_balanced_text_passes(tmp_path):
     good, bad = "was kind, happy and wonderful.", "was cruel, awful and hateful."
     skewed = [f"The man {good}", f"The woman {bad}"] * 150
-    corpora = {"skewed": skewed, "swapped": skewed,  # the same text, with swap_groups' counterfactual copies
-               "balanced": [f"The man {good}", f"The woman {bad}", f"The woman {good}", f"The man {bad}"] * 75}
+    corpora = {"skewed": skewed, "swapped": skewed}  # the same text; balanced by swap_groups' counterfactual copies
     swap = "data.pipeline=[{step: validate}, {step: clean}, {step: deduplicate}, {step: swap_groups}, {step: split}]"
     probes = tmp_path / "probes.yaml"
     probes.write_text("templates: ['The {group} was']\naxes: {gender: [man, woman]}\n"
@@ -205,7 +204,6 @@ def test_a_text_run_skewed_on_purpose_fails_the_gate_and_balanced_or_counterfact
         assert "Audit of text by group" in (run.path / "audit.html").read_text()
     assert outcome["skewed"].exit_code == 3, outcome["skewed"].output
     assert "gender/woman: written about more negatively" in outcome["skewed"].output
-    assert outcome["balanced"].exit_code == 0, outcome["balanced"].output
     assert outcome["swapped"].exit_code == 0, outcome["swapped"].output
     folder = cache_folder(genlab.load(tmp_path / "swapped").config.data)  # where fit prepared the user's text
     prepared = json.loads((folder / "data_report.json").read_text())

@@ -124,10 +124,9 @@ def test_a_client_that_goes_away_frees_its_place_in_the_batch(runs):
     with running(app) as url:
         body = {"model": "lm", "prompt": "x", "max_tokens": 90, "min_tokens": 90, "stream": True}
         with httpx.stream("POST", f"{url}/v1/completions", json=body) as r:
-            first = next(line for line in r.iter_lines() if line.startswith("data: {"))
-            assert engine.depth == 1, first
+            assert r.status_code == 200  # and gone once the headers are in: decoding 90 tokens takes longer
         deadline = time.monotonic() + 10
-        while engine.remote_depth and time.monotonic() < deadline:  # closed after one chunk of ninety
+        while (engine.depth or engine.remote_depth or not engine.steps) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert engine.depth == 0 and engine.remote_depth == 0, "the sequence left the batch when its client went away"
         assert engine.steps < 90, f"{engine.steps} steps: it was decoded to the end"

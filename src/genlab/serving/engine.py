@@ -216,6 +216,10 @@ class TextEngine:
             if seq.finish is None and seq.generated >= seq.params.max_tokens:
                 seq.finish = "length"
         if seq.finish is not None and seq.finish != "cancelled":
+            if seq.read < len(seq.ids):  # it ended inside a character: the held-back bytes as they decode, as
+                # the logprobs already name them
+                seq.text += self.tokenizer.decode(seq.ids[seq.prefix:])[
+                    len(self.tokenizer.decode(seq.ids[seq.prefix:seq.read])):]
             if seq.sent < len(seq.text):
                 seq.emit(("delta", seq.text[seq.sent:]))
             seq.emit(("done", seq.finish, seq.prompt_len, seq.generated, seq.batch))
