@@ -68,7 +68,10 @@ class RemoteEngine:
         self._conn = Connection(ours.detach())
         self._conn.send((str(folder), {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
                                        "max_queue": max_queue}))
-        reply = self._conn.recv() if self._conn.poll(START_SECONDS) else ("failed", "no answer")
+        try:
+            reply = self._conn.recv() if self._conn.poll(START_SECONDS) else ("failed", "no answer")
+        except (EOFError, OSError):  # it died before answering (its error is on stderr)
+            reply = ("failed", f"it exited with code {self._proc.wait()}")
         if reply[0] != "ready":
             self._proc.kill()
             raise GenlabError(f"{folder}: the text engine's process did not start: {reply[1]}")
