@@ -621,3 +621,11 @@ def test_frequency_and_presence_penalties_follow_openai(runs):
         assert logits[0, 7] == 3.0, "the batch's logits are left as they were"
     finally:
         served.stop(1)
+
+
+def test_an_engine_process_that_cannot_load_its_model_says_why(tmp_path):
+    from genlab.errors import GenlabError
+    from genlab.serving.engine_process import RemoteEngine
+
+    with pytest.raises(GenlabError, match="the text engine's process did not start: GenlabError: .*neither a run"):
+        RemoteEngine(tmp_path)

@@ -74,6 +74,8 @@ class RemoteEngine:
             reply = ("failed", f"it exited with code {self._proc.wait()}")
         if reply[0] != "ready":
             self._proc.kill()
+            self._proc.wait()
+            self._conn.close()
             raise GenlabError(f"{folder}: the text engine's process did not start: {reply[1]}")
         self.bound = max_queue + max_batch_size  # waiting plus decoding, as TextEngine's queue and batch allow
         self.on_step = on_step or (lambda size: None)
