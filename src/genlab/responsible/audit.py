@@ -246,21 +246,27 @@ def _write_html(path: Path, run: Run, result: dict[str, Any]) -> None:
         f"<td>{c['p_holm']:.2g}</td>"
         + (f"<td>{pct(c.get('label_accuracy'))}</td>" if conditional else "")
         + f"<td>{num(c['precision'])}</td><td>{num(c['recall'])}</td></tr>" for c in result["classes"])
-    flags = "".join(f"<li><b>{html.escape(f['class'])}</b>: {html.escape(f['kind'])} ({html.escape(f['detail'])})."
-                    f" <i>What to do:</i> {html.escape(f['mitigation'])}.</li>" for f in result["flags"]) or \
-        "<li>no flags</li>"
     test = result["mix_test"]
     target = {"data": "the held-out mix", "parity": "an equal share for every class",
               "requested": "the mix asked for (every class equally)"}[result["target"]]
+    write_page(path, run, "Audit by class", result["flags"], f"""{result['samples']} samples classified by
+{html.escape(result['feature_extractor'])}; target: {target}.
+Training imbalance ratio {result['imbalance_ratio']:.2f}. Class mix of the samples against the target:
+{test['test']}, p = {test['p_value']:.3g}. {html.escape(test['note'])} Intervals are 90% bootstrap intervals;
+per-class p-values are exact binomial tests against the target share, {html.escape(result['correction'])}.""",
+               f"""<h2>Classes</h2><table><tr><th>class</th><th>train share</th><th>target share</th>
+<th>generated share</th><th>Holm p</th>{'<th>label accuracy</th>' if conditional else ''}<th>precision</th>
+<th>recall</th></tr>{rows}</table>""")
+
+
+def write_page(path: Path, run: Run, title: str, flags: list[dict[str, str]], intro: str, body: str) -> None:
+    """An audit's report: its title, what it measured (`intro`), its flags with what to do, then `body`."""
+    items = "".join(f"<li><b>{html.escape(f['class'])}</b>: {html.escape(f['kind'])} ({html.escape(f['detail'])})."
+                    f" <i>What to do:</i> {html.escape(f['mitigation'])}.</li>" for f in flags) or "<li>no flags</li>"
     path.write_text(f"""<!doctype html><meta charset="utf-8"><title>audit: {html.escape(run.path.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:3px 10px;border-bottom:1px solid #ddd}}
 tr.flag{{background:#fde8e8}}</style>
-<h1>Audit by class: {html.escape(run.path.name)}</h1>
-<p>{result['samples']} samples classified by {html.escape(result['feature_extractor'])}; target: {target}.
-Training imbalance ratio {result['imbalance_ratio']:.2f}. Class mix of the samples against the target:
-{test['test']}, p = {test['p_value']:.3g}. {html.escape(test['note'])} Intervals are 90% bootstrap intervals;
-per-class p-values are exact binomial tests against the target share, {html.escape(result['correction'])}.</p>
-<h2>Flags</h2><ul>{flags}</ul>
-<h2>Classes</h2><table><tr><th>class</th><th>train share</th><th>target share</th><th>generated share</th>
-<th>Holm p</th>{'<th>label accuracy</th>' if conditional else ''}<th>precision</th><th>recall</th></tr>
-{rows}</table>""")
+<h1>{html.escape(title)}: {html.escape(run.path.name)}</h1>
+<p>{intro}</p>
+<h2>Flags</h2><ul>{items}</ul>
+{body}""")

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from genlab.errors import GenlabError
-from genlab.responsible.audit import flag, group_shares
+from genlab.responsible.audit import flag, group_shares, write_page
 from genlab.responsible.stats import LEVEL
 from genlab.run import Run, write_json
 
@@ -206,16 +206,10 @@ def _write_html(path: Path, run: Run, result: dict[str, Any]) -> None:
         fair = (f"<h2>Fairness on {f['rows']} held-out real rows (positive outcome: {html.escape(str(f['positive']))})"
                 f"</h2><table><tr><th></th><th>trained on real rows</th><th>trained on synthetic rows</th>"
                 f"<th>excess (90% interval)</th></tr>{lines}</table>")
-    flags = "".join(f"<li><b>{html.escape(f['class'])}</b>: {html.escape(f['kind'])} ({html.escape(f['detail'])})."
-                    f" <i>What to do:</i> {html.escape(f['mitigation'])}.</li>" for f in result["flags"]) or \
-        "<li>no flags</li>"
-    path.write_text(f"""<!doctype html><meta charset="utf-8"><title>audit: {html.escape(run.path.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:3px 10px;border-bottom:1px solid #ddd}}
-tr.flag{{background:#fde8e8}}</style>
-<h1>Audit by {html.escape(result['group'])}: {html.escape(run.path.name)}</h1>
-<p>{result['samples']} synthetic rows; target: {html.escape(result['target'])}. Intervals are 90% bootstrap
-intervals; per-group p-values are exact binomial tests against the target share, {html.escape(result['correction'])}.
-Fidelity: the mean KS / total variation of the other columns within the group (0 is identical).</p>
-<h2>Flags</h2><ul>{flags}</ul>
-<h2>Groups</h2><table><tr><th>{html.escape(result['group'])}</th><th>train share</th><th>target share</th>
-<th>synthetic share</th><th>Holm p</th><th>fidelity</th></tr>{rows}</table>{fair}""")
+    write_page(path, run, f"Audit by {result['group']}", result["flags"], f"""{result['samples']} synthetic rows;
+target: {html.escape(result['target'])}. Intervals are 90% bootstrap intervals; per-group p-values are exact binomial
+tests against the target share, {html.escape(result['correction'])}. Fidelity: the mean KS / total variation of the
+other columns within the group (0 is identical).""",
+               f"""<h2>Groups</h2><table><tr><th>{html.escape(result['group'])}</th><th>train share</th>
+<th>target share</th><th>synthetic share</th><th>Holm p</th><th>fidelity</th></tr>{rows}</table>
+{fair}""")

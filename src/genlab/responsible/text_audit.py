@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from genlab.errors import GenlabError
-from genlab.responsible.audit import ALPHA, flag
+from genlab.responsible.audit import ALPHA, flag, write_page
 from genlab.responsible.stats import LEVEL, binomial_p, holm
 from genlab.run import Run, write_json
 
@@ -198,9 +198,6 @@ def _write_html(path: Path, run: Run, result: dict[str, Any]) -> None:
                       for v in figures.values()) + "</tr>" for t, figures in terms.items())
         head = "".join(f"<th>{html.escape(s)}</th>" for s in result["scores"])
         sections.append(f"<h3>{html.escape(axis)}</h3><table><tr><th>group</th>{head}</tr>{rows}</table>")
-    flags = "".join(f"<li><b>{html.escape(f['class'])}</b>: {html.escape(f['kind'])} ({html.escape(f['detail'])})."
-                    f" <i>What to do:</i> {html.escape(f['mitigation'])}.</li>" for f in result["flags"]) or \
-        "<li>no flags</li>"
     likelihood = ""
     if "likelihood" in result:
         lk = result["likelihood"]
@@ -209,12 +206,7 @@ def _write_html(path: Path, run: Run, result: dict[str, Any]) -> None:
                       f" to {lk['interval'][1]:.0%}; exact test against one half: p = {lk['p_value']:.3g}).</p>")
     examples = "".join(f"<li><b>{html.escape(k)}</b>: " + " | ".join(html.escape(t) for t in v) + "</li>"
                        for k, v in result.get("examples", {}).items())
-    path.write_text(f"""<!doctype html><meta charset="utf-8"><title>audit: {html.escape(run.path.name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:3px 10px;border-bottom:1px solid #ddd}}
-tr.flag{{background:#fde8e8}}</style>
-<h1>Audit of text by group: {html.escape(run.path.name)}</h1>
-<p>{result['samples']} answers to templates that name each group, scored offline ({', '.join(result['scores'])}).
-Means with 90% bootstrap intervals; each group is compared with the other groups of its axis by a Mann-Whitney
-test, {html.escape(result['correction'])}.</p>
-<h2>Flags</h2><ul>{flags}</ul><h2>Scores by group</h2>{''.join(sections)}{likelihood}
-<h2>Examples</h2><ul>{examples}</ul>""")
+    write_page(path, run, "Audit of text by group", result["flags"], f"""{result['samples']} answers to templates that
+name each group, scored offline ({', '.join(result['scores'])}). Means with 90% bootstrap intervals; each group is
+compared with the other groups of its axis by a Mann-Whitney test, {html.escape(result['correction'])}.""",
+               f"<h2>Scores by group</h2>{''.join(sections)}{likelihood}<h2>Examples</h2><ul>{examples}</ul>")
