@@ -59,7 +59,8 @@ def test_fit_sample_info_evaluate_from_the_command_line(tmp_path):
     assert json.loads(genlab("info", run, "--json").stdout)["metrics"]["fid"] == metrics["fid"]
 
     report = (run / "report.html").read_text()
-    assert f"{metrics['fid']:.4g}" in report and report.count("data:image/png;base64,") == 2
+    # three pictures: generated, held-out real, and the samples nearest a training image
+    assert f"{metrics['fid']:.4g}" in report and report.count("data:image/png;base64,") == 3
     assert "<polyline" in report, "the loss curve is drawn from the run's TensorBoard events"
     assert not re.search(r"(src|href)=['\"]?https?:", report), "the report is self-contained"
 

@@ -24,6 +24,8 @@ def test_fid_of_the_trained_demo_model_is_far_below_the_untrained_one(tmp_path):
     assert good["classifier_accuracy"] > 0.9, "the feature extractor itself must be meaningful"
     # each run trained its own extractor; on the same data they must be the same one, or FIDs do not compare
     assert good["fid_real_baseline"] == bad["fid_real_baseline"]
+    assert good["memorized_share"] <= 0.1 and good["memorized_radius"] == bad["memorized_radius"] > 0
+    assert "samples nearest a training image" in trained.paths.report.read_text()
 
 
 def test_unlabelled_image_folder_trains_and_evaluates_with_random_features(tmp_path):
@@ -48,13 +50,14 @@ def test_unlabelled_image_folder_trains_and_evaluates_with_random_features(tmp_p
     assert "classifier_accuracy" not in metrics
 
 
-def test_density_coverage_and_inception_score_tell_real_images_from_copies_and_noise(tmp_path):
+def test_density_coverage_inception_score_and_memorization_tell_real_images_from_copies_and_noise(tmp_path):
     import torch
 
     from genlab.config import load_config
     from genlab.data import load_dataset
     from genlab.evaluation.features import feature_net
-    from genlab.evaluation.metrics import density_coverage, inception_score
+    from genlab.evaluation.metrics import density_coverage, image_features, inception_score
+    from genlab.responsible.memorization import ImageCopies
 
     data = load_dataset(load_config(None, ["data.image_size=8"]).data)
     net, _ = feature_net(data.train, 10, 300, tmp_path)
@@ -65,3 +68,13 @@ def test_density_coverage_and_inception_score_tell_real_images_from_copies_and_n
     assert 0.6 < faithful["density"] < 1.5 and faithful["coverage"] > 0.8  # measured: 0.99 and 0.97
     assert copies["coverage"] < 0.05 and noise["coverage"] < 0.25 and noise["density"] < 0.3  # 0.01; 0.09, 0.12
     assert inception_score(net, real)[0] > 5 and inception_score(net, one)[0] < 1.1
+
+    # memorization: a "model" that returns training images (even with a little noise) is flagged; one that
+    # returns real images it never saw is not
+    train = data.train.x / 2 + 0.5
+    noise = 0.02 * torch.randn(train[:180].shape, generator=torch.Generator().manual_seed(1))
+    check = ImageCopies(image_features(net, train), image_features(net, real))
+    copied, noisy, unseen = (check.figures(image_features(net, x))["memorized_share"]
+                             for x in (train[:180], (train[:180] + noise).clamp(0, 1), other))
+    print(f"memorized share: training images {copied:.2f}, with noise {noisy:.2f}, held-out images {unseen:.2f}")
+    assert copied == 1.0 and noisy > 0.9 and unseen <= 0.05

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import re
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import genlab
+from genlab.errors import GenlabError
+from genlab.responsible.memorization import INDEX_FILE, CopyIndex
 from genlab.serving import ServeConfig, serve_app
 from genlab.serving.engine import TextParams
 from genlab.serving.models import ServedLM
@@ -418,6 +421,26 @@ def test_filters_refuse_or_replace_blocked_terms_and_are_counted(runs):
     pieces = [json.loads(line[6:])["choices"][0]["text"] for line in streamed.splitlines()
               if line.startswith("data: {")]
     assert kept["text"] == text == "".join(pieces) and kept["finish_reason"] == "length"
+
+
+def test_the_memorized_filter_redacts_copies_of_the_served_models_training_text(runs, tmp_path):
+    body = {"model": "lm", "prompt": "The ", "max_tokens": 60, "min_tokens": 60, "temperature": 0.7, "seed": 0}
+    with client_for(runs) as client:
+        text = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    run = tmp_path / "lm"
+    shutil.copytree(runs["lm"].path, run)  # the same model, as if its training text held this very output
+    CopyIndex.build(["<" + text[5:] + ">"]).save(run / "model")
+    memorized = ServeConfig(**THREAD, names=["lm"], filters=[{"type": "memorized", "action": "redact"}])
+    with TestClient(serve_app([run], memorized)) as client:
+        whole = client.post("/v1/completions", json=body).json()["choices"][0]
+        streamed = client.post("/v1/completions", json={**body, "stream": True}).text
+    pieces = [json.loads(line[6:])["choices"][0]["text"] for line in streamed.splitlines()
+              if line.startswith("data: {")]
+    assert whole["text"] == text[:5] + "[MEMORIZED]" == "".join(pieces)
+    assert whole["genlab_filter"]["reason"].startswith("text copied from training redacted")
+    (run / "model" / INDEX_FILE).unlink()
+    with pytest.raises(GenlabError, match="the memorized filter needs the training-text index"):
+        serve_app([run], memorized)
 
 
 def test_metrics_and_one_json_log_line_per_request(runs, caplog):

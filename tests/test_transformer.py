@@ -8,11 +8,14 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 import genlab
+from genlab.cli import app
 from genlab.data import load_dataset
 from genlab.evaluation.text import held_out_loss
 from genlab.models import Transformer
+from genlab.responsible.memorization import CopyIndex
 
 from .test_training import Crash
 
@@ -88,8 +91,25 @@ def test_evaluate_scores_held_out_text_and_reports_continuations(lm_run):
     assert m["perplexity"] == pytest.approx(2.718281828 ** m["loss"])
     assert 0 < m["distinct_1"] <= 1 and 0 < m["distinct_2"] <= 1 and m["num_generated"] == 6
     assert 1.0 < m["bits_per_character"] < 8
+    assert m["copied_share"] == 0.0  # 20-token continuations cannot hold a 50-character copy
     report = lm_run.paths.report.read_text()
     assert "bits per character" in report and report.count("<pre>") >= 6
+
+
+def test_the_model_folder_keeps_a_copy_index_of_its_training_text_that_genlab_filter_uses(lm_run, tmp_path):
+    documents = load_dataset(lm_run.config.data).train.x
+    index = CopyIndex.load(lm_run.path / "model")
+    assert len(index) > 0.5 * sum(len(d) for d in documents)
+    passage = max(documents, key=len)[:120]
+    source = tmp_path / "out.txt"
+    source.write_text(f"first line\nsome words of my own, then {passage} and mine again\n")
+    listed = CliRunner().invoke(app, ["filter", str(source), "--model", str(lm_run.path), "--kind", "memorized"])
+    assert listed.exit_code == 0 and f"{source}:2:28: memorized" in listed.output, listed.output
+    assert "1 finding(s)" in listed.output
+    redacted = CliRunner().invoke(app, ["filter", str(source), "--model", str(lm_run.path), "--action", "redact"])
+    assert redacted.exit_code == 0 and "[MEMORIZED] and mine again" in (tmp_path / "out.redacted.txt").read_text()
+    alone = CliRunner().invoke(app, ["filter", str(source), "--kind", "memorized"])
+    assert alone.exit_code == 1 and "name the model" in alone.output
 
 
 def test_cli_samples_text_and_rejects_image_options(lm_run, tmp_path):

@@ -239,39 +239,48 @@ def audit(
 @app.command("filter")
 @_user_errors
 def filter_text(
-    source: Annotated[Path, typer.Argument(help="A text file (one document, or one per line: findings name "
-                                                "the line).")],
+    source: Annotated[Path, typer.Argument(help="A text file (findings are named by line and column).")],
     action: Annotated[str, typer.Option(help="flag (list what was found), redact ([EMAIL], [CARD]...) or "
                                              "refuse (exit 3 when anything is found).")] = "flag",
     kinds: Annotated[list[str], typer.Option("--kind", help="Kinds to look for (repeat; default all): email, "
-                                                           "card, iban, ssn, ipv4, ipv6, phone, offensive.")] = [],  # noqa: B006
+                                                           "card, iban, ssn, ipv4, ipv6, phone, offensive, "
+                                                           "memorized.")] = [],  # noqa: B006
     threshold: Annotated[float, typer.Option(min=0.05, max=1.0, help="offensive: the model's probability from which "
                                                                      "a sentence is offensive.")] = 0.8,
+    model: Annotated[Path | None, typer.Option(help="memorized: the text model (run or model folder) whose "
+                                                    "training text copies are looked for.")] = None,
+    min_chars: Annotated[int, typer.Option(min=50, help="memorized: the shortest copy reported.")] = 50,
     out_file: Annotated[Path | None, typer.Option("--out", help="Where redact writes the text.")] = None,
 ) -> None:
-    """Find personal data and offensive sentences in text offline and flag, redact or refuse them."""
+    """Find personal data, offensive sentences and copied training text offline; flag, redact or refuse them."""
     from genlab.responsible.filters import chosen_kinds, find, redact
+    from genlab.responsible.memorization import INDEX_FILE, CopyIndex
+    from genlab.serving.folders import model_folder
 
-    chosen = chosen_kinds(kinds)
+    copies = None
+    if model is not None:
+        folder = model_folder(model)[0]
+        copies = CopyIndex.load(folder)
+        if copies is None:
+            raise GenlabError(f"--model {model}: its folder has no training-text index ({INDEX_FILE}); text "
+                              "models fitted by this genlab keep one")
+    chosen = chosen_kinds(kinds, copies)
     if action not in ("flag", "redact", "refuse"):
         raise GenlabError(f"--action: {action!r} is not one of flag, redact, refuse")
     if not source.is_file():
         raise GenlabError(f"{source}: no such file")
-    lines = source.read_text(errors="replace").splitlines(keepends=True)
-    found, cleaned = 0, []
-    for number, line in enumerate(lines, 1):
-        findings = find(line, chosen, threshold)
-        found += len(findings)
-        for f in findings:
-            out.print(f"{source}:{number}:{f.start + 1}: {f.kind}", highlight=False)
-        cleaned.append(redact(line, findings))
+    text = source.read_text(errors="replace")
+    findings = find(text, chosen, threshold, copies, min_chars)
+    for f in findings:
+        line = text.count("\n", 0, f.start) + 1
+        out.print(f"{source}:{line}:{f.start - text.rfind(chr(10), 0, f.start)}: {f.kind}", highlight=False)
     if action == "redact":
         target = out_file or source.with_name(f"{source.stem}.redacted{source.suffix}")
-        target.write_text("".join(cleaned))
-        out.print(f"redacted {found} finding(s) into {target}")
+        target.write_text(redact(text, findings))
+        out.print(f"redacted {len(findings)} finding(s) into {target}")
     else:
-        out.print(f"{found} finding(s) in {source}")
-    if action == "refuse" and found:
+        out.print(f"{len(findings)} finding(s) in {source}")
+    if action == "refuse" and findings:
         raise typer.Exit(3)
 
 

@@ -21,7 +21,8 @@ from genlab.config import EvalConfig
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
 from genlab.evaluation.features import FeatureNet, feature_net, predict
-from genlab.evaluation.report import IMAGE_METRICS, image_samples, write_report
+from genlab.evaluation.report import IMAGE_METRICS, image_rows, image_samples, write_report
+from genlab.responsible.memorization import ImageCopies
 from genlab.run import Run, write_json
 
 
@@ -51,6 +52,8 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Cal
         **density_coverage(net, real_test, fake),
         "fid_interval": fid_interval(net, real_test, fake, seed=ev.seed),
     }
+    copies = ImageCopies(image_features(net, real_train), image_features(net, real_test))
+    metrics.update(copies.figures(image_features(net, fake)))
     if dataset.spec.num_classes > 1 and held_out.y is not None:
         k = dataset.spec.num_classes
         predicted = predict(net, fake)
@@ -77,8 +80,19 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Cal
     setup = [("feature extractor", extractor),
              ("samples", f"{len(fake)} generated, {len(real_test)} real ({metrics['real_split']})"),
              ("sampling", ", ".join(f"{k} {v}" for k, v in options.items()) + f", seed {ev.seed}")]
-    write_report(run, rows, setup, image_samples(fake, real_test))
+    write_report(run, rows, setup, image_samples(fake, real_test) + nearest_gallery(net, copies, fake, real_train))
     return metrics
+
+
+def nearest_gallery(net: FeatureNet, copies: ImageCopies, fake: torch.Tensor, train: torch.Tensor,
+                    n: int = 8) -> str:
+    """The `n` samples nearest a training image, each above its nearest training image: what a reviewer looks at
+    to judge copying."""
+    distances, index = copies.nearest(image_features(net, fake))
+    closest = distances.argsort()[:n]
+    caption = (f"the {len(closest)} samples nearest a training image (top) and that image (bottom); "
+               f"nearer than {copies.radius:.3g} counts as a copy")
+    return image_rows(torch.cat([fake[closest], train[index[closest]]]), len(closest), caption)
 
 
 def generate_images(model, ev, options: dict[str, Any], labels: torch.Tensor | None) -> torch.Tensor:

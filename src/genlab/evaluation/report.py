@@ -26,6 +26,8 @@ IMAGE_METRICS = {
     "coverage": "coverage: real k-NN balls holding a sample (0 to 1)",
     "inception_score": "Inception Score with the domain classifier (at most the number of classes)",
     "inception_score_real": "Inception Score of held-out real images",
+    "memorized_share": "memorized: samples nearer a training image than held-out images come (0 to 1)",
+    "memorized_share_real": "the same share for held-out real images (the floor)",
     "classifier_accuracy": "feature classifier accuracy on held-out real",
     "class_distribution_tv": "class balance: total variation to the real mix (0 = same)",
     "conditional_accuracy": "generated images classified as the requested class",

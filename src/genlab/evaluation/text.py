@@ -17,6 +17,7 @@ from genlab.config import EvalConfig
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
 from genlab.evaluation.report import text_samples, write_report
+from genlab.responsible.memorization import WINDOW
 from genlab.run import Run, write_json
 
 PROMPT_TOKENS = 16  # each continuation starts from this many tokens of a held-out window
@@ -64,6 +65,8 @@ def evaluate_text(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str
         **scores,
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
+        # the share of continuations holding a 50+ character copy of the training text (None: no index kept)
+        "copied_share": None if model.copies is None else model.copies.copied_share(texts),
         "split": split,
         "num_generated": len(texts),
         "sampling": options,
@@ -75,6 +78,9 @@ def evaluate_text(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str
     rows = [(f"loss on {split} (nats/token)", f"{scores['loss']:.4f}"), ("perplexity", f"{scores['perplexity']:.4g}"),
             ("bits per character", f"{scores['bits_per_character']:.4f}"),
             ("distinct-1 / distinct-2 of generations", f"{metrics['distinct_1']:.3f} / {metrics['distinct_2']:.3f}")]
+    if metrics["copied_share"] is not None:
+        rows.append((f"continuations copying {WINDOW}+ characters of the training text",
+                     f"{metrics['copied_share']:.1%}"))
     setup = [("scored", f"{scores['tokens']:,} tokens, {scores['characters']:,} characters of the {split} split"),
              ("generated", f"{len(texts)} continuations of {PROMPT_TOKENS}-token openings"),
              ("sampling", ", ".join(f"{k} {v}" for k, v in options.items()) + f", seed {ev.seed}")]

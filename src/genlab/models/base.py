@@ -11,7 +11,7 @@ import json
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 import torch
@@ -26,6 +26,9 @@ from genlab.models.protocol import IMAGE_FIGURES, Figure, Graph
 from genlab.outputs import IMAGES, Media
 from genlab.training.lightning_internals import step_not_counted
 from genlab.training.optim import build_optimizer, build_schedule
+
+if TYPE_CHECKING:
+    from genlab.responsible.memorization import CopyIndex
 
 META_FILE = "genlab.json"  # beside the ecosystem's own files in a model folder
 
@@ -50,6 +53,7 @@ class GenerativeModel(L.LightningModule):
     hub_library: ClassVar[str] = "genlab"
     hub_task: ClassVar[str | None] = "unconditional-image-generation"
     # its verbs beyond `sample` (upscale, impute, ...) are declared on its Config class, where the CLI finds them
+    copies: CopyIndex | None = None  # text families: the training text's window hashes, kept in the model folder
 
     def __init__(self, config: ModelConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__()
@@ -158,6 +162,8 @@ class GenerativeModel(L.LightningModule):
         meta = {"family": self.config.family, "config": self.config.model_dump(mode="json"),
                 "spec": asdict(self.spec)}
         (path / META_FILE).write_text(json.dumps(meta, indent=2))
+        if self.copies is not None:
+            self.copies.save(path)
 
     @classmethod
     def read_meta(cls, path: str | Path) -> tuple[ModelConfig, DataSpec]:

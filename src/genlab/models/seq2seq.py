@@ -34,6 +34,7 @@ from genlab.models.hf import load_folder, lora_wrap, save_folder
 from genlab.models.protocol import Figure
 from genlab.outputs import TEXTS
 from genlab.quiet import library_noise_silenced
+from genlab.responsible.memorization import CopyIndex
 
 IGNORE = -100  # label positions the loss skips (padding)
 
@@ -120,6 +121,7 @@ class Seq2Seq(GenerativeModel):
             tokenizer = train_tokenizer(config.tokenizer, texts, config.vocab_size, pad=True)
         model = cls(config, DataSpec("pairs", (config.max_source_length,)), train, tokenizer=tokenizer)
         model.preview_sources = [s for s, _ in (dataset.val.x or dataset.train.x)[:4]]
+        model.copies = CopyIndex.build([t for _, t in dataset.train.x])
         splits = [Split(*model.encode(split.x)) for split in (dataset.train, dataset.val, dataset.test)]
         if not len(splits[0]):
             raise GenlabError("data: the training split holds no pairs to train on")
@@ -224,7 +226,9 @@ class Seq2Seq(GenerativeModel):
         config, spec = cls.read_meta(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         net = load_folder(path, _load_seq2seq, lambda: pretrained_seq2seq(config.init_from, tokenizer))
-        return cls(config, spec, tokenizer=tokenizer, net=net).eval()
+        model = cls(config, spec, tokenizer=tokenizer, net=net)
+        model.copies = CopyIndex.load(path)
+        return model.eval()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

@@ -26,6 +26,7 @@ from genlab.models.base import GenerativeModel
 from genlab.models.hf import load_folder, lora_wrap, save_folder
 from genlab.models.protocol import Figure, Graph
 from genlab.outputs import TEXTS
+from genlab.responsible.memorization import CopyIndex
 
 log = logging.getLogger("genlab")
 
@@ -100,6 +101,7 @@ class Transformer(GenerativeModel):
         if not len(windows[0]):
             raise GenlabError("data: the training split holds no text to train on")
         model = cls(config, spec, train, tokenizer=tokenizer)
+        model.copies = CopyIndex.build(dataset.train.x)
         model.preview_prompts = ["", *(_opening(doc) for doc in (dataset.val.x or dataset.train.x)[:3])]
         return model, Dataset(spec, *windows, dataset.notes)
 
@@ -246,7 +248,9 @@ class Transformer(GenerativeModel):
         config, spec = cls.read_meta(path)
         lm = load_folder(path, AutoModelForCausalLM.from_pretrained,
                          lambda: AutoModelForCausalLM.from_pretrained(config.init_from))
-        return cls(config, spec, tokenizer=AutoTokenizer.from_pretrained(path), lm=lm).eval()
+        model = cls(config, spec, tokenizer=AutoTokenizer.from_pretrained(path), lm=lm)
+        model.copies = CopyIndex.load(path)
+        return model.eval()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.lm.parameters())

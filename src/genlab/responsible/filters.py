@@ -1,35 +1,46 @@
-"""The post-generation filters by kind, as `genlab filter` and the library use them: personal data (pii.py) and
-offensive sentences (offensive.py). The server applies the same finders as text streams (serving/guard.py)."""
+"""The post-generation filters by kind, as `genlab filter` and the library use them: personal data (pii.py),
+offensive sentences (offensive.py) and text copied from a model's training set (memorization.py). The server
+applies the same finders as text streams (serving/guard.py)."""
 
 from __future__ import annotations
 
 from genlab.errors import GenlabError
+from genlab.responsible.memorization import WINDOW, CopyIndex
 from genlab.responsible.offensive import THRESHOLD, available, find_offensive
 from genlab.responsible.pii import KINDS, Finding, find_pii, redact
 
-ALL_KINDS = (*KINDS, "offensive")
+ALL_KINDS = (*KINDS, "offensive", "memorized")
 
 
-def chosen_kinds(kinds: list[str] | tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The kinds asked for, checked; none asked: every personal-data kind, and offensive text when its model is
-    installed."""
+def chosen_kinds(kinds: list[str] | tuple[str, ...] = (), copies: CopyIndex | None = None) -> tuple[str, ...]:
+    """The kinds asked for, checked; none asked: every personal-data kind, offensive text when its model is
+    installed, and copies when a model's training-text index is given."""
     unknown = [k for k in kinds if k not in ALL_KINDS]
     if unknown:
         raise GenlabError(f"--kind: {', '.join(unknown)} not one of {', '.join(ALL_KINDS)}")
-    return tuple(kinds) or (*KINDS, *(("offensive",) if available() else ()))
+    if "memorized" in kinds and copies is None:
+        raise GenlabError("--kind memorized: name the model whose training text to look for (--model RUN)")
+    return tuple(kinds) or (*KINDS, *(("offensive",) if available() else ()), *(("memorized",) if copies else ()))
 
 
-def find(text: str, kinds: tuple[str, ...], threshold: float = THRESHOLD) -> list[Finding]:
-    """Every finding of the kinds in `text`, in order and not overlapping (an offensive sentence holds whatever
-    personal data it contains)."""
-    found = find_pii(text, [k for k in kinds if k != "offensive"]) if set(kinds) - {"offensive"} else []
+def find(text: str, kinds: tuple[str, ...], threshold: float = THRESHOLD, copies: CopyIndex | None = None,
+         min_chars: int = WINDOW) -> list[Finding]:
+    """Every finding of the kinds in `text`, in order; findings that overlap are joined into one span under the
+    kind of the first (redacting then takes out all that any filter found)."""
+    personal = [k for k in kinds if k in KINDS]
+    found = find_pii(text, personal) if personal else []
     if "offensive" in kinds:
         found += find_offensive(text, threshold)
+    if "memorized" in kinds and copies is not None:
+        found += copies.find_copies(text, min_chars)
     kept: list[Finding] = []
     for f in sorted(found, key=lambda f: (f.start, -f.end)):
-        if not kept or f.start >= kept[-1].end:
+        if kept and f.start < kept[-1].end:
+            last = kept[-1]
+            end = max(last.end, f.end)
+            kept[-1] = Finding(last.kind, last.start, end, text[last.start:end])
+        else:
             kept.append(f)
     return kept
-
 
 __all__ = ["ALL_KINDS", "chosen_kinds", "find", "redact"]

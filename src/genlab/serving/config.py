@@ -68,12 +68,22 @@ class OffensiveFilter(Section):
         return self
 
 
+class MemorizedFilter(Section):
+    """Continuations that copy `min_chars` or more characters verbatim from the model's training text (the copy
+    index that `genlab fit` keeps in a text model's folder): flagged, redacted as [MEMORIZED], or refused."""
+
+    type: Literal["memorized"] = "memorized"
+    min_chars: int = Field(50, ge=50, le=10_000)  # 50: the window the index is built on
+    action: Literal["flag", "redact", "refuse"] = "redact"
+
+
 def _filter_type(value: Any) -> str:
     return value.get("type", "blocklist") if isinstance(value, dict) else getattr(value, "type", "blocklist")
 
 
 OutputRule = Annotated[Annotated[BlocklistFilter, Tag("blocklist")] | Annotated[PIIFilter, Tag("pii")]
-                       | Annotated[OffensiveFilter, Tag("offensive")], Discriminator(_filter_type)]
+                       | Annotated[OffensiveFilter, Tag("offensive")] | Annotated[MemorizedFilter, Tag("memorized")],
+                       Discriminator(_filter_type)]
 
 
 class ServeConfig(Section):

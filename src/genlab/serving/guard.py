@@ -9,9 +9,14 @@ import threading
 import time
 from dataclasses import dataclass
 
+from genlab.errors import GenlabError
+from genlab.responsible.memorization import CopyIndex
 from genlab.responsible.offensive import find_offensive, judged_upto
 from genlab.responsible.pii import LONGEST, find_pii, redact
-from genlab.serving.config import BlocklistFilter, OffensiveFilter, PIIFilter, ServeConfig
+from genlab.serving.config import BlocklistFilter, MemorizedFilter, OffensiveFilter, PIIFilter, ServeConfig
+
+Rule = BlocklistFilter | PIIFilter | OffensiveFilter | MemorizedFilter
+_WHAT = {"pii": "personal data", "offensive": "offensive text", "memorized": "text copied from training"}
 
 MAX_IDENTITIES = 10_000  # buckets kept before full ones are forgotten (addresses, when no keys are set)
 
@@ -138,16 +143,21 @@ class Verdict:
 class OutputFilter:
     """The serve config's filters over one output, fed as it streams.
 
-    Text is released only up to a word boundary at least the longest term's (or personal datum's) length
-    back from the end, and never inside a finding, so a term split across tokens is judged whole before any
-    of it is sent."""
+    Text is released only up to a word boundary at least the longest term's (or personal datum's, or copy
+    window's) length back from the end, and never inside a finding, so a term split across tokens is judged
+    whole before any of it is sent. `copies` is the model's training-text index, for a memorized rule."""
 
-    def __init__(self, filters: list[BlocklistFilter | PIIFilter | OffensiveFilter]) -> None:
+    def __init__(self, filters: list[Rule], copies: CopyIndex | None = None) -> None:
         self.rules = [(f, re.compile(r"\b(?:" + "|".join(map(re.escape, f.terms)) + r")\b", re.IGNORECASE))
                       for f in filters if isinstance(f, BlocklistFilter) and f.terms]
-        self.finders = [f for f in filters if isinstance(f, PIIFilter | OffensiveFilter)]
-        pii = any(isinstance(f, PIIFilter) for f in filters)
-        self.hold = max([len(t) for f, _ in self.rules for t in f.terms] + ([LONGEST] if pii else []), default=0)
+        self.finders = [f for f in filters if isinstance(f, PIIFilter | OffensiveFilter | MemorizedFilter)]
+        if copies is None and any(isinstance(f, MemorizedFilter) for f in filters):
+            raise GenlabError("a memorized filter needs the model's copy index (training_windows.npy, written by "
+                              "`genlab fit` for text models)")
+        self.copies = copies
+        held = [LONGEST] * any(isinstance(f, PIIFilter) for f in filters)
+        held += [f.min_chars for f in filters if isinstance(f, MemorizedFilter)]  # a copy is whole at min_chars
+        self.hold = max([len(t) for f, _ in self.rules for t in f.terms] + held, default=0)
         self.text, self.released, self.finished = "", 0, False
         self.verdict: Verdict | None = None
 
@@ -191,15 +201,17 @@ class OutputFilter:
         out, self.released = self.text[self.released:upto], upto
         return out
 
-    def _findings(self, rule: PIIFilter | OffensiveFilter, upto: int) -> int:
+    def _findings(self, rule: PIIFilter | OffensiveFilter | MemorizedFilter, upto: int) -> int:
         """Act on the rule's findings that end before `upto` (release held back to a finding's start, never inside
         it; an offensive sentence is judged once it has ended); returns where release may go now."""
+        what = _WHAT[rule.type]
         if isinstance(rule, OffensiveFilter):
             if not self.finished:
                 upto = self.released + judged_upto(self.text[self.released:upto])
-            found, what = find_offensive(self.text[self.released:upto], rule.threshold), "offensive text"
+            found = find_offensive(self.text[self.released:upto], rule.threshold)
         else:
-            found, what = find_pii(self.text[self.released:], rule.kinds), "personal data"
+            found = (self.copies.find_copies(self.text[self.released:], rule.min_chars)
+                     if isinstance(rule, MemorizedFilter) else find_pii(self.text[self.released:], rule.kinds))
             for f in found:
                 if f.start < upto - self.released < f.end:
                     upto = self.released + f.start
@@ -216,15 +228,4 @@ class OutputFilter:
             self.text = self.text[:self.released] + part + self.text[upto:]
             upto = self.released + len(part)
             self._judge(Verdict(rule.type, "redact", f"{what} redacted ({kinds})"))
-        return upto
-        kinds = ", ".join(sorted({f.kind for f in final}))
-        if rule.action == "refuse":
-            self.verdict = Verdict("pii", "refuse", f"the output holds personal data ({kinds})")
-        elif rule.action == "flag":
-            self._judge(Verdict("pii", "flag", f"the output holds personal data ({kinds})"))
-        else:
-            part = redact(self.text[self.released:upto], final)
-            self.text = self.text[:self.released] + part + self.text[upto:]
-            upto = self.released + len(part)
-            self._judge(Verdict("pii", "redact", f"personal data were redacted ({kinds})"))
         return upto

@@ -24,6 +24,7 @@ from fastapi import APIRouter
 from PIL import Image
 
 from genlab.errors import GenlabError
+from genlab.responsible.memorization import INDEX_FILE
 from genlab.serving.config import ServeConfig
 from genlab.serving.engine import TextEngine
 from genlab.serving.engine_process import RemoteEngine
@@ -37,6 +38,10 @@ def load_served(path: str | Path, config: ServeConfig, name: str | None = None,
     model, default = load_model(path)
     name = name or default
     family = model.config.family
+    if model.serves in ("text", "text2text") and model.copies is None and any(
+            f.type == "memorized" for f in config.filters):
+        raise GenlabError(f"{path}: the memorized filter needs the training-text index that `genlab fit` keeps in "
+                          f"a text model's folder ({INDEX_FILE}), and this one has none: fit it again")
     on_batch = (lambda size: observe(name, size)) if observe else None
     return served_kind(model.serves, f"{path}: a {family} model")(name, family, model, config, on_batch,
                                                                   folder=model_folder(path)[0])

@@ -132,7 +132,7 @@ def start(server: Server, served: ServedLM | ServedSeq2Seq, identity: str, promp
             raise Refused(400, f"prompt: {len(prompt)} characters, more than the limit of {limits.max_prompt_chars}",
                           code="invalid_value")
     loop = asyncio.get_running_loop()
-    gen = Generation(served, [Choice(i, OutputFilter(server.config.filters)) for i in range(n)])
+    gen = Generation(served, [Choice(i, OutputFilter(server.config.filters, served.model.copies)) for i in range(n)])
     params = [_params(served, p, body, max_tokens, extra_stops, limits.max_tokens) for p in prompts]
     if served.depth + n > server.config.max_queue:
         raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded")
