@@ -160,3 +160,51 @@ def test_synthetic_rows_teach_a_classifier(tmp_path):
     s = genlab.evaluate(run)["synthetic"]
     assert s["utility_metric"] == "accuracy" and s["train_on_synthetic"] > s["majority_class"] + 0.3, s
     assert s["mean_tv"] < 0.1 and s["mean_ks"] < 0.3
+
+
+def test_balanced_batches_draw_each_group_equally_and_name_what_they_cannot_balance(diabetes_csv):
+    from genlab.data.sources import balanced
+
+    def data(*over):
+        return load_dataset(genlab.load_config(None, list(over)).data)
+
+    table = data("data.source=table", f"data.path={diabetes_csv}", "data.balance_by=sex")
+    sex, weights = table.train.x["sex"].fillna("<missing>").to_numpy(), table.train.weights.numpy()
+    drawn = {g: weights[sex == g].sum() / weights.sum() for g in set(sex)}
+    assert len(drawn) == 3 and all(share == pytest.approx(1 / 3) for share in drawn.values())  # f, m, missing
+    assert "training batches balanced by sex (3 groups)" in table.notes
+    digits = data("data.balance_by=label")
+    per_class = torch.zeros(10, dtype=torch.float64).index_add_(0, digits.train.y, digits.train.weights)
+    assert torch.allclose(per_class, per_class.mean().expand(10))
+    with pytest.raises(genlab.GenlabError, match="no column 'colour' in the table; its columns are age, sex"):
+        data("data.source=table", f"data.path={diabetes_csv}", "data.balance_by=colour")
+    with pytest.raises(genlab.GenlabError, match="balanced by its class label"):
+        balanced(digits, "sex")
+
+
+def test_a_group_weighted_loss_counts_groups_equally_and_dro_moves_toward_the_worse_fitted(diabetes_csv, tmp_path):
+    from genlab.config import load_config
+    from genlab.models.tabular_vae import TabularVAE
+
+    cfg = load_config(None, [*TAB_TINY, "data.source=table", f"data.path={diabetes_csv}",
+                             "model.group_weighted_loss=sex"])
+    model, data = TabularVAE.build(cfg.model, load_dataset(cfg.data), cfg.train)
+    x = data.train.x[:64]
+    rows = torch.arange(64, dtype=torch.float32)
+    _, cats, _ = model._split(x)
+    group = cats[:, model.group_column]
+    means = [rows[group == g].mean() for g in (0, 1, -1) if (group == g).any()]
+    assert model.group_loss(x, rows).item() == pytest.approx(torch.stack(means).mean().item(), rel=1e-5)
+    assert torch.allclose(model.group_weights, torch.full((3,), 1 / 3))  # no step: the weights stay equal
+    dro = TabularVAE.build(cfg.model.model_copy(update={"group_dro_step": 0.05}), load_dataset(cfg.data))[0]
+    worse = torch.where(group == 1, 10.0, 1.0)  # group 1 fitted worse: it gains weight
+    for _ in range(5):
+        dro.group_loss(x, worse)
+    assert dro.group_weights[1] > 0.5 > dro.group_weights[0]
+    with pytest.raises(genlab.GenlabError, match="'bp' is not a categorical column of the table .*sex"):
+        TabularVAE.build(cfg.model.model_copy(update={"group_weighted_loss": "bp"}), load_dataset(cfg.data))
+    run = genlab.fit(None, out=tmp_path / "dro", overrides=[
+        *TAB_TINY, "data.source=table", f"data.path={diabetes_csv}", "model.group_weighted_loss=sex",
+        "model.group_dro_step=0.01", "train.max_steps=20", "train.checkpoint_every=20", "train.val_every=20"])
+    kept = torch.load(run.path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["group_weights"]
+    assert not torch.allclose(kept, torch.full((3,), 1 / 3)), "the weights are part of the checkpoint"

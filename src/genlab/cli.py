@@ -211,8 +211,10 @@ def audit(
     fail_on: Annotated[str | None, typer.Option(help="Exit 3 when met: gap>X, p<X, flags[>N] or words of a flag's "
                                                      "kind, comma-separated (for CI).")] = None,
     group: Annotated[str | None, typer.Option(help="A table's categorical column to audit by (its groups' shares, "
-                                                   "fidelity, and fairness of a model trained on synthetic rows).")]
-    = None,
+                                                   "fidelity, and fairness of a model trained on synthetic rows); "
+                                                   "for images, the --manifest column.")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="Images: a CSV of files (a `file` column) and attributes; "
+                                                       "the run is audited by its --group column.")] = None,
     probes: Annotated[Path | None, typer.Option(help="Text runs: a YAML file of templates, axes (groups) and "
                                                      "sentence pairs in place of the built-in ones.")] = None,
 ) -> None:
@@ -223,7 +225,8 @@ def audit(
 
     if fail_on is not None:
         gate({"classes": [], "flags": [], "mix_test": {"valid": False}}, fail_on)  # a bad expression fails first
-    result = audit_run(Run(run_dir), n, target=target, min_share=min_share, group=group, probes=probes)
+    result = audit_run(Run(run_dir), n, target=target, min_share=min_share, group=group, probes=probes,
+                       manifest=manifest)
     for line in result["summary"]:
         out.print(line, highlight=False)
     for flag in result["flags"]:

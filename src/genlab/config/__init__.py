@@ -38,6 +38,8 @@ class DataConfig(Section):
     split_seed: int = 0  # the split depends on this alone, so runs with other train seeds compare
     pipeline: list[Step] | None = None  # genlab prepare's steps; None: the modality's default pipeline
     prepared: Path | None = None  # a folder `genlab prepare` wrote: fit trains on it as it is
+    # training batches draw each group equally often: "label" (classes) or a table's column (a group attribute)
+    balance_by: str | None = None
 
     @field_validator("source")
     @classmethod

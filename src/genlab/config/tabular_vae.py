@@ -38,6 +38,12 @@ class TabularVAEConfig(ModelConfig):
     importance_samples: int = Field(20, ge=1)  # K of the importance-weighted bound trained on (MIWAE); 1: the ELBO
     impute_samples: int = Field(200, ge=1)  # importance samples when imputing and scoring
     hide: float = Field(0.5, ge=0, lt=1)  # training hides up to this share of a row's cells from the encoder
+    # a categorical column whose groups count equally in the loss, whatever their size (group-reweighted training);
+    # with group_dro_step > 0 the weights move each step by exp(step * group loss) toward the worst-fitted group
+    # (group DRO, Sagawa et al., 2020). For a density model the worst-fitted group is the most varied one,
+    # which need not be the smallest: bench/audit_group_mitigation.py measures both
+    group_weighted_loss: str | None = None
+    group_dro_step: float = Field(0.0, ge=0, le=1)
 
 
 class TabularSampling(Sampling):

@@ -25,7 +25,38 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def load_dataset(cfg) -> Dataset:
-    """Load `cfg.source` (or the set `genlab prepare` wrote, `cfg.prepared`) and split it by `cfg.split_seed`."""
+    """Load `cfg.source` (or the set `genlab prepare` wrote, `cfg.prepared`) and split it by `cfg.split_seed`;
+    with `cfg.balance_by`, the training split draws each group equally often."""
+    dataset = _load_split(cfg)
+    return balanced(dataset, cfg.balance_by) if getattr(cfg, "balance_by", None) else dataset
+
+
+def balanced(dataset: Dataset, by: str) -> Dataset:
+    """`dataset` whose training split is weighted so that each group of `by` (the class label, or a table's
+    column; a missing value is a group of its own) is drawn equally often, within any weights it had."""
+    train = dataset.train
+    if by == "label":
+        if train.y is None or not dataset.spec.class_names:
+            raise GenlabError("data.balance_by: label, but this data set has no class labels (class subfolders)")
+        codes = train.y.numpy()
+    elif hasattr(train.x, "columns"):
+        if by not in train.x.columns:
+            raise GenlabError(f"data.balance_by: no column {by!r} in the table; its columns are "
+                              f"{', '.join(map(str, train.x.columns))}")
+        codes = train.x[by].astype("string").fillna("<missing>").factorize()[0]
+    else:
+        raise GenlabError(f"data.balance_by: {by!r}; a data set without columns is balanced by its class label "
+                          "(balance_by: label)")
+    counts = np.bincount(codes)
+    weights = torch.from_numpy(len(codes) / (np.count_nonzero(counts) * counts[codes]))
+    if train.weights is not None:
+        weights = weights * train.weights.double()
+    notes = [*dataset.notes, f"training batches balanced by {by} ({np.count_nonzero(counts)} groups)"]
+    return Dataset(dataset.spec, Split(train.x, train.y, train.factors, weights), dataset.val, dataset.test, notes,
+                   dataset.factor_names)
+
+
+def _load_split(cfg) -> Dataset:
     if prepares(cfg):
         from genlab.prepare import cached
         from genlab.prepare.store import load_prepared
@@ -109,10 +140,6 @@ def digits(cfg) -> Loaded:
 
 def image_folder(cfg) -> Loaded:
     """A folder of images; each subfolder is a class (images directly in the folder: no labels)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from genlab.images import decoder_notes
-
     root = cfg.path
     if root is None:
         raise GenlabError("data.path: required for data.source 'image_folder' (a folder of PNG/JPEG files)")
@@ -125,9 +152,21 @@ def image_folder(cfg) -> Loaded:
     classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
     if classes and any(p.parent == root for p in files):
         raise GenlabError(f"data.path: {root} mixes images at the top with class subfolders; use one or the other")
+    images, kept, notes = read_images(files, root, cfg)
+    labels = [classes.index(files[i].parent.relative_to(root).as_posix()) for i in kept] if classes else None
+    return Loaded(images, None if labels is None else torch.tensor(labels, dtype=torch.long), classes, notes)
+
+
+def read_images(files: list[Path], root: Path, cfg) -> tuple[torch.Tensor, list[int], list[str]]:
+    """Image files as the data config reads them (square, `image_size`, `channels`, in [-1, 1]): the images, the
+    indices of the files that could be read, and notes on those that could not."""
+    from PIL import Image, UnidentifiedImageError
+
+    from genlab.images import decoder_notes
+
     size = cfg.image_size
-    arrays, labels, skipped, complaints = [], [], [], []
-    for p in files:
+    arrays, kept, skipped, complaints = [], [], [], []
+    for i, p in enumerate(files):
         try:
             with decoder_notes(p.relative_to(root).as_posix(), complaints), Image.open(p) as im:
                 im = im.convert("L" if cfg.channels == 1 or (cfg.channels is None and im.mode in ("L", "1")) else "RGB")
@@ -136,7 +175,7 @@ def image_folder(cfg) -> Loaded:
         except (UnidentifiedImageError, OSError) as err:
             skipped.append(f"{p.relative_to(root)} ({err.__class__.__name__})")
             continue
-        labels.append(classes.index(p.parent.relative_to(root).as_posix()) if classes else 0)
+        kept.append(i)
     if skipped:
         more = f" and {len(skipped) - 3} more (all listed in train.json)" if len(skipped) > 3 else ""
         log.warning(f"skipped {len(skipped)} unreadable image(s) under {root}: {', '.join(skipped[:3])}{more}")
@@ -150,11 +189,10 @@ def image_folder(cfg) -> Loaded:
         arrays = [np.repeat(a[..., None], 3, -1) if a.ndim == 2 else a for a in arrays]
     stack = np.stack(arrays)
     images = torch.from_numpy(stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2).copy())
-    y = torch.tensor(labels, dtype=torch.long) if classes else None
     if complaints:
         log.warning(f"the image decoder complained about {len(complaints)} file(s) under {root}: {complaints[0]}")
     notes = [f"skipped unreadable: {s}" for s in skipped] + complaints
-    return Loaded(_to_model_range(images, None, cfg.channels), y, classes, notes)
+    return _to_model_range(images, None, cfg.channels), kept, notes
 
 
 def _center_square(im):

@@ -101,6 +101,16 @@ class TabularVAE(GenerativeModel):
         self.cat_idx = [i for i, k in enumerate(kinds) if k == "categorical"]
         self.net = TabularNet(len(self.num_idx), [len(columns.columns[i].categories) for i in self.cat_idx],
                               config.latent_dim, config.hidden, config.encoding, config.embedding_dim)
+        if config.group_weighted_loss is not None:
+            names, column = columns.names, config.group_weighted_loss
+            if column not in names or names.index(column) not in self.cat_idx:
+                categorical = [names[i] for i in self.cat_idx]
+                raise GenlabError(f"model.group_weighted_loss: {column!r} is not a categorical column of the table "
+                                  f"(those are: {', '.join(categorical) or 'none'})")
+            self.group_column = self.cat_idx.index(names.index(column))
+            groups = len(columns.columns[names.index(column)].categories)
+            # each group's weight, the last for rows whose group is missing; a buffer: checkpoints resume it
+            self.register_buffer("group_weights", torch.full((groups + 1,), 1.0 / (groups + 1)))
 
     @classmethod
     def build(cls, config: TabularVAEConfig, dataset: Dataset, train: TrainConfig | None = None
@@ -157,9 +167,24 @@ class TabularVAE(GenerativeModel):
         return torch.logsumexp(log_w, dim=0) - math.log(k)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = -self.bound(batch["x"], self.config.importance_samples, self.config.hide).mean()
+        rows = -self.bound(batch["x"], self.config.importance_samples, self.config.hide)
+        loss = rows.mean()
         self.log("train/loss", loss)
-        return loss
+        return loss if self.config.group_weighted_loss is None else self.group_loss(batch["x"], rows)
+
+    def group_loss(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The mean loss of each group in the batch, weighted by the group weights (equal, or grown by
+        exp(group_dro_step * loss) each step, so that the worst-fitted group gains weight)."""
+        _, cats, _ = self._split(x)
+        group = torch.where(cats[:, self.group_column] < 0, len(self.group_weights) - 1, cats[:, self.group_column])
+        count = torch.bincount(group, minlength=len(self.group_weights))
+        means = torch.zeros_like(self.group_weights).scatter_add(0, group, rows) / count.clamp(min=1)
+        present = count > 0
+        with torch.no_grad():
+            grown = self.group_weights * torch.exp(self.config.group_dro_step * means.detach() * present)
+            self.group_weights.copy_(grown / grown.sum())
+        weights = self.group_weights * present
+        return (weights * means).sum() / weights.sum()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         with torch.random.fork_rng():

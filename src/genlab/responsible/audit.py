@@ -2,6 +2,7 @@
 data, in the model's outputs, and generated as well as the others?
 
     genlab audit RUN [--n N] [--target data|parity] [--fail-on EXPR]   -> audit.json, audit.html
+    genlab audit RUN --manifest FILES.csv --group COLUMN   (images by an attribute a manifest gives each file)
 
 - data: each class's share of the training split, the imbalance ratio, classes under `min_share` (default:
   half of an equal share);
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import html
 import inspect
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 
 import torch
 
+from genlab.data.records import Split
 from genlab.errors import GenlabError
 from genlab.evaluation.features import FeatureNet, predict
 from genlab.evaluation.metrics import precision_recall
@@ -36,13 +39,14 @@ from genlab.run import Run, write_json
 
 MIN_PER_CLASS = 4  # samples of a class (generated and real) for its precision and recall
 ALPHA = 0.05  # the family-wise error of the per-class tests
-OPTIONS = ("target", "min_share", "group", "probes")  # what `genlab audit` may pass to a family's audit
+OPTIONS = ("target", "min_share", "group", "probes", "manifest")  # what `genlab audit` may pass to a family's audit
 TARGETS = ("data", "parity")  # the class mix an unconditional model's outputs are held to
 MITIGATION = {
-    "rare in the training data": "balance the batches: genlab prepare's labels step with `weights: true` "
-                                 "(data.pipeline) writes class-balanced weights, and fit draws its batches by them",
-    "under-represented in the outputs": "train with class-balanced weights, or make the model class-conditional "
-                                        "(model.class_conditional) and ask for the class",
+    "rare in the training data": "balance the batches: `data.balance_by: label` (or a table's group column) "
+                                 "draws each group equally often; a tabular VAE can also train with "
+                                 "`model.group_weighted_loss: COLUMN`",
+    "under-represented in the outputs": "train with balanced batches (data.balance_by), or make the model "
+                                        "class-conditional (model.class_conditional) and ask for the class",
     "not drawn when asked for": "train longer or raise guidance_scale (classifier-free guidance); class-balanced "
                                 "weights if the class is rare in the training data",
     "generated worse than the others": "more data or steps for the class; balanced weights; check its "
@@ -192,32 +196,43 @@ def audit_run(run: Run, n: int | None = None, **options: Any) -> dict[str, Any]:
 
 
 def audit_by_class(run: Run, n: int | None = None, *, target: str = "data", min_share: float | None = None,
+                   group: str | None = None, manifest: Path | None = None,
                    as_images: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
                    samples_as_images: Callable[[Any, torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
-    """Sample the run, audit it by class, write audit.json and audit.html beside its other results. A family
-    whose data are not images gives `as_images` (its data -> images in [0, 1]) and `samples_as_images`."""
+    """Sample the run, audit it by class (or by a `manifest`'s `group` column), write audit.json and audit.html
+    beside its other results. A family whose data are not images gives `as_images` (its data -> images in
+    [0, 1]) and `samples_as_images`."""
     from genlab.config import sampling_options
-    from genlab.data.records import Split
     from genlab.data.sources import load_dataset
     from genlab.evaluation.features import feature_net
     from genlab.evaluation.metrics import generate_images
 
+    by_manifest = group is not None or manifest is not None
+    if by_manifest and (group is None or manifest is None or as_images is not None):
+        raise GenlabError("--manifest and --group: an image run is audited by an attribute when both are given "
+                          "(a CSV with a `file` column and the attribute's column)")
     as_images = as_images or (lambda model, x: x / 2 + 0.5)
     samples_as_images = samples_as_images or (lambda model, samples: samples)
     cfg, model = run.config, run.model
-    dataset = load_dataset(cfg.data)
-    held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
-    names = list(dataset.spec.class_names)
-    if len(names) < 2 or held_out.y is None:
-        raise GenlabError(f"audit: {cfg.data.source} has no classes to audit by; label the data (class subfolders)")
-    train = Split(as_images(model, dataset.train.x) * 2 - 1, dataset.train.y)
-    net, extractor = feature_net(train, len(names), cfg.eval.feature_steps, run.paths.eval_cache)
+    cache = run.paths.eval_cache
+    if by_manifest:
+        train, held_out, names = manifest_groups(Path(manifest), group, cfg.data)
+        cache = cache / f"manifest-{re.sub(r'[^A-Za-z0-9_-]', '_', group)}"  # the evaluation keeps its own
+    else:
+        dataset = load_dataset(cfg.data)
+        held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
+        names = list(dataset.spec.class_names)
+        if len(names) < 2 or held_out.y is None:
+            raise GenlabError(f"audit: {cfg.data.source} has no classes to audit by; label the data (class "
+                              "subfolders), or give a manifest of attributes (--manifest FILE --group COLUMN)")
+        train = Split(as_images(model, dataset.train.x) * 2 - 1, dataset.train.y)
+    net, extractor = feature_net(train, len(names), cfg.eval.feature_steps, cache)
     ev = cfg.eval.model_copy(update={"num_samples": n or cfg.eval.num_samples})
     conditional = bool(getattr(model.config, "class_conditional", False))
     requested = torch.arange(ev.num_samples) % len(names) if conditional else None
     fake = samples_as_images(model, generate_images(model, ev, sampling_options(cfg.model.family, ev.sampling),
                                                     requested))
-    result = audit_classes(net, as_images(model, held_out.x), held_out.y, dataset.train.y, fake, names,
+    result = audit_classes(net, as_images(model, held_out.x), held_out.y, train.y, fake, names,
                            target=target, min_share=min_share, requested=requested, seed=ev.seed)
     result["feature_extractor"] = extractor
     test = result["mix_test"]
@@ -227,6 +242,42 @@ def audit_by_class(run: Run, n: int | None = None, *, target: str = "data", min_
     write_json(run.path / "audit.json", result)
     _write_html(run.path / "audit.html", run, result)
     return result
+
+
+def manifest_groups(path: Path, column: str, data) -> tuple[Split, Split, list[str]]:
+    """The images a manifest CSV lists (`file`, relative to the CSV or absolute) read as the run's data config
+    reads images and labelled by `column`, split 80/20 within each group: (train, held out, group names)."""
+    import pandas as pd
+
+    from genlab.data.records import split_indices
+    from genlab.data.sources import read_images
+
+    if not path.is_file():
+        raise GenlabError(f"--manifest: {path}: no such file")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise GenlabError(f"--manifest: {path} is not a CSV file ({err})") from None
+    for needed in ("file", column):
+        if needed not in table.columns:
+            raise GenlabError(f"--manifest: {path} has no column {needed!r}; its columns: {', '.join(table.columns)}")
+    table = table[table[column].str.strip() != ""]  # a file with no value for the attribute is left out
+    if table[column].nunique() < 2:
+        raise GenlabError(f"--group {column}: the manifest gives {table[column].nunique()} value(s) of it; an "
+                          "audit compares two or more groups")
+    files = [Path(f) if Path(f).is_absolute() else path.parent / f for f in table["file"]]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise GenlabError(f"--manifest: {len(missing)} listed file(s) not found, such as {', '.join(missing[:3])}")
+    root = Path(os.path.commonpath([f.parent for f in files])) if files else path.parent
+    images, kept, _ = read_images(files, root, data)
+    names = sorted(set(table[column].iloc[kept]))
+    if len(names) < 2:
+        raise GenlabError(f"--group {column}: the manifest's readable files hold {len(names)} value(s) of it; an "
+                          "audit compares two or more groups")
+    y = torch.tensor([names.index(v) for v in table[column].iloc[kept]])
+    train, val, test = split_indices(len(y), y, 0.0, 0.2, seed=0)
+    return Split(images[train], y[train]), Split(images[test], y[test]), names
 
 
 def _write_html(path: Path, run: Run, result: dict[str, Any]) -> None:
