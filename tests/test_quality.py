@@ -73,7 +73,7 @@ def test_density_coverage_inception_score_and_memorization_tell_real_images_from
     # returns real images it never saw is not
     train = data.train.x / 2 + 0.5
     noise = 0.02 * torch.randn(train[:180].shape, generator=torch.Generator().manual_seed(1))
-    check = ImageCopies(image_features(net, train), image_features(net, real))
+    check = ImageCopies.calibrate(image_features(net, train), image_features(net, real))
     copied, noisy, unseen = (check.figures(image_features(net, x))["memorized_share"]
                              for x in (train[:180], (train[:180] + noise).clamp(0, 1), other))
     print(f"memorized share: training images {copied:.2f}, with noise {noisy:.2f}, held-out images {unseen:.2f}")

@@ -25,7 +25,7 @@ from PIL import Image
 
 import genlab
 from genlab.errors import GenlabError
-from genlab.responsible.memorization import INDEX_FILE, CopyIndex
+from genlab.responsible.memorization import IMAGE_CHECK_FILE, INDEX_FILE, CopyIndex, ImageCopies
 from genlab.serving import ServeConfig, serve_app
 from genlab.serving.engine import TextParams
 from genlab.serving.models import ServedLM
@@ -441,6 +441,30 @@ def test_the_memorized_filter_redacts_copies_of_the_served_models_training_text(
     (run / "model" / INDEX_FILE).unlink()
     with pytest.raises(GenlabError, match="the memorized filter needs the training-text index"):
         serve_app([run], memorized)
+
+
+def test_the_memorized_filter_withholds_or_flags_images_nearer_a_training_image_than_held_out_ones(runs, tmp_path):
+    run = tmp_path / "digits"
+    shutil.copytree(runs["digits"].path, run)
+    (run / "model" / IMAGE_CHECK_FILE).unlink(missing_ok=True)
+    memorized = [{"type": "memorized", "action": "refuse"}]
+    with pytest.raises(GenlabError, match="evaluate the run first"):
+        serve_app([run], ServeConfig(names=["digits"], filters=memorized))
+    genlab.evaluate(genlab.Run(run))  # keeps the copy check: training features, radius, feature network
+    check = ImageCopies.load(run / "model")
+    assert check.radius > 0 and len(check.train) > 1000
+    body = {"model": "digits", "prompt": "", "n": 2, "seed": 0}
+    for radius, action, kept, copied in ((0.0, "refuse", 2, []), (1e9, "refuse", 0, [0, 1]), (1e9, "flag", 2, [0, 1])):
+        ImageCopies(check.train, radius, net=check.net).save(run / "model")  # nothing, or everything, is a copy
+        app = serve_app([run], ServeConfig(names=["digits"], filters=[{"type": "memorized", "action": action}]))
+        with TestClient(app) as client:
+            answer = client.post("/v1/images/generations", json=body).json()
+            metrics = client.get("/metrics").text
+        assert len(answer["data"]) == kept and answer.get("genlab_filter", {}).get("images", []) == copied
+        if copied:
+            assert answer["genlab_filter"]["action"] == action
+            counted = f'genlab_filtered_outputs_total{{action="{action}",filter="memorized",model="digits"}} 2.0'
+            assert counted in metrics
 
 
 def test_metrics_and_one_json_log_line_per_request(runs, caplog):

@@ -52,8 +52,9 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Cal
         **density_coverage(net, real_test, fake),
         "fid_interval": fid_interval(net, real_test, fake, seed=ev.seed),
     }
-    copies = ImageCopies(image_features(net, real_train), image_features(net, real_test))
+    copies = ImageCopies.calibrate(image_features(net, real_train), image_features(net, real_test), net=net)
     metrics.update(copies.figures(image_features(net, fake)))
+    copies.save(run.paths.model)  # for a server's memorized filter
     if dataset.spec.num_classes > 1 and held_out.y is not None:
         k = dataset.spec.num_classes
         predicted = predict(net, fake)

@@ -26,6 +26,7 @@ from genlab.responsible.pii import Finding
 
 WINDOW = 50  # characters: the shortest copy the index can find
 INDEX_FILE = "training_windows.npy"
+IMAGE_CHECK_FILE = "copy_check.safetensors"  # image models: training features, radius and feature network
 _BASE = np.uint64(0x100000001B3)  # an odd multiplier: the hash of a window is a polynomial in it mod 2^64
 
 
@@ -102,18 +103,24 @@ class ImageCopies:
 
     The radius is calibrated on held-out real images: `ratio` times the `quantile` of their distances to the
     nearest training image. A generator that does not copy lands inside it about as rarely as held-out images
-    do (at most `quantile` of the time); a copy, or a training image with a little noise, lands inside."""
+    do (at most `quantile` of the time); a copy, or a training image with a little noise, lands inside. With
+    its feature network, `genlab evaluate` keeps it in an image model's folder, where a server's memorized
+    filter finds it."""
 
-    def __init__(self, train: torch.Tensor, held_out: torch.Tensor, quantile: float = 0.05,
-                 ratio: float = 0.5) -> None:
-        self.train = train
-        self.real_distances = torch.cdist(held_out, train).min(dim=1).values
-        self.radius = ratio * torch.quantile(self.real_distances, quantile).item()
+    def __init__(self, train: torch.Tensor, radius: float, real_distances: torch.Tensor | None = None,
+                 net: torch.nn.Module | None = None) -> None:
+        self.train, self.radius, self.real_distances, self.net = train, radius, real_distances, net
+
+    @classmethod
+    def calibrate(cls, train: torch.Tensor, held_out: torch.Tensor, quantile: float = 0.05, ratio: float = 0.5,
+                  net: torch.nn.Module | None = None) -> ImageCopies:
+        """From the features of the training and held-out images."""
+        real = torch.cdist(held_out, train).min(dim=1).values
+        return cls(train, ratio * torch.quantile(real, quantile).item(), real, net)
 
     def nearest(self, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each sample's distance to its nearest training image, and that image's index."""
-        distances = torch.cdist(samples, self.train)
-        return distances.min(dim=1)
+        return torch.cdist(samples, self.train).min(dim=1)
 
     def figures(self, samples: torch.Tensor) -> dict[str, float]:
         distances = self.nearest(samples)[0]
@@ -122,3 +129,32 @@ class ImageCopies:
                 "memorized_radius": self.radius,
                 "nearest_train_median": distances.median().item(),
                 "nearest_train_median_real": self.real_distances.median().item()}
+
+    @torch.no_grad()
+    def copied(self, images: torch.Tensor) -> torch.Tensor:
+        """Which images (in [0, 1], as samplers return them) are copies, by the kept feature network."""
+        return self.nearest(self.net(images.float()))[0] < self.radius
+
+    def save(self, folder: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        weights = {f"net.{k}": v.contiguous() for k, v in self.net.state_dict().items()}
+        shape = {"channels": str(self.net.body[0].in_channels), "classes": str(self.net.head.out_features)}
+        save_file({**weights, "train": self.train.double().contiguous(), "radius": torch.tensor([self.radius])},
+                  Path(folder) / IMAGE_CHECK_FILE, metadata=shape)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ImageCopies | None:
+        """The check `genlab evaluate` kept in an image model's folder; None when it has not run."""
+        from safetensors import safe_open
+
+        from genlab.evaluation.features import FeatureNet
+
+        file = Path(folder) / IMAGE_CHECK_FILE
+        if not file.is_file():
+            return None
+        with safe_open(file, "pt") as f:
+            shape, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        net = FeatureNet(int(shape["channels"]), int(shape["classes"]))
+        net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        return cls(tensors["train"], tensors["radius"].item(), net=net.eval())

@@ -100,7 +100,18 @@ async def images(body: ImageRequest, request: Request, identity: str = Depends(a
     key, items = sample_items(server, served, body.n, label, body.seed, body.model_extra or {})
     images = await run_job(served, key, items, request)
     server.metrics.images.labels(served.name).inc(len(images))
-    return {"created": int(time.time()), "data": [{"b64_json": b} for b in images]}
+    out: dict[str, Any] = {"created": int(time.time()), "data": [{"b64_json": b} for b, _ in images]}
+    copied = [i for i, (_, c) in enumerate(images) if c]
+    if copied:  # images nearer a training image than held-out images come
+        rule = next(f for f in server.config.filters if f.type == "memorized")
+        action = "flag" if rule.action == "flag" else "refuse"  # an image is sent whole or withheld
+        server.metrics.filtered.labels(served.name, "memorized", action).inc(len(copied))
+        if action == "refuse":
+            out["data"] = [d for i, d in enumerate(out["data"]) if i not in copied]
+        out["genlab_filter"] = {"name": "memorized", "action": action, "images": copied,
+                                "reason": f"{len(copied)} image(s) nearer a training image than held-out images come"
+                                          + (" were withheld" if action == "refuse" else "")}
+    return out
 
 
 @router.post("/v1/images/upscale", tags=["images"])

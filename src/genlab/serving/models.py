@@ -24,7 +24,7 @@ from fastapi import APIRouter
 from PIL import Image
 
 from genlab.errors import GenlabError
-from genlab.responsible.memorization import INDEX_FILE
+from genlab.responsible.memorization import IMAGE_CHECK_FILE, INDEX_FILE, ImageCopies
 from genlab.serving.config import ServeConfig
 from genlab.serving.engine import TextEngine
 from genlab.serving.engine_process import RemoteEngine
@@ -38,10 +38,15 @@ def load_served(path: str | Path, config: ServeConfig, name: str | None = None,
     model, default = load_model(path)
     name = name or default
     family = model.config.family
-    if model.serves in ("text", "text2text") and model.copies is None and any(
-            f.type == "memorized" for f in config.filters):
+    memorized = next((f for f in config.filters if f.type == "memorized"), None)
+    if memorized is not None and model.serves in ("text", "text2text") and model.copies is None:
         raise GenlabError(f"{path}: the memorized filter needs the training-text index that `genlab fit` keeps in "
                           f"a text model's folder ({INDEX_FILE}), and this one has none: fit it again")
+    if memorized is not None and model.serves == "image":
+        model.image_copies = ImageCopies.load(model_folder(path)[0])
+        if model.image_copies is None:
+            raise GenlabError(f"{path}: the memorized filter needs the copy check that `genlab evaluate` keeps in an "
+                              f"image model's folder ({IMAGE_CHECK_FILE}): evaluate the run first")
     on_batch = (lambda size: observe(name, size)) if observe else None
     return served_kind(model.serves, f"{path}: a {family} model")(name, family, model, config, on_batch,
                                                                   folder=model_folder(path)[0])
@@ -181,7 +186,9 @@ class ServedImages(Served):
             values = [own.get(name, defaults[name].default) for _, _, own in items]
             conditions[name] = torch.tensor(values, dtype=torch.float32)
         samples = self.model.sample(len(items), generator=generators, **conditions, **options)
-        return [self.encode(sample) for sample in samples]
+        copies = getattr(self.model, "image_copies", None)
+        withheld = copies.copied(samples).tolist() if copies is not None else [False] * len(samples)
+        return [(self.encode(sample), copied) for sample, copied in zip(samples, withheld, strict=True)]
 
     def encode(self, sample: torch.Tensor) -> Any:
         """One sample as a response carries it."""
