@@ -22,8 +22,10 @@ import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
+from typer.testing import CliRunner
 
 import genlab
+from genlab.cli import app
 from genlab.errors import GenlabError
 from genlab.responsible.memorization import IMAGE_CHECK_FILE, INDEX_FILE, CopyIndex, ImageCopies
 from genlab.serving import ServeConfig, serve_app
@@ -453,11 +455,26 @@ def test_the_memorized_filter_withholds_or_flags_images_nearer_a_training_image_
     genlab.evaluate(genlab.Run(run))  # keeps the copy check: training features, radius, feature network
     check = ImageCopies.load(run / "model")
     assert check.radius > 0 and len(check.train) > 1000
+    # genlab filter on a folder of images: training images are copies, noise is not
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path / "made"
+    folder.mkdir()
+    for i, image in enumerate(load_digits().images[:3]):
+        Image.fromarray((image * 255 / 16).astype(np.uint8)).resize((8, 8)).save(folder / f"train{i}.png")
+    noise = np.random.default_rng(0).integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    for i, image in enumerate(noise):
+        Image.fromarray(image).save(folder / f"noise{i}.png")
+    listed = CliRunner().invoke(app, ["filter", str(folder), "--model", str(run), "--action", "redact", "--out",
+                                      str(tmp_path / "kept")])
+    assert listed.exit_code == 0 and "3 of 6 image(s)" in listed.output, listed.output
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["noise0.png", "noise1.png", "noise2.png"]
+    assert CliRunner().invoke(app, ["filter", str(folder), "--model", str(run), "--action", "refuse"]).exit_code == 3
     body = {"model": "digits", "prompt": "", "n": 2, "seed": 0}
     for radius, action, kept, copied in ((0.0, "refuse", 2, []), (1e9, "refuse", 0, [0, 1]), (1e9, "flag", 2, [0, 1])):
         ImageCopies(check.train, radius, net=check.net).save(run / "model")  # nothing, or everything, is a copy
-        app = serve_app([run], ServeConfig(names=["digits"], filters=[{"type": "memorized", "action": action}]))
-        with TestClient(app) as client:
+        server = serve_app([run], ServeConfig(names=["digits"], filters=[{"type": "memorized", "action": action}]))
+        with TestClient(server) as client:
             answer = client.post("/v1/images/generations", json=body).json()
             metrics = client.get("/metrics").text
         assert len(answer["data"]) == kept and answer.get("genlab_filter", {}).get("images", []) == copied

@@ -242,7 +242,8 @@ def audit(
 @app.command("filter")
 @_user_errors
 def filter_text(
-    source: Annotated[Path, typer.Argument(help="A text file (findings are named by line and column).")],
+    source: Annotated[Path, typer.Argument(help="A text file (findings are named by line and column), or a folder "
+                                                "of images checked for copies of --model's training images.")],
     action: Annotated[str, typer.Option(help="flag (list what was found), redact ([EMAIL], [CARD]...) or "
                                              "refuse (exit 3 when anything is found).")] = "flag",
     kinds: Annotated[list[str], typer.Option("--kind", help="Kinds to look for (repeat; default all): email, "
@@ -250,16 +251,20 @@ def filter_text(
                                                            "memorized.")] = [],  # noqa: B006
     threshold: Annotated[float, typer.Option(min=0.05, max=1.0, help="offensive: the model's probability from which "
                                                                      "a sentence is offensive.")] = 0.8,
-    model: Annotated[Path | None, typer.Option(help="memorized: the text model (run or model folder) whose "
-                                                    "training text copies are looked for.")] = None,
+    model: Annotated[Path | None, typer.Option(help="memorized: the model (run or model folder) whose training "
+                                                    "text (or images) copies are looked for.")] = None,
     min_chars: Annotated[int, typer.Option(min=50, help="memorized: the shortest copy reported.")] = 50,
-    out_file: Annotated[Path | None, typer.Option("--out", help="Where redact writes the text.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Where redact writes the text (images: the folder "
+                                                                "of those kept).")] = None,
 ) -> None:
-    """Find personal data, offensive sentences and copied training text offline; flag, redact or refuse them."""
+    """Find personal data, offensive sentences and copied training text or images offline; flag, redact or refuse
+    them."""
     from genlab.responsible.filters import chosen_kinds, find, redact
     from genlab.responsible.memorization import INDEX_FILE, CopyIndex
     from genlab.serving.folders import model_folder
 
+    if source.is_dir():
+        return _filter_images(source, model, action, out_file)
     copies = None
     if model is not None:
         folder = model_folder(model)[0]
@@ -284,6 +289,31 @@ def filter_text(
     else:
         out.print(f"{len(findings)} finding(s) in {source}")
     if action == "refuse" and findings:
+        raise typer.Exit(3)
+
+
+def _filter_images(folder: Path, model: Path | None, action: str, out_dir: Path | None) -> None:
+    import shutil
+
+    from genlab.responsible.filters import copied_images
+    from genlab.serving.folders import model_folder
+
+    if model is None:
+        raise GenlabError(f"{folder}: images are checked for copies of a model's training images: --model RUN")
+    if action == "redact" and out_dir is None:
+        raise GenlabError("--action redact on images writes the images that are not copies to --out DIR")
+    copied, read = copied_images(folder, model_folder(model)[0])
+    for path in copied:
+        out.print(f"{path}: memorized", highlight=False)
+    out.print(f"{len(copied)} of {len(read)} image(s) in {folder} copy a training image")
+    if action == "redact":
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(set(read) - set(copied)):
+            target = out_dir / path.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        out.print(f"wrote the {len(read) - len(copied)} other image(s) to {out_dir}")
+    if action == "refuse" and copied:
         raise typer.Exit(3)
 
 

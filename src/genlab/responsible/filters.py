@@ -1,11 +1,14 @@
 """The post-generation filters by kind, as `genlab filter` and the library use them: personal data (pii.py),
-offensive sentences (offensive.py) and text copied from a model's training set (memorization.py). The server
-applies the same finders as text streams (serving/guard.py)."""
+offensive sentences (offensive.py) and text or images copied from a model's training set (memorization.py). The
+server applies the same finders as text streams (serving/guard.py)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from genlab.errors import GenlabError
-from genlab.responsible.memorization import WINDOW, CopyIndex
+from genlab.responsible.memorization import IMAGE_CHECK_FILE, WINDOW, CopyIndex, ImageCopies
 from genlab.responsible.offensive import THRESHOLD, available, find_offensive
 from genlab.responsible.pii import KINDS, Finding, find_pii, redact
 
@@ -43,4 +46,25 @@ def find(text: str, kinds: tuple[str, ...], threshold: float = THRESHOLD, copies
             kept.append(f)
     return kept
 
-__all__ = ["ALL_KINDS", "chosen_kinds", "find", "redact"]
+def copied_images(folder: Path, where: Path) -> tuple[list[Path], list[Path]]:
+    """(the images under `folder` that copy a training image of the model whose folder is `where`, every image
+    read), by the copy check `genlab evaluate` keeps there; images are read as the model's data were."""
+    from types import SimpleNamespace
+
+    from genlab.data.sources import IMAGE_SUFFIXES, read_images
+    from genlab.models.base import META_FILE
+
+    check = ImageCopies.load(where)
+    if check is None:
+        raise GenlabError(f"--model {where}: its folder has no copy check ({IMAGE_CHECK_FILE}); `genlab evaluate` "
+                          "keeps one for image models")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise GenlabError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it")
+    channels, size, _ = json.loads((where / META_FILE).read_text())["spec"]["shape"]
+    images, kept, _ = read_images(files, folder, SimpleNamespace(image_size=size, channels=channels))
+    read = [files[i] for i in kept]
+    return [p for p, c in zip(read, check.copied(images / 2 + 0.5).tolist(), strict=True) if c], read
+
+
+__all__ = ["ALL_KINDS", "chosen_kinds", "copied_images", "find", "redact"]
