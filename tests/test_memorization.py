@@ -98,3 +98,4 @@ def test_the_library_filter_joins_overlapping_findings_and_asks_for_the_model():
     with pytest.raises(GenlabError, match="--kind memorized: name the model"):
         chosen_kinds(["memorized"])
     assert "memorized" in chosen_kinds((), index) and "memorized" not in chosen_kinds(())
+

@@ -160,6 +160,31 @@ def test_synthetic_rows_teach_a_classifier(tmp_path):
     s = genlab.evaluate(run)["synthetic"]
     assert s["utility_metric"] == "accuracy" and s["train_on_synthetic"] > s["majority_class"] + 0.3, s
     assert s["mean_tv"] < 0.1 and s["mean_ks"] < 0.3
+    assert s["closeness"]["exact_copies"] == 0 and s["detection_auc"] < 0.95, s  # 142 rows a side: a noisy AUC
+
+
+def test_closeness_and_detection_tell_copies_and_shifted_rows_from_faithful_ones():
+    from genlab.data.columns import Columns
+    from genlab.evaluation.tabular import closeness, detection_auc
+
+    def rows(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(n, 3)) + shift
+        return pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2],
+                             "kind": np.where(x[:, 0] + rng.normal(size=n) > shift, "p", "q")})
+
+    train, holdout, faithful, shifted = rows(600, 0), rows(200, 1), rows(600, 2), rows(600, 3, shift=1.5)
+    columns = Columns.fit(train)
+    copies = train.sample(600, replace=True, random_state=0)
+    copied, honest = closeness(columns, train, copies, holdout), closeness(columns, train, faithful, holdout)
+    print(f"DCR median: copies {copied['dcr_synthetic_median']:.3f}, faithful {honest['dcr_synthetic_median']:.3f}, "
+          f"held out {honest['dcr_holdout_median']:.3f}")
+    assert copied["exact_copies"] == 1.0 and copied["closer_than_holdout_5pct"] == 1.0
+    assert honest["exact_copies"] == 0.0 and honest["closer_than_holdout_5pct"] < 0.15
+    assert 0.7 < honest["dcr_ratio"] < 1.4
+    same, apart = detection_auc(columns, train, faithful), detection_auc(columns, train, shifted)
+    print(f"detection AUC: same distribution {same:.3f}, shifted {apart:.3f}")
+    assert same < 0.62 and apart > 0.9
 
 
 def test_balanced_batches_draw_each_group_equally_and_name_what_they_cannot_balance(diabetes_csv):

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from genlab.cli_options import check_taken, family_options, options_help
 from genlab.cli_options import flag as option_flag
@@ -64,7 +65,7 @@ def _user_errors(fn):
                 return fn(*args, **kwargs)
         except GenlabError as e:
             for line in str(e).splitlines():
-                err.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+                err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
 
     return wrapper
@@ -75,7 +76,7 @@ class _OneLine(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         tag = "[yellow]warning:[/yellow] " if record.levelno >= logging.WARNING else ""
-        err.print(f"{tag}{record.getMessage()}", highlight=False, soft_wrap=True)
+        err.print(f"{tag}{escape(record.getMessage())}", highlight=False, soft_wrap=True)
 
 
 def _one_line_logs() -> None:
@@ -194,6 +195,77 @@ def bakeoff(
         out.print(f"{e['name']:<16} {e['family']:<12} {e['steps']:>6} {values}", highlight=False)
     out.print(f"ranking: {' > '.join(result['ranking'])}; {result['verdict']}", highlight=False)
     out.print(f"report: {out_dir / 'bakeoff.html'}")
+
+
+@app.command()
+@_user_errors
+def sweep(
+    target: Annotated[Path, typer.Argument(help="A run config to search around, or (with --status) a sweep folder.")],
+    space: Annotated[Path | None, typer.Option(help="YAML: config keys to {log_uniform|uniform|int|choice: ...}.")]
+    = None,
+    trials: Annotated[int, typer.Option(min=1, help="Trials the study holds when done (finished or pruned).")] = 12,
+    budget: Annotated[float | None, typer.Option(min=1, help="Seconds of training per trial (train.max_time).")]
+    = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Worker processes on the one study (the cores are shared).")] = 1,
+    objective: Annotated[str | None, typer.Option(help="A metrics.json figure to optimize (each trial is then "
+                                                       "evaluated); default: the family's validation monitor.")]
+    = None,
+    direction: Annotated[str | None, typer.Option(help="minimize or maximize, for an objective that is not a "
+                                                       "headline figure.")] = None,
+    pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = "median",
+    seed: Annotated[int, typer.Option(help="The sampler's seed.")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out", help="The sweep folder: study.journal, trials/, sweep.html.")]
+    = Path("runs/sweep"),
+    show: Annotated[bool, typer.Option("--status", help="Print a sweep folder's best trials and importances.")]
+    = False,
+    work: Annotated[bool, typer.Option("--work", hidden=True)] = False,
+) -> None:
+    """Search hyperparameters with Optuna: every trial a run directory, pruned at validations, resumable."""
+    from genlab import sweep as sweeps
+
+    if work:
+        sweeps.work(target, worker=int(os.environ.get("GENLAB_SWEEP_WORKER", "0")))
+        return
+    if show:
+        result = sweeps.status(target)
+        out_dir = target
+    else:
+        if space is None:
+            raise GenlabError("--space: give the YAML file of the keys to search")
+        result = sweeps.sweep(target, space=space, trials=trials, out=out_dir, budget=budget, jobs=jobs,
+                              objective=objective, direction=direction, pruner=pruner, seed=seed)
+        if not result:  # a rank that Lightning launched for a trial: rank zero reports
+            return
+    counts = ", ".join(f"{n} {state}" for state, n in result["counts"].items() if n)
+    out.print(f"{result['objective']} ({result['direction']}): {counts}", highlight=False)
+    for b in result["best"]:
+        out.print(f"trial {b['number']:>3}  {b['value']:.4g}  {json.dumps(b['params'])}", highlight=False)
+    if result["importances"]:
+        out.print("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in result["importances"].items()),
+                  highlight=False)
+    out.print(f"report: {out_dir / 'sweep.html'}; optuna-dashboard {out_dir / 'study.journal'}")
+
+
+@app.command("compare")
+@_user_errors
+def compare_runs(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the page.")] = Path("compare.html"),
+    n: Annotated[int, typer.Option("--n", min=1, max=64, help="Samples drawn per run (seed 0).")] = 16,
+) -> None:
+    """Put runs side by side: config differences, shared figures with intervals, overlaid curves, samples."""
+    from genlab.compare import compare
+
+    result = compare(runs, out_file, n)
+    names = result["runs"]
+    width = max(12, *(len(n) for n in names))
+    out.print(f"{'':<32} " + " ".join(f"{n:>{width}}" for n in names), highlight=False)
+    for key, values in result["config_differences"].items():
+        out.print(f"{key[:32]:<32} " + " ".join(f"{json.dumps(v)[:width]:>{width}}" for v in values), highlight=False)
+    for f in result["figures"]:
+        cells = " ".join(f"{v:>{width}.4g}" if v is not None else " " * width for v in f["values"])
+        out.print(f"{f['label'][:32]:<32} {cells}", highlight=False)
+    out.print(f"report: {out_file}")
 
 
 @app.command()
@@ -506,7 +578,7 @@ def _verb_command(verb: Any) -> Any:
         for line in done.lines:
             out.print(line, highlight=False, markup=False)
         for line in done.failed:
-            err.print(f"[red]error:[/] {line}", highlight=False)
+            err.print(f"[red]error:[/] {escape(line)}", highlight=False)
         if done.failed:
             raise typer.Exit(1)
 

@@ -53,7 +53,7 @@ def bakeoff(entries: list[str | Path], *, budget: float, out: str | Path,
             run = fit(budgeted(cfg, steps, budget), out=out / name)
         metrics = _evaluated(run, out, configs[0][0])
         rows.append(_row(name, run, metrics, headline))
-        previews[name] = _preview(run, metrics)
+        previews[name] = preview(run, metrics)
     ranking = _ranking(rows, headline)
     result = {"budget_seconds": budget, "data": configs[0][1].data.model_dump(mode="json"),
               "modality": rows[0]["modality"], "headline": [asdict(f) for f in headline], "entries": rows,
@@ -159,16 +159,16 @@ def _row(name: str, run: Run, metrics: dict[str, Any], headline: tuple[Figure, .
             "intervals": {f.key: metrics[f"{f.key}_interval"] for f in headline if f"{f.key}_interval" in metrics}}
 
 
-def _preview(run: Run, metrics: dict[str, Any]) -> str:
+def preview(run: Run, metrics: dict[str, Any], n: int = 16) -> str:
     """What the report shows of an entry, as HTML: the examples its evaluation wrote (continuations of held-out
-    prompts, predictions), or else 16 samples (seed 0, the run's eval sampling)."""
+    prompts, predictions), or else `n` samples (seed 0, the run's eval sampling)."""
     from genlab.config import sampling_options
     from genlab.outputs import TEXTS
 
     if metrics.get("examples"):
         return TEXTS.html([e.get("continuation") or e.get("prediction", "") for e in metrics["examples"][:3]])
     options = sampling_options(run.config.model.family, run.config.eval.sampling)
-    return run.model.media.html(run.sample(16, seed=0, **options))
+    return run.model.media.html(run.sample(n, seed=0, **options))
 
 
 def _verdict(rows: list[dict[str, Any]], ranking: list[str], headline: tuple[Figure, ...]) -> str:

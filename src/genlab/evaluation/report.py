@@ -83,29 +83,127 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 def _curves(tb_dir: Path, width: int = 640, height: int = 240) -> str:
     """Loss curves from the run's own TensorBoard events, drawn as inline SVG on a log scale."""
+    series = scalar_series(tb_dir, CURVES)
+    if series is None:
+        return "<p>no TensorBoard logs</p>"
+    if not series:
+        return "<p>no loss curves logged</p>"
+    return line_chart(series, "loss curves", width, height)
+
+
+def scalar_series(tb_dir: Path, tags: tuple[str, ...] | list[str]) -> dict[str, list[tuple[float, float]]] | None:
+    """{tag: [(step, value)]} of the tags a run logged to TensorBoard (positive values); None without logs."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not tb_dir.is_dir():
-        return "<p>no TensorBoard logs</p>"
+        return None
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0}).Reload()
-    series = {tag: [(e.step, e.value) for e in acc.Scalars(tag) if e.value > 0]
-              for tag in CURVES if tag in acc.Tags()["scalars"]}
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag) if e.value > 0]
+            for tag in tags if tag in acc.Tags()["scalars"]}
+
+
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def line_chart(series: dict[str, list[tuple[float, float]]], label: str, width: int = 640, height: int = 240,
+               *, log: bool = True, x_name: str = "step", dots: bool = False) -> str:
+    """Named (x, y) series as inline SVG: lines (or dots), a log y axis when `log` (values must be positive)."""
     points = [p for values in series.values() for p in values]
     if not points:
-        return "<p>no loss curves logged</p>"
+        return ""
     x_max = max(x for x, _ in points) or 1
-    lo, hi = min(math.log10(v) for _, v in points), max(math.log10(v) for _, v in points)
+
+    def scale(v: float) -> float:
+        return math.log10(v) if log else v
+
+    lo, hi = min(scale(v) for _, v in points), max(scale(v) for _, v in points)
     span = (hi - lo) or 1.0
 
-    def at(x: int, v: float) -> str:
-        return f"{40 + (width - 50) * x / x_max:.1f},{10 + (height - 40) * (hi - math.log10(v)) / span:.1f}"
+    def at(x: float, v: float) -> tuple[float, float]:
+        return 40 + (width - 50) * x / x_max, 10 + (height - 40) * (hi - scale(v)) / span
 
-    lines = [f"<polyline fill=none stroke='{colour}' stroke-width=1.5 points='{' '.join(at(*p) for p in values)}'/>"
-             f"<text x={width - 120} y={20 + 16 * i} fill='{colour}'>{tag}</text>"
-             for i, ((tag, values), colour) in enumerate(zip(series.items(), ("#1f77b4", "#d62728")))]
-    axes = (f"<text x=2 y=16>{10 ** hi:.3g}</text><text x=2 y={height - 30}>{10 ** lo:.3g}</text>"
-            f"<text x={width - 80} y={height - 5}>step {x_max}</text>")
-    return f"<svg width={width} height={height} role=img aria-label='loss curves'>{''.join(lines)}{axes}</svg>"
+    marks = []
+    for i, (name, values) in enumerate(series.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        if dots:
+            marks += [f"<circle cx={x:.1f} cy={y:.1f} r=3 fill='{colour}'/>" for x, y in (at(*p) for p in values)]
+        else:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (at(*p) for p in values))
+            marks.append(f"<polyline fill=none stroke='{colour}' stroke-width=1.5 points='{path}'/>")
+        marks.append(f"<text x={width - 160} y={20 + 16 * i} fill='{colour}'>{html.escape(name)}</text>")
+    top, bottom = (10 ** hi, 10 ** lo) if log else (hi, lo)
+    axes = (f"<text x=2 y=16>{top:.3g}</text><text x=2 y={height - 30}>{bottom:.3g}</text>"
+            f"<text x={width - 80} y={height - 5}>{x_name} {x_max:g}</text>")
+    return (f"<svg width={width} height={height} role=img aria-label='{html.escape(label)}'>{''.join(marks)}"
+            f"{axes}</svg>")
+
+
+def write_sweep_report(path: Path, result: dict, best_samples: str) -> Path:
+    """sweep.html: the objective of every trial by number with the best so far, the best trials, the parameter
+    importances, and the best trial's samples."""
+    maximize = result["direction"] == "maximize"
+    done = [(h["number"], h["value"]) for h in result["history"] if h["value"] is not None and h["state"] == "complete"]
+    pruned = [(h["number"], h["last"]) for h in result["history"] if h["state"] == "pruned" and h["last"] is not None]
+    best, running = [], None
+    for number, value in sorted(done):
+        running = value if running is None else (max if maximize else min)(running, value)
+        best.append((number, running))
+    positive = all(v > 0 for _, v in [*done, *pruned])
+    chart = line_chart({"finished": done, "pruned (last reported)": pruned}, "objective by trial", log=positive,
+                       x_name="trial", dots=True) + line_chart({"best so far": best}, "best so far", log=positive,
+                                                               x_name="trial")
+    rows = "".join(f"<tr><td>{b['number']}</td><td>{b['value']:.4g}</td><td>{html.escape(json_line(b['params']))}"
+                   f"</td><td>{html.escape(str(b['run']))}</td></tr>" for b in result["best"])
+    importances = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.3f}</td></tr>"
+                          for k, v in result["importances"].items())
+    counts = ", ".join(f"{n} {state}" for state, n in result["counts"].items() if n)
+    page = f"""<!doctype html><html><head><meta charset=utf-8><title>genlab sweep</title><style>{_CSS}</style></head>
+<body><h1>Sweep: {html.escape(result['objective'])} ({result['direction']})</h1>
+<p>{result['trials']} trials asked for: {counts}.</p>{chart}
+<h2>Best trials</h2><table><tr><th>trial</th><th>{html.escape(result['objective'])}</th><th>parameters</th>
+<th>run</th></tr>{rows}</table>
+<h2>Parameter importances (fANOVA)</h2>{f'<table>{importances}</table>' if importances else
+'<p>not yet: they need three finished trials</p>'}
+<h2>The best trial's samples</h2>{best_samples}</body></html>"""
+    path.write_text(page)
+    return path
+
+
+def write_compare_report(path: Path, result: dict, curves: str, samples: str) -> Path:
+    """compare.html: the config differences, the shared figures (best of each in bold), curves and samples."""
+    names = result["runs"]
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    differs = "".join(f"<tr><th>{html.escape(k)}</th>" + "".join(f"<td>{html.escape(json_line(v))}</td>" for v in vs)
+                      + "</tr>" for k, vs in result["config_differences"].items())
+    rows = []
+    for f in result["figures"]:
+        known = [v for v in f["values"] if v is not None]
+        best = None if f["higher_is_better"] is None or not known else (max if f["higher_is_better"] else min)(known)
+        cells = []
+        for value, interval in zip(f["values"], f["intervals"], strict=True):
+            text = "" if value is None else f"{value:.4g}" + (
+                f" <small>[{interval[0]:.3g}, {interval[1]:.3g}]</small>" if isinstance(interval, list) else "")
+            cells.append(f"<td><b>{text}</b></td>" if value is not None and value == best else f"<td>{text}</td>")
+        rows.append(f"<tr><th>{html.escape(f['label'])}</th>{''.join(cells)}</tr>")
+    unevaluated = [n for n, e in zip(names, result["evaluated"], strict=True) if not e]
+    note = (f"<p>Not evaluated yet (genlab evaluate RUN): {html.escape(', '.join(unevaluated))}.</p>"
+            if unevaluated else "")
+    page = f"""<!doctype html><html><head><meta charset=utf-8><title>genlab compare</title><style>{_CSS}</style></head>
+<body><h1>{len(names)} runs compared</h1>
+<h2>Config differences</h2>{f'<table><tr><th></th>{head}</tr>{differs}</table>' if differs else
+'<p>the configs are the same</p>'}
+<h2>Figures</h2>{note}{f'<table><tr><th></th>{head}</tr>{"".join(rows)}</table>' if rows else
+'<p>no figure is reported by two runs</p>'}
+<p>Brackets: 90% bootstrap intervals where the evaluation gives them; bold: the better of a headline figure.</p>
+<h2>Training curves</h2>{curves}<h2>Samples (seed 0)</h2>{samples}</body></html>"""
+    path.write_text(page)
+    return path
+
+
+def json_line(value: object) -> str:
+    import json
+
+    return json.dumps(value, separators=(", ", ": "))
 
 
 _CSS = """body{font:14px system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}

@@ -56,6 +56,8 @@ def evaluate_table(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[st
         metrics["anomaly"] = anomaly(model, columns, train, test, anomalous)
     synthetic = model.sample(max(len(train), 200), generator=torch.Generator().manual_seed(ev.seed), **options)
     metrics["synthetic"] = fidelity(columns, train, synthetic, test, data.target)
+    metrics["synthetic"]["closeness"] = closeness(columns, train, synthetic, normal)
+    metrics["synthetic"]["detection_auc"] = detection_auc(columns, train, synthetic, ev.seed)
     write_json(run.paths.metrics, metrics)
     write_report(run, _rows(metrics), [("imputation", f"{MISSING_SHARE:.0%} of held-out cells hidden (MCAR), "
                                                       f"seeds {list(SEEDS)}; sklearn fitted on the train rows")],
@@ -180,6 +182,55 @@ def fidelity(columns: Columns, train: pd.DataFrame, synthetic: pd.DataFrame, tes
     return out
 
 
+def row_features(columns: Columns, frame: pd.DataFrame, reference: pd.DataFrame) -> np.ndarray:
+    """Rows as points: numbers standardized by `reference` (missing: its mean), categories one-hot over its
+    values (an unseen or missing one: all zeros)."""
+    parts = []
+    for c in columns.columns:
+        if c.kind == "numeric":
+            ref = reference[c.name].astype(float)
+            scale = ref.std() or 1.0
+            parts.append(((frame[c.name].astype(float) - ref.mean()) / scale).fillna(0).to_numpy()[:, None])
+        else:
+            values = sorted(reference[c.name].dropna().astype(str).unique())
+            codes = pd.Categorical(frame[c.name].astype("string").to_numpy(), categories=values).codes
+            parts.append(np.eye(len(values) + 1)[codes][:, : len(values)])  # code -1 (unseen) picks the last row
+    return np.concatenate(parts, axis=1)
+
+
+def closeness(columns: Columns, train: pd.DataFrame, synthetic: pd.DataFrame, holdout: pd.DataFrame
+              ) -> dict[str, float]:
+    """Distance to closest record (DCR): each synthetic row's distance to its nearest training row, beside the
+    same for held-out real rows (what a model that does not copy reaches); the share of synthetic rows closer
+    than all but 5% of held-out rows, and of exact copies."""
+    from sklearn.neighbors import NearestNeighbors
+
+    index = NearestNeighbors(n_neighbors=1).fit(row_features(columns, train, train))
+    fake = index.kneighbors(row_features(columns, synthetic, train))[0][:, 0]
+    real = index.kneighbors(row_features(columns, holdout, train))[0][:, 0]
+    close = float(np.quantile(real, 0.05))
+    return {"dcr_synthetic_median": float(np.median(fake)), "dcr_holdout_median": float(np.median(real)),
+            "dcr_ratio": float(np.median(fake) / max(np.median(real), 1e-12)),
+            "closer_than_holdout_5pct": float(np.mean(fake < close)), "exact_copies": float(np.mean(fake < 1e-9)),
+            "exact_copies_holdout": float(np.mean(real < 1e-9))}
+
+
+def detection_auc(columns: Columns, real: pd.DataFrame, synthetic: pd.DataFrame, seed: int = 0,
+                  rows: int = 2000) -> float:
+    """How well a random forest tells synthetic rows from real ones (ROC AUC, 5-fold cross-validated on equal
+    numbers of each): 0.5 when it cannot, 1 when it always can."""
+    from sklearn.model_selection import cross_val_predict
+
+    n = min(len(real), len(synthetic), rows)
+    a = real.sample(n, random_state=seed) if len(real) > n else real
+    b = synthetic.sample(n, random_state=seed) if len(synthetic) > n else synthetic
+    x = row_features(columns, pd.concat([a, b], ignore_index=True), real)
+    y = np.r_[np.zeros(len(a)), np.ones(len(b))]
+    forest = RandomForestClassifier(n_estimators=100, min_samples_leaf=3, random_state=seed)
+    scores = cross_val_predict(forest, x, y, cv=5, method="predict_proba")[:, 1]
+    return float(roc_auc_score(y, scores))
+
+
 def _utility(columns: Columns, train: pd.DataFrame, test: pd.DataFrame, target: str) -> float:
     """A random forest trained on `train`'s other columns, scored on predicting `target` in `test`
     (rows whose target is missing take no part)."""
@@ -221,4 +272,10 @@ def _rows(m: dict) -> list[tuple[str, str]]:
     for key in ("mean_ks", "mean_tv", "correlation_difference", "train_on_synthetic", "train_on_real"):
         if s.get(key) is not None:
             rows.append((f"synthetic: {key.replace('_', ' ')}", f"{s[key]:.3f}"))
+    c = s["closeness"]
+    rows.append(("synthetic: distance to closest training row, median (held-out real rows)",
+                 f"{c['dcr_synthetic_median']:.3f} ({c['dcr_holdout_median']:.3f})"))
+    rows.append(("synthetic: rows closer than 95% of held-out rows; exact copies",
+                 f"{c['closer_than_holdout_5pct']:.1%}; {c['exact_copies']:.1%}"))
+    rows.append(("synthetic: detection AUC (0.5: indistinguishable from real)", f"{s['detection_auc']:.3f}"))
     return rows

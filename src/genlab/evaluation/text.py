@@ -2,7 +2,9 @@
 
 Bits per character divide the total negative log-likelihood (in bits) by the characters the
 scored tokens decode to, so models with different tokenizers compare. Distinct-n is the share of
-unique word n-grams among all n-grams of the generated continuations (Li et al., 2016).
+unique word n-grams among all n-grams of the generated continuations (Li et al., 2016); self-BLEU and MAUVE
+(evaluation/diversity.py) set them beside the held-out text's own continuations of the same openings; and
+the share of continuations that copy 50+ characters of the training text comes from the model's copy index.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from genlab.config import EvalConfig
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
+from genlab.evaluation.diversity import mauve, self_bleu, sentence_embeddings
 from genlab.evaluation.report import text_samples, write_report
 from genlab.responsible.memorization import WINDOW
 from genlab.run import Run, write_json
@@ -36,6 +39,14 @@ def held_out_loss(model, windows: torch.Tensor, batch_size: int) -> dict[str, fl
     loss = nats / tokens
     return {"loss": loss, "perplexity": math.exp(loss), "bits_per_character": nats / math.log(2) / max(chars, 1),
             "tokens": tokens, "characters": chars}
+
+
+def _mauve(real: list[str], generated: list[str], seed: int) -> dict[str, float | None]:
+    """MAUVE of the continuations against the held-out text's own, on MiniLM embeddings (None without them)."""
+    p, q = sentence_embeddings(real), sentence_embeddings(generated)
+    if p is None or len(real) < 10:
+        return {"mauve": None}
+    return {"mauve": mauve(p, q, seed=seed)}
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -61,12 +72,18 @@ def evaluate_text(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str
         texts += model.sample(len(chunk), generator=torch.Generator().manual_seed(ev.seed * 1000 + i), prompt=chunk,
                               **options)
     seconds = time.perf_counter() - started
+    new_tokens = int(options.get("max_new_tokens") or 64)
+    real = model.tokenizer.batch_decode(windows[picks, PROMPT_TOKENS : PROMPT_TOKENS + new_tokens],
+                                        skip_special_tokens=True)  # what the held-out text went on to say
     metrics = {
         **scores,
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
         # the share of continuations holding a 50+ character copy of the training text (None: no index kept)
         "copied_share": None if model.copies is None else model.copies.copied_share(texts),
+        "self_bleu": self_bleu(texts),
+        "self_bleu_real": self_bleu(real),
+        **_mauve(real, texts, ev.seed),
         "split": split,
         "num_generated": len(texts),
         "sampling": options,
@@ -78,6 +95,10 @@ def evaluate_text(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str
     rows = [(f"loss on {split} (nats/token)", f"{scores['loss']:.4f}"), ("perplexity", f"{scores['perplexity']:.4g}"),
             ("bits per character", f"{scores['bits_per_character']:.4f}"),
             ("distinct-1 / distinct-2 of generations", f"{metrics['distinct_1']:.3f} / {metrics['distinct_2']:.3f}")]
+    rows.append(("self-BLEU of generations (real continuations)",
+                 f"{metrics['self_bleu'] or 0:.3f} ({metrics['self_bleu_real'] or 0:.3f})"))
+    if metrics["mauve"] is not None:
+        rows.append((f"MAUVE against the real continuations (MiniLM, {len(texts)} texts)", f"{metrics['mauve']:.3f}"))
     if metrics["copied_share"] is not None:
         rows.append((f"continuations copying {WINDOW}+ characters of the training text",
                      f"{metrics['copied_share']:.1%}"))
