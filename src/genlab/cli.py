@@ -199,6 +199,37 @@ def bakeoff(
 
 @app.command()
 @_user_errors
+def advise(
+    target: Annotated[str, typer.Argument(help="A run config, a built-in data set, or your file or folder of data.")],
+    budget: Annotated[float, typer.Option(min=1, help="Seconds of training you can give each model.")] = 240.0,
+    goal: Annotated[str, typer.Option(help="quality, speed (to train and sample) or control (an interpretable "
+                                           "latent space).")] = "quality",
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the proposed configs go.")] = Path("advice"),
+    run: Annotated[bool, typer.Option("--run", help="Run the bake-off of the proposals now.")] = False,
+) -> None:
+    """Read the data, propose the families that suit it (with why), and write a starting config for each."""
+    from genlab.advice import advise as advice
+
+    result = advice(target, goal=goal, budget=budget, out=out_dir)
+    facts = ", ".join(f"{k} {v}" for k, v in result["facts"].items())
+    out.print(f"data: {facts}; this machine: {result['matmul_gflops']:.0f} GFLOP/s (float32 matmul)", highlight=False)
+    for i, p in enumerate(result["proposals"], 1):
+        out.print(f"{i}. {p['family']}: {p['reason']} -> {p['config']}", highlight=False)
+    if result["bakeoff"] is None:
+        out.print(f"train it: genlab fit {result['proposals'][0]['config']}", highlight=False)
+    elif run:
+        from genlab.selection import bakeoff as run_bakeoff
+
+        configs = [p["config"] for p in result["proposals"]]
+        ranked = run_bakeoff(configs, budget=budget, out=out_dir / "bakeoff")
+        out.print(f"ranking: {' > '.join(ranked['ranking'])}; {ranked['verdict']}; report: "
+                  f"{out_dir / 'bakeoff' / 'bakeoff.html'}", highlight=False)
+    else:
+        out.print(f"settle it on your data: {result['bakeoff']}  (or run again with --run)", highlight=False)
+
+
+@app.command()
+@_user_errors
 def sweep(
     target: Annotated[Path, typer.Argument(help="A run config to search around, or (with --status) a sweep folder.")],
     space: Annotated[Path | None, typer.Option(help="YAML: config keys to {log_uniform|uniform|int|choice: ...}.")]

@@ -1,0 +1,168 @@
+"""Architecture advice: read the data, propose the families that suit it with the reason for each, and write a
+starting config per proposal (a shipped recipe with the user's data) for the bake-off to settle.
+
+    genlab advise DATA_OR_CONFIG [--budget SECONDS] [--goal quality|speed|control] [--out DIR] [--run]
+
+The rules are the mission's and what was measured on this project's recipes: diffusion for the best image
+quality at a long enough budget, a GAN for quality within a short one and for fast sampling, a VAE for an
+interpretable latent space and structured data, transformers for text, an encoder-decoder for text to text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genlab.config import RunConfig, load_config
+from genlab.data.registry import source_names
+from genlab.errors import GenlabError
+from genlab.quiet import quiet
+
+GOALS = ("quality", "speed", "control")
+RECIPES = Path(__file__).resolve().parents[2] / "configs"  # a source checkout's recipes
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
+
+
+@dataclass
+class Proposal:
+    name: str
+    family: str
+    reason: str
+    recipe: str  # the shipped recipe whose model, train and eval sections it starts from
+    model: dict[str, Any] = field(default_factory=dict)  # changes to the recipe's model section
+
+
+def data_section(target: str | Path) -> dict[str, Any]:
+    """The data section for a config file, a built-in source's name, or a user's file or folder."""
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return load_config(path).data.model_dump(mode="json", exclude_defaults=True)
+    if str(target) in source_names() and not path.exists():
+        return {"source": str(target)}
+    if path.is_dir():
+        suffixes = {p.suffix.lower() for p in path.rglob("*") if p.is_file()}
+        if suffixes & IMAGE_SUFFIXES:
+            return {"source": "image_folder", "path": str(path)}
+        if suffixes & AUDIO_SUFFIXES:
+            return {"source": "audio_folder", "path": str(path)}
+        raise GenlabError(f"{path}: a folder with no images ({', '.join(sorted(IMAGE_SUFFIXES))}) or audio")
+    if not path.is_file():
+        raise GenlabError(f"{target}: not a config, a built-in data set ({', '.join(source_names())}), a file or "
+                          "a folder")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".parquet", ".pq"):
+        return {"source": "table", "path": str(path)}
+    if suffix == ".jsonl":
+        with path.open(errors="replace") as lines:
+            try:
+                first = json.loads(next((line for line in lines if line.strip()), "{}"))
+            except ValueError as err:
+                raise GenlabError(f"{path}: its first record is not JSON ({err})") from None
+        return {"source": "pairs" if {"source", "target"} <= set(first) else "text", "path": str(path)}
+    if suffix in (".txt", ".md"):
+        return {"source": "text", "path": str(path)}
+    raise GenlabError(f"{path}: genlab reads .csv/.parquet tables, .txt/.jsonl text and folders of images or audio")
+
+
+def profile(data: dict[str, Any]) -> dict[str, Any]:
+    """What the data are: modality, size, classes, and the shape that decides a family."""
+    from genlab.data.sources import load_dataset
+
+    cfg = load_config(None, [f"data.{k}={json.dumps(v)}" for k, v in data.items()]).data
+    dataset = load_dataset(cfg)
+    train, spec = dataset.train, dataset.spec
+    out: dict[str, Any] = {"modality": spec.modality, "train": len(train), "held_out": len(dataset.test),
+                           "classes": len(spec.class_names)}
+    if spec.modality in ("image", "audio"):
+        out["shape"] = list(spec.shape)
+    elif spec.modality == "table":
+        frame = train.x
+        numeric = frame.select_dtypes("number").columns
+        out.update(columns=frame.shape[1], numeric=len(numeric), categorical=frame.shape[1] - len(numeric))
+    elif isinstance(train.x[0], str) if len(train) else False:
+        out["characters"] = sum(len(d) for d in train.x)
+    else:
+        out["modality"], out["pairs"] = "pairs", len(train)
+    return out
+
+
+def propose(facts: dict[str, Any], goal: str = "quality", budget: float = 240) -> list[Proposal]:
+    """The families that suit the data, best first for the goal, each with why."""
+    if goal not in GOALS:
+        raise GenlabError(f"--goal: {goal!r} is not one of {', '.join(GOALS)}")
+    modality, labelled = facts["modality"], facts.get("classes", 0) > 1
+    if modality == "image":
+        conditional = {"class_conditional": True} if labelled else {}
+        found = [
+            Proposal("diffusion", "diffusion", "the best sample quality and coverage of the data given time; "
+                     "slow to sample (tens of network calls an image)", "digits-diffusion", conditional),
+            Proposal("gan", "gan", "sharp samples in one network call; within a short budget it reached about "
+                     "half the diffusion recipe's FID here; can drop modes (watch recall)",
+                     "digits-gan", conditional),
+            Proposal("vae", "vae", "the fastest to train and an interpretable latent space (traversals, "
+                     "beta for disentanglement); blurrier samples", "digits-vae"),
+        ]
+        order = {"quality": ["diffusion", "gan", "vae"] if budget >= 240 else ["gan", "diffusion", "vae"],
+                 "speed": ["gan", "vae", "diffusion"], "control": ["vae", "diffusion", "gan"]}[goal]
+        found.sort(key=lambda p: order.index(p.name))
+        if labelled:
+            found[0].reason += f"; conditioned on the {facts['classes']} classes so you can ask for each"
+        return found
+    if modality == "audio":
+        return [Proposal("audio-diffusion", "audio_diffusion", "diffusion on log-mel images, vocoded by "
+                         "Griffin-Lim: the family genlab has for sound" + ("; class-conditional" if labelled else ""),
+                         "spoken-digits-diffusion")]
+    if modality == "table":
+        return [Proposal("tabular-vae", "tabular_vae", "a VAE over mixed numeric and categorical columns: "
+                         "synthetic rows, imputation of missing cells and anomaly scores from one model",
+                         "cancer-tabular")]
+    if modality == "pairs":
+        return [Proposal("seq2seq", "seq2seq", "an encoder-decoder for text to text (translation, "
+                         "summaries, formats)", "dates-seq2seq")]
+    small = facts.get("characters", 0) < 5_000_000
+    return [Proposal("char-lm" if small else "bpe-lm", "transformer",
+                     "a causal transformer; characters as tokens for a corpus this small (under 5 MB), so no "
+                     "vocabulary is spent on rare words" if small else "a causal transformer with byte-level BPE "
+                     "tokens for a corpus this size", "shakespeare-char" if small else "python-docs-lm")]
+
+
+def starting_config(p: Proposal, data: dict[str, Any], budget: float) -> RunConfig:
+    """The proposal's recipe (its model, train and eval sections; the family's defaults where the recipes are not
+    beside the package) on the user's data, its training time the budget."""
+    file = RECIPES / f"{p.recipe}.yaml"
+    recipe = yaml.safe_load(file.read_text()) if file.is_file() else {}
+    train = {**recipe.get("train", {}), "max_time": budget}
+    return RunConfig.model_validate({"name": p.name, "data": data, "eval": recipe.get("eval", {}), "train": train,
+                                     "model": {**recipe.get("model", {}), "family": p.family, **p.model}})
+
+
+@quiet
+def advise(target: str | Path, *, goal: str = "quality", budget: float = 240, out: str | Path = "advice"
+           ) -> dict[str, Any]:
+    """Profile the data, propose families, write a config per proposal into `out`; returns what was found."""
+    from genlab.training.peak import matmul_peak
+
+    data = data_section(target)
+    facts = profile(data)
+    proposals = propose(facts, goal, budget)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for p in proposals:
+        path = out / f"{p.name}.yaml"
+        path.write_text(starting_config(p, data, budget).to_yaml())
+        written.append(str(path))
+    gflops = matmul_peak() / 1e9
+    return {"data": data, "facts": facts, "goal": goal, "budget": budget, "matmul_gflops": gflops,
+            "proposals": [{"name": p.name, "family": p.family, "reason": p.reason, "config": w}
+                          for p, w in zip(proposals, written, strict=True)],
+            "bakeoff": f"genlab bakeoff {' '.join(written)} --budget {budget:g} --out {out / 'bakeoff'}"
+            if len(written) > 1 else None}
+
+
+__all__ = ["advise", "data_section", "profile", "propose", "starting_config"]
