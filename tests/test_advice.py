@@ -28,12 +28,13 @@ def test_images_with_classes_get_three_families_in_the_goals_order(tmp_path):
     shown = CliRunner().invoke(app, ["advise", str(tmp_path / "imgs"), "--out", str(tmp_path / "advice")])
     assert shown.exit_code == 0, shown.output
     assert "modality image" in shown.output and "classes 10" in shown.output and "genlab bakeoff" in shown.output
-    first = load_config(tmp_path / "advice" / "diffusion.yaml")
+    first = load_config(tmp_path / "advice" / "digits-diffusion.yaml")
     assert first.model.class_conditional and first.data.path == tmp_path / "imgs" and first.train.max_time == 240
     facts = profile(data_section(tmp_path / "imgs"))
-    assert [p.name for p in propose(facts, "quality", 240)] == ["diffusion", "gan", "vae"]
-    assert [p.name for p in propose(facts, "quality", 60)][0] == "gan", "a short budget favours the GAN"
-    assert [p.name for p in propose(facts, "control")][0] == "vae"
+    assert [p.family for p in propose(facts, "quality", 240)] == ["diffusion", "gan", "vae"]
+    assert [p.family for p in propose(facts, "quality", 60)][0] == "gan", "a short budget favours the GAN"
+    assert [p.family for p in propose(facts, "control")][0] == "vae"
+    assert [p.family for p in propose(facts, "speed")][0] == "gan"
     with pytest.raises(GenlabError, match="--goal: 'beauty'"):
         propose(facts, "beauty")
 

@@ -58,7 +58,7 @@ def test_a_class_the_outputs_never_hold_is_flagged_and_the_real_mix_is_not(digit
     rare = torch.cat([data.train.y[data.train.y != 3], data.train.y[data.train.y == 3][:5]])  # 3 nearly absent
     thin = audit_classes(net, real, y, rare, faithful, [str(c) for c in range(10)])
     assert {(f["class"], f["kind"]) for f in thin["flags"]} == {("3", "rare in the training data")}
-    assert "weights: true" in thin["flags"][0]["mitigation"]
+    assert "data.balance_by: label" in thin["flags"][0]["mitigation"]
 
 
 def test_audit_command_writes_its_report_and_refuses_runs_it_cannot_audit(tiny_run, tmp_path):
@@ -78,9 +78,9 @@ def test_audit_command_writes_its_report_and_refuses_runs_it_cannot_audit(tiny_r
     assert refused.exit_code == 1 and "--group COLUMN, one of" in refused.output
     numeric = CliRunner().invoke(app, ["audit", str(tables.path), "--group", "alcohol"])
     assert numeric.exit_code == 1 and "'alcohol' is a numeric column" in numeric.output
-    images = CliRunner().invoke(app, ["audit", str(tiny_run.path), "--group", "x"])
-    assert images.exit_code == 1 and "--group: the diffusion family's audit does not take it; it takes --target, " \
-        "--min-share" in images.output
+    images = CliRunner().invoke(app, ["audit", str(tiny_run.path), "--probes", "x.yaml"])
+    assert images.exit_code == 1 and "--probes: the diffusion family's audit does not take it; it takes --target, " \
+        "--min-share, --group, --manifest" in images.output
 
 
 def test_an_image_run_is_audited_by_a_manifests_attribute(tmp_path):

@@ -99,3 +99,15 @@ def test_the_library_filter_joins_overlapping_findings_and_asks_for_the_model():
         chosen_kinds(["memorized"])
     assert "memorized" in chosen_kinds((), index) and "memorized" not in chosen_kinds(())
 
+
+
+def test_a_model_that_returns_training_text_is_told_from_one_that_returns_held_out_text():
+    from genlab.config import load_config
+    from genlab.data import load_dataset
+
+    plays = load_dataset(load_config(None, ["data.source=tinyshakespeare"]).data)
+    index = CopyIndex.build(plays.train.x)
+    seen, unseen = "".join(plays.train.x), "".join(plays.val.x)
+    copying = [seen[s : s + 200] for s in range(0, 200 * 997, 997)]  # a "model" that recites its training text
+    honest = [unseen[s : s + 200] for s in range(0, len(unseen) - 200, 500)]  # one that writes new lines
+    assert index.copied_share(copying) == 1.0 and index.copied_share(honest) <= 0.02

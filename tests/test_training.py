@@ -215,6 +215,19 @@ def test_an_existing_run_is_not_overwritten(tiny_run):
         genlab.fit(None, overrides=tiny(), out=tiny_run.path)
 
 
+def test_mlflow_records_params_and_metrics_in_a_sqlite_store_beside_the_runs(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    run = genlab.fit(None, overrides=tiny("train.max_steps=10", "train.loggers=[tensorboard,mlflow]"),
+                     out=tmp_path / "runs" / "tiny")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (recorded,) = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
+    assert recorded.info.run_name == "tiny" and recorded.info.status == "FINISHED"
+    assert "train/loss" in recorded.data.metrics and recorded.data.params  # the losses and the hyperparameters
+    assert (run.path / "tb").is_dir(), "TensorBoard still logs beside it"
+
+
 def test_wandb_offline_writes_under_the_run(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -3,9 +3,11 @@ starting config per proposal (a shipped recipe with the user's data) for the bak
 
     genlab advise DATA_OR_CONFIG [--budget SECONDS] [--goal quality|speed|control] [--out DIR] [--run]
 
-The rules are the mission's and what was measured on this project's recipes: diffusion for the best image
+Each family declares what it suits (`GenerativeModel.suits`: the data's modality, why, its recipe, its place
+for each goal), so the advice asks the families and a new family is advised without a change here. The
+declarations hold the mission's rules and what was measured on the recipes: diffusion for the best image
 quality at a long enough budget, a GAN for quality within a short one and for fast sampling, a VAE for an
-interpretable latent space and structured data, transformers for text, an encoder-decoder for text to text.
+interpretable latent space, transformers for text, an encoder-decoder for text to text.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from genlab.config import RunConfig, load_config
+from genlab.config.families import family_class, family_names
 from genlab.data.registry import source_names
 from genlab.errors import GenlabError
 from genlab.quiet import quiet
@@ -30,7 +33,7 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 
 @dataclass
 class Proposal:
-    name: str
+    name: str  # the recipe's name, which its config file takes
     family: str
     reason: str
     recipe: str  # the shipped recipe whose model, train and eval sections it starts from
@@ -70,7 +73,7 @@ def data_section(target: str | Path) -> dict[str, Any]:
 
 
 def profile(data: dict[str, Any]) -> dict[str, Any]:
-    """What the data are: modality, size, classes, and the shape that decides a family."""
+    """What the data are: modality, size (examples; characters of text), classes, and shape or columns."""
     from genlab.data.sources import load_dataset
 
     cfg = load_config(None, [f"data.{k}={json.dumps(v)}" for k, v in data.items()]).data
@@ -78,57 +81,36 @@ def profile(data: dict[str, Any]) -> dict[str, Any]:
     train, spec = dataset.train, dataset.spec
     out: dict[str, Any] = {"modality": spec.modality, "train": len(train), "held_out": len(dataset.test),
                            "classes": len(spec.class_names)}
-    if spec.modality in ("image", "audio"):
-        out["shape"] = list(spec.shape)
-    elif spec.modality == "table":
-        frame = train.x
-        numeric = frame.select_dtypes("number").columns
-        out.update(columns=frame.shape[1], numeric=len(numeric), categorical=frame.shape[1] - len(numeric))
-    elif isinstance(train.x[0], str) if len(train) else False:
-        out["characters"] = sum(len(d) for d in train.x)
+    if hasattr(train.x, "columns"):  # a table
+        numeric = len(train.x.select_dtypes("number").columns)
+        out.update(columns=train.x.shape[1], numeric=numeric, categorical=train.x.shape[1] - numeric)
+    elif isinstance(train.x, list):  # documents, or (source, target) pairs
+        out["characters"] = sum(len(d) if isinstance(d, str) else sum(map(len, d)) for d in train.x)
     else:
-        out["modality"], out["pairs"] = "pairs", len(train)
+        out["shape"] = list(spec.shape)
     return out
 
 
 def propose(facts: dict[str, Any], goal: str = "quality", budget: float = 240) -> list[Proposal]:
-    """The families that suit the data, best first for the goal, each with why."""
+    """The families whose `suits` declares the data's modality, in the order of their places for the goal."""
     if goal not in GOALS:
         raise GenlabError(f"--goal: {goal!r} is not one of {', '.join(GOALS)}")
-    modality, labelled = facts["modality"], facts.get("classes", 0) > 1
-    if modality == "image":
-        conditional = {"class_conditional": True} if labelled else {}
-        found = [
-            Proposal("diffusion", "diffusion", "the best sample quality and coverage of the data given time; "
-                     "slow to sample (tens of network calls an image)", "digits-diffusion", conditional),
-            Proposal("gan", "gan", "sharp samples in one network call; within a short budget it reached about "
-                     "half the diffusion recipe's FID here; can drop modes (watch recall)",
-                     "digits-gan", conditional),
-            Proposal("vae", "vae", "the fastest to train and an interpretable latent space (traversals, "
-                     "beta for disentanglement); blurrier samples", "digits-vae"),
-        ]
-        order = {"quality": ["diffusion", "gan", "vae"] if budget >= 240 else ["gan", "diffusion", "vae"],
-                 "speed": ["gan", "vae", "diffusion"], "control": ["vae", "diffusion", "gan"]}[goal]
-        found.sort(key=lambda p: order.index(p.name))
-        if labelled:
-            found[0].reason += f"; conditioned on the {facts['classes']} classes so you can ask for each"
-        return found
-    if modality == "audio":
-        return [Proposal("audio-diffusion", "audio_diffusion", "diffusion on log-mel images, vocoded by "
-                         "Griffin-Lim: the family genlab has for sound" + ("; class-conditional" if labelled else ""),
-                         "spoken-digits-diffusion")]
-    if modality == "table":
-        return [Proposal("tabular-vae", "tabular_vae", "a VAE over mixed numeric and categorical columns: "
-                         "synthetic rows, imputation of missing cells and anomaly scores from one model",
-                         "cancer-tabular")]
-    if modality == "pairs":
-        return [Proposal("seq2seq", "seq2seq", "an encoder-decoder for text to text (translation, "
-                         "summaries, formats)", "dates-seq2seq")]
-    small = facts.get("characters", 0) < 5_000_000
-    return [Proposal("char-lm" if small else "bpe-lm", "transformer",
-                     "a causal transformer; characters as tokens for a corpus this small (under 5 MB), so no "
-                     "vocabulary is spent on rare words" if small else "a causal transformer with byte-level BPE "
-                     "tokens for a corpus this size", "shakespeare-char" if small else "python-docs-lm")]
+    fitting = [(cls.suits, name) for name in family_names()
+               if (cls := family_class(name)).suits is not None and cls.suits.modality == facts["modality"]]
+    if not fitting:
+        raise GenlabError(f"advise: no family declares that it suits {facts['modality']} data")
+    fitting.sort(key=lambda pair: pair[0].place(goal, budget))
+    labelled = facts.get("classes", 0) > 1
+    out = []
+    for suits, name in fitting:
+        recipe, reason = suits.recipe, suits.reason
+        if suits.large is not None and facts.get("characters", facts["train"]) >= suits.large[0]:
+            _, recipe, reason = suits.large
+        conditioned = labelled and suits.conditional
+        if conditioned:
+            reason += f"; conditioned on the {facts['classes']} classes, so you can ask for each"
+        out.append(Proposal(recipe, name, reason, recipe, {"class_conditional": True} if conditioned else {}))
+    return out
 
 
 def starting_config(p: Proposal, data: dict[str, Any], budget: float) -> RunConfig:

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from genlab.compare import flatten
 from genlab.config import RunConfig, load_config
 from genlab.config.families import check_verb, family_class
 from genlab.data.datamodule import TensorDataModule
@@ -58,6 +59,8 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
     if leader:  # only now, with data and model known good, does the run directory appear
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.config.write_text(cfg.to_yaml())
+        for logger in trainer.loggers:  # the config as flat parameters, which MLflow and W&B compare runs by
+            logger.log_hyperparams(flatten(cfg.model_dump(mode="json")))
         os.environ[_RUN_DIR_ENV] = str(paths.root.resolve())  # inherited by the ranks Lightning launches
     try:
         trainer.fit(model, datamodule=TensorDataModule(dataset, cfg.train.batch_size, cfg.train.seed),

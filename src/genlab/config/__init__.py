@@ -116,8 +116,10 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(250, ge=1)  # steps between checkpoints/last.ckpt writes
     log_every: int = Field(25, ge=1)
     grid_size: int = Field(16, ge=0)  # samples previewed at each validation (image grid, text); 0 disables
-    loggers: list[Literal["tensorboard", "wandb"]] = ["tensorboard"]
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
     wandb_project: str = "genlab"
+    mlflow_experiment: str = "genlab"
+    mlflow_tracking_uri: str | None = None  # None: sqlite:///<the runs' folder>/mlflow.db
     accelerator: str = "auto"  # auto picks a GPU when there is one, else the CPU
     devices: int | str = 1
     strategy: str = "auto"  # ddp, fsdp, ... through Lightning

@@ -22,7 +22,7 @@ from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
 from genlab.models.diffusion import Diffusion
-from genlab.models.protocol import Figure, Graph
+from genlab.models.protocol import Figure, Graph, Suits
 
 AUDIO_FIGURES = (Figure("fid", "FID (digit classifier features)", False, ("fid_real_baseline", "real vs real")),
                  Figure("label_accuracy", "label accuracy", True, ("classifier_accuracy_vocoded", "real, vocoded")),
@@ -35,6 +35,8 @@ class AudioDiffusion(GenerativeModel):
     serves = "genlab.serving.speech:ServedSpeech"  # OpenAI's /v1/audio/speech
     hub_library, hub_task = "diffusers", "text-to-audio"
     evaluator = "genlab.evaluation.audio:evaluate_audio"
+    suits = Suits("audio", "diffusion on log-mel images, vocoded by Griffin-Lim: the family genlab has for sound",
+                  "spoken-digits-diffusion", conditional=True)
     headline = AUDIO_FIGURES
     audit = "genlab.evaluation.audio:audit_clips"
 

@@ -22,7 +22,7 @@ from genlab.config import ModelConfig, TrainConfig
 from genlab.config.section import Sampling
 from genlab.data.records import Dataset, DataSpec
 from genlab.errors import GenlabError
-from genlab.models.protocol import IMAGE_FIGURES, Figure, Graph
+from genlab.models.protocol import IMAGE_FIGURES, Figure, Graph, Suits
 from genlab.outputs import IMAGES, Media
 from genlab.training.lightning_internals import step_not_counted
 from genlab.training.optim import build_optimizer, build_schedule
@@ -54,6 +54,7 @@ class GenerativeModel(L.LightningModule):
     hub_task: ClassVar[str | None] = "unconditional-image-generation"
     # its verbs beyond `sample` (upscale, impute, ...) are declared on its Config class, where the CLI finds them
     copies: CopyIndex | None = None  # text families: the training text's window hashes, kept in the model folder
+    suits: ClassVar[Suits | None] = None  # what data `genlab advise` proposes the family for, and why
 
     def __init__(self, config: ModelConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__()

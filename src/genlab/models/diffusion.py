@@ -21,7 +21,7 @@ from genlab.config.diffusion import DEFAULT_STEPS, DiffusionConfig, DiffusionSam
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
-from genlab.models.protocol import Graph
+from genlab.models.protocol import Graph, Suits
 from genlab.quiet import library_noise_silenced
 
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler}
@@ -46,6 +46,9 @@ class Diffusion(GenerativeModel):
     Config = DiffusionConfig
     Sampling = DiffusionSampling
     hub_library = "diffusers"
+    suits = Suits("image", "the best sample quality and coverage of the data given time; slow to sample (tens of "
+                  "network calls an image)", "digits-diffusion", quality=0, speed=2, control=1, short_budget=1,
+                  conditional=True)
 
     def __init__(self, config: DiffusionConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__(config, spec, train)

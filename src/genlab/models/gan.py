@@ -22,7 +22,7 @@ from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
 from genlab.models.diffaugment import diff_augment
-from genlab.models.protocol import Graph, ToUnit
+from genlab.models.protocol import Graph, Suits, ToUnit
 
 
 class PixelNorm(nn.Module):
@@ -86,6 +86,9 @@ class GAN(GenerativeModel):
     network = "generator"
     monitor = "val/fid"  # logged by the core's collapse watch, which scores a fixed latent batch
     watches_collapse = True
+    suits = Suits("image", "sharp samples in one network call; within a short budget it reached about half the "
+                  "diffusion recipe's FID here; can drop modes (watch recall)", "digits-gan", quality=1, speed=0,
+                  control=2, short_budget=0, conditional=True)
     optimizer_names = ("generator", "discriminator")
 
     def __init__(self, config: GANConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:

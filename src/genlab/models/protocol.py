@@ -35,6 +35,30 @@ def metric_at(metrics: dict[str, Any], dotted: str) -> Any:
     return metrics
 
 
+@dataclass(frozen=True)
+class Suits:
+    """What data a family suits, for `genlab advise`: the data's modality, why, the shipped recipe it starts from,
+    and its place for each goal (0 first)."""
+
+    modality: str
+    reason: str
+    recipe: str
+    quality: int = 0
+    speed: int = 0
+    control: int = 0
+    short_budget: int | None = None  # its place for quality when the budget is short (under SHORT_BUDGET s)
+    conditional: bool = False  # made class-conditional when the data have classes
+    large: tuple[int, str, str] | None = None  # (size from which, recipe, reason) for data that large
+
+    def place(self, goal: str, budget: float) -> int:
+        if goal == "quality" and self.short_budget is not None and budget < SHORT_BUDGET:
+            return self.short_budget
+        return getattr(self, goal)
+
+
+SHORT_BUDGET = 240  # seconds: under it, the GAN recipe beat the diffusion recipe's FID on this machine
+
+
 @dataclass
 class Graph:
     """One network a family exports to ONNX: the module, example inputs, their dynamic axes, and what it returns."""

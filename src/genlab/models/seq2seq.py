@@ -31,7 +31,7 @@ from genlab.data.tokenize import train_tokenizer
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
 from genlab.models.hf import load_folder, lora_wrap, save_folder
-from genlab.models.protocol import Figure
+from genlab.models.protocol import Figure, Suits
 from genlab.outputs import TEXTS
 from genlab.quiet import library_noise_silenced
 from genlab.responsible.memorization import CopyIndex
@@ -87,6 +87,7 @@ class Seq2Seq(GenerativeModel):
     Config = Seq2SeqConfig
     Sampling = Seq2SeqSampling
     media, serves, audit = TEXTS, "text2text", "genlab.responsible.text_audit:audit_text"
+    suits = Suits("pairs", "an encoder-decoder for text to text (translation, summaries, formats)", "dates-seq2seq")
     hub_library, hub_task = "transformers", "text2text-generation"
     evaluator = "genlab.evaluation.seq2seq:evaluate_pairs"
     headline = tuple(Figure(key, label, True, (f"copy_source_baseline.{key}", "copying the source"))

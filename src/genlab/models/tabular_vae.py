@@ -28,7 +28,7 @@ from genlab.data.columns import Columns
 from genlab.data.records import Dataset, DataSpec, Split
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
-from genlab.models.protocol import Figure
+from genlab.models.protocol import Figure, Suits
 from genlab.outputs import TABLES
 
 log = logging.getLogger("genlab")
@@ -82,6 +82,8 @@ class TabularVAE(GenerativeModel):
     Sampling = TabularSampling
     media, serves, audit = TABLES, "table", "genlab.responsible.table_audit:audit_table"
     hub_task = None  # the Hub has no task for generated tables
+    suits = Suits("table", "a VAE over mixed numeric and categorical columns: synthetic rows, imputation of "
+                  "missing cells and anomaly scores from one model", "cancer-tabular")
     network = "net"
     evaluator = "genlab.evaluation.tabular:evaluate_table"
     headline = (Figure("imputation.genlab.rmse", "imputation RMSE", False,

@@ -24,7 +24,7 @@ from genlab.data.tokenize import pack, train_tokenizer
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
 from genlab.models.hf import load_folder, lora_wrap, save_folder
-from genlab.models.protocol import Figure, Graph
+from genlab.models.protocol import Figure, Graph, Suits
 from genlab.outputs import TEXTS
 from genlab.responsible.memorization import CopyIndex
 
@@ -62,6 +62,10 @@ class Transformer(GenerativeModel):
     Config = TransformerConfig
     Sampling = TextSampling
     media, serves, audit = TEXTS, "text", "genlab.responsible.text_audit:audit_text"
+    suits = Suits("text", "a causal transformer with characters as tokens, for a corpus this small (under 5 MB): no "
+                  "vocabulary is spent on rare words", "shakespeare-char",
+                  large=(5_000_000, "python-docs-lm", "a causal transformer with byte-level BPE tokens, for a corpus "
+                                                      "this size"))
     hub_library, hub_task = "transformers", "text-generation"
     evaluator = "genlab.evaluation.text:evaluate_text"
     headline = (Figure("bits_per_character", "bits/char", False), Figure("perplexity", "perplexity", False),

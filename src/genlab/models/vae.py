@@ -21,7 +21,7 @@ from genlab.config.vae import VAEConfig, VAESampling
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
-from genlab.models.protocol import IMAGE_FIGURES, Figure, Graph
+from genlab.models.protocol import IMAGE_FIGURES, Figure, Graph, Suits
 
 
 class VAENet(nn.Module, PyTorchModelHubMixin):
@@ -70,6 +70,8 @@ class VAE(GenerativeModel):
     Sampling = VAESampling
     network = "net"
     evaluator = "genlab.evaluation.latent:evaluate_autoencoder"
+    suits = Suits("image", "the fastest to train and an interpretable latent space (traversals, beta for "
+                  "disentanglement); blurrier samples", "digits-vae", quality=2, speed=1, control=0)
     headline = (*IMAGE_FIGURES, Figure("nll_iwae", "NLL (IWAE)", False), Figure("mig", "MIG", True))
 
     def __init__(self, config: VAEConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:

@@ -105,4 +105,15 @@ def _loggers(cfg: TrainConfig, paths: RunPaths) -> list[Logger]:
         # offline: runs are written under the run directory; `wandb sync` uploads them later
         loggers.append(WandbLogger(project=cfg.wandb_project, save_dir=str(paths.root), offline=True,
                                    name=paths.root.name))
+    if "mlflow" in cfg.loggers:
+        try:
+            import mlflow  # noqa: F401
+            from lightning.pytorch.loggers import MLFlowLogger
+        except ImportError:
+            raise GenlabError("train.loggers: 'mlflow' needs mlflow: pip install 'genlab[mlflow]'") from None
+        # a SQLite tracking store (MLflow's file store is deprecated): by default one beside the runs, shared by
+        # every run of the folder, so `mlflow ui --backend-store-uri` shows them together
+        uri = cfg.mlflow_tracking_uri or f"sqlite:///{(paths.root.parent / 'mlflow.db').resolve()}"
+        loggers.append(MLFlowLogger(experiment_name=cfg.mlflow_experiment, run_name=paths.root.name,
+                                    tracking_uri=uri, artifact_location=str(paths.root.resolve() / "mlflow")))
     return loggers
