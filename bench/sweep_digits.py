@@ -26,7 +26,7 @@ from genlab.sweep import study_of, sweep
 SPACE = {"train.optimizer.lr": {"log_uniform": [5.0e-4, 8.0e-3]}, "train.ema.decay": {"uniform": [0.99, 0.999]}}
 
 
-def main(trials: int = 12, steps: int = 400) -> None:
+def main(trials: int = 12, steps: int = 300) -> None:
     from optuna.trial import TrialState
 
     work = Path(tempfile.mkdtemp())

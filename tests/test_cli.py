@@ -18,8 +18,8 @@ def genlab(*args, check=True):
     return proc
 
 
-VERBS = ["fit", "sample", "evaluate", "compare", "bakeoff", "advise", "sweep", "audit", "card", "filter", "rate",
-         "ratings", "info", "prepare", "serve", "export",
+VERBS = ["fit", "sample", "evaluate", "compare", "bakeoff", "advise", "plan", "sweep", "audit", "card", "filter",
+         "rate", "ratings", "info", "prepare", "serve", "export",
          # declared by the families
          "impute", "score", "upscale", "translate", "reconstruct", "interpolate", "traverse"]
 

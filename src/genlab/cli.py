@@ -230,6 +230,31 @@ def advise(
 
 @app.command()
 @_user_errors
+def plan(
+    config: Annotated[Path, typer.Argument(help="A run config.")],
+    gpu: Annotated[str, typer.Option(help="The device to plan for: cpu (this machine), l4, a100 or h100.")] = "cpu",
+    devices: Annotated[int, typer.Option(min=1, help="Devices (DDP: each holds a replica and its own batch).")] = 1,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a config key.")] = [],  # noqa: B006
+) -> None:
+    """What a config will cost: parameters, memory per device, and time per step and for the run."""
+    from genlab.plan import plan as make_plan
+
+    p = make_plan(config, overrides=set_, gpu=gpu, devices=devices)
+    out.print(f"{p['family']}: {p['parameters']:,} parameters ({p['trainable']:,} trained), batch "
+              f"{p['batch_per_device']} per device, {p['devices']} {p['device']} device(s)", highlight=False)
+    for part, size in p["memory"].items():
+        out.print(f"  {part:<12} {size / 1e6:>10.1f} MB", highlight=False)
+    room = "" if p["device_memory"] is None else f" in {p['device_memory'] / 1e9:.0f} GB"
+    fits = "" if p["fits"] is None else (" (fits" if p["fits"] else " (does NOT fit") + f"{room})"
+    out.print(f"  {'per device':<12} {p['memory_total'] / 1e6:>10.1f} MB{fits}", highlight=False)
+    out.print(f"{p['flops_per_step'] / 1e9:.2f} GFLOP a step at {p['utilization']:.0%} of "
+              f"{p['peak_flops'] / 1e12:.2f} TFLOP/s: {p['step_seconds']:.3f} s a step, "
+              f"{p['run_seconds'] / 60:.1f} min for {p['max_steps']} steps", highlight=False)
+    out.print(f"checked {p['checked']}", highlight=False)
+
+
+@app.command()
+@_user_errors
 def sweep(
     target: Annotated[Path, typer.Argument(help="A run config to search around, or (with --status) a sweep folder.")],
     space: Annotated[Path | None, typer.Option(help="YAML: config keys to {log_uniform|uniform|int|choice: ...}.")]
