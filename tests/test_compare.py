@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 import genlab
 from genlab.cli import app
-from genlab.compare import compare, flatten
+from genlab.compare import compare
+from genlab.config import flatten
 from genlab.errors import GenlabError
 
 from .conftest import tiny

@@ -13,8 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from genlab.compare import flatten
-from genlab.config import RunConfig, load_config
+from genlab.config import RunConfig, flatten, load_config
 from genlab.config.families import check_verb, family_class
 from genlab.data.datamodule import TensorDataModule
 from genlab.data.sources import load_dataset, prepares

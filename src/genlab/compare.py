@@ -10,22 +10,13 @@ import html
 from pathlib import Path
 from typing import Any
 
+from genlab.config import flatten
 from genlab.config.families import family_class
 from genlab.errors import GenlabError
 from genlab.quiet import quiet
 from genlab.run import Run, read_json
 
 CURVE_TAGS = ("train/loss", "val/loss", "train/d_loss", "train/g_loss")  # whichever a run logged
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a.b": value} for every leaf of nested dicts (lists are leaves)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
 
 
 @quiet

@@ -208,6 +208,16 @@ def _not_one_of(value: Any, allowed: Any) -> str:
     return f"{value!r} is not one of: {', '.join(sorted(allowed))}"
 
 
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b": value} for every leaf of nested dicts (lists are leaves): a config as its override keys."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
 def load_config(source: str | Path | dict | RunConfig | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
     """Read a YAML file (or dict), apply `key.path=value` overrides, validate; ConfigError on any problem."""
     if isinstance(source, RunConfig):
