@@ -244,13 +244,12 @@ def _run_trial(study: Any, trial: Any, settings: dict[str, Any], out: Path) -> N
     from genlab.api import evaluate, fit
 
     params = suggest(trial, {k: tuple(v) for k, v in settings["space"].items()})
-    extra = [] if settings["budget"] is None else [f"train.max_time={settings['budget']}"]
     folder = out / "trials" / f"{trial.number:03d}"
     trial.set_user_attr("run", str(folder))
     report = ReportToTrial(trial, settings["monitor"])
     os.environ[TRIAL_ENV] = str(trial.number)
     try:
-        run = fit(settings["config"], overrides=[*overrides(params), *extra], out=folder, callbacks=[report])
+        run = fit(settings["config"], overrides=_trial_overrides(settings, params), out=folder, callbacks=[report])
         if report.pruned:
             study.tell(trial, state=TrialState.PRUNED)
             log.info(f"sweep: trial {trial.number} pruned at validation {len(report.values)}")
@@ -271,6 +270,12 @@ def _run_trial(study: Any, trial: Any, settings: dict[str, Any], out: Path) -> N
         log.warning(f"sweep: trial {trial.number} failed: {err}")
 
 
+def _trial_overrides(settings: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """A trial's parameters, and the sweep's training budget, as overrides of the swept config."""
+    budget = [] if settings["budget"] is None else [f"train.max_time={settings['budget']}"]
+    return [*overrides(params), *budget]
+
+
 def _launched_rank() -> bool:
     """Whether this process is a rank that Lightning launched for a trial of another process (DDP)."""
     from lightning.pytorch.utilities import rank_zero_only
@@ -285,11 +290,10 @@ def _join_trial(out: Path) -> dict[str, Any]:
     from genlab.api import fit
 
     settings = read_json(out / SETTINGS)
-    extra = [] if settings["budget"] is None else [f"train.max_time={settings['budget']}"]
     number = int(os.environ[TRIAL_ENV])
     while number >= 0:
         trial = study_of(out, settings).trials[number]
-        fit(settings["config"], overrides=[*overrides(_params(trial)), *extra],
+        fit(settings["config"], overrides=_trial_overrides(settings, _params(trial)),
             out=out / "trials" / f"{number:03d}", callbacks=[ReportToTrial(trial, settings["monitor"])])
         number = _tell_ranks(None)
     return {}
