@@ -132,6 +132,6 @@ def test_lightnings_private_names_are_all_there_and_a_missing_one_is_named(monke
 
     internals.check_internals()
     moved = (internals.LightningOptimizer, ("_on_before_step", "_renamed_hook"), "uncounted steps")
-    monkeypatch.setattr(internals, "PRIVATE", (internals.PRIVATE[0], moved))
+    monkeypatch.setattr(internals, "PRIVATE", (internals.PRIVATE[0], moved, internals.PRIVATE[2]))
     with pytest.raises(genlab.GenlabError, match=r"no longer has LightningOptimizer\._renamed_hook \(uncounted"):
         internals.check_internals()

@@ -135,9 +135,15 @@ def test_early_stopping_stops_before_max_steps(tmp_path):
     assert torch.load(run.paths.last_checkpoint, weights_only=True)["global_step"] == 20
 
 
-def test_max_time_is_a_wall_clock_budget(tmp_path):
-    run = genlab.fit(None, overrides=tiny("train.max_steps=100000", "train.max_time=3"), out=tmp_path / "r")
+def test_max_time_is_a_wall_clock_budget_and_the_schedule_anneals_within_it(tmp_path):
+    probe = Probe()
+    run = genlab.fit(None, overrides=tiny("train.max_steps=100000", "train.max_time=4", "train.optimizer.lr=0.001",
+                                          "train.schedule.name=cosine", "train.schedule.warmup_steps=0"),
+                     out=tmp_path / "r", callbacks=[probe])
     assert run.summary["stopped_because"] == "max_time" and 0 < run.summary["steps"] < 100000
+    lrs = probe.lrs  # a step schedule would still be at its peak here: under 1% of max_steps ran
+    assert lrs[-1] < 0.2 * 0.001, "the cosine reached its floor (0.1 of the peak) when the time ran out"
+    assert lrs[len(lrs) // 2] < 0.85 * 0.001 and lrs == sorted(lrs, reverse=True), "annealed by the clock"
 
 
 class Probe(L.Callback):

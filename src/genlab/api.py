@@ -22,7 +22,9 @@ from genlab.outputs import write_table
 from genlab.quiet import quiet
 from genlab.run import Run, RunPaths, write_json
 from genlab.training.callbacks import NonFiniteLoss, Throughput, TrainingInterrupted
+from genlab.training.checkpoints import checkpoint_step, newest_checkpoint, whole_checkpoint
 from genlab.training.optim import lr_factor
+from genlab.training.sharding import sharded_strategy
 from genlab.training.trainer import build_trainer
 from genlab.version import __version__
 
@@ -43,18 +45,21 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
     leader = rank_zero_only.rank == 0
     cfg, paths, checkpoint = _resolve(config, overrides, out, resume, leader)
     if checkpoint is not None:
-        done = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        done = checkpoint_step(checkpoint)
         if done >= cfg.train.max_steps:
             return _finished(cfg, paths, checkpoint, done)
+        log.info(f"resuming from {checkpoint.relative_to(paths.root)} at step {done}")
         _warn_if_schedule_moves(load_config(paths.config), cfg, done)
 
     L.seed_everything(cfg.train.seed, verbose=False)
     dataset = load_dataset(_prepared(cfg.data))
     model, dataset = family_class(cfg.model.family).build(cfg.model, dataset, cfg.train)
+    sharded = sharded_strategy(model, cfg.train) if cfg.train.strategy == "fsdp" else None
+    parameters = model.num_parameters()  # before FSDP leaves each rank its shard
     trainer = build_trainer(cfg.train, paths, has_validation=len(dataset.val) > 0, monitor=model.monitor,
                             manual_optimization=not model.automatic_optimization,
                             callbacks=[*_augmentation(cfg, dataset), *callbacks],
-                            judges=_judges(cfg, model, dataset, paths))
+                            judges=_judges(cfg, model, dataset, paths), strategy=sharded)
     if leader:  # only now, with data and model known good, does the run directory appear
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.config.write_text(cfg.to_yaml())
@@ -77,14 +82,19 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
         raise NonFiniteLoss(f"{err}; training stopped before that update and {kept}. Try a lower "
                             "train.optimizer.lr, a train.grad_clip, or train.precision: 32-true", err.step) from None
 
+    whole = trainer.strategy.full_state_dict() if sharded else None  # every rank sends its shard to rank zero
     if trainer.is_global_zero:  # under DDP every rank gets here; one writes
         # Lightning has copied the EMA weights into the model at the end of training
-        model.save_pretrained(paths.model)
+        if whole is None:
+            model.save_pretrained(paths.model)
+        else:  # the model's own modules are wrapped shards: the folder is written from the gathered weights,
+            model.save_pretrained(paths.model, state_dict=whole)  # and it is the folder that draws the preview
+            model = family_class(cfg.model.family).from_pretrained(paths.model)
         model.eval()
         if cfg.train.grid_size:
             model.media.save(model.preview(cfg.train.grid_size, torch.Generator().manual_seed(0)),
                              paths.samples / f"final{model.media.suffix}")
-        write_json(paths.summary, _summary(trainer, model, dataset))
+        write_json(paths.summary, _summary(trainer, model, dataset, parameters))
     trainer.strategy.barrier("genlab-export")
     return Run(paths.root)
 
@@ -125,11 +135,14 @@ def _resolve(config, overrides, out, resume, leader: bool) -> tuple[RunConfig, R
     """The config, the run directory and the checkpoint to resume from, checked before anything is written."""
     if resume is not None:
         paths = RunPaths(Path(resume))
-        checkpoint = paths.require("last_checkpoint")
+        checkpoint = newest_checkpoint(paths)
         return load_config(config if config is not None else paths.require("config"), overrides), paths, checkpoint
     cfg = load_config(config, overrides)
     if out is None and not leader:
         out = os.environ.get(_RUN_DIR_ENV)
+        if out is None:  # torchrun or srun started this rank, not a rank zero that chose the directory
+            raise GenlabError(f"rank {rank_zero_only.rank}: the ranks of this launch were started together, so "
+                              "none can choose the run directory for the others: give every rank --out DIR")
     paths = RunPaths(Path(out) if out is not None else _fresh_run_dir(Path("runs"), cfg.name))
     if leader and paths.root.is_dir() and any(paths.root.iterdir()):
         raise GenlabError(f"{paths.root}: already holds a run; continue it with --resume {paths.root}, "
@@ -288,7 +301,7 @@ def _finished(cfg: RunConfig, paths: RunPaths, checkpoint: Path, done: int) -> R
     interrupted it (from the checkpoint's weights, EMA's when on), else change nothing on disk."""
     if not (paths.model / "genlab.json").is_file() or not paths.summary.is_file():
         model, _ = family_class(cfg.model.family).build(cfg.model, load_dataset(cfg.data), cfg.train)
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = whole_checkpoint(checkpoint)
         model.load_state_dict(state["state_dict"])  # EMA weights when EMA is on (current_model_state: raw)
         model.save_pretrained(paths.model)
         clock = next((v for k, v in state.get("callbacks", {}).items() if k.startswith("Throughput")), None)
@@ -319,7 +332,7 @@ def _warn_if_schedule_moves(before: RunConfig, after: RunConfig, done: int) -> N
                 f"from one set to {new.max_steps} steps from the start (constant and step schedules extend exactly)")
 
 
-def _summary(trainer: L.Trainer, model, dataset) -> dict[str, Any]:
+def _summary(trainer: L.Trainer, model, dataset, parameters: int) -> dict[str, Any]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
     early = trainer.early_stopping_callback
@@ -337,7 +350,7 @@ def _summary(trainer: L.Trainer, model, dataset) -> dict[str, Any]:
         "train_loss": metrics.get("train/loss"),
         "val_loss": metrics.get("val/loss"),
         **(throughput.summary() if throughput else {}),  # seconds, samples/s, peak: totals over every fit call
-        "parameters": model.num_parameters(),
+        "parameters": parameters,
         "data": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test),
                  "shape": list(dataset.spec.shape), "classes": dataset.spec.num_classes, "notes": dataset.notes},
         "versions": {"genlab": __version__, "torch": torch.__version__, "lightning": L.__version__,

@@ -106,7 +106,7 @@ def fit(
         raise typer.BadParameter("--resume continues a run in place; drop --out", param_hint="--out")
     # the cheap checks first, so a mistake is answered before torch and Lightning load
     if resume is not None:
-        RunPaths(resume).require("last_checkpoint")
+        RunPaths(resume).require("config")  # its checkpoint (last.ckpt, or a preemption's) is found by fit
     checked = load_config(config, set_) if config is not None else None
     run = genlab.fit(checked, overrides=set_ if checked is None else (), out=out_dir, resume=resume)
     if not run.trained or not run.paths.summary.exists() or os.environ.get("LOCAL_RANK", "0") != "0":

@@ -103,7 +103,7 @@ def _done_or_resumed(folder: Path) -> Run | None:
     if paths.summary.is_file():
         log.info(f"bakeoff: {folder.name} trained already ({paths.root})")
         return Run(paths.root)
-    if paths.last_checkpoint.is_file():
+    if paths.last_checkpoint.exists():  # a file, or a sharded folder
         log.info(f"bakeoff: resuming {folder.name} from {paths.last_checkpoint}")
         return fit(resume=paths.root)
     shutil.rmtree(paths.root, ignore_errors=True)  # killed before its first checkpoint: nothing to keep

@@ -83,12 +83,21 @@ class ScheduleConfig(Section):
     gamma: float = Field(0.5, gt=0, le=1)  # step and plateau factor
     patience: int = Field(3, ge=0)  # plateau: validations without improvement
     monitor: str = "val/loss"  # plateau
+    follow_time: bool = True  # with train.max_time: as far along as the larger of steps and time gone
 
 
 class EMAConfig(Section):
     enabled: bool = True
     decay: float = Field(0.999, gt=0, lt=1)
     warmup: bool = True  # decay ramps up as (1+n)/(10+n), so short runs are not dominated by init
+
+
+class FSDPConfig(Section):
+    """How `train.strategy: fsdp` shards: torch's sharding strategies, activation checkpointing per layer, offload."""
+
+    sharding: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"] = "FULL_SHARD"
+    activation_checkpointing: bool = False  # recompute each layer's activations in the backward: memory for time
+    cpu_offload: bool = False
 
 
 class EarlyStoppingConfig(Section):
@@ -101,7 +110,7 @@ class EarlyStoppingConfig(Section):
 
 class TrainConfig(Section):
     max_steps: int = Field(2000, ge=1)
-    max_time: float | None = Field(None, gt=0)  # wall-clock budget in seconds
+    max_time: float | None = Field(None, gt=0)  # wall-clock budget in seconds; the lr schedule ends with it
     batch_size: int = Field(128, ge=1)
     seed: int = 0
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
@@ -123,6 +132,7 @@ class TrainConfig(Section):
     accelerator: str = "auto"  # auto picks a GPU when there is one, else the CPU
     devices: int | str = 1
     strategy: str = "auto"  # ddp, fsdp, ... through Lightning
+    fsdp: FSDPConfig = FSDPConfig()  # with strategy fsdp: how the text families shard
     num_nodes: int = Field(1, ge=1)
     progress: Literal["auto", "rich", "log", "none"] = "auto"  # auto: rich on a terminal, log lines otherwise
 

@@ -25,7 +25,7 @@ from genlab.errors import GenlabError
 from genlab.models.protocol import IMAGE_FIGURES, Figure, Graph, Suits
 from genlab.outputs import IMAGES, Media
 from genlab.training.lightning_internals import step_not_counted
-from genlab.training.optim import build_optimizer, build_schedule
+from genlab.training.optim import build_optimizer, build_schedule, time_used
 
 if TYPE_CHECKING:
     from genlab.responsible.memorization import CopyIndex
@@ -106,17 +106,28 @@ class GenerativeModel(L.LightningModule):
         """The networks `genlab export --to onnx` writes, by name; a family without any returns none."""
         return {}
 
+    def shard_layers(self) -> set[type[torch.nn.Module]]:
+        """The layer classes `train.strategy: fsdp` makes one shard unit each (a transformer's decoder layer); none:
+        the family is not sharded. A family that names some takes `state_dict=` (the gathered weights) in
+        `save_pretrained`, since its own modules are wrapped by then."""
+        return set()
+
     def preview(self, n: int, generator: Any = None) -> Any:
         """A quick look at the model during training; families with slow samplers pick fast settings."""
         return self.sample(n, generator=generator)
 
     # --- shared ---------------------------------------------------------------------------------
 
+    def setup(self, stage: str) -> None:
+        # FSDP has made each parameter a flat shard by the time optimizers are built; weight decay goes by the
+        # number of dimensions each had before, kept here (the parameter objects themselves survive)
+        self.unsharded_ndim = {id(p): p.ndim for p in self.parameters()}
+
     def configure_optimizers(self) -> dict:
         """One optimizer over all parameters; families with several (GANs) override this."""
         optimizer = build_optimizer(self, self.train_config.optimizer)
         schedule = build_schedule(optimizer, self.train_config.schedule, self.trainer.max_steps,
-                                  self.train_config.val_every)
+                                  self.train_config.val_every, time_used(self.trainer, self.train_config.schedule))
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def ema_module(self) -> torch.nn.Module:
@@ -132,7 +143,9 @@ class GenerativeModel(L.LightningModule):
                               "optimizers itself: use constant, cosine or step")
         optimizers = [build_optimizer(module, train.optimizer.model_copy(
             update={k: v for k, v in changes.items() if v is not None})) for module, changes in parts]
-        schedules = [build_schedule(o, train.schedule, self.trainer.max_steps, train.val_every) for o in optimizers]
+        clock = time_used(self.trainer, train.schedule)
+        schedules = [build_schedule(o, train.schedule, self.trainer.max_steps, train.val_every, clock)
+                     for o in optimizers]
         return optimizers, schedules
 
     def step_optimizer(self, optimizer: Any, loss: torch.Tensor, *, counts_as_step: bool = True) -> None:

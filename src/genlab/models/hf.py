@@ -31,12 +31,32 @@ def lora_wrap(net: Any, lora: LoraConfig, task_type: str) -> Any:
                                                   fan_in_fan_out=transposed))
 
 
-def save_folder(net: Any, tokenizer: Any, lora: LoraConfig | None, path: Path) -> None:
-    """The model (LoRA merged into it, or the adapter alone) and its tokenizer, as transformers writes them."""
+def save_folder(net: Any, tokenizer: Any, lora: LoraConfig | None, path: Path,
+                state_dict: dict[str, Any] | None = None) -> None:
+    """The model (LoRA merged into it, or the adapter alone) and its tokenizer, as transformers writes them;
+    `state_dict`: the weights to write instead of the net's own (gathered from FSDP shards)."""
     if lora is not None and lora.export == "merged":
         net = copy.deepcopy(net).merge_and_unload()  # a plain transformers model; training keeps its adapters
-    net.save_pretrained(path, safe_serialization=True)
+    if state_dict is not None:  # gathered weights share no storage, so transformers cannot see what is tied
+        tied = getattr(net, "all_tied_weights_keys", None) or {}
+        state_dict = {k: v for k, v in state_dict.items() if k not in tied}
+    net.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(path)
+
+
+def layer_classes(net: Any) -> set[type]:
+    """The classes transformers keeps whole when it splits a model across devices (its decoder and encoder
+    layers): the units FSDP shards by."""
+    net = net.get_base_model() if hasattr(net, "get_base_model") else net
+    names = set(getattr(net, "_no_split_modules", None) or ())
+    return {type(m) for m in net.modules() if type(m).__name__ in names}
+
+
+def part_of(state: dict[str, Any] | None, prefix: str) -> dict[str, Any] | None:
+    """The entries of a module's state dict under `prefix.`, without it (a family's net inside its state)."""
+    if state is None:
+        return None
+    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
 
 
 def load_folder(path: Path, load: Callable[[str | Path], Any], base: Callable[[], Any]) -> Any:

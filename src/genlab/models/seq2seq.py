@@ -30,7 +30,7 @@ from genlab.data.records import Dataset, DataSpec, Split
 from genlab.data.tokenize import train_tokenizer
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
-from genlab.models.hf import load_folder, lora_wrap, save_folder
+from genlab.models.hf import layer_classes, load_folder, lora_wrap, part_of, save_folder
 from genlab.models.protocol import Figure, Suits
 from genlab.outputs import TEXTS
 from genlab.quiet import library_noise_silenced
@@ -218,8 +218,11 @@ class Seq2Seq(GenerativeModel):
 
     # --- the model folder --------------------------------------------------------------------------
 
-    def save_pretrained(self, path: str | Path) -> None:
-        save_folder(self.net, self.tokenizer, self.config.lora, Path(path))
+    def shard_layers(self) -> set[type[torch.nn.Module]]:
+        return layer_classes(self.net)
+
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
+        save_folder(self.net, self.tokenizer, self.config.lora, Path(path), part_of(state_dict, "net"))
         self.write_meta(Path(path))
 
     @classmethod

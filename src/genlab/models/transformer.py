@@ -23,7 +23,7 @@ from genlab.data.records import Dataset, DataSpec, Split
 from genlab.data.tokenize import pack, train_tokenizer
 from genlab.errors import GenlabError
 from genlab.models.base import GenerativeModel
-from genlab.models.hf import load_folder, lora_wrap, save_folder
+from genlab.models.hf import layer_classes, load_folder, lora_wrap, part_of, save_folder
 from genlab.models.protocol import Figure, Graph, Suits
 from genlab.outputs import TEXTS
 from genlab.responsible.memorization import CopyIndex
@@ -243,8 +243,11 @@ class Transformer(GenerativeModel):
                             output_axes={0: "batch", 1: "length"},
                             traced={"input_ids": {0: Dim("batch"), 1: Dim("length", max=self.context)}})}
 
-    def save_pretrained(self, path: str | Path) -> None:
-        save_folder(self.lm, self.tokenizer, self.config.lora, Path(path))
+    def shard_layers(self) -> set[type[torch.nn.Module]]:
+        return layer_classes(self.lm)
+
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
+        save_folder(self.lm, self.tokenizer, self.config.lora, Path(path), part_of(state_dict, "lm"))
         self.write_meta(Path(path))
 
     @classmethod

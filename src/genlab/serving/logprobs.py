@@ -26,10 +26,11 @@ def completion_logprobs(token_text, records: list[Record]) -> dict[str, Any]:
             "text_offset": offsets}
 
 
-def chat_logprobs(token_text, records: list[Record]) -> dict[str, Any]:
+def chat_logprobs(token_text, token_bytes, records: list[Record]) -> dict[str, Any]:
+    """`token_bytes(id) -> bytes`: a token that holds part of a character shows a replacement character as its
+    text, so its bytes are the token's own; joined, the entries' bytes decode to the message."""
     def entry(token: int, logprob: float) -> dict[str, Any]:
-        text = token_text(token)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+        return {"token": token_text(token), "logprob": logprob, "bytes": list(token_bytes(token))}
 
     return {"content": [{**entry(token, lp), "top_logprobs": [entry(t, v) for t, v in top.items()]}
                         for token, lp, top in records if lp is not None], "refusal": None}

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from fastapi import APIRouter
 from PIL import Image
+from tokenizers import decoders
 
 from genlab.errors import GenlabError
 from genlab.responsible.memorization import IMAGE_CHECK_FILE, INDEX_FILE, ImageCopies
@@ -64,6 +65,16 @@ def served_kind(serves: str, what: str) -> type[Served]:
         raise GenlabError(f"{what} is served as {serves!r}; genlab serves {', '.join(kinds)} or a "
                           "'module:Class' Served kind")
     return kinds[serves]
+
+
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-level alphabet read backwards: printable bytes stand for themselves, the rest for 256 + n."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(moved)}}
+
+
+_BYTE_OF = _byte_of_char()
 
 
 class Served:
@@ -137,6 +148,12 @@ class ServedLM(Served):
 
     def token_text(self, token: int) -> str:
         return self.tokenizer.decode([token])
+
+    def token_bytes(self, token: int) -> bytes:
+        """The token's own bytes: a byte-level BPE token may hold part of a character, which its text cannot show."""
+        if isinstance(getattr(self.tokenizer.backend_tokenizer, "decoder", None), decoders.ByteLevel):
+            return bytes(_BYTE_OF[c] for c in self.tokenizer.convert_ids_to_tokens(token))
+        return self.token_text(token).encode()
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
         """The prompt for chat messages, and the stop strings its template implies.

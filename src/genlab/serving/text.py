@@ -324,7 +324,8 @@ async def chat_completions(body: ChatRequest, request: Request, identity: str = 
     gen = start(server, served, identity, [prompt], body, body.limit, stops)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "chat.completion", "created": created, "model": served.name}
-    logprobs = (lambda records: chat_logprobs(served.token_text, records)) if body.logprobs else (lambda r: None)
+    logprobs = ((lambda records: chat_logprobs(served.token_text, served.token_bytes, records)) if body.logprobs
+                else (lambda r: None))
     if not body.stream:
         await _collect(gen)
         _account(server, request, identity, gen)

@@ -10,9 +10,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.flop_counter import FlopCounterMode
 
 from genlab.errors import GenlabError
+from genlab.training.lightning_internals import through_root
 from genlab.training.peak import PEAK_METHOD, matmul_peak
 
 
@@ -90,7 +92,9 @@ class GradientWatch(L.Callback):
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
             return
-        if self.max_norm:  # returns the norm before clipping, so the norm is computed once
+        if isinstance(trainer.strategy, FSDPStrategy):  # each rank holds a shard: FSDP reduces the norm over all
+            norm = trainer.strategy.model.clip_grad_norm_(self.max_norm or float("inf"))
+        elif self.max_norm:  # returns the norm before clipping, so the norm is computed once
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm, foreach=True)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
@@ -258,9 +262,14 @@ class SamplePreview(L.Callback):
         self.n, self.out_dir = n, out_dir
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self.n or not trainer.is_global_zero:
+        sharded = isinstance(trainer.strategy, FSDPStrategy)  # every rank takes part in each sharded forward
+        if trainer.sanity_checking or not self.n or not (trainer.is_global_zero or sharded):
             return
-        samples = pl_module.preview(self.n, torch.Generator(pl_module.device).manual_seed(0))
+        generator = torch.Generator(pl_module.device).manual_seed(0)
+        samples = (through_root(trainer, "preview", self.n, generator) if sharded else
+                   pl_module.preview(self.n, generator))
+        if not trainer.is_global_zero:
+            return
         step = trainer.global_step
         pl_module.media.save(samples, self.out_dir / f"step_{step:06d}{pl_module.media.suffix}")
         for logger in trainer.loggers:

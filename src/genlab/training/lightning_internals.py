@@ -1,8 +1,9 @@
 """The parts of Lightning that genlab reaches into below its public API, in one place.
 
-Lightning offers no public hook for two things genlab needs: averaging only part of a model (a GAN's
-generator) with `WeightAveraging`, and stepping an optimizer without advancing `trainer.global_step`
-(a GAN's discriminator, so a step stays one batch). Both lean on private names; `check_internals`
+Lightning offers no public hook for three things genlab needs: averaging only part of a model (a GAN's
+generator) with `WeightAveraging`, stepping an optimizer without advancing `trainer.global_step`
+(a GAN's discriminator, so a step stays one batch), and calling a method of a sharded model through its
+root FSDP unit (a preview under FSDP, as Lightning calls validation_step). Both lean on private names; `check_internals`
 lists them, and a test calls it, so a Lightning upgrade that moves one fails with a message naming it
 instead of training wrongly.
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.strategies import SingleDeviceStrategy, Strategy
 from torch.optim.swa_utils import AveragedModel
 
 from genlab.errors import GenlabError
@@ -25,6 +28,7 @@ PRIVATE = (
     (WeightAveraging, ("_swap_models", "_copy_average_to_current", "_average_model", "_device", "_use_buffers",
                        "_kwargs"), "EMA over a family's ema_module()"),
     (LightningOptimizer, ("_on_before_step", "_on_after_step"), "optimizer steps that do not count as a step"),
+    (Strategy, ("_forward_redirection",), "a preview through FSDP's root unit"),
 )
 
 
@@ -32,8 +36,8 @@ def check_internals() -> None:
     """Raise a GenlabError naming each private Lightning name genlab relies on that this Lightning lacks."""
     averaging = WeightAveraging()
     wrapper = LightningOptimizer(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1))
-    missing = [f"{cls.__name__}.{name} ({why})" for (cls, names, why), instance in zip(PRIVATE, (averaging, wrapper),
-                                                                                        strict=True)
+    instances = (averaging, wrapper, SingleDeviceStrategy("cpu"))
+    missing = [f"{cls.__name__}.{name} ({why})" for (cls, names, why), instance in zip(PRIVATE, instances, strict=True)
                for name in names if not hasattr(instance, name)]
     if missing:
         raise GenlabError(f"lightning {L.__version__} no longer has {', '.join(missing)}: "
@@ -54,6 +58,13 @@ def step_not_counted(optimizer: LightningOptimizer) -> Iterator[None]:
 
 def _nothing() -> None:
     pass
+
+
+def through_root(trainer: L.Trainer, method: str, *args: Any) -> Any:
+    """`trainer.lightning_module.<method>(*args)` called through the strategy's wrapped model, so that under FSDP
+    the root unit gathers the weights it holds (embeddings, the head) for the call, as for a validation step."""
+    strategy = trainer.strategy
+    return strategy._forward_redirection(strategy.model, strategy.lightning_module, method, *args)
 
 
 class EMA(WeightAveraging):

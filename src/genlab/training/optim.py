@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+from lightning.pytorch.callbacks import Timer
 from torch import nn
 
 from genlab.config import OptimizerConfig, ScheduleConfig
@@ -15,7 +17,7 @@ def build_optimizer(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.Opti
     params = [p for p in module.parameters() if p.requires_grad]
     if cfg.name == "muon":
         return MuonWithAdamW(module, params, cfg)
-    groups = _decay_groups(params, cfg.weight_decay)
+    groups = _decay_groups(params, cfg.weight_decay, getattr(module, "unsharded_ndim", {}))
     extra = {} if cfg.fused is None else {"fused": cfg.fused}
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, **extra)
@@ -24,9 +26,11 @@ def build_optimizer(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.Opti
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **extra)
 
 
-def _decay_groups(params: list[torch.Tensor], weight_decay: float) -> list[dict]:
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+def _decay_groups(params: list[torch.Tensor], weight_decay: float, ndim: dict[int, int]) -> list[dict]:
+    """`ndim`: each parameter's dimensions before FSDP flattened it, by id; others are read off the parameter."""
+    matrix = {id(p): ndim.get(id(p), p.ndim) >= 2 for p in params}
+    groups = [{"params": [p for p in params if matrix[id(p)]], "weight_decay": weight_decay},
+              {"params": [p for p in params if not matrix[id(p)]], "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
@@ -43,7 +47,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         matrices = [p for p in params if p.ndim == 2 and id(p) not in excluded]
         others = [p for p in params if p.ndim != 2 or id(p) in excluded]
         groups = [{"params": matrices, "weight_decay": cfg.weight_decay}] if matrices else []
-        adamw_groups = _decay_groups(others, cfg.weight_decay)
+        adamw_groups = _decay_groups(others, cfg.weight_decay, {})
         super().__init__([*groups, *adamw_groups], {"lr": cfg.lr})
         self.muon = torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      adjust_lr_fn="match_rms_adamw") if matrices else None
@@ -75,21 +79,28 @@ class MuonWithAdamW(torch.optim.Optimizer):
             group["lr"] = lr
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, max_steps: int, val_every: int) -> dict:
-    """A Lightning lr_scheduler config that steps once per optimizer step (plateau: once per validation)."""
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, max_steps: int, val_every: int,
+                   time_used: Callable[[], float] | None = None) -> dict:
+    """A Lightning lr_scheduler config that steps once per optimizer step (plateau: once per validation);
+    `time_used() -> [0, 1]`: the share of train.max_time gone, which the schedule follows when it runs ahead."""
     if cfg.name == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.gamma, patience=cfg.patience)
         # strict=False: the metric first exists after the first validation
         return {"scheduler": scheduler, "interval": "step", "frequency": val_every, "monitor": cfg.monitor,
                 "strict": False}
-    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, max_steps)), "interval": "step"}
+    factor = lr_factor(cfg, max_steps, time_used)
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
 
 
-def lr_factor(cfg: ScheduleConfig, max_steps: int):
-    """The multiplier of the peak lr at each step: linear warmup, then the schedule's shape."""
+def lr_factor(cfg: ScheduleConfig, max_steps: int, time_used: Callable[[], float] | None = None):
+    """The multiplier of the peak lr at each step: linear warmup, then the schedule's shape. With `time_used`,
+    the schedule is as far along as the larger of the steps and the time gone: a machine slower than the one
+    a recipe's max_steps was set on still anneals by the end of max_time instead of stopping mid-schedule."""
     warmup = min(cfg.warmup_steps, max_steps - 1)
 
-    def factor(step: int) -> float:
+    def factor(step: float) -> float:
+        if time_used is not None:
+            step = max(step, time_used() * max_steps)
         if step < warmup:
             return (step + 1) / (warmup + 1)
         if cfg.name == "cosine":
@@ -100,3 +111,17 @@ def lr_factor(cfg: ScheduleConfig, max_steps: int):
         return 1.0
 
     return factor
+
+
+def time_used(trainer, cfg: ScheduleConfig) -> Callable[[], float] | None:
+    """The share of `train.max_time` gone, from Lightning's Timer (whose state checkpoints keep, so a resumed
+    run continues the clock); None without a time budget, or with `schedule.follow_time` off."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if not cfg.follow_time or timer is None or timer.time_remaining("train") is None:
+        return None
+
+    def used() -> float:
+        elapsed = timer.time_elapsed("train")
+        return min(1.0, elapsed / (elapsed + max(0.0, timer.time_remaining("train"))))
+
+    return used

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.strategies import Strategy
 
 from genlab.config import TrainConfig
 from genlab.errors import GenlabError
@@ -27,15 +28,16 @@ from genlab.training.lightning_internals import EMA
 
 
 def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool, manual_optimization: bool = False,
-                  monitor: str = "val/loss", judges: list[L.Callback] = (), callbacks: list[L.Callback] = ()
-                  ) -> L.Trainer:
+                  monitor: str = "val/loss", judges: list[L.Callback] = (), callbacks: list[L.Callback] = (),
+                  strategy: str | Strategy | None = None) -> L.Trainer:
     """Everything engineering about a fit lives here; the family module holds only research code.
 
     Clipping is `GradientWatch`'s (it needs the gradient norm anyway, so it is computed once), which
     also covers manual optimization (GANs), where Lightning cannot clip; Lightning cannot accumulate
     for a manually optimized module either, so accumulation is refused there with a clear error.
     `judges` score the validated weights (a GAN's collapse watch), so they run while EMA's are swapped
-    in; `monitor` (the family's, lower is better) picks best.ckpt.
+    in; `monitor` (the family's, lower is better) picks best.ckpt. `strategy`: one built for the model
+    (FSDP's, which needs its layer classes) instead of `cfg.strategy`'s name.
     """
     if manual_optimization and cfg.accumulate_grad_batches > 1:
         raise GenlabError("train.accumulate_grad_batches: this family steps its optimizers itself (manual "
@@ -75,7 +77,7 @@ def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool, ma
         precision=cfg.precision,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
-        strategy=cfg.strategy,
+        strategy=strategy or cfg.strategy,
         num_nodes=cfg.num_nodes,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         val_check_interval=cfg.val_every if has_validation else None,
