@@ -1,6 +1,7 @@
 """The road to a cluster, as far as two CPU processes go: FSDP's sharded checkpoints, their resume and the
 consolidated model folder; a torchrun launch; SLURM's preemption signal and the resume that follows it."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -39,6 +40,8 @@ def test_fsdp_shards_checkpoints_resumes_and_exports_what_ddp_under_torchrun_tra
     shards = sharded / "checkpoints" / "last.ckpt"
     assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
     assert sorted(p.name for p in shards.parent.iterdir()) == ["best.ckpt", "last.ckpt"], "no half-written folder"
+    assert first.stdout.count("run directory:") == 1, "Lightning relaunched rank 1 into rank zero's run directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fsdp"], "no second run directory from rank 1"
     resumed = genlab_cli("fit", "--resume", str(sharded), *sets("train.max_steps=8"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "DTensor" not in resumed.stderr and "_get_pg_default_device" not in resumed.stderr, "torch's FSDP noise"
@@ -102,7 +105,7 @@ def test_what_fsdp_cannot_shard_is_refused_before_any_process_starts(tmp_path, t
     assert not (tmp_path / "r").exists()
 
 
-def test_slurm_preemption_saves_requeues_and_the_resume_continues_from_that_checkpoint(tmp_path):
+def test_slurm_preemption_saves_requeues_and_the_resume_continues_from_that_checkpoint(tmp_path, caplog):
     """Lightning's SLURM environment answers the warning signal (SIGUSR1) with a checkpoint and `scontrol requeue`;
     the requeued job's `genlab fit --resume` continues from that checkpoint, not from an older last.ckpt."""
     bin_dir = tmp_path / "bin"
@@ -136,7 +139,12 @@ def test_slurm_preemption_saves_requeues_and_the_resume_continues_from_that_chec
     saved = list(run_dir.glob("hpc_ckpt_*.ckpt"))
     assert len(saved) == 1 and not (run_dir / "checkpoints" / "last.ckpt").exists()
     step = torch.load(saved[0], weights_only=True)["global_step"]
-    resumed = genlab_cli("fit", "--resume", str(run_dir), *sets("train.max_steps=" + str(step + 4)))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"{saved[0].name}" in resumed.stderr + resumed.stdout
-    assert genlab.load(run_dir).summary["steps"] == step + 4
+    logger = logging.getLogger("genlab")  # its own handler: the command line may have stopped it propagating
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="genlab"):
+            run = genlab.fit(resume=run_dir, overrides=[f"train.max_steps={step + 4}"])
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert f"resuming from {saved[0].name} at step {step}" in caplog.text
+    assert run.summary["steps"] == step + 4

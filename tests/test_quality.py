@@ -9,8 +9,8 @@ SHORT = ["train.progress=none", "eval.num_samples=200", "eval.feature_steps=300"
 
 
 def test_fid_of_the_trained_demo_model_is_far_below_the_untrained_one(tmp_path):
-    trained = genlab.fit(DEMO, overrides=[*SHORT, "train.max_steps=100", "train.schedule.warmup_steps=10"],
-                         out=tmp_path / "trained")
+    trained = genlab.fit(DEMO, overrides=[*SHORT, "train.max_steps=100", "train.batch_size=32",
+                                          "train.schedule.warmup_steps=10"], out=tmp_path / "trained")
     untrained = genlab.fit(DEMO, overrides=[*SHORT, "train.max_steps=1"], out=tmp_path / "untrained")
     good, bad = genlab.evaluate(trained), genlab.evaluate(untrained)
     print(f"FID trained {good['fid']:.3f}, untrained {bad['fid']:.3f}, real-vs-real {good['fid_real_baseline']:.3f}")

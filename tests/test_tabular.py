@@ -123,7 +123,9 @@ def test_bad_tables_are_named(table_run, tmp_path, caplog):
 
 
 def test_the_cancer_recipe_beats_mean_and_knn_imputation_and_detects_anomalies(tmp_path):
-    run = genlab.fit("configs/cancer-tabular.yaml", overrides=["train.progress=none"], out=tmp_path / "cancer")
+    # half the recipe's steps (its cosine spans them): already past every baseline, in half the time
+    run = genlab.fit("configs/cancer-tabular.yaml", overrides=["train.progress=none", "train.max_steps=1500"],
+                     out=tmp_path / "cancer")
     m = genlab.evaluate(run)
     rmse = {name: figures["rmse"] for name, figures in m["imputation"].items()}
     assert rmse["genlab"] < rmse["KNNImputer"] and rmse["genlab"] < 0.7 * rmse["mean / most frequent"], rmse
