@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
+from genlab.config import TrainConfig
 from genlab.errors import GenlabError
+
+if TYPE_CHECKING:
+    from genlab.models.base import GenerativeModel
 
 
 class ShardedStrategy(FSDPStrategy):
@@ -27,7 +31,6 @@ class ShardedStrategy(FSDPStrategy):
         super().__init__(auto_wrap_policy=layers, sharding_strategy=sharding, state_dict_type="sharded",
                          activation_checkpointing_policy=layers if activation_checkpointing else None,
                          cpu_offload=cpu_offload)
-        self.layers = layers
 
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.root_device.type == "cpu":  # torch's FSDP takes a CPU only when it is named as the device
@@ -69,7 +72,7 @@ class ShardedStrategy(FSDPStrategy):
         return get_model_state_dict(self.model, options=options)
 
 
-def sharded_strategy(model, train) -> ShardedStrategy:
+def sharded_strategy(model: GenerativeModel, train: TrainConfig) -> ShardedStrategy:
     """The strategy for `train.strategy: fsdp`, wrapping one FSDP unit per layer class the family shards by."""
     layers = model.shard_layers()
     if not layers:
