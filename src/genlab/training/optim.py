@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 from torch import nn
@@ -113,7 +114,7 @@ def lr_factor(cfg: ScheduleConfig, max_steps: int, time_used: Callable[[], float
     return factor
 
 
-def time_used(trainer, cfg: ScheduleConfig) -> Callable[[], float] | None:
+def time_used(trainer: L.Trainer, cfg: ScheduleConfig) -> Callable[[], float] | None:
     """The share of `train.max_time` gone, from Lightning's Timer (whose state checkpoints keep, so a resumed
     run continues the clock); None without a time budget, or with `schedule.follow_time` off."""
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
