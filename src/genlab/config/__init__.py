@@ -64,6 +64,10 @@ class ModelConfig(Section):
     family: str = "diffusion"
     verbs: ClassVar[tuple[Verb, ...]] = ()  # what the family does beyond `sample` (see config/verb.py)
 
+    def data_problem(self, data: DataConfig) -> str | None:
+        """Why this family cannot learn from `data.source` read this way, or None (the default takes any)."""
+        return None
+
 
 class OptimizerConfig(Section):
     name: Literal["adam", "adamw", "sgd", "muon"] = "adamw"  # muon: hidden weight matrices; AdamW for the rest
@@ -162,6 +166,10 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _sampling_for_family(self) -> RunConfig:
         check_sampling(self.model.family, self.eval.sampling, loc=("eval", "sampling"))
+        if (problem := self.model.data_problem(self.data)) is not None:
+            detail = InitErrorDetails(type=PydanticCustomError("unsuited", problem), loc=("data", "source"),
+                                      input=self.data.source)
+            raise ValidationError.from_exception_data("RunConfig", [detail])
         return self
 
     def to_yaml(self) -> str:
@@ -289,7 +297,7 @@ def format_errors(err: ValidationError, raw: dict) -> str:
             hint = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
             lines.append(f"{path}: unknown key{suggestion} (allowed: {', '.join(allowed)})")
-        elif e["type"] == "unknown_name":
+        elif e["type"] in ("unknown_name", "unsuited"):
             lines.append(f"{path}: {e['msg']}")
         else:
             lines.append(f"{path}: {e['msg'][0].lower()}{e['msg'][1:]} (got {e.get('input')!r})")

@@ -34,6 +34,13 @@ class SRConfig(ModelConfig):
     g_lr: float | None = Field(None, gt=0)  # None: train.optimizer.lr
     d_lr: float | None = Field(None, gt=0)
 
+    def data_problem(self, data) -> str | None:
+        if data.source == "image_folder":  # it would resize each photograph whole to one small square
+            return (f"image_folder resizes each image whole to {data.image_size} pixels, and super-resolution "
+                    f"learns from crops of full-size photographs: use data.source: photos with data.path: "
+                    f"{data.path or 'FOLDER'}")
+        return None
+
 
 class SRSampling(Sampling):
     """Upscaling has no sampling options: the output is a function of the input image."""

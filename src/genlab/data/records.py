@@ -32,6 +32,7 @@ class Split:
     y: torch.Tensor | None = None
     factors: torch.Tensor | None = None  # (N, K) generative factor indices, when the source knows them (shapes)
     weights: torch.Tensor | None = None  # (N,) sampling weights: training batches draw items in proportion
+    names: list[str] | None = None  # what each example is called, for per-example figures (held-out photographs)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -47,7 +48,8 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
     modality: str = "image"
     parts: tuple[int, int] | None = None  # a source's own split: the first a are train, the next b val, then test
-    test: torch.Tensor | None = None  # a source's own test examples when their size differs (a whole photograph)
+    test: list[torch.Tensor] | None = None  # a source's own test examples, each its own size (whole photographs)
+    test_names: list[str] | None = None
     factors: torch.Tensor | None = None  # (N, K) indices of the factors that generated each example
     factor_names: tuple[str, ...] = ()
     weights: torch.Tensor | None = None  # (N,) sampling weights (genlab prepare's labels step, weights: true)

@@ -85,7 +85,7 @@ def _load_split(cfg) -> Dataset:
         return Split(x[idx], None if y is None else y[idx], None if data.factors is None else data.factors[idx],
                      None if data.weights is None else data.weights[idx])
 
-    held_out = take(test) if data.test is None else Split(data.test)
+    held_out = take(test) if data.test is None else Split(data.test, names=data.test_names)
     return Dataset(spec, take(train), take(val), held_out, data.notes, data.factor_names)
 
 

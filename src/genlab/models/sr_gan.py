@@ -32,6 +32,11 @@ def downscale(images: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(images, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
 
 
+def low_resolution(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """What a user's low-resolution photograph is: `images` in [0, 1] downscaled, then stored in 8 bits."""
+    return (downscale(images, scale).clamp(0, 1) * 255).round() / 255
+
+
 def bicubic(images: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(images, scale_factor=scale, mode="bicubic", align_corners=False)
 
@@ -130,7 +135,7 @@ class SRGAN(GenerativeModel):
         cfg = self.config
         opt_g, opt_d = self.optimizers()
         high = batch["x"]
-        upscaled = self.generator(downscale(high, cfg.scale))
+        upscaled = self.generator(low_resolution(high / 2 + 0.5, cfg.scale) * 2 - 1)
         l1 = F.l1_loss(upscaled, high)
         logs = {"train/l1": l1}
         adversarial = self.global_step >= cfg.warmup_steps and (cfg.adversarial_weight or cfg.feature_weight)
@@ -156,7 +161,7 @@ class SRGAN(GenerativeModel):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         high = batch["x"]
-        upscaled = self.generator(downscale(high, self.config.scale)).clamp(-1, 1)
+        upscaled = self.generator(low_resolution(high / 2 + 0.5, self.config.scale) * 2 - 1).clamp(-1, 1)
         mse = F.mse_loss(upscaled / 2 + 0.5, high / 2 + 0.5, reduction="none").flatten(1).mean(1)
         self.log_dict({"val/loss": F.l1_loss(upscaled, high), "val/psnr": (-10 * mse.log10()).mean()},
                       batch_size=len(high), sync_dist=True)
@@ -200,7 +205,7 @@ class SRGAN(GenerativeModel):
         high = self.preview_images / 2 + 0.5
         if not len(high):
             raise GenlabError("preview: this model was loaded from a folder, which holds no preview images")
-        low = downscale(high, self.config.scale)
+        low = low_resolution(high, self.config.scale)
         rows = [bicubic(low, self.config.scale).clamp(0, 1), self.upscale(low), high]
         return torch.stack(rows, dim=1).flatten(0, 1)
 
