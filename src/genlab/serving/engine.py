@@ -1,11 +1,12 @@
 """Continuous batching for causal language models: requests join the running batch between decoding steps.
 
 One worker thread owns the model. Each step it prefills the requests that arrived (left-padded
-among themselves), merges their KV caches into the running batch's, decodes one token for every
-sequence, and drops the sequences that finished, so a short request never waits for a long one.
+among themselves), writes their keys and values into free rows of the running batch's cache
+(kv_cache.py), decodes one token for every sequence, and frees the rows of the sequences that
+finished, so a short request never waits for a long one.
 Every sequence keeps its own sampling settings and random generator, so a seeded request gives
 the same text alone or in a crowd. Positions are per sequence and padding is masked, so left
-padding changes nothing but the cache's width, which is trimmed when sequences leave.
+padding changes nothing but the cache's width, which shrinks when sequences leave.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tokenizers.decoders import DecodeStream
 from transformers import DynamicCache
+
+from genlab.serving.kv_cache import SlotCache
 
 # ("delta", text) | ("done", finish_reason, prompt_tokens, completion_tokens, largest batch) | ("error", message)
 # | ("logprob", token id, logprob, {id: logprob} of the top alternatives), before the token's text
@@ -57,6 +61,7 @@ class _Sequence:
     cancelled: bool = False
     finish: str | None = None
     batch: int = 0  # the largest batch it was decoded in
+    stream: DecodeStream | None = None  # incremental detokenization, primed with the prompt
 
     @property
     def generated(self) -> int:
@@ -65,9 +70,8 @@ class _Sequence:
 
 @dataclass
 class _Batch:
-    seqs: list[_Sequence] = field(default_factory=list)
-    cache: DynamicCache | None = None
-    mask: torch.Tensor | None = None  # (B, cache width): 0 over left padding
+    seqs: list[_Sequence] = field(default_factory=list)  # seqs[i] is the cache's row i
+    cache: SlotCache = field(default_factory=SlotCache)
 
 
 class TextEngine:
@@ -78,6 +82,7 @@ class TextEngine:
                  after_step: Callable[[], None] | None = None) -> None:
         self.lm, self.tokenizer = lm.eval(), tokenizer
         self.eos = tokenizer.eos_token_id
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer's own (Rust) tokenizer
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
         self.incoming: queue.Queue[_Sequence] = queue.Queue(maxsize=max_queue)
         self.on_step = on_step or (lambda size: None)
@@ -94,6 +99,8 @@ class TextEngine:
         generator = torch.Generator()
         generator.manual_seed(seed) if seed is not None else generator.seed()
         seq = _Sequence(list(prompt_ids), params, generator, emit, prompt_len=len(prompt_ids))
+        if self.backend is not None:
+            seq.stream = DecodeStream(ids=list(prompt_ids), skip_special_tokens=False)
         seq.prefix = seq.read = len(prompt_ids)
         self.incoming.put_nowait(seq)
         return seq
@@ -165,21 +172,25 @@ class TextEngine:
         mask = torch.tensor([[0] * (width - len(s.ids)) + [1] * len(s.ids) for s in joiners])
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits
+        scores = [s.params.echo and s.params.logprobs is not None for s in joiners]  # the prompt's own logprobs
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                      logits_to_keep=0 if any(scores) else 1).logits
         for row, seq in enumerate(joiners):
-            if seq.params.echo and seq.params.logprobs is not None:
+            if scores[row]:
                 seq.emit(("prompt", _prompt_logprobs(out[row, width - len(seq.ids):].float(), seq.ids,
                                                      seq.params.logprobs)))
-        self._merge(joiners, cache, mask)
+        self.batch.cache.admit(cache, mask)
+        self.batch.seqs += joiners
         self._advance(joiners, out[:, -1].float())
 
     def _decode_step(self) -> None:
         b = self.batch
         ids = torch.tensor([[s.ids[-1]] for s in b.seqs])
         positions = torch.tensor([[len(s.ids) - 1] for s in b.seqs])
-        b.mask = torch.cat([b.mask, torch.ones(len(b.seqs), 1, dtype=b.mask.dtype)], 1)
-        logits = self.lm(input_ids=ids, attention_mask=b.mask, position_ids=positions, cache=b.cache,
+        mask = b.cache.open_column()
+        logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=b.cache,
                          use_cache=True).logits[:, -1].float()
+        b.cache.advance()
         self._advance(b.seqs, logits)
 
     def _advance(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
@@ -273,11 +284,15 @@ class TextEngine:
 
     def _detokenize(self, seq: _Sequence) -> None:
         """Append the newest token's text (byte-level tokens may need the next one to complete a character)."""
-        before = self.tokenizer.decode(seq.ids[seq.prefix:seq.read])
-        now = self.tokenizer.decode(seq.ids[seq.prefix:])
-        if now.endswith("\ufffd"):
+        if seq.stream is not None:  # tokenizers' incremental decoder: one call in Rust per token
+            new = seq.stream.step(self.backend, seq.ids[-1])
+        else:
+            before = self.tokenizer.decode(seq.ids[seq.prefix:seq.read])
+            now = self.tokenizer.decode(seq.ids[seq.prefix:])
+            new = None if now.endswith("\ufffd") else now[len(before):]
+        if new is None:
             return
-        seq.text += now[len(before):]
+        seq.text += new
         seq.prefix, seq.read = seq.read, len(seq.ids)
         stops = seq.params.stop
         cuts = [seq.text.find(s) for s in stops if s in seq.text]
@@ -289,30 +304,10 @@ class TextEngine:
             seq.emit(("delta", seq.text[seq.sent:safe]))
             seq.sent = safe
 
-    # --- the running batch's cache ------------------------------------------------------------------------
-
-    def _merge(self, joiners: list[_Sequence], cache: DynamicCache, mask: torch.Tensor) -> None:
-        b = self.batch
-        if not b.seqs:
-            self.batch = _Batch(list(joiners), cache, mask)
-            return
-        width = max(b.mask.shape[1], mask.shape[1])
-        layers = [(torch.cat([_pad(k0, width), _pad(k1, width)]), torch.cat([_pad(v0, width), _pad(v1, width)]))
-                  for (k0, v0, _), (k1, v1, _) in zip(b.cache, cache, strict=True)]
-        self.batch = _Batch([*b.seqs, *joiners], DynamicCache(layers),
-                            torch.cat([_pad(b.mask, width, dim=1), _pad(mask, width, dim=1)]))
-
     def _drop_finished(self) -> None:
         b = self.batch
-        keep = [i for i, s in enumerate(b.seqs) if s.finish is None]
-        if not keep:
-            self.batch = _Batch()
-            return
-        mask = b.mask[keep]
-        first = int((mask.sum(0) > 0).nonzero()[0])  # columns of padding only, left by those who left
-        rows = torch.tensor(keep)
-        layers = [(k[rows, :, first:], v[rows, :, first:]) for k, v, _ in b.cache]
-        self.batch = _Batch([b.seqs[i] for i in keep], DynamicCache(layers), mask[:, first:])
+        order = b.cache.drop([i for i, s in enumerate(b.seqs) if s.finish is not None])
+        b.seqs = [b.seqs[i] for i in order]
 
 
 def _top(logp: torch.Tensor, k: int) -> dict[int, float]:
@@ -330,13 +325,3 @@ def _prompt_logprobs(logits: torch.Tensor, ids: list[int], k: int) -> list[tuple
     values, top = logp.topk(k, dim=1) if k > 0 else (logp[:, :0], logp[:, :0].long())
     tops = [dict(zip(i, v, strict=True)) for i, v in zip(top.tolist(), values.tolist(), strict=True)]
     return [(ids[0], None, {}), *zip(ids[1:], chosen, tops, strict=True)]
-
-
-def _pad(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
-    """Left-pad `t` with zeros along `dim` (the cache's sequence axis, or the mask's) to `width`."""
-    missing = width - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)

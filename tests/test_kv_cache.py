@@ -1,0 +1,80 @@
+"""The engine's slot cache: sequences that join, leave and outgrow the buffers decode exactly as each would alone
+in transformers' own `generate`."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from genlab.data.tokenize import train_tokenizer
+from genlab.serving.engine import TextEngine, TextParams
+from genlab.serving.kv_cache import MIN_COLUMNS, SlotCache
+
+
+def tiny_lm():
+    tokenizer = train_tokenizer("char", ["abcdefghijklmnopqrstuvwxyz .,\n"], 0)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def alone(lm, prompt: list[int], n: int) -> list[int]:
+    """Greedy tokens of one prompt by transformers' generate (its own DynamicCache), end of text not allowed."""
+    out = lm.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                      pad_token_id=lm.config.eos_token_id)
+    return out[0, len(prompt):].tolist()
+
+
+def test_joining_leaving_and_growing_rows_decode_as_each_sequence_alone():
+    lm, tokenizer = tiny_lm()
+    prompts = {"a": [5, 6], "b": list(range(3, 30)) * 2, "c": [7, 8, 9, 10], "d": [11], "e": [12, 13, 14]}
+    lengths = {"a": 90, "b": 12, "c": 5, "d": 40, "e": 20}  # a outgrows the first buffer (MIN_COLUMNS)
+    got: dict[str, list[int]] = {k: [] for k in prompts}
+    done, ends = threading.Semaphore(0), []
+    engine = TextEngine(lm, tokenizer, max_batch_size=4)
+
+    def submit(name: str) -> None:
+        def emit(event: tuple) -> None:
+            if event[0] == "logprob":
+                got[name].append(event[1])
+                if name == "a" and len(got["a"]) == 3:  # b's prompt is longer than the window: it opens left
+                    submit("b")
+                if name == "a" and len(got["a"]) == 6:  # c leaves from the middle; d and e take the rows freed
+                    submit("c"), submit("d"), submit("e")
+            elif event[0] in ("done", "error"):
+                ends.append(event[0] if event[0] == "done" else event[1])
+                done.release()
+        params = TextParams(max_tokens=lengths[name], min_tokens=lengths[name], temperature=0, logprobs=0)
+        engine.submit(prompts[name], params, 0, emit)
+
+    submit("a")
+    for _ in prompts:
+        assert done.acquire(timeout=60)
+    engine.stop(0)
+    assert ends == ["done"] * len(prompts), ends
+    for name, prompt in prompts.items():
+        assert got[name] == alone(lm, prompt, lengths[name]), name
+    assert MIN_COLUMNS < len(prompts["a"]) + lengths["a"]
+
+
+def test_the_buffers_move_or_grow_only_when_full_and_free_rows_are_reused():
+    cache = SlotCache()
+    keys = torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).view(2, 1, 3, 2)
+    joined = type("Joined", (), {"layers": [type("L", (), {"keys": keys, "values": -keys})()]})()
+    cache.admit(joined, torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    assert cache.rows == 2 and cache.mask.tolist() == [[0, 1, 1], [1, 1, 1]]
+    first = cache.keys[0]
+    for _ in range(10):
+        cache.open_column()
+        cache.advance()
+    assert cache.keys[0] is first, "columns are written in place while the buffer has room"
+    assert cache.drop([0]) == [1] and cache.rows == 1 and cache.mask[0, :3].tolist() == [1, 1, 1]
+    assert torch.equal(cache.keys[0][0, :, cache.start : cache.start + 3], keys[1]), "the last row took row 0"
+    while cache.end < first.shape[2] * 3:
+        cache.open_column()
+        cache.advance()
+    assert cache.keys[0].shape[2] >= cache.end - cache.start and cache.mask.sum() == cache.end - cache.start
