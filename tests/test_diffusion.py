@@ -81,3 +81,19 @@ def test_image_size_must_fit_the_unet_depth_and_a_rejected_fit_writes_nothing(tm
         genlab.fit(None, overrides=tiny("data.image_size=10", "model.block_out_channels=[8,16,32]",
                                         "model.attention=[false,false,false]"), out=tmp_path / "r")
     assert not (tmp_path / "r").exists(), "fixing the config and running again must not hit 'already holds a run'"
+
+
+def test_min_snr_weighting_lowers_only_the_low_noise_samples_weight(tiny_run):
+    model, batch = tiny_run.model, {"x": torch.rand(64, 1, 8, 8) * 2 - 1}
+
+    def loss(gamma: float | None) -> float:
+        model.config = model.config.model_copy(update={"snr_gamma": gamma})
+        with torch.no_grad():
+            return float(model.diffusion_loss(batch, torch.Generator().manual_seed(0)))
+
+    try:
+        plain, unbounded, clipped = loss(None), loss(1e9), loss(5.0)
+    finally:
+        model.config = model.config.model_copy(update={"snr_gamma": None})
+    assert abs(unbounded - plain) < 1e-6 * plain, "a gamma no SNR reaches weighs every sample 1 (epsilon)"
+    assert clipped < 0.95 * plain, "samples above SNR 5 count for less"

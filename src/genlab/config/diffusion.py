@@ -21,6 +21,7 @@ class DiffusionConfig(ModelConfig):
     dropout: float = Field(0.0, ge=0, lt=1)
     prediction: Literal["epsilon", "v_prediction"] = "epsilon"
     noise_schedule: Literal["linear", "cosine", "scaled_linear"] = "linear"
+    snr_gamma: float | None = Field(None, gt=0)  # min-SNR loss weighting (5 in its paper); None: plain MSE
     num_train_timesteps: int = Field(1000, ge=2)
     class_conditional: bool = False
     cond_drop_prob: float = Field(0.1, ge=0, le=1)  # labels dropped in training, for guidance

@@ -80,7 +80,16 @@ class Diffusion(GenerativeModel):
         xt = self.scheduler.add_noise(x0, noise, t)
         target = noise if self.config.prediction == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
         pred = self.unet(xt, t, class_labels=self._train_labels(batch, generator)).sample
-        return F.mse_loss(pred.float(), target.float())
+        gamma = self.config.snr_gamma
+        if gamma is None:
+            return F.mse_loss(pred.float(), target.float())
+        # min-SNR weighting (Hang et al., 2023): easy, low-noise timesteps stop dominating the gradient
+        from diffusers.training_utils import compute_snr  # not at import: it loads diffusers' training extras
+
+        snr = compute_snr(self.scheduler, t).float()
+        weight = snr.clamp(max=gamma) / (snr + 1 if self.config.prediction == "v_prediction" else snr)
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+        return (weight * per_sample).mean()
 
     def _train_labels(self, batch: dict, generator: torch.Generator | None) -> torch.Tensor | None:
         if not self.config.class_conditional:
