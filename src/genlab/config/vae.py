@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from genlab.config import ModelConfig, Section
 from genlab.config.section import Sampling
@@ -45,6 +45,14 @@ class VAEConfig(ModelConfig):
     capacity: float | None = Field(None, ge=0)  # nats: Burgess et al.'s gamma * |KL - C|, C growing to this
     capacity_steps: int = Field(10_000, ge=1)  # steps over which C grows from 0 to `capacity`
     gamma: float = Field(100.0, ge=0)  # weight of the capacity term
+    tc_beta: float | None = Field(None, ge=0)  # beta-TCVAE (Chen et al.): the KL's total-correlation part weighted
+    # by this, the rest by beta: the latent's dimensions pushed apart, which is what MIG rewards
+
+    @model_validator(mode="after")
+    def _one_objective(self) -> VAEConfig:
+        if self.capacity is not None and self.tc_beta is not None:
+            raise ValueError("capacity and tc_beta are two objectives for the KL: set one of them")
+        return self
 
 
 class VAESampling(Sampling):

@@ -25,7 +25,27 @@ def evaluate_autoencoder(run, ev, options: dict) -> dict:
         subset = Split(*(None if v is None else v[: ev.latent_images] for v in parts))
         return latent_metrics(model, subset, dataset.factor_names, ev.likelihood_samples, seed=ev.seed)
 
-    return evaluate_images(run, ev, options, also=latent)
+    return evaluate_images(run, ev, options, also=latent, show=latent_section)
+
+
+def latent_section(model, held_out: Split, metrics: dict, steps: int = 9) -> tuple[list[tuple[str, str]], str]:
+    """The report's rows for MIG per factor, and a traversal of every dimension around one held-out image,
+    the dimensions in order of KL (the used ones first), each named by the factor it is most informative of."""
+    from genlab.evaluation.report import image_rows
+
+    rows, holds = [], {}
+    if "mig_per_factor" in metrics:
+        for factor, d in metrics["mig_dimension"].items():
+            holds[d] = f"{holds[d]}, {factor}" if d in holds else factor
+        rows.append(("MIG per factor (its most informative dimension)", ", ".join(
+            f"{f} {v:.3f} (z{metrics['mig_dimension'][f]})" for f, v in metrics["mig_per_factor"].items())))
+    kl = torch.tensor(metrics["kl_per_dim"])
+    order = kl.argsort(descending=True).tolist()
+    values = torch.linspace(-2.5, 2.5, steps)
+    grid = torch.cat([model.traverse(d, values, base=held_out.x[0] / 2 + 0.5) for d in order])
+    names = ", ".join(f"z{d} (KL {kl[d]:.2f}{'; ' + holds[d] if d in holds else ''})" for d in order)
+    caption = f"a row per latent dimension, swept from -2.5 to 2.5 around a held-out image's code: {names}"
+    return rows, image_rows(grid, steps, caption)
 
 
 @torch.no_grad()
@@ -62,19 +82,21 @@ def latent_metrics(model, held_out: Split, factor_names: tuple[str, ...], k: int
         "num_images": len(x),
     }
     if held_out.factors is not None:
-        score, per_factor = mig(got["mean"].numpy(), held_out.factors.numpy())
+        score, per_factor, best = mig(got["mean"].numpy(), held_out.factors.numpy())
         metrics["mig"] = score
         metrics["mig_per_factor"] = dict(zip(factor_names, per_factor, strict=True))
+        metrics["mig_dimension"] = dict(zip(factor_names, best, strict=True))
     return metrics
 
 
-def mig(codes: np.ndarray, factors: np.ndarray, bins: int = MIG_BINS) -> tuple[float, list[float]]:
+def mig(codes: np.ndarray, factors: np.ndarray, bins: int = MIG_BINS) -> tuple[float, list[float], list[int]]:
     """Mutual Information Gap (Chen et al. 2018), as disentanglement_lib computes it: each code dimension
     cut into `bins` equal-width bins, its mutual information with each factor, and per factor the gap
-    between the two most informative dimensions over the factor's entropy; the mean over factors."""
+    between the two most informative dimensions over the factor's entropy; the mean over factors.
+    Returns the score, each factor's gap, and each factor's most informative dimension."""
     discrete = np.stack([np.digitize(c, np.histogram(c, bins)[1][:-1]) for c in codes.T])
     info = np.array([[mutual_info_score(f, d) for f in factors.T] for d in discrete])  # (dims, factors)
     entropy = np.array([mutual_info_score(f, f) for f in factors.T])
     top = np.sort(info, axis=0)[::-1]
     gaps = (top[0] - top[1]) / np.maximum(entropy, 1e-12) if len(top) > 1 else top[0] / np.maximum(entropy, 1e-12)
-    return float(gaps.mean()), [round(float(g), 4) for g in gaps]
+    return float(gaps.mean()), [round(float(g), 4) for g in gaps], info.argmax(0).tolist()

@@ -26,10 +26,11 @@ from genlab.responsible.memorization import ImageCopies
 from genlab.run import Run, write_json
 
 
-def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Callable | None = None
-                    ) -> dict[str, Any]:
+def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Callable | None = None,
+                    show: Callable | None = None) -> dict[str, Any]:
     """Generate, score against the test split, write `metrics.json` and `report.html`, return the metrics.
-    `also(model, held_out, dataset, ev)` adds a family's own figures (a VAE's likelihood and latent space)."""
+    `also(model, held_out, dataset, ev)` adds a family's own figures (a VAE's likelihood and latent space);
+    `show(model, held_out, metrics)` adds its own (rows, HTML) to the report."""
     dataset = load_dataset(run.config.data)
     held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
     if len(held_out) < 2:
@@ -81,7 +82,9 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Cal
     setup = [("feature extractor", extractor),
              ("samples", f"{len(fake)} generated, {len(real_test)} real ({metrics['real_split']})"),
              ("sampling", ", ".join(f"{k} {v}" for k, v in options.items()) + f", seed {ev.seed}")]
-    write_report(run, rows, setup, image_samples(fake, real_test) + nearest_gallery(net, copies, fake, real_train))
+    own_rows, own_html = show(model, held_out, metrics) if show is not None else ([], "")
+    write_report(run, rows + own_rows, setup,
+                 image_samples(fake, real_test) + own_html + nearest_gallery(net, copies, fake, real_train))
     return metrics
 
 

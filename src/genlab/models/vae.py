@@ -65,6 +65,16 @@ class _Decoder(nn.Module):
         return torch.sigmoid(out) if self.bernoulli else out.clamp(0, 1)
 
 
+def total_correlation(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(q(z) || prod_d q(z_d)) of the batch's aggregate posterior (the batch standing for the data, in Chen et
+    al.'s minibatch-weighted estimate): the part of the KL that ties the latent dimensions together."""
+    # log q(z_i | x_j) per dimension, for every pair (i, j) in the batch: (M, M, D)
+    log_q = -0.5 * ((z[:, None] - mean[None]).square() / log_var.exp()[None] + log_var[None] + math.log(2 * math.pi))
+    joint = torch.logsumexp(log_q.sum(2), dim=1)
+    marginals = torch.logsumexp(log_q, dim=1).sum(1)
+    return (joint - marginals).mean() + (z.shape[1] - 1) * math.log(len(z))
+
+
 class VAE(GenerativeModel):
     Config = VAEConfig
     Sampling = VAESampling
@@ -99,7 +109,8 @@ class VAE(GenerativeModel):
         mean, log_var = self.net.encode(x * 2 - 1)
         z = mean + (0.5 * log_var).exp() * torch.randn_like(mean) if sample else mean
         kl_dims = 0.5 * (mean.square() + log_var.exp() - 1 - log_var)
-        return {"log_px": self.log_px(self.net(z), x), "kl": kl_dims.sum(1), "kl_dims": kl_dims, "mean": mean}
+        return {"log_px": self.log_px(self.net(z), x), "kl": kl_dims.sum(1), "kl_dims": kl_dims, "mean": mean,
+                "log_var": log_var, "z": z}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         cfg, step = self.config, self.global_step
@@ -109,8 +120,13 @@ class VAE(GenerativeModel):
             target = cfg.capacity * min(1.0, step / cfg.capacity_steps)
             loss = recon + cfg.gamma * (kl - target).abs()
         else:
-            beta = cfg.beta * (min(1.0, step / cfg.beta_warmup_steps) if cfg.beta_warmup_steps else 1.0)
-            loss = recon + beta * kl
+            ramp = min(1.0, step / cfg.beta_warmup_steps) if cfg.beta_warmup_steps else 1.0
+            penalty = cfg.beta * kl
+            if cfg.tc_beta is not None:  # the KL's total-correlation part weighted tc_beta, the rest beta
+                tc = total_correlation(t["z"], t["mean"], t["log_var"])
+                penalty = penalty + (cfg.tc_beta - cfg.beta) * tc
+                self.log("train/tc", tc)
+            loss = recon + ramp * penalty
         self.log_dict({"train/loss": loss, "train/recon": recon, "train/kl": kl, "train/elbo": -(recon + kl)})
         return loss
 
