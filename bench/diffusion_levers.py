@@ -24,7 +24,7 @@ RECIPE = "configs/digits-diffusion.yaml"
 ARMS = {
     "shipped": [],
     "plain MSE (no min-SNR)": ["model.snr_gamma=null"],
-    "v-prediction": ["model.prediction=v_prediction"],
+    "epsilon (before)": ["model.prediction=epsilon"],
     "cosine noise schedule": ["model.noise_schedule=cosine"],
     "wider UNet (48, 96)": ["model.block_out_channels=[48,96]"],
     "EMA decay 0.999": ["train.ema.decay=0.999"],

@@ -86,14 +86,17 @@ def test_image_size_must_fit_the_unet_depth_and_a_rejected_fit_writes_nothing(tm
 def test_min_snr_weighting_lowers_only_the_low_noise_samples_weight(tiny_run):
     model, batch = tiny_run.model, {"x": torch.rand(64, 1, 8, 8) * 2 - 1}
 
-    def loss(gamma: float | None) -> float:
-        model.config = model.config.model_copy(update={"snr_gamma": gamma})
+    def loss(gamma: float | None, prediction: str = "epsilon") -> float:
+        model.config = model.config.model_copy(update={"snr_gamma": gamma, "prediction": prediction})
         with torch.no_grad():
             return float(model.diffusion_loss(batch, torch.Generator().manual_seed(0)))
 
     try:
         plain, unbounded, clipped = loss(None), loss(1e9), loss(5.0)
+        v_plain, v_unbounded, v_clipped = (loss(g, "v_prediction") for g in (None, 1e9, 5.0))
     finally:
-        model.config = model.config.model_copy(update={"snr_gamma": None})
+        model.config = model.config.model_copy(update={"snr_gamma": None, "prediction": "epsilon"})
     assert abs(unbounded - plain) < 1e-6 * plain, "a gamma no SNR reaches weighs every sample 1 (epsilon)"
     assert clipped < 0.95 * plain, "samples above SNR 5 count for less"
+    # v-prediction: SNR / (SNR + 1) even unclipped (the epsilon error the v error implies), then the clip
+    assert v_unbounded < 0.95 * v_plain and v_clipped < 0.95 * v_unbounded
