@@ -1,4 +1,4 @@
-"""Image VAE family: a convolutional VAE with a Gaussian latent (beta-VAE, KL annealing, capacity).
+"""Image VAE family: a convolutional VAE with a Gaussian latent (beta-VAE, KL annealing, capacity, beta-TCVAE).
 
 The architecture is Higgins / Burgess et al.'s for dSprites: 4x4 stride-2 convolutions, a fully
 connected layer, and the mirror image in the decoder. The likelihood is Bernoulli (binary images)
