@@ -28,9 +28,10 @@ def evaluate_autoencoder(run, ev, options: dict) -> dict:
     return evaluate_images(run, ev, options, also=latent, show=latent_section)
 
 
-def latent_section(model, held_out: Split, metrics: dict, steps: int = 9) -> tuple[list[tuple[str, str]], str]:
-    """The report's rows for MIG per factor, and a traversal of every dimension around one held-out image,
-    the dimensions in order of KL (the used ones first), each named by the factor it is most informative of."""
+def latent_section(model, held_out: Split, metrics: dict, steps: int = 9, rows_shown: int = 16
+                   ) -> tuple[list[tuple[str, str]], str]:
+    """The report's rows for MIG per factor, and a traversal around one held-out image of the `rows_shown`
+    dimensions with the most KL, each named by the factors it is the most informative dimension of."""
     from genlab.evaluation.report import image_rows
 
     rows, holds = [], {}
@@ -40,11 +41,12 @@ def latent_section(model, held_out: Split, metrics: dict, steps: int = 9) -> tup
         rows.append(("MIG per factor (its most informative dimension)", ", ".join(
             f"{f} {v:.3f} (z{metrics['mig_dimension'][f]})" for f, v in metrics["mig_per_factor"].items())))
     kl = torch.tensor(metrics["kl_per_dim"])
-    order = kl.argsort(descending=True).tolist()
+    order = kl.argsort(descending=True).tolist()[:rows_shown]
     values = torch.linspace(-2.5, 2.5, steps)
     grid = torch.cat([model.traverse(d, values, base=held_out.x[0] / 2 + 0.5) for d in order])
     names = ", ".join(f"z{d} (KL {kl[d]:.2f}{'; ' + holds[d] if d in holds else ''})" for d in order)
-    caption = f"a row per latent dimension, swept from -2.5 to 2.5 around a held-out image's code: {names}"
+    which = "a row per latent dimension" if len(order) == len(kl) else f"the {len(order)} dimensions with the most KL"
+    caption = f"{which}, swept from -2.5 to 2.5 around a held-out image's code: {names}"
     return rows, image_rows(grid, steps, caption)
 
 
