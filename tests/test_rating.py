@@ -19,7 +19,9 @@ from .conftest import tiny
 from .test_serving import running
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-LOADED = "[...document.querySelectorAll('.side img')].filter(i => i.complete && i.naturalWidth).length == 2"
+# a pair is on show: its token is set (the page clears it while a vote is sent) and both images have loaded
+LOADED = ("document.body.dataset.token && "
+          "[...document.querySelectorAll('.side img')].filter(i => i.complete && i.naturalWidth).length == 2")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

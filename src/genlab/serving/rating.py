@@ -119,6 +119,7 @@ async function next() {
 async function vote(choice) {
   if (!token) return;
   const sent = token; token = null;
+  delete document.body.dataset.token;  // no pair on show until the next one has loaded
   const r = await fetch("/api/vote", {method: "POST", headers: {"Content-Type": "application/json"},
                                       body: JSON.stringify({token: sent, choice, rater: rater.value || "anonymous"})});
   if (r.ok) document.getElementById("count").textContent = ++count;
