@@ -74,6 +74,28 @@ def test_a_folder_of_the_users_photos_is_split_by_photograph(tmp_path):
         load_dataset(genlab.load_config(None, [*over[:1], f"data.path={tmp_path / 'two'}", *over[2:]]).data)
 
 
+def test_photographs_of_any_pixel_format_read_as_what_they_show(tmp_path):
+    from genlab.data.photos import _read
+
+    grey = np.full((40, 48), 0.5)
+    files = {  # a photograph of a mid-grey left half and a white right half, saved in five formats
+        "rgb.png": Image.fromarray(np.stack([(np.hstack([grey, grey * 2]) * 255).astype(np.uint8)] * 3, -1)),
+        "sixteen_bit.png": Image.fromarray((np.hstack([grey, grey * 2]) * 65535).astype(np.uint16)),
+        "grey_alpha.png": Image.fromarray((np.hstack([grey, grey * 2]) * 255).astype(np.uint8)).convert("LA"),
+        "rgba.png": Image.fromarray(np.stack([(np.hstack([grey, grey * 2]) * 255).astype(np.uint8)] * 3, -1))
+        .convert("RGBA"),
+        "bilevel.png": Image.fromarray(np.hstack([grey * 0, grey * 2]) > 0.5),
+    }
+    for name, im in files.items():
+        im.save(tmp_path / name)
+        notes: list[str] = []
+        photo = _read(tmp_path / name, notes)
+        assert photo.shape == (3, 40, 96) and not notes, name
+        left = 0.0 if name == "bilevel.png" else 0.5
+        assert torch.allclose(photo[:, :, :48], torch.tensor(left), atol=0.01), name
+        assert torch.allclose(photo[:, :, 48:], torch.tensor(1.0), atol=0.01), name
+
+
 def test_a_trained_model_beats_bicubic_on_every_unseen_photograph(sr_run):
     metrics = genlab.evaluate(sr_run)  # measured: +0.99 dB over torch's bicubic, the worst photograph +0.84
     assert metrics["psnr"] > metrics["psnr_bicubic"] + 0.4 and metrics["images_above_bicubic"] == 3

@@ -52,7 +52,9 @@ def decoder_notes(where: str, notes: list[str]) -> Iterator[None]:
 def read_image(path: str | Path, notes: list[str] | None = None) -> torch.Tensor:
     """An image file as (C, H, W) in [0, 1], with the channels its mode has (L: 1, RGB: 3, RGBA: 4)."""
     with decoder_notes(Path(path).name, notes if notes is not None else []), Image.open(path) as im:
-        array = np.asarray(im.convert("RGB") if im.mode in ("P", "CMYK", "YCbCr") else im, dtype=np.float32)
+        if im.mode in ("P", "CMYK", "YCbCr", "1"):  # palettes and bilevel images as what they show (0 to 255)
+            im = im.convert("L" if im.mode == "1" else "RGB")
+        array = np.asarray(im, dtype=np.float32)
     if array.ndim == 2:
         array = array[..., None]
     scale = 65535.0 if array.max() > 255 else 255.0  # 16-bit PNGs

@@ -92,20 +92,22 @@ def _built_in(name: str) -> Path:
 
 
 def _read(path: Path, notes: list[str], header_only: bool = False) -> torch.Tensor | tuple[int, int] | None:
-    """A photograph as (3, H, W) in [0, 1] (grey ones repeated over three channels: SR learns luma), or only its
-    (width, height); None, with a note, when it cannot be read."""
+    """A photograph as (3, H, W) in [0, 1] (grey ones repeated over three channels: SR learns luma; alpha
+    dropped), or only its (width, height); None, with a note, when it cannot be read."""
     from PIL import Image, UnidentifiedImageError
 
+    from genlab.images import read_image
+
     try:
-        with Image.open(path) as im:
-            if header_only:
+        if header_only:
+            with Image.open(path) as im:
                 return im.size
-            array = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
+        photo = read_image(path, notes)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         log.warning(f"data.path: {path} is not a readable image ({type(err).__name__}); left out")
         notes.append(f"{path.name}: not a readable image ({type(err).__name__}); left out")
         return None
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return photo[:3].contiguous() if len(photo) >= 3 else photo[:1].expand(3, -1, -1).contiguous()
 
 
 def _crops(paths: list[Path], size: int, n: int, rng: np.random.Generator, *, augment: bool,
