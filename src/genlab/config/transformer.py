@@ -24,6 +24,9 @@ class TransformerConfig(ModelConfig):
     tokenizer: Literal["char", "bpe"] = "char"  # trained on the training split only
     vocab_size: int = Field(2048, ge=260)  # bpe only: a char vocabulary is the training text's characters
     context: int = Field(256, ge=4)  # tokens per training window, and the longest sequence the model sees
+    # training windows start every window_stride tokens (1: at every offset, as nanoGPT samples them);
+    # None: every `context` tokens, disjoint. Held-out windows are always disjoint.
+    window_stride: int | None = Field(None, ge=1)
     layers: int = Field(4, ge=1)
     width: int = Field(128, ge=8)
     heads: int = Field(4, ge=1)
@@ -42,6 +45,9 @@ class TransformerConfig(ModelConfig):
     @model_validator(mode="after")
     def _consistent(self) -> TransformerConfig:
         check_text_model(self)
+        if self.window_stride and self.window_stride > self.context:
+            raise ValueError(f"window_stride {self.window_stride} must not exceed context {self.context}: "
+                             "text between windows would never be trained on")
         if self.kv_heads and self.heads % self.kv_heads:
             raise ValueError(f"heads {self.heads} must divide by kv_heads {self.kv_heads}")
         return self

@@ -38,11 +38,12 @@ def train_tokenizer(kind: str, documents: list[str], vocab_size: int, pad: bool 
                                    clean_up_tokenization_spaces=False)
 
 
-def pack(tokenizer, documents: list[str], context: int) -> torch.Tensor:
+def pack(tokenizer, documents: list[str], context: int, stride: int | None = None) -> torch.Tensor:
     """Documents joined with EOS after each, cut into (N, context + 1) windows: inputs and shifted targets.
 
-    Windows overlap by one token, so every token is a target exactly once; the tail shorter than a
-    window is dropped, unless it is all there is.
+    By default windows overlap by one token, so every token is a target exactly once; the tail shorter
+    than a window is dropped, unless it is all there is. A smaller `stride` starts a window every `stride`
+    tokens: a view over one stream, so stride 1 costs no more memory than the text.
     """
     if not documents:
         return torch.empty(0, context + 1, dtype=torch.long)
@@ -51,5 +52,7 @@ def pack(tokenizer, documents: list[str], context: int) -> torch.Tensor:
     if len(stream) < context + 1:
         stream += [eos] * (context + 1 - len(stream))
     tokens = torch.tensor(stream, dtype=torch.long)
+    if stride is not None and stride < context:
+        return tokens.unfold(0, context + 1, stride)
     n = (len(tokens) - 1) // context
     return tokens[: n * context + 1].unfold(0, context + 1, context).contiguous()

@@ -101,7 +101,8 @@ class Transformer(GenerativeModel):
             tokenizer = train_tokenizer(config.tokenizer, dataset.train.x, config.vocab_size)
             context = config.context
         spec = DataSpec("text", (context,))
-        windows = [Split(pack(tokenizer, split.x, context)) for split in (dataset.train, dataset.val, dataset.test)]
+        windows = [Split(pack(tokenizer, dataset.train.x, context, config.window_stride)),
+                   *(Split(pack(tokenizer, split.x, context)) for split in (dataset.val, dataset.test))]
         if not len(windows[0]):
             raise GenlabError("data: the training split holds no text to train on")
         model = cls(config, spec, train, tokenizer=tokenizer)
