@@ -86,6 +86,9 @@ def test_photographs_of_any_pixel_format_read_as_what_they_show(tmp_path):
         .convert("RGBA"),
         "bilevel.png": Image.fromarray(np.hstack([grey * 0, grey * 2]) > 0.5),
     }
+    dark = Image.fromarray(np.full((8, 8), 200, dtype=np.uint16))  # a 16-bit file whose values are all under 256
+    dark.save(tmp_path / "dark16.png")
+    assert torch.allclose(_read(tmp_path / "dark16.png", []), torch.tensor(200 / 65535))
     for name, im in files.items():
         im.save(tmp_path / name)
         notes: list[str] = []

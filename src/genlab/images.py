@@ -54,10 +54,11 @@ def read_image(path: str | Path, notes: list[str] | None = None) -> torch.Tensor
     with decoder_notes(Path(path).name, notes if notes is not None else []), Image.open(path) as im:
         if im.mode in ("P", "CMYK", "YCbCr", "1"):  # palettes and bilevel images as what they show (0 to 255)
             im = im.convert("L" if im.mode == "1" else "RGB")
+        # 16-bit files open as I;16 or I: by the mode, so a dark one (all values under 256) is not read as 8-bit
+        scale = 65535.0 if im.mode.startswith("I") else 255.0
         array = np.asarray(im, dtype=np.float32)
     if array.ndim == 2:
         array = array[..., None]
-    scale = 65535.0 if array.max() > 255 else 255.0  # 16-bit PNGs
     return torch.from_numpy(array.transpose(2, 0, 1).copy()) / scale
 
 
