@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 import genlab
-from genlab.responsible.audit import audit_run
+from genlab.api import audit as audit_run
 
 
 def skewed_table(rows: int, share_b: float = 0.08, seed: int = 0) -> pd.DataFrame:
@@ -75,7 +75,7 @@ def images(work: Path, rare: int = 20) -> None:
           "(its 240 s); every class asked for equally")
     print(f"{'guidance':>8} {'0s drawn as 0 [90%]':>22} {'mean label accuracy':>20} {'flags on 0':>24}")
     for scale in (1.0, 3.0):
-        run.config.eval.sampling["guidance_scale"] = scale  # the same model, guided toward the label asked for
+        run.model.sampling["guidance_scale"] = scale  # the same model, guided toward the label asked for
         result = audit_run(run, 500)
         zero = next(c for c in result["classes"] if c["class"] == "0")
         low, high = zero["label_accuracy_interval"]

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 import genlab
-from genlab.responsible.audit import audit_run
+from genlab.api import audit as audit_run
 
 
 def imbalanced_digits(root: Path, rare: int) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 import genlab
-from genlab.responsible.audit import audit_run
+from genlab.api import audit as audit_run
 from genlab.responsible.text_audit import load_probes
 
 KIND = ["kind", "gentle", "brilliant", "honest", "cheerful", "generous", "wise", "wonderful"]

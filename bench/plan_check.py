@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from genlab.plan import plan
+from genlab.study.plan import plan
 
 CASES = [
     ("configs/digits-diffusion.yaml", ["train.max_steps=60", "train.batch_size=128"]),
@@ -21,7 +21,7 @@ CASES = [
     ("configs/python-docs-lm.yaml", ["train.max_steps=30", "train.batch_size=32"]),
     ("configs/cancer-tabular.yaml", ["train.max_steps=100"]),
 ]
-RUNNER = ("import json, sys; import genlab; from genlab.plan import peak_rss\n"
+RUNNER = ("import json, sys; import genlab; from genlab.study.plan import peak_rss\n"
           "run = genlab.fit(sys.argv[1], overrides=json.loads(sys.argv[2]), out=sys.argv[3])\n"
           "print(json.dumps({'peak': peak_rss(), 'rate': run.summary.get('samples_per_s')}))")
 

@@ -56,7 +56,7 @@ def main() -> None:
           f"{copy['exact_match']:6.3f}")
     for m, _, _ in list(results.values())[:1]:
         for ex in m["examples"][:3]:
-            print(f"\n  reference:  {ex['target']}\n  prediction: {ex['prediction']}")
+            print(f"\n  reference:  {ex['target']}\n  prediction: {ex['output']}")
 
 
 if __name__ == "__main__":

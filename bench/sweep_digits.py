@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from genlab.config import load_config
-from genlab.sweep import study_of, sweep
+from genlab.study.sweep import study_of, sweep
 
 SPACE = {"train.optimizer.lr": {"log_uniform": [5.0e-4, 8.0e-3]}, "train.ema.decay": {"uniform": [0.99, 0.999]}}
 

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from genlab.advice import data_section, profile, propose
 from genlab.cli import app
 from genlab.config import load_config
 from genlab.errors import GenlabError
+from genlab.study.advice import data_section, profile, propose
 
 
 def test_images_with_classes_get_three_families_in_the_goals_order(tmp_path):

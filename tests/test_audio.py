@@ -14,10 +14,10 @@ import torch
 from typer.testing import CliRunner
 
 import genlab
-from genlab.audio import MelSpectrogram
 from genlab.cli import app
 from genlab.config import DataConfig
-from genlab.data.audio import audio_folder, spoken_digits
+from genlab.data.clips import audio_folder, spoken_digits
+from genlab.media.audio import MelSpectrogram
 from genlab.prepare import prepare
 
 RATE = 16_000
@@ -138,8 +138,16 @@ def test_a_trained_model_beats_an_untrained_one_and_the_report_plays_the_clips(a
                 "inception_score_real", "vocoder_spectral_convergence"):
         assert np.isfinite(good[key]) and good[key] == bad[key], key  # one classifier, one vocoder: the same anchors
     assert good["fid"] <= 0.5 * bad["fid"] and good["fid_real_baseline"] < good["fid"]
+    from genlab.prepare.store import cache_root
+
+    kept = [json.loads(f.read_text()) for f in (cache_root() / "features").glob("*/feature_net.json")]
+    assert json.loads((untrained.paths.eval_cache / "feature_net.json").read_text()) in kept, \
+        "the second evaluation on the same data read the extractor the first one trained"
     assert good["label_accuracy"] >= 0.15 and bad["label_accuracy"] <= 0.12  # chance is 0.1
     assert good["inception_score"] > bad["inception_score"] + 0.2 and good["classifier_accuracy"] > 0.6
+    chosen = audio_run.model.sampling
+    assert {k: good["sampling"][k] for k in chosen} == chosen and chosen["guidance_scale"] == 3, \
+        "evaluate scores with the options the model folder keeps (the recipe's eval.sampling)"
     page = (audio_run.path / "report.html").read_text()
     assert page.count("<audio controls") >= 30 and "data:audio/wav;base64," in page and "src='http" not in page
 
@@ -172,12 +180,14 @@ def test_the_model_folder_loads_in_diffusers_and_exports_to_onnx(audio_run, tmp_
         np.testing.assert_allclose(got, graph.module.eval()(*graph.inputs.values()).numpy(), atol=1e-4, rtol=1e-3)
 
 
-def test_the_openai_client_gets_a_playable_wav_of_the_digit(audio_run):
+def test_the_openai_client_gets_a_playable_wav_of_the_digit(audio_run, tmp_path):
     from openai import BadRequestError, OpenAI
 
+    from genlab.media.audio import wav_bytes
     from genlab.serving import serve_app
-    from tests.test_serving import running
+    from tests.conftest import running
 
+    folder = tmp_path / "cli"
     with running(serve_app([audio_run.path])) as url:
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         name = client.models.list().data[0].id
@@ -189,6 +199,24 @@ def test_the_openai_client_gets_a_playable_wav_of_the_digit(audio_run):
                                           extra_body={"seed": 1, "steps": 3, "griffin_lim_iters": 2})
         again, _ = soundfile.read(io.BytesIO(flac.content))
         np.testing.assert_allclose(again, wave, atol=1 / 16_000)  # the same seed and class, the same clip
+        # no options: the server, the API and the CLI draw with the run's own (guidance 3, 15 steps), and so does the
+        # evaluation, whose first clip of a batch seeded 0 this is
+        plain, _ = soundfile.read(io.BytesIO(client.audio.speech.create(model=name, input="seven", voice="alloy",
+                                                                        extra_body={"seed": 0}).content))
+        CliRunner().invoke(app, ["sample", str(audio_run.path), "--n", "1", "--label", "seven", "--out", str(folder)])
+        cli, _ = soundfile.read(next(folder.glob("*.wav")))
+        api, _ = soundfile.read(io.BytesIO(wav_bytes(audio_run.sample(1, seed=0, labels="seven")[0], RATE)))
+        from genlab.config import sampling_options
+        from genlab.evaluation.metrics import generate_images
+
+        ev = audio_run.config.eval.model_copy(update={"num_samples": 1, "seed": 0})
+        options = sampling_options("audio_diffusion", audio_run.model.sampling)  # as genlab.evaluate merges them
+        scored = generate_images(audio_run.model, ev, options, torch.tensor([7]))[0]
+        scored, _ = soundfile.read(io.BytesIO(wav_bytes(scored, RATE)))
+        assert np.array_equal(plain, cli) and np.array_equal(plain, api) and np.array_equal(plain, scored)
+        guided_less, _ = soundfile.read(io.BytesIO(client.audio.speech.create(
+            model=name, input="seven", voice="alloy", extra_body={"seed": 0, "guidance_scale": 1}).content))
+        assert not np.array_equal(plain, guided_less), "the run's guidance is in use"
         refused = ((dict(input="eleven"), "input"), (dict(input="7", response_format="mp3"), "response_format"),
                    (dict(input="7", extra_body={"griffin_lim_iters": 10**6}), "griffin_lim_iters"))
         for body, field in refused:

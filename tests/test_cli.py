@@ -8,6 +8,8 @@ import sys
 import pytest
 from PIL import Image
 
+from genlab.config import load_config
+
 from .conftest import TINY
 
 
@@ -56,6 +58,8 @@ def test_fit_sample_info_evaluate_from_the_command_line(tmp_path):
     info = json.loads(genlab("info", run, "--json").stdout)  # once, after evaluate (each process costs the imports)
     assert info["family"] == "diffusion" and info["training"]["steps"] == 12 and info["model_exported"]
     assert info["metrics"]["fid"] == metrics["fid"]
+    recipe = load_config("configs/digits-diffusion.yaml", TINY).eval.sampling
+    assert info["sampling"] == recipe and recipe["steps"] == 10, "the options the model folder keeps"
 
     report = (run / "report.html").read_text()
     # three pictures: generated, held-out real, and the samples nearest a training image

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 import genlab
 from genlab.cli import app
-from genlab.compare import compare
 from genlab.config import flatten
 from genlab.errors import GenlabError
+from genlab.study.compare import compare
 
 from .conftest import tiny
 

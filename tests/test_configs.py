@@ -12,8 +12,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import genlab
+from genlab.capabilities import headline
 from genlab.cli import app
-from genlab.outputs import TEXTS
+from genlab.media.formats import TEXTS
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 FEW = ["train.max_steps=3", "train.max_time=null", "train.val_every=3", "train.checkpoint_every=3",
@@ -64,9 +65,9 @@ def test_shipped_config_runs_from_another_folder(config, tmp_path, monkeypatch):
     printed = CliRunner().invoke(app, ["evaluate", "run"])
     assert printed.exit_code == 0, printed.output
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
-    first = run.model.headline[0]
+    first = headline(run.config.model.family)[0]
     assert first.value(metrics) is not None, f"{config.name}: evaluate wrote no {first.key}"
-    for figure in run.model.headline:  # the family's headline figures, each beside its baseline
+    for figure in headline(run.config.model.family):  # the family's headline figures, each beside its baseline
         if figure.value(metrics) is not None:
             beside = f" ({figure.beside[1]}: " if figure.baseline(metrics) is not None else ""
             assert f"{figure.label}: {figure.value(metrics):.4g}{beside}" in printed.output

@@ -1,11 +1,11 @@
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from genlab import GenlabError, load_config
 from genlab.data import SeededBatches, Split, load_dataset
+
+from .conftest import make_folder
 
 
 def digits(*overrides):
@@ -31,16 +31,6 @@ def test_digits_split_is_deterministic_disjoint_stratified_and_in_range():
 def test_image_size_and_channels():
     d = digits("data.image_size=32", "data.channels=3")
     assert d.spec.shape == (3, 32, 32)
-
-
-def make_folder(root, corrupt=False):
-    rng = np.random.default_rng(0)
-    for cls in ("cats", "dogs"):
-        (root / cls).mkdir(parents=True)
-        for i in range(10):
-            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
-    if corrupt:
-        (root / "dogs" / "broken.png").write_bytes(b"not a png")
 
 
 def test_image_folder_classes_from_subfolders_and_corrupt_files_skipped(tmp_path, caplog):

@@ -37,8 +37,10 @@ def test_a_batch_of_differing_requests_matches_each_request_alone(tiny_run):
 
 
 def test_unknown_sampler_and_labels_on_an_unconditional_model(tiny_run):
-    with pytest.raises(genlab.GenlabError, match="sampler: 'euler' is not one of"):
+    with pytest.raises(genlab.GenlabError, match="sampling.sampler: input should be 'ddpm', 'ddim' or 'dpm-solver'"):
         tiny_run.sample(1, sampler="euler")
+    with pytest.raises(genlab.GenlabError, match="sampler: 'euler' is not one of"):
+        tiny_run.model.sample(1, sampler="euler")  # the family checks its own options when called directly
     with pytest.raises(genlab.GenlabError, match="trained without class conditioning"):
         tiny_run.sample(1, labels=3)
 

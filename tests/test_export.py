@@ -23,10 +23,7 @@ import genlab
 from genlab.cli import app
 from genlab.serving.folders import load_model
 
-from .conftest import LM
-from .test_gan import GAN_TINY
-from .test_sr import SR_TINY
-from .test_vae import VAE_TINY
+from .conftest import GAN_TINY, LM, SR_TINY, VAE_TINY
 
 FEW = ["train.max_steps=4", "train.val_every=4", "train.checkpoint_every=4"]
 

@@ -18,13 +18,7 @@ from genlab.evaluation.features import feature_net
 from genlab.models.diffaugment import diff_augment
 from genlab.models.gan import GAN, Generator
 
-from .conftest import tiny
-from .test_training import Crash
-
-GAN_TINY = [o for o in tiny() if not o.startswith(("model.", "eval.sampling"))] + [
-    "model.family=gan", "model.channels=[32,16]", "model.latent_dim=16", "model.collapse_samples=32",
-    "train.optimizer.name=adam", "train.optimizer.betas=[0.0,0.99]", "train.schedule.name=constant",
-    "eval.feature_steps=50"]
+from .conftest import GAN_TINY, Crash
 
 
 class Record(L.Callback):

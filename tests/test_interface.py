@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 import torch
@@ -14,17 +14,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import genlab
+from genlab import register_family
 from genlab.config import ModelConfig, Section
 from genlab.config.families import unregister_family
-from genlab.models import GenerativeModel, register_family
+from genlab.media.formats import IMAGES
+from genlab.models import GenerativeModel
 from genlab.training.optim import build_optimizer
 
-from .conftest import tiny
-from .test_training import Crash
+from .conftest import Crash, tiny
 
 
 class TinyGANConfig(ModelConfig):
     family: Literal["tiny-gan"] = "tiny-gan"
+    capabilities: ClassVar[tuple[str, ...]] = ("images",)
     latent: int = 8
 
 
@@ -35,6 +37,7 @@ class TinyGANSampling(Section):
 class TinyGAN(GenerativeModel):
     Config = TinyGANConfig
     Sampling = TinyGANSampling
+    media = IMAGES
 
     def __init__(self, config, spec, train=None):
         super().__init__(config, spec, train)

@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 import genlab
 from genlab.training.callbacks import GradientWatch, NonFiniteLoss
 
-from .conftest import tiny
-from .test_training import UNET, Crash, Poison
+from .conftest import UNET, Crash, Poison, tiny
 
 
 def snapshot(root):
@@ -142,7 +141,7 @@ def test_info_on_a_real_run_reads_files_without_the_training_stack(tiny_run):
 
 
 def test_skipped_images_are_one_clean_line_on_the_command_line(tmp_path):
-    from .test_data import make_folder
+    from .conftest import make_folder
 
     make_folder(tmp_path / "images", corrupt=True)
     proc = subprocess.run([sys.executable, "-m", "genlab", "fit", "configs/digits-diffusion.yaml",

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from genlab.cli import app
 from genlab.errors import GenlabError
-from genlab.plan import plan
+from genlab.study.plan import plan
 
 from .conftest import tiny
 
-RUN = ("import json, sys; import genlab; from genlab.plan import peak_rss\n"
+RUN = ("import json, sys; import genlab; from genlab.study.plan import peak_rss\n"
        "genlab.fit(sys.argv[1], overrides=json.loads(sys.argv[2]), out=sys.argv[3])\n"
        "print(peak_rss())")
 

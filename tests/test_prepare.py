@@ -309,8 +309,7 @@ def test_augmentation_changes_images_reproducibly_and_an_augmented_run_resumes_e
     from genlab.config.prepare import Augment
     from genlab.data.augment import augment_images
 
-    from .conftest import tiny
-    from .test_training import Crash, weights
+    from .conftest import Crash, tiny, weights
 
     x = torch.rand(16, 3, 12, 12) * 2 - 1
     opts = Augment(hflip=True, crop_scale=(0.6, 1.0), rotation=15, color_jitter=0.3)

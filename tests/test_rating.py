@@ -15,8 +15,7 @@ from genlab.cli import app
 from genlab.evaluation.rating import Ratings, bradley_terry, wilson
 from genlab.serving.rating import rating_app
 
-from .conftest import tiny
-from .test_serving import running
+from .conftest import running, tiny
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # a pair is on show: its token is set (the page clears it while a vote is sent) and both images have loaded

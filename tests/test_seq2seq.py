@@ -14,13 +14,7 @@ from genlab import GenlabError, load_config
 from genlab.data import load_dataset
 from genlab.evaluation.seq2seq import rouge_l, scores
 
-TINY_DATES = [
-    "model.family=seq2seq", "data.source=dates", "data.limit=6000", "model.max_source_length=40",
-    "model.max_target_length=12", "model.width=64", "model.heads=4", "model.layers=2", "model.dropout=0.0",
-    "train.batch_size=64", "train.max_steps=450", "train.val_every=225", "train.checkpoint_every=225",
-    "train.optimizer.lr=0.003", "train.schedule.warmup_steps=30", "train.grid_size=2", "train.progress=none",
-    "eval.num_samples=200",
-]
+from .conftest import TINY_DATES
 
 
 def pairs(*overrides):

@@ -10,7 +10,7 @@ import pytest
 from lm_eval.tasks import TaskManager
 
 from genlab.serving import ServeConfig, serve_app
-from tests.test_serving import running
+from tests.conftest import running
 
 TASK = """task: genlab_local_perplexity
 dataset_path: json

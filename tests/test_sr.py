@@ -14,11 +14,7 @@ from genlab.cli import app
 from genlab.data import load_dataset
 from genlab.models.sr_gan import SRGenerator
 
-SR_TINY = ["data.source=photos", "data.image_size=32", "data.channels=3", "model.family=sr_gan", "model.scale=2",
-           "model.width=32", "model.blocks=4", "model.warmup_steps=100000", "train.batch_size=16",
-           "train.max_steps=250", "train.val_every=125", "train.checkpoint_every=125", "train.grid_size=9",
-           "train.optimizer.name=adam", "train.optimizer.lr=0.0005", "train.schedule.name=cosine",
-           "train.grad_clip=null", "train.ema.decay=0.99", "train.progress=none"]
+from .conftest import SR_TINY
 
 
 @pytest.fixture(scope="module")

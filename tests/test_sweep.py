@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from genlab.cli import app
 from genlab.errors import GenlabError
-from genlab.sweep import read_space, study_of, sweep
+from genlab.study.sweep import read_space, study_of, sweep
 
 TINY = {"data": {"image_size": 8}, "model": {"family": "diffusion", "block_out_channels": [8, 16]},
         "train": {"batch_size": 16, "max_steps": 20, "val_every": 5, "checkpoint_every": 10, "log_every": 5,

@@ -15,9 +15,7 @@ import genlab
 from genlab.cli import app
 from genlab.data import load_dataset
 
-TAB_TINY = ["model.family=tabular_vae", "model.hidden=[64,64]", "model.impute_samples=50", "train.batch_size=64",
-            "train.max_steps=300", "train.val_every=150", "train.checkpoint_every=150", "train.optimizer.lr=0.003",
-            "train.grid_size=4", "train.progress=none"]
+from .conftest import TAB_TINY
 
 
 @pytest.fixture(scope="module")

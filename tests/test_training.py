@@ -6,30 +6,12 @@ import signal
 import lightning as L
 import pytest
 import torch
-from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import genlab
 from genlab.training.callbacks import NonFiniteLoss, TrainingInterrupted
 
-from .conftest import tiny
-
-UNET = "model/unet/diffusion_pytorch_model.safetensors"
-
-
-class Crash(L.Callback):
-    """Dies at a given step, as a killed job would, after the checkpoint of the step before."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
-
-
-def weights(run_dir):
-    return load_file(run_dir / UNET)
+from .conftest import Crash, Poison, tiny, weights
 
 
 def test_resume_after_a_crash_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
@@ -80,13 +62,6 @@ def test_ctrl_c_says_how_to_resume_and_resume_finishes(tmp_path):
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while it shuts down
     assert genlab.fit(resume=tmp_path / "r").summary["steps"] == 30
-
-
-class Poison(L.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == 15:
-            with torch.no_grad():
-                next(pl_module.parameters()).fill_(float("nan"))
 
 
 def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -274,3 +249,22 @@ def test_gradient_accumulation_counts_optimizer_steps_and_logs_once_per_step(tmp
     acc = EventAccumulator(str(run.paths.tb)).Reload()
     steps = [e.step for e in acc.Scalars("perf/samples_per_s")]
     assert steps and len(steps) == len(set(steps)), "one throughput point per logged step"
+
+
+class BarProbe(L.Callback):
+    """Reads the progress bar's training task when the run ends."""
+
+    def on_train_end(self, trainer, pl_module):
+        from genlab.training.callbacks import ProgressBar
+
+        bar = next(c for c in trainer.callbacks if isinstance(c, ProgressBar))
+        task = bar.progress.tasks[bar.train_progress_bar_id]
+        self.seen = (task.completed, task.total, trainer.current_epoch)
+
+
+def test_the_progress_bar_counts_the_run_not_the_epoch(tmp_path):
+    probe = BarProbe()
+    genlab.fit(None, overrides=tiny("train.max_steps=12", "train.batch_size=128", "train.val_every=12",
+                                    "train.progress=rich"), out=tmp_path / "r", callbacks=[probe])
+    completed, total, epochs = probe.seen
+    assert (completed, total) == (12, 12) and epochs >= 1, "12 steps of the run, across its epochs, on one bar"

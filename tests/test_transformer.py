@@ -17,7 +17,7 @@ from genlab.evaluation.text import held_out_loss
 from genlab.models import Transformer
 from genlab.responsible.memorization import CopyIndex
 
-from .test_training import Crash
+from .conftest import Crash
 
 TINY_LM = [
     "model.family=transformer", "data.source=python_docs", "model.context=32", "model.width=32", "model.layers=2",

@@ -16,13 +16,7 @@ from genlab.data import load_dataset
 from genlab.evaluation.latent import mig
 from genlab.models.vae import VAE, VAENet, total_correlation
 
-from .conftest import tiny
-
-VAE_TINY = [o for o in tiny() if not o.startswith(("model.", "eval.sampling"))] + [
-    "model.family=vae", "model.channels=[16,32]", "model.hidden=64", "model.latent_dim=4", "train.batch_size=32",
-    "model.beta_warmup_steps=300", "train.max_steps=1200", "train.val_every=600", "train.checkpoint_every=600",
-    "train.optimizer.lr=0.002",
-    "train.ema.enabled=false", "eval.likelihood_samples=16", "eval.latent_images=200"]
+from .conftest import VAE_TINY
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
-"""The Python API; the CLI only wraps these. Each step reads and writes a run directory."""
+"""The Python API of the steps every family shares: fit, sample, evaluate, and the model card and filters that
+follow them; the CLI only wraps these. Each step reads and writes a run directory. What only some families can do
+(upscale, impute, translate...) is its capability's (`genlab/capabilities`)."""
 
 from __future__ import annotations
 
-import json
+import inspect
 import logging
 import os
 import platform
@@ -13,14 +15,14 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from genlab.config import RunConfig, flatten, load_config
-from genlab.config.families import check_verb, family_class
+from genlab.capabilities import audit_of, evaluators, headline, hub_task
+from genlab.config import RunConfig, chosen_sampling, flatten, load_config, sampling_options, with_given
+from genlab.config.families import family_class
 from genlab.data.datamodule import TensorDataModule
 from genlab.data.sources import load_dataset, prepares
 from genlab.errors import GenlabError
-from genlab.outputs import write_table
 from genlab.quiet import quiet
-from genlab.run import Run, RunPaths, write_json
+from genlab.run import Run, RunPaths, as_run, write_json
 from genlab.training.callbacks import NonFiniteLoss, Throughput, TrainingInterrupted
 from genlab.training.checkpoints import checkpoint_step, newest_checkpoint, whole_checkpoint
 from genlab.training.optim import lr_factor
@@ -54,6 +56,7 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
     L.seed_everything(cfg.train.seed, verbose=False)
     dataset = load_dataset(_prepared(cfg.data))
     model, dataset = family_class(cfg.model.family).build(cfg.model, dataset, cfg.train)
+    model.sampling = chosen_sampling(cfg.model.family, cfg.eval.sampling)  # kept in the model folder, used everywhere
     sharded = sharded_strategy(model, cfg.train) if cfg.train.strategy == "fsdp" else None
     parameters = model.num_parameters()  # before FSDP leaves each rank its shard
     trainer = build_trainer(cfg.train, paths, has_validation=len(dataset.val) > 0, monitor=model.monitor,
@@ -89,7 +92,7 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
             model.save_pretrained(paths.model)
         else:  # the model's own modules are wrapped shards: the folder is written from the gathered weights,
             model.save_pretrained(paths.model, state_dict=whole)  # and it is the folder that draws the preview
-            model = family_class(cfg.model.family).from_pretrained(paths.model)
+            model = family_class(cfg.model.family).load(paths.model)
         model.eval()
         if cfg.train.grid_size:
             model.media.save(model.preview(cfg.train.grid_size, torch.Generator().manual_seed(0)),
@@ -113,21 +116,26 @@ def _prepared(data):
 
 
 def _augmentation(cfg: RunConfig, dataset) -> list:
-    """The augment step of the data pipeline, as a callback that runs after the step is seeded."""
+    """The augment step of the data pipeline, as a callback that runs after the step is seeded; data whose kind
+    does not augment (anything but images) is left as it is, with a warning."""
     from genlab.data.augment import augment_options
+    from genlab.prepare.kinds import kind_of
     from genlab.training.callbacks import AugmentBatches
 
-    options = augment_options(cfg.data, dataset.spec.modality)
+    options, kind = augment_options(cfg.data), kind_of(dataset.spec.modality)
+    if options is not None and not (kind is not None and kind.augments):
+        log.warning(f"data.pipeline: augment applies to images; this {dataset.spec.modality} data is left as it is")
+        return []
     return [] if options is None else [AugmentBatches(options)]
 
 
 def _judges(cfg: RunConfig, model, dataset, paths: RunPaths) -> list[L.Callback]:
     """Callbacks that score the validated weights for the family: a GAN's mode-collapse watch."""
-    if not model.watches_collapse or len(dataset.val) < 2:
+    if not model.collapse_samples or len(dataset.val) < 2:
         return []
     from genlab.evaluation.collapse import CollapseWatch
 
-    return [CollapseWatch(dataset.train, dataset.val, dataset.spec.num_classes, model.config.collapse_samples,
+    return [CollapseWatch(dataset.train, dataset.val, dataset.spec.num_classes, model.collapse_samples,
                           cfg.eval.feature_steps, paths.eval_cache)]
 
 
@@ -151,141 +159,35 @@ def _resolve(config, overrides, out, resume, leader: bool) -> tuple[RunConfig, R
 
 
 @quiet
-def evaluate(run: Run | str | Path, **options: Any) -> dict[str, Any]:
-    """Sample from the run, score the samples against held-out data, write metrics.json; return the metrics."""
-    from genlab.evaluation import evaluate_run
+def evaluate(run: Run | str | Path, *, num_samples: int | None = None, seed: int | None = None,
+             **sampling: Any) -> dict[str, Any]:
+    """Score the run's model on held-out data, each of its capabilities its own way, with the model's sampling
+    options updated by `sampling`; write metrics.json and report.html; return the metrics."""
+    from genlab.evaluation.report import write_report
 
-    return evaluate_run(run if isinstance(run, Run) else Run(run), **options)
+    run = as_run(run)
+    cfg = run.config
+    ev = type(cfg.eval).model_validate(with_given(cfg.eval.model_dump(), num_samples=num_samples, seed=seed))
+    options = sampling_options(cfg.model.family, {**run.model.sampling, **with_given({}, **sampling)})
+    parts = [score(run, ev, options) for score in evaluators(cfg.model.family)]
+    if not parts:
+        raise GenlabError(f"evaluate: a {cfg.model.family} model has no capability that genlab scores")
+    metrics = {k: v for part in parts for k, v in part.metrics.items()}
+    write_json(run.paths.metrics, metrics)
+    write_report(run, [row for p in parts for row in p.rows], [row for p in parts for row in p.setup],
+                 "".join(p.html for p in parts))
+    return metrics
 
 
 @quiet
 def sample_to_file(run: Run | str | Path, n: int, out: str | Path | None = None, *, seed: int | None = 0,
                    **conditions: Any) -> Path:
-    """Draw `n` samples and write them in the modality's file format (PNG grid, or text after its prompt)."""
-    run = run if isinstance(run, Run) else Run(run)
-    samples = run.sample(n, seed=seed, **conditions)
-    if isinstance(samples, list) and isinstance(conditions.get("prompt"), str):
-        samples = [conditions["prompt"] + s for s in samples]
-    media = run.model.media
-    out = Path(out) if out is not None else run.paths.samples / f"sample_{n}_seed{seed}{media.suffix}"
-    return media.save(samples, out)
-
-
-LATENT_MODES = ("reconstruct", "interpolate", "traverse")
-
-
-@quiet
-def translate_file(run: Run | str | Path, source: str | Path, out: str | Path | None = None, *, seed: int = 0,
-                   **options: Any) -> list[dict[str, Any]]:
-    """A seq2seq run over a JSONL file: each record's `data.source_field` in, the record with a `prediction`
-    out (written to `out` as JSONL when given). A line that is not a record with that field is named."""
-    run = run if isinstance(run, Run) else Run(run)
-    check_verb(run.config.model.family, "translate", run.path)
-    field, path = run.config.data.source_field, Path(source)
-    if not path.is_file():
-        raise GenlabError(f"source: {path} is not a file")
-    records = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise GenlabError(f"source: {path}:{number} is not JSON") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise GenlabError(f"source: {path}:{number} has no text field {field!r} (data.source_field)")
-            records.append(record)
-    predictions = run.sample(len(records), seed=seed, source=[r[field] for r in records], **options) if records else []
-    done = [{**r, "prediction": p} for r, p in zip(records, predictions, strict=True)]
-    if out is not None:
-        Path(out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done))
-    return done
-
-
-@quiet
-def latent_grid(run: Run | str | Path, mode: str, n: int = 8, *, seed: int = 0, steps: int = 8,
-                dims: list[int] | None = None, out: str | Path | None = None) -> Path:
-    """A VAE's latent space as a PNG grid, from held-out images drawn by `seed`: `reconstruct` (a row of
-    n originals over their reconstructions), `interpolate` (n rows from one image to another in `steps`),
-    `traverse` (a row per latent dimension in `dims`, each swept over `steps` values from -3 to 3)."""
-    from genlab.images import save_grid
-
-    run = run if isinstance(run, Run) else Run(run)
-    if mode not in LATENT_MODES:
-        raise GenlabError(f"mode: {mode!r} is not one of: {', '.join(LATENT_MODES)}")
-    check_verb(run.config.model.family, mode, run.path)
+    """Draw `n` samples and write them in the modality's file format (a PNG grid, texts after their prompt...)."""
+    run = as_run(run)
     model = run.model
-    dataset = load_dataset(run.config.data)
-    held_out = dataset.test if len(dataset.test) else dataset.val
-    pick = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed))
-    images = held_out.x[pick[: 2 * n]] / 2 + 0.5
-    if mode == "reconstruct":
-        grid, columns = torch.cat([images[:n], model.reconstruct(images[:n])]), min(n, len(images))
-    elif mode == "interpolate":
-        pairs = images[: 2 * (len(images) // 2)].view(-1, 2, *images.shape[1:])[:n]
-        grid, columns = torch.cat([model.interpolate(a, b, steps) for a, b in pairs]), steps
-    else:
-        values = torch.linspace(-3, 3, steps)
-        dims = list(range(model.config.latent_dim)) if dims is None else dims
-        grid, columns = torch.cat([model.traverse(d, values, base=images[0]) for d in dims]), steps
-    out = Path(out) if out is not None else run.paths.samples / f"{mode}_seed{seed}.png"
-    return save_grid(grid, out, nrow=columns, scale=4)
-
-
-@quiet
-def impute_file(run: Run | str | Path, source: str | Path, out: str | Path, *, seed: int = 0) -> Path:
-    """Fill the missing cells of a CSV or parquet file with a tabular run; every row, column and present
-    cell is written back as it was."""
-    run, frame = _table_run_and_rows(run, source, "impute")
-    return write_table(run.model.impute(frame, seed=seed, where=Path(source).name), out)
-
-
-@quiet
-def score_file(run: Run | str | Path, source: str | Path, out: str | Path, *, seed: int = 0) -> Path:
-    """The input rows with an `anomaly_score` column (higher is more anomalous), in order."""
-    run, frame = _table_run_and_rows(run, source, "score")
-    scored = frame.assign(anomaly_score=run.model.score(frame, seed=seed, where=Path(source).name).to_numpy())
-    return write_table(scored, out)
-
-
-def _table_run_and_rows(run: Run | str | Path, source: str | Path, verb: str):
-    from genlab.data.table import read_table
-
-    run = run if isinstance(run, Run) else Run(run)
-    check_verb(run.config.model.family, verb, run.path)
-    frame, _ = read_table(Path(source), drop_empty=False)
-    return run, frame
-
-
-@quiet
-def upscale_files(run: Run | str | Path, source: str | Path, out: str | Path | None = None
-                  ) -> tuple[list[Path], list[str]]:
-    """Upscale an image file, or every image in a folder, with an sr_gan run. Returns the files written
-    and one line per input that could not be upscaled (the others are written all the same)."""
-    from genlab.data.sources import IMAGE_SUFFIXES
-    from genlab.images import read_image, write_image
-
-    run = run if isinstance(run, Run) else Run(run)
-    check_verb(run.config.model.family, "upscale", run.path)
-    source = Path(source)
-    scale = run.config.model.scale
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        folder = Path(out) if out is not None else source.with_name(f"{source.name}_x{scale}")
-        targets = [folder / f"{f.stem}.png" for f in files]
-    elif source.is_file():
-        files, targets = [source], [Path(out) if out is not None else source.with_name(f"{source.stem}_x{scale}.png")]
-    else:
-        raise GenlabError(f"{source}: no such image file or folder")
-    written, failed = [], []
-    for file, target in zip(files, targets, strict=True):
-        try:
-            image = read_image(file)
-            written.append(write_image(run.model.upscale(image[None], name=file.name)[0], target))
-        except GenlabError as err:
-            failed.append(str(err))
-        except OSError as err:  # PIL's UnidentifiedImageError is one
-            failed.append(f"{file.name}: not a readable image ({err.__class__.__name__})")
-    return written, failed
+    samples = model.shown(run.sample(n, seed=seed, **conditions), **conditions)
+    out = Path(out) if out is not None else run.paths.samples / f"sample_{n}_seed{seed}{model.media.suffix}"
+    return model.media.save(samples, out)
 
 
 def _fresh_run_dir(root: Path, name: str) -> Path:
@@ -301,6 +203,7 @@ def _finished(cfg: RunConfig, paths: RunPaths, checkpoint: Path, done: int) -> R
     interrupted it (from the checkpoint's weights, EMA's when on), else change nothing on disk."""
     if not (paths.model / "genlab.json").is_file() or not paths.summary.is_file():
         model, _ = family_class(cfg.model.family).build(cfg.model, load_dataset(cfg.data), cfg.train)
+        model.sampling = chosen_sampling(cfg.model.family, cfg.eval.sampling)
         state = whole_checkpoint(checkpoint)
         model.load_state_dict(state["state_dict"])  # EMA weights when EMA is on (current_model_state: raw)
         model.save_pretrained(paths.model)
@@ -357,3 +260,94 @@ def _summary(trainer: L.Trainer, model, dataset, parameters: int) -> dict[str, A
                      "python": platform.python_version()},
         "device": str(model.device),
     }
+
+
+@quiet
+def audit(run: Run | str | Path, n: int | None = None, **options: Any) -> dict[str, Any]:
+    """The audit the run's capabilities declare (by class, by a table's group, by the groups a text names), written
+    beside its other results (audit.json, audit.html); an option it does not take (None: not given) is refused
+    before anything is sampled."""
+    from genlab.responsible.audit import OPTIONS, TARGETS
+
+    run = as_run(run)
+    family = run.config.model.family
+    given = {k: v for k, v in options.items() if v is not None}
+    if given.get("target", "data") not in TARGETS:
+        raise GenlabError(f"--target: {given['target']!r} is not one of {', '.join(TARGETS)}")
+    audit_run = audit_of(family)
+    if audit_run is None:
+        raise GenlabError(f"audit: {run.path} is a run of the {family} family, which has no audit yet")
+    takes = [name for name in inspect.signature(audit_run).parameters if name in OPTIONS]
+    for key in given:
+        if key not in takes:
+            raise GenlabError(f"--{key.replace('_', '-')}: the {family} family's audit does not take it; it takes "
+                              f"{', '.join('--' + t.replace('_', '-') for t in takes) or 'no options'}")
+    return audit_run(run, n, **given)
+
+
+def card(run: Run | str | Path, license: str = "other") -> Path:
+    """Write (or rewrite) the run's model card, model/README.md in the Hugging Face format; returns the file."""
+    from genlab.responsible.card import Declared, write_card
+
+    run = as_run(run)
+    family = run.config.model.family
+    return write_card(run, Declared(headline(family), hub_task(family), audit_of(family) is not None), license)
+
+
+def filter_text(source: str | Path, action: str = "flag", kinds: list[str] | tuple = (), threshold: float = 0.8,
+                model: str | Path | None = None, min_chars: int = 50, out: str | Path | None = None
+                ) -> tuple[str, list, Path | None]:
+    """Personal data, offensive sentences and (with `model`) copies of its training text in a text file, each a
+    Finding with its place; `action` redact writes the text with them taken out (to `out`, by default beside it).
+    Returns (the text, the findings, the file written or None)."""
+    from genlab.responsible.filters import chosen_kinds, find, redact
+    from genlab.responsible.memorization import INDEX_FILE, CopyIndex
+    from genlab.serving.folders import model_folder
+
+    copies = None
+    if model is not None:
+        copies = CopyIndex.load(model_folder(model)[0])
+        if copies is None:
+            raise GenlabError(f"--model {model}: its folder has no training-text index ({INDEX_FILE}); text "
+                              "models fitted by this genlab keep one")
+    chosen = chosen_kinds(kinds, copies)
+    if action not in ACTIONS:
+        raise GenlabError(f"--action: {action!r} is not one of {', '.join(ACTIONS)}")
+    source = Path(source)
+    if not source.is_file():
+        raise GenlabError(f"{source}: no such file")
+    text = source.read_text(errors="replace")
+    findings = find(text, chosen, threshold, copies, min_chars)
+    if action != "redact":
+        return text, findings, None
+    target = Path(out) if out is not None else source.with_name(f"{source.stem}.redacted{source.suffix}")
+    target.write_text(redact(text, findings))
+    return text, findings, target
+
+
+def filter_images(folder: str | Path, model: str | Path | None, action: str = "flag", out: str | Path | None = None
+                  ) -> tuple[list[Path], list[Path]]:
+    """The images under `folder` that copy a training image of `model` (by the copy check `genlab evaluate` keeps),
+    and every image read; `action` redact copies the others to `out`."""
+    import shutil
+
+    from genlab.responsible.filters import copied_images
+    from genlab.serving.folders import model_folder
+
+    folder = Path(folder)
+    if model is None:
+        raise GenlabError(f"{folder}: images are checked for copies of a model's training images: --model RUN")
+    if action not in ACTIONS:
+        raise GenlabError(f"--action: {action!r} is not one of {', '.join(ACTIONS)}")
+    if action == "redact" and out is None:
+        raise GenlabError("--action redact on images writes the images that are not copies to --out DIR")
+    copied, read = copied_images(folder, model_folder(model)[0])
+    if action == "redact":
+        for path in sorted(set(read) - set(copied)):
+            target = Path(out) / path.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    return copied, read
+
+
+ACTIONS = ("flag", "redact", "refuse")

@@ -1,94 +1,27 @@
-"""The `genlab` command: parses arguments, calls the Python API, prints. Nothing else lives here."""
+"""The `genlab` command: each command parses its arguments, calls the Python API and prints what it did
+(`cli_verbs.py` builds the app and the capabilities' verbs; `cli_options.py` parses a family's options)."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from genlab.cli_options import check_taken, family_options, options_help
-from genlab.cli_options import flag as option_flag
-from genlab.errors import ConfigError, GenlabError
-from genlab.quiet import library_noise_silenced
+from genlab.cli_options import check_taken, family_options
+from genlab.cli_verbs import EXTRA, GenlabApp, err, out, user_errors
+from genlab.errors import GenlabError
 
-
-class _Genlab(typer.Typer):
-    """The `genlab` app: its own verbs, and every registered family's (a family registered at run time brings
-    its verbs with it); `sample`'s help lists the families' options."""
-
-    complete = False  # set once this module has defined every command
-
-    @property
-    def registered_commands(self) -> list:
-        commands, have = self._commands, {c.name or c.callback.__name__ for c in self._commands}
-        if not self.complete:
-            return commands
-        for verb in _family_verbs():
-            if verb.name not in have:
-                commands.append(typer.models.CommandInfo(name=verb.name, callback=_verb_command(verb), help=verb.help,
-                                                         context_settings=_EXTRA if verb.sampling else None))
-                have.add(verb.name)
-        for command in commands:
-            if command.callback is sample:
-                command.epilog = options_help()
-        return commands
-
-    @registered_commands.setter
-    def registered_commands(self, value: list) -> None:
-        self._commands = value
-
-
-_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}  # the family's options, parsed by genlab
-app = _Genlab(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="genlab: train, sample and evaluate generative models, each verb on a run directory.")
-err = Console(stderr=True)
-out = Console(soft_wrap=True)  # long paths stay on one line in logs
-
-def _user_errors(fn):
-    """Turn a user mistake into one red line and a non-zero exit; a bug keeps its traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _one_line_logs()
-        try:
-            with library_noise_silenced():
-                return fn(*args, **kwargs)
-        except GenlabError as e:
-            for line in str(e).splitlines():
-                err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-
-    return wrapper
-
-
-class _OneLine(logging.Handler):
-    """genlab's own warnings and notes, as one plain line each (no logger name, no source line)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        tag = "[yellow]warning:[/yellow] " if record.levelno >= logging.WARNING else ""
-        err.print(f"{tag}{escape(record.getMessage())}", highlight=False, soft_wrap=True)
-
-
-def _one_line_logs() -> None:
-    log = logging.getLogger("genlab")
-    if not any(isinstance(h, _OneLine) for h in log.handlers):
-        log.addHandler(_OneLine())
-        log.setLevel(logging.INFO)
-        log.propagate = False
+app = GenlabApp(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+               help="genlab: train, sample and evaluate generative models, each verb on a run directory.")
 
 
 @app.command()
-@_user_errors
+@user_errors
 def fit(
     config: Annotated[Path | None, typer.Argument(help="Run config YAML (optional with --resume).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set train.max_steps=200.")] = [],  # noqa: B006
@@ -121,8 +54,8 @@ def fit(
     out.print(f"model folder: {run.paths.model}")
 
 
-@app.command(context_settings=_EXTRA)
-@_user_errors
+@app.command(context_settings=EXTRA)
+@user_errors
 def sample(
     ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `genlab fit`.")],
@@ -133,7 +66,8 @@ def sample(
     label: Annotated[list[str], typer.Option(help="Class to draw (repeat to cycle), for class-conditional "
                                                   "models.")] = [],  # noqa: B006
 ) -> None:
-    """Draw samples from a trained run, with its family's options (below) and conditions (--prompt, --source)."""
+    """Draw samples from a trained run with the options its model keeps (the run's eval.sampling), any of them
+    changed by a flag (below), and conditions (--prompt, --source...)."""
     import genlab
 
     run = genlab.load(run_dir)
@@ -144,16 +78,16 @@ def sample(
         conditions["labels"] = [_int_or_str(label[i % len(label)]) for i in range(n)]
         check_taken(run, conditions)
     if media.to_terminal and out_file is None:
-        prefix = conditions.get("prompt", "")  # a continuation is shown after the text it continues
-        for i, text in enumerate(run.sample(n, seed=seed, **conditions, **options)):
-            out.print(("" if i == 0 else "\n---\n") + prefix + text, highlight=False, markup=False)
+        texts = run.model.shown(run.sample(n, seed=seed, **conditions, **options), **conditions)
+        for i, text in enumerate(texts):
+            out.print(("" if i == 0 else "\n---\n") + text, highlight=False, markup=False)
         return
     path = genlab.sample_to_file(run, n, out_file, seed=seed, **conditions, **options)
     out.print(f"wrote {n} samples to {path}")
 
 
-@app.command(context_settings=_EXTRA)
-@_user_errors
+@app.command(context_settings=EXTRA)
+@user_errors
 def evaluate(
     ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `genlab fit`.")],
@@ -161,21 +95,20 @@ def evaluate(
 ) -> None:
     """Score a run against held-out data, print its family's headline figures; takes `sample`'s family options."""
     import genlab
+    from genlab.capabilities import headline
 
     run = genlab.load(run_dir)
     options, _ = family_options(run, ctx.args)
     metrics = genlab.evaluate(run, num_samples=n, **options)
-    for figure in run.model.headline:
-        value, baseline = figure.value(metrics), figure.baseline(metrics)
-        if value is not None:
-            beside = f" ({figure.beside[1]}: {baseline:.4g})" if baseline is not None else ""
-            out.print(f"{figure.label}: {value:.4g}{beside}", highlight=False)
+    for figure in headline(run.config.model.family):
+        if (line := figure.line(metrics)) is not None:
+            out.print(line, highlight=False)
     out.print(f"metrics: {Path(run_dir) / 'metrics.json'}")
     out.print(f"report: {Path(run_dir) / 'report.html'}")
 
 
 @app.command()
-@_user_errors
+@user_errors
 def bakeoff(
     entries: Annotated[list[str], typer.Argument(help="Run configs or family names; the first one's data is used.")],
     budget: Annotated[float, typer.Option(help="Seconds of training for each entry.")] = 120.0,
@@ -184,7 +117,7 @@ def bakeoff(
     set_: Annotated[list[str], typer.Option("--set", help="Override a key of every entry.")] = [],  # noqa: B006
 ) -> None:
     """Train several families on the same data for the same time, evaluate them alike, and rank them."""
-    from genlab.selection import bakeoff as run_bakeoff
+    from genlab.study.bakeoff import bakeoff as run_bakeoff
 
     result = run_bakeoff(entries, budget=budget, out=out_dir, overrides=set_)
     figures = result["headline"]
@@ -198,7 +131,7 @@ def bakeoff(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def advise(
     target: Annotated[str, typer.Argument(help="A run config, a built-in data set, or your file or folder of data.")],
     budget: Annotated[float, typer.Option(min=1, help="Seconds of training you can give each model.")] = 240.0,
@@ -206,11 +139,13 @@ def advise(
                                            "latent space).")] = "quality",
     out_dir: Annotated[Path, typer.Option("--out", help="Where the proposed configs go.")] = Path("advice"),
     run: Annotated[bool, typer.Option("--run", help="Run the bake-off of the proposals now.")] = False,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key of every proposed config.")]
+    = [],  # noqa: B006
 ) -> None:
     """Read the data, propose the families that suit it (with why), and write a starting config for each."""
-    from genlab.advice import advise as advice
+    from genlab.study.advice import advise as advice
 
-    result = advice(target, goal=goal, budget=budget, out=out_dir)
+    result = advice(target, goal=goal, budget=budget, out=out_dir, changes=set_)
     facts = ", ".join(f"{k} {v}" for k, v in result["facts"].items())
     out.print(f"data: {facts}; this machine: {result['matmul_gflops']:.0f} GFLOP/s (float32 matmul)", highlight=False)
     for i, p in enumerate(result["proposals"], 1):
@@ -218,7 +153,7 @@ def advise(
     if result["bakeoff"] is None:
         out.print(f"train it: genlab fit {result['proposals'][0]['config']}", highlight=False)
     elif run:
-        from genlab.selection import bakeoff as run_bakeoff
+        from genlab.study.bakeoff import bakeoff as run_bakeoff
 
         configs = [p["config"] for p in result["proposals"]]
         ranked = run_bakeoff(configs, budget=budget, out=out_dir / "bakeoff")
@@ -229,7 +164,7 @@ def advise(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def plan(
     config: Annotated[Path, typer.Argument(help="A run config.")],
     gpu: Annotated[str, typer.Option(help="The device to plan for: cpu (this machine), l4, a100 or h100.")] = "cpu",
@@ -237,7 +172,7 @@ def plan(
     set_: Annotated[list[str], typer.Option("--set", help="Override a config key.")] = [],  # noqa: B006
 ) -> None:
     """What a config will cost: parameters, memory per device, and time per step and for the run."""
-    from genlab.plan import plan as make_plan
+    from genlab.study.plan import plan as make_plan
 
     p = make_plan(config, overrides=set_, gpu=gpu, devices=devices)
     out.print(f"{p['family']}: {p['parameters']:,} parameters ({p['trainable']:,} trained), batch "
@@ -254,7 +189,7 @@ def plan(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def sweep(
     target: Annotated[Path, typer.Argument(help="A run config to search around, or (with --status) a sweep folder.")],
     space: Annotated[Path | None, typer.Option(help="YAML: config keys to {log_uniform|uniform|int|choice: ...}.")]
@@ -275,9 +210,11 @@ def sweep(
     show: Annotated[bool, typer.Option("--status", help="Print a sweep folder's best trials and importances.")]
     = False,
     work: Annotated[bool, typer.Option("--work", hidden=True)] = False,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key of the config: --set train.max_steps=60.")]
+    = [],  # noqa: B006
 ) -> None:
     """Search hyperparameters with Optuna: every trial a run directory, pruned at validations, resumable."""
-    from genlab import sweep as sweeps
+    from genlab.study import sweep as sweeps
 
     if work:
         sweeps.work(target, worker=int(os.environ.get("GENLAB_SWEEP_WORKER", "0")))
@@ -289,7 +226,7 @@ def sweep(
         if space is None:
             raise GenlabError("--space: give the YAML file of the keys to search")
         result = sweeps.sweep(target, space=space, trials=trials, out=out_dir, budget=budget, jobs=jobs,
-                              objective=objective, direction=direction, pruner=pruner, seed=seed)
+                              objective=objective, direction=direction, pruner=pruner, seed=seed, changes=set_)
         if not result:  # a rank that Lightning launched for a trial: rank zero reports
             return
     counts = ", ".join(f"{n} {state}" for state, n in result["counts"].items() if n)
@@ -303,14 +240,14 @@ def sweep(
 
 
 @app.command("compare")
-@_user_errors
+@user_errors
 def compare_runs(
     runs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the page.")] = Path("compare.html"),
     n: Annotated[int, typer.Option("--n", min=1, max=64, help="Samples drawn per run (seed 0).")] = 16,
 ) -> None:
     """Put runs side by side: config differences, shared figures with intervals, overlaid curves, samples."""
-    from genlab.compare import compare
+    from genlab.study.compare import compare
 
     result = compare(runs, out_file, n)
     names = result["runs"]
@@ -325,7 +262,7 @@ def compare_runs(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def audit(
     run_dir: Annotated[Path, typer.Argument(help="A run directory trained on labelled data.")],
     n: Annotated[int | None, typer.Option("--n", min=2, help="Samples to audit (default: eval.num_samples; tables: "
@@ -348,12 +285,12 @@ def audit(
 ) -> None:
     """Audit a run by its groups (classes, or a table's --group column): their shares of the data and of the samples,
     how well each is generated, and what to do about each flag."""
-    from genlab.responsible.audit import audit_run, gate
-    from genlab.run import Run
+    from genlab.api import audit as audit_run
+    from genlab.responsible.audit import gate
 
     if fail_on is not None:
         gate({"classes": [], "flags": [], "mix_test": {"valid": False}}, fail_on)  # a bad expression fails first
-    result = audit_run(Run(run_dir), n, target=target, min_share=min_share, group=group, probes=probes,
+    result = audit_run(run_dir, n, target=target, min_share=min_share, group=group, probes=probes,
                        manifest=manifest)
     for line in result["summary"]:
         out.print(line, highlight=False)
@@ -368,7 +305,7 @@ def audit(
 
 
 @app.command("filter")
-@_user_errors
+@user_errors
 def filter_text(
     source: Annotated[Path, typer.Argument(help="A text file (findings are named by line and column), or a folder "
                                                 "of images checked for copies of --model's training images.")],
@@ -387,78 +324,43 @@ def filter_text(
 ) -> None:
     """Find personal data, offensive sentences and copied training text or images offline; flag, redact or refuse
     them."""
-    from genlab.responsible.filters import chosen_kinds, find, redact
-    from genlab.responsible.memorization import INDEX_FILE, CopyIndex
-    from genlab.serving.folders import model_folder
+    from genlab.api import filter_images
+    from genlab.api import filter_text as find_in_text
 
     if source.is_dir():
-        return _filter_images(source, model, action, out_file)
-    copies = None
-    if model is not None:
-        folder = model_folder(model)[0]
-        copies = CopyIndex.load(folder)
-        if copies is None:
-            raise GenlabError(f"--model {model}: its folder has no training-text index ({INDEX_FILE}); text "
-                              "models fitted by this genlab keep one")
-    chosen = chosen_kinds(kinds, copies)
-    if action not in ("flag", "redact", "refuse"):
-        raise GenlabError(f"--action: {action!r} is not one of flag, redact, refuse")
-    if not source.is_file():
-        raise GenlabError(f"{source}: no such file")
-    text = source.read_text(errors="replace")
-    findings = find(text, chosen, threshold, copies, min_chars)
-    for f in findings:
-        line = text.count("\n", 0, f.start) + 1
-        out.print(f"{source}:{line}:{f.start - text.rfind(chr(10), 0, f.start)}: {f.kind}", highlight=False)
-    if action == "redact":
-        target = out_file or source.with_name(f"{source.stem}.redacted{source.suffix}")
-        target.write_text(redact(text, findings))
-        out.print(f"redacted {len(findings)} finding(s) into {target}")
+        copied, read = filter_images(source, model, action, out_file)
+        for path in copied:
+            out.print(f"{path}: memorized", highlight=False)
+        out.print(f"{len(copied)} of {len(read)} image(s) in {source} copy a training image")
+        if action == "redact":
+            out.print(f"wrote the {len(read) - len(copied)} other image(s) to {out_file}")
+        found = len(copied)
     else:
-        out.print(f"{len(findings)} finding(s) in {source}")
-    if action == "refuse" and findings:
-        raise typer.Exit(3)
-
-
-def _filter_images(folder: Path, model: Path | None, action: str, out_dir: Path | None) -> None:
-    import shutil
-
-    from genlab.responsible.filters import copied_images
-    from genlab.serving.folders import model_folder
-
-    if model is None:
-        raise GenlabError(f"{folder}: images are checked for copies of a model's training images: --model RUN")
-    if action == "redact" and out_dir is None:
-        raise GenlabError("--action redact on images writes the images that are not copies to --out DIR")
-    copied, read = copied_images(folder, model_folder(model)[0])
-    for path in copied:
-        out.print(f"{path}: memorized", highlight=False)
-    out.print(f"{len(copied)} of {len(read)} image(s) in {folder} copy a training image")
-    if action == "redact":
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for path in sorted(set(read) - set(copied)):
-            target = out_dir / path.relative_to(folder)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-        out.print(f"wrote the {len(read) - len(copied)} other image(s) to {out_dir}")
-    if action == "refuse" and copied:
+        text, findings, written = find_in_text(source, action, kinds, threshold, model, min_chars, out_file)
+        for f in findings:
+            line = text.count("\n", 0, f.start) + 1
+            out.print(f"{source}:{line}:{f.start - text.rfind(chr(10), 0, f.start)}: {f.kind}", highlight=False)
+        out.print(f"redacted {len(findings)} finding(s) into {written}" if written else
+                  f"{len(findings)} finding(s) in {source}")
+        found = len(findings)
+    if action == "refuse" and found:
         raise typer.Exit(3)
 
 
 @app.command()
-@_user_errors
+@user_errors
 def card(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `genlab fit`.")],
     license: Annotated[str, typer.Option(help="The license the card declares (a Hub license id).")] = "other",
 ) -> None:
     """Write the run's model card (model/README.md, Hugging Face format): data, training, metrics, audit, limits."""
-    from genlab.responsible.card import write_card
+    from genlab.api import card as write_card
 
     out.print(f"wrote {write_card(run_dir, license)}")
 
 
 @app.command()
-@_user_errors
+@user_errors
 def rate(
     runs: Annotated[list[Path], typer.Argument(help="Two or more run directories to compare.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the drawn samples and ratings.sqlite.")] = Path(
@@ -481,7 +383,7 @@ def rate(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def ratings(
     folder: Annotated[Path, typer.Argument(help="A folder `genlab rate` wrote.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
@@ -498,7 +400,7 @@ def ratings(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def info(
     run_dir: Annotated[Path, typer.Argument(help="A run directory, or a folder genlab prepare wrote.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -516,7 +418,7 @@ def info(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def prepare(
     config: Annotated[Path | None, typer.Argument(help="Run config YAML: its data section is prepared "
                                                        "(optional: --set data.source=... alone).")] = None,
@@ -539,7 +441,7 @@ def prepare(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def serve(
     runs: Annotated[list[Path], typer.Argument(help="Run directories or model folders to serve.")],
     host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
@@ -574,7 +476,7 @@ def _json_log_lines() -> None:
 
 
 @app.command("export")
-@_user_errors
+@user_errors
 def export_run(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (or model folder).")],
     to: Annotated[str, typer.Option("--to", help="docker (a build context with Kubernetes manifests) or onnx.")],
@@ -589,7 +491,9 @@ def export_run(
     elif to == "onnx":
         written = export_onnx(load_model(run_dir)[0], out_dir)
         if (run_dir / "config.yaml").is_file():  # a run directory: its model card goes with the graphs
-            from genlab.responsible.card import write_card
+            import shutil
+
+            from genlab.api import card as write_card
 
             written.append(Path(shutil.copy(write_card(run_dir), out_dir / "README.md")))
         out.print(f"wrote {', '.join(p.name for p in written)} to {out_dir}")
@@ -597,58 +501,11 @@ def export_run(
         raise GenlabError(f"--to: {to!r} is not one of docker, onnx")
 
 
-def _family_verbs() -> list:
-    from genlab.config.families import family_names, family_verbs
-
-    return [verb for family in family_names() for verb in family_verbs(family).values()]
-
-
-def _verb_command(verb: Any) -> Any:
-    """A command for `verb`: RUN, then the verb's arguments as its `arguments` class declares them; at run time,
-    the run's own family's declaration of the verb is the one that runs."""
-    P = inspect.Parameter
-    params = [P("ctx", P.KEYWORD_ONLY, annotation=typer.Context),
-              P("run_dir", P.KEYWORD_ONLY, annotation=Annotated[Path, typer.Argument(help="A run directory.")])]
-    for name, field in verb.arguments.model_fields.items():
-        info = (typer.Argument(help=field.description) if name in verb.inputs else
-                typer.Option(f"--{option_flag(name)}", help=field.description))
-        params.append(P(name, P.KEYWORD_ONLY, annotation=Annotated[field.annotation, info],
-                        default=P.empty if field.is_required() else field.get_default(call_default_factory=True)))
-
-    @_user_errors
-    def command(ctx: typer.Context, run_dir: Path, **arguments: Any) -> None:
-        from pydantic import ValidationError
-
-        from genlab.config.families import check_verb
-        from genlab.locate import locate
-        from genlab.run import Run
-
-        run = Run(run_dir)
-        declared = check_verb(run.config.model.family, verb.name, run.path)
-        try:
-            checked = declared.arguments.model_validate(arguments).model_dump()
-        except ValidationError as e:
-            raise ConfigError("\n".join(f"--{option_flag(str(x['loc'][0]))}: {x['msg']}" for x in e.errors())) from None
-        options = family_options(run, ctx.args)[0] if declared.sampling else {}
-        done = locate(declared.call)(run, **checked, **options)
-        for line in done.lines:
-            out.print(line, highlight=False, markup=False)
-        for line in done.failed:
-            err.print(f"[red]error:[/] {escape(line)}", highlight=False)
-        if done.failed:
-            raise typer.Exit(1)
-
-    command.__signature__ = inspect.Signature(params)
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__name__ = command.__qualname__ = verb.name
-    command.__doc__ = verb.help
-    return command
-
-
 def _int_or_str(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
+app.sample_command = sample
 app.complete = True
 
 

@@ -12,8 +12,8 @@ from genlab.errors import ConfigError, GenlabError
 
 
 def family_options(run: Any, args: list[str], conditions: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The --options after a run that its family's `Sampling` class declares (validated, defaults from the
-    run's eval.sampling), and the conditions its `sample` takes (--NAME-file reads NAME from a file)."""
+    """The --options after a run that its family's `Sampling` class declares (typed and checked; the rest are the
+    model's own), and the conditions its `sample` takes (--NAME-file reads NAME from a file)."""
     from genlab.config import sampling_options
     from genlab.config.families import family_sampling
 
@@ -38,7 +38,8 @@ def family_options(run: Any, args: list[str], conditions: bool = False) -> tuple
             raise ConfigError(f"--{flag(key)}: a {family} run takes no such option"
                               + (f"; did you mean --{flag(hint[0])}?" if hint else "")
                               + f" (its options: {', '.join('--' + flag(k) for k in allowed) or 'none'})")
-    return sampling_options(family, {**run.config.eval.sampling, **given}), extra
+    checked = sampling_options(family, {**run.sampling, **given})  # typed and bounded beside the model's own
+    return {key: checked[key] for key in given}, extra
 
 
 def _conditions_taken(run: Any) -> list[str]:

@@ -90,6 +90,10 @@ def load(path: str | Path) -> Run:
     return Run(path)
 
 
+def as_run(run: Run | str | Path) -> Run:
+    return run if isinstance(run, Run) else Run(run)
+
+
 PREPARED_MANIFEST = "prepared.json"  # what `genlab prepare` writes at the top of a prepared set
 
 
@@ -121,15 +125,35 @@ class Run:
         from genlab.config.families import family_class
 
         model_dir = self.paths.require("model")
-        return family_class(self.config.model.family).from_pretrained(model_dir)
+        model = family_class(self.config.model.family).load(model_dir)
+        if "sampling" not in read_json(model_dir / "genlab.json"):  # a folder exported before it kept them
+            from genlab.config import chosen_sampling
 
-    def sample(self, n: int, *, seed: int | None = None, **conditions: Any) -> Any:
-        """`n` samples from the exported model; the same seed gives the same samples."""
+            model.sampling = chosen_sampling(self.config.model.family, self.config.eval.sampling)
+        return model
+
+    def sample(self, n: int, *, seed: int | None = None, **given: Any) -> Any:
+        """`n` samples from the exported model with its sampling options (the run's eval.sampling, kept in the
+        model folder) updated by those `given`, and the conditions given (labels, a prompt...); the same seed gives
+        the same samples."""
         import torch
 
-        _check_conditions(self.model, conditions)
+        from genlab.config import sampling_options
+
+        model = self.model
+        _check_conditions(model, given)
+        fields = model.Sampling.model_fields
+        options = sampling_options(self.config.model.family,
+                                   {**model.sampling, **{k: v for k, v in given.items() if k in fields}})
+        conditions = {k: v for k, v in given.items() if k not in fields}
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        return self.model.sample(n, generator=generator, **conditions)
+        return model.sample(n, generator=generator, **conditions, **options)
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The sampling options the model folder keeps (the run's eval.sampling), read without loading the model."""
+        meta = read_json(self.paths.model / "genlab.json")
+        return meta.get("sampling", self.config.eval.sampling)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -152,6 +176,7 @@ class Run:
                                                           "train_loss", "val_loss", "samples_per_s", "tokens_per_s",
                                                           "mfu") if k != "tokens_per_s" or self.summary.get(k)},
             "model_exported": self.paths.model.is_dir(),
+            "sampling": self.sampling,
             "metrics": self.metrics or None,
         }
 

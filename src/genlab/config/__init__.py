@@ -16,7 +16,6 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from genlab.config.prepare import Step
 from genlab.config.section import Section
-from genlab.config.verb import Verb
 from genlab.errors import ConfigError
 
 
@@ -62,7 +61,8 @@ class ModelConfig(Section):
     """Fields every family shares; each family subclasses it with its own."""
 
     family: str = "diffusion"
-    verbs: ClassVar[tuple[Verb, ...]] = ()  # what the family does beyond `sample` (see config/verb.py)
+    # what the family can do, most important first (genlab/capabilities: images, text, upscale, rows...)
+    capabilities: ClassVar[tuple[str, ...]] = ()
 
     def data_problem(self, data: DataConfig) -> str | None:
         """Why this family cannot learn from `data.source` read this way, or None (the default takes any)."""
@@ -201,6 +201,13 @@ def check_sampling(family: str, options: dict[str, Any], loc: tuple = ()) -> dic
         details = [InitErrorDetails(type=e["type"], loc=(*loc, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
                    for e in err.errors()]
         raise ValidationError.from_exception_data("RunConfig", details) from None
+
+
+def chosen_sampling(family: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options chosen, typed by the family's `Sampling`, without the defaults of those not chosen: what a model
+    folder keeps, so that a default that depends on another option (the steps of a sampler) follows it later."""
+    full = check_sampling(family, options)
+    return {key: full[key] for key in options}
 
 
 def sampling_options(family: str, options: dict[str, Any]) -> dict[str, Any]:

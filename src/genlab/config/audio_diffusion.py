@@ -7,7 +7,7 @@ spectrogram and the vocoder; the sample rate and clip length come from the data 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -16,6 +16,7 @@ from genlab.config.diffusion import DiffusionConfig, DiffusionSampling
 
 class AudioDiffusionConfig(DiffusionConfig):
     family: Literal["audio_diffusion"] = "audio_diffusion"  # type: ignore[assignment]
+    capabilities: ClassVar[tuple[str, ...]] = ("speech",)
     block_out_channels: list[int] = Field([32, 64, 64], min_length=1)
     attention: list[bool] = [False, False, True]
     class_conditional: bool = True

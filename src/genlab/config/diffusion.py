@@ -14,6 +14,7 @@ DEFAULT_STEPS = {"ddim": 50, "dpm-solver": 20}  # ddpm: every training timestep
 
 class DiffusionConfig(ModelConfig):
     family: Literal["diffusion"] = "diffusion"
+    capabilities: ClassVar[tuple[str, ...]] = ("images",)
     block_out_channels: list[int] = Field([32, 64], min_length=1)  # UNet width at each resolution
     attention: list[bool] = [False, True]  # self-attention at each resolution
     layers_per_block: int = Field(1, ge=1)

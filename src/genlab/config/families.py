@@ -2,15 +2,14 @@
 
 Built-in families are listed as import paths and imported on first use, so validating a config
 imports only that family's pydantic classes (`genlab.config.<family>`), never torch or Lightning.
-`register_family` adds a class directly (a user's own family, or a test's).
+`genlab.register_family` adds a class directly (a user's own family, or a test's), once its capabilities are
+checked (`genlab/capabilities`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from genlab.config.verb import Verb
-from genlab.errors import GenlabError
 from genlab.locate import locate
 
 # name -> (config class, sampling class, model class), each "module:attribute"
@@ -50,22 +49,8 @@ def family_class(name: str) -> Any:
     return _registered[name] if name in _registered else locate(BUILTIN[name][2])
 
 
-def family_verbs(name: str) -> dict[str, Verb]:
-    """What the family does beyond `sample`, by verb name (declared on its config class: no torch)."""
-    return {verb.name: verb for verb in family_config(name).verbs}
-
-
-def check_verb(family: str, verb: str, where: Any) -> Verb:
-    """The family's `verb`; a GenlabError naming the families that have it when this one does not."""
-    verbs = family_verbs(family)
-    if verb not in verbs:
-        doers = " or ".join(name for name in family_names() if verb in family_verbs(name)) or "no known"
-        raise GenlabError(f"{where}: a {family} run; {verb} needs a {doers} run")
-    return verbs[verb]
-
-
-def register_family(cls: Any) -> Any:
-    """Class decorator: make `cls` the family named by its config's `family` default."""
+def add_family(cls: Any) -> Any:
+    """Make `cls` the family named by its config's `family` default (`genlab.register_family` checks it first)."""
     name = cls.Config.model_fields["family"].default
     if name in BUILTIN or name in _registered:
         raise ValueError(f"model family {name!r} is registered twice")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,6 +15,7 @@ AUGMENTS = ("translation", "cutout", "color")
 
 class GANConfig(ModelConfig):
     family: Literal["gan"] = "gan"
+    capabilities: ClassVar[tuple[str, ...]] = ("images",)
     latent_dim: int = Field(64, ge=1)
     channels: list[int] = Field([128, 64, 32], min_length=1)  # G's widths from the lowest resolution up; D mirrors
     loss: Literal["non-saturating", "hinge", "wgan-gp", "r3gan"] = "hinge"

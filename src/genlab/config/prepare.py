@@ -68,7 +68,7 @@ class Labels(Section):
     weights: bool = False  # write class-balanced sampling weights beside the items
 
 
-class Split(Section):
+class SplitStep(Section):
     """Train, val and test by data.val_fraction, data.test_fraction and data.split_seed, stratified by label;
     a near-duplicate cluster goes to one split whole."""
 
@@ -104,7 +104,7 @@ class SwapGroups(Section):
     pairs: list[tuple[str, str]] = Field(default_factory=lambda: list(GROUP_PAIRS), min_length=1)
 
 
-Step = Annotated[Validate | Clean | Normalize | Deduplicate | Missing | Labels | Split | Augment | SwapGroups,
+Step = Annotated[Validate | Clean | Normalize | Deduplicate | Missing | Labels | SplitStep | Augment | SwapGroups,
                  Field(discriminator="step")]
 
 DEFAULTS = {
@@ -117,5 +117,5 @@ DEFAULTS = {
 
 def default_pipeline(modality: str) -> list[Step]:
     kinds = {c.model_fields["step"].default: c for c in (Validate, Clean, Normalize, Deduplicate, Missing, Labels,
-                                                        Split, Augment, SwapGroups)}
+                                                        SplitStep, Augment, SwapGroups)}
     return [kinds[name]() for name in DEFAULTS[modality]]

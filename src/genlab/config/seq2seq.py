@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from genlab.config import ModelConfig, Section
+from genlab.config import ModelConfig
 from genlab.config.section import Sampling
-from genlab.config.transformer import LoraConfig, check_text_model
-from genlab.config.verb import Verb
-
-
-class SourcesFile(Section):
-    source: Path = Field(description="A JSONL file of records, each with the text in data.source_field.")
-    out: Path | None = Field(None, description="Where to write the records with a `prediction` (JSONL); "
-                                               "default: the terminal.")
-    seed: int = Field(0, ge=0, description="Same seed, same predictions.")
+from genlab.config.transformer import LoraConfig, Stops, check_text_model
 
 
 class Seq2SeqConfig(ModelConfig):
     family: Literal["seq2seq"] = "seq2seq"
-    verbs: ClassVar[tuple[Verb, ...]] = (
-        Verb("translate", "Each record of a JSONL file with its `prediction`, in order; a bad line is named.",
-             SourcesFile, "genlab.verbs:translate", inputs=("source",), sampling=True),)
+    capabilities: ClassVar[tuple[str, ...]] = ("text2text",)
     architecture: Literal["t5", "bart"] = "t5"
     tokenizer: Literal["char", "bpe"] = "char"  # trained on the training pairs (sources and targets)
     vocab_size: int = Field(2048, ge=260)  # bpe only
@@ -53,3 +42,4 @@ class Seq2SeqSampling(Sampling):
     temperature: float = Field(0.0, ge=0, le=100, description="0 is greedy (or beam search with num_beams > 1).")
     top_k: int | None = Field(None, ge=1, le=2**31 - 1, description="Sample from the k likeliest tokens.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling: the smallest set with this mass.")
+    stop: Stops = Field([], description="Cut the text before the first of these (up to 4).")

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from genlab.config import ModelConfig, Section
+from genlab.config import ModelConfig
 from genlab.config.section import Sampling
-from genlab.config.verb import Verb
-
-
-class ImageFiles(Section):
-    source: Path = Field(description="An image file, or a folder of them.")
-    out: Path | None = Field(None, description="Output file (or folder, for a folder input); default: beside the "
-                                               "input, with _x2/_x4.")
 
 
 class SRConfig(ModelConfig):
     family: Literal["sr_gan"] = "sr_gan"
-    verbs: ClassVar[tuple[Verb, ...]] = (
-        Verb("upscale", "Upscale images; a bad image is named and skipped, the rest are written.", ImageFiles,
-             "genlab.verbs:upscale", inputs=("source",)),)
+    capabilities: ClassVar[tuple[str, ...]] = ("upscale",)
     scale: Literal[2, 4] = 4
     width: int = Field(48, ge=4)  # feature channels of the generator's residual blocks
     blocks: int = Field(8, ge=1)  # residual blocks (conv-ReLU-conv, no normalization: EDSR / ESRGAN)

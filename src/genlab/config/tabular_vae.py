@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from genlab.config import ModelConfig, Section
+from genlab.config import ModelConfig
 from genlab.config.section import Sampling
-from genlab.config.verb import Verb
-
-
-class RowsFile(Section):
-    """Arguments of the table verbs: a file of rows in, the same rows with the verb's answer out."""
-
-    source: Path = Field(description="A CSV or parquet file of rows.")
-    out: Path = Field(description="Where to write the result (.csv or .parquet).")
-    seed: int = Field(0, ge=0, description="Same seed, same answer.")
 
 
 class TabularVAEConfig(ModelConfig):
     family: Literal["tabular_vae"] = "tabular_vae"
-    verbs: ClassVar[tuple[Verb, ...]] = (
-        Verb("impute", "Fill a table's missing cells; every row, column and present cell is kept as it was.",
-             RowsFile, "genlab.verbs:impute", inputs=("source",)),
-        Verb("score", "Score each row for anomaly (negative likelihood bound; higher is more anomalous).",
-             RowsFile, "genlab.verbs:score", inputs=("source",)))
+    capabilities: ClassVar[tuple[str, ...]] = ("rows",)
     latent_dim: int = Field(16, ge=1)
     hidden: list[int] = Field([128, 128], min_length=1)  # MLP widths of the encoder (the decoder mirrors them)
     scaling: Literal["standard", "quantile"] = "standard"  # numeric columns

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from genlab.config import ModelConfig, Section
 from genlab.config.section import Sampling
@@ -20,6 +20,7 @@ class LoraConfig(Section):
 
 class TransformerConfig(ModelConfig):
     family: Literal["transformer"] = "transformer"
+    capabilities: ClassVar[tuple[str, ...]] = ("text",)
     architecture: Literal["llama", "gpt2"] = "llama"  # llama: RoPE, RMSNorm, SwiGLU; gpt2: learned positions
     tokenizer: Literal["char", "bpe"] = "char"  # trained on the training split only
     vocab_size: int = Field(2048, ge=260)  # bpe only: a char vocabulary is the training text's characters
@@ -61,10 +62,19 @@ def check_text_model(config: TransformerConfig | ModelConfig) -> None:
         raise ValueError("lora trains adapters on a pretrained model: set model.init_from")
 
 
+Stops = Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=256)]], Field(max_length=4)]
+
+
 class TextSampling(Sampling):
-    max_new_tokens: int = Field(200, ge=1, le=1_000_000, description="Tokens to generate.")
+    """A causal LM's options: `genlab sample`, eval.sampling, and the server's requests (OpenAI's fields under
+    these names) all take them from here."""
+
+    max_new_tokens: int = Field(200, ge=0, le=1_000_000, description="Tokens to generate.")
+    min_new_tokens: int = Field(0, ge=0, le=1_000_000, description="No end of text before this many tokens.")
     temperature: float = Field(1.0, ge=0, le=100, description="0 is greedy.")
     top_k: int | None = Field(None, ge=1, le=2**31 - 1, description="Sample from the k likeliest tokens.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling: the smallest set with this mass.")
     repetition_penalty: float = Field(1.0, gt=0, le=100, description="Above 1 discourages repeats.")
-    stop: list[str] = Field([], description="Cut the text before the first of these.")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="Less likely by a token's count in the output.")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="Less likely once a token is in the output.")
+    stop: Stops = Field([], description="Cut the text before the first of these (up to 4).")

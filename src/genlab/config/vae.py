@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from genlab.config import ModelConfig, Section
+from genlab.config import ModelConfig
 from genlab.config.section import Sampling
-from genlab.config.verb import Verb
-
-
-class LatentGrid(Section):
-    """Arguments of the latent-space verbs: held-out images drawn by `seed`, written as one PNG grid."""
-
-    n: int = Field(8, ge=1, le=256, description="Images (reconstruct), rows (interpolate).")
-    steps: int = Field(8, ge=2, le=64, description="Points along each row (interpolate, traverse).")
-    seed: int = Field(0, ge=0, description="Which held-out images are drawn.")
-    out: Path | None = Field(None, description="The PNG to write (default: RUN/samples/<verb>_seed<seed>.png).")
-
-
-class Traverse(LatentGrid):
-    dim: list[int] = Field([], description="Latent dimensions to sweep, a row each (repeatable; default all).")
-
-
-def _latent(name: str, what: str, arguments: type[Section] = LatentGrid) -> Verb:
-    return Verb(name, what, arguments, f"genlab.verbs:{name}")
 
 
 class VAEConfig(ModelConfig):
     family: Literal["vae"] = "vae"
-    verbs: ClassVar[tuple[Verb, ...]] = (
-        _latent("reconstruct", "Held-out images over their reconstructions, as a PNG grid."),
-        _latent("interpolate", "Rows that walk the latent space from one held-out image to another."),
-        _latent("traverse", "A row per latent dimension, each swept from -3 to 3 around one image.", Traverse))
+    capabilities: ClassVar[tuple[str, ...]] = ("images", "latent")
     latent_dim: int = Field(10, ge=1)
     channels: list[int] = Field([32, 32, 64, 64], min_length=1)  # encoder widths, each a stride-2 4x4 conv
     hidden: int = Field(256, ge=1)  # the fully connected layer between the convolutions and the latent

@@ -8,7 +8,6 @@ resumes exactly.
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
@@ -51,12 +50,8 @@ def _jitter(x: torch.Tensor, amount: float) -> torch.Tensor:
     return (unit.clamp(0, 1) * 2 - 1).to(x.dtype)
 
 
-AUGMENTED = ("image",)  # the modalities whose training batches these operations apply to
-
-
-def augment_options(data, modality: str) -> Augment | None:
-    """The augment step of a data config's pipeline, or of the prepared set it trains on; None (and a warning)
-    for data of another modality than images, which is left as it is."""
+def augment_options(data) -> Augment | None:
+    """The augment step of a data config's pipeline, or of the prepared set it trains on (None: none)."""
     steps = list(data.pipeline or [])
     if not steps and data.prepared is not None:
         import json
@@ -66,9 +61,4 @@ def augment_options(data, modality: str) -> Augment | None:
         if manifest.is_file():
             raw = json.loads(manifest.read_text()).get("data", {}).get("pipeline") or []
             steps = [Augment.model_validate(s) for s in raw if s.get("step") == "augment"]
-    step = next((s for s in steps if isinstance(s, Augment)), None)
-    if step is not None and modality not in AUGMENTED:
-        logging.getLogger("genlab").warning(f"data.pipeline: augment applies to images; this {modality} data is "
-                                            "left as it is")
-        return None
-    return step
+    return next((s for s in steps if isinstance(s, Augment)), None)

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genlab.data.sources import IMAGE_SUFFIXES, Loaded, _to_model_range
+from genlab.data.sources import Loaded, _to_model_range
 from genlab.errors import GenlabError
+from genlab.media.suffixes import IMAGE_SUFFIXES
 
 log = logging.getLogger("genlab")
 TRAIN_CROPS, VAL_CROPS = 4096, 64
@@ -96,7 +97,7 @@ def _read(path: Path, notes: list[str], header_only: bool = False) -> torch.Tens
     dropped), or only its (width, height); None, with a note, when it cannot be read."""
     from PIL import Image, UnidentifiedImageError
 
-    from genlab.images import read_image
+    from genlab.media.images import read_image
 
     try:
         if header_only:

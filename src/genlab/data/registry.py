@@ -27,8 +27,16 @@ BUILTIN: dict[str, str] = {
     "pairs": "genlab.data.pairs:pairs",
     "dates": "genlab.data.pairs:dates",
     "docstrings": "genlab.data.pairs:docstrings",
-    "spoken_digits": "genlab.data.audio:spoken_digits",
-    "audio_folder": "genlab.data.audio:audio_folder",
+    "spoken_digits": "genlab.data.clips:spoken_digits",
+    "audio_folder": "genlab.data.clips:audio_folder",
+}
+# each built-in's modality, known without loading it (`genlab prepare` streams text)
+MODALITY: dict[str, str] = {
+    **dict.fromkeys(("digits", "image_folder", "photos", "shapes"), "image"),
+    **dict.fromkeys(("table", "breast_cancer", "wine", "diabetes"), "table"),
+    **dict.fromkeys(("text", "python_docs", "python_code", "tinyshakespeare"), "text"),
+    **dict.fromkeys(("pairs", "dates", "docstrings"), "pairs"),
+    **dict.fromkeys(("spoken_digits", "audio_folder"), "audio"),
 }
 # a user's files, by the modality `genlab prepare` reads them as: fit prepares them first
 FILES: dict[str, str] = {"image_folder": "image", "text": "text", "table": "table", "audio_folder": "audio"}

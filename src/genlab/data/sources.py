@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from genlab.data.records import Dataset, DataSpec, Loaded, Split, split_indices
 from genlab.data.registry import FILES, source
 from genlab.errors import GenlabError
+from genlab.media.suffixes import IMAGE_SUFFIXES
 
 __all__ = ["Dataset", "DataSpec", "Loaded", "Split", "load_dataset", "prepares"]  # the records live in records.py
 
 log = logging.getLogger("genlab")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
 def load_dataset(cfg) -> Dataset:
@@ -162,7 +162,7 @@ def read_images(files: list[Path], root: Path, cfg) -> tuple[torch.Tensor, list[
     indices of the files that could be read, and notes on those that could not."""
     from PIL import Image, UnidentifiedImageError
 
-    from genlab.images import decoder_notes
+    from genlab.media.images import decoder_notes
 
     size = cfg.image_size
     arrays, kept, skipped, complaints = [], [], [], []

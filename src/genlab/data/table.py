@@ -20,9 +20,9 @@ import torch
 
 from genlab.data.records import Dataset, DataSpec, Loaded, Split, split_indices
 from genlab.errors import GenlabError
+from genlab.media.suffixes import TABLE_SUFFIXES
 
 log = logging.getLogger("genlab")
-SUFFIXES = {".csv", ".parquet", ".pq"}
 
 
 def table(cfg) -> Loaded:
@@ -64,7 +64,7 @@ def read_table(path: Path, drop_empty: bool = True) -> tuple[pd.DataFrame, list[
     all-empty columns, which teach nothing)."""
     if not path.is_file():
         raise GenlabError(f"data.path: {path} is not a file")
-    if path.suffix.lower() not in SUFFIXES:
+    if path.suffix.lower() not in TABLE_SUFFIXES:
         raise GenlabError(f"data.path: {path.name}: expected a .csv or .parquet file")
     notes: list[str] = []
     if path.suffix.lower() == ".csv":

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from genlab.data.sources import Loaded
 from genlab.errors import GenlabError
+from genlab.media.suffixes import TEXT_SUFFIXES
 
 log = logging.getLogger("genlab")
-TEXT_SUFFIXES = {".txt", ".md", ".rst", ".jsonl"}
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
 
 

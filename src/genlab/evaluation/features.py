@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -52,22 +53,44 @@ def fingerprint(split: Split) -> str:
 
 
 def feature_net(train: Split, num_classes: int, steps: int, cache_dir: Path, seed: int = 0) -> tuple[FeatureNet, str]:
-    """The cached extractor for this training split, or a freshly trained one; returns (net, description)."""
-    weights, meta_file = cache_dir / "feature_net.safetensors", cache_dir / "feature_net.json"
+    """The extractor for this training split: kept in the run's `cache_dir`, or in genlab's cache for every run on
+    the same data (a bake-off's entries, a model and its baseline), or trained afresh; returns (net, description).
+    Its training is seeded, so whichever copy is read, the features are the same."""
+    from genlab.prepare.store import cache_root
+
     key = {"data": fingerprint(train), "classes": num_classes, "steps": steps, "seed": seed, "width": WIDTH,
            "batches": "class-balanced"}
+    shared = cache_root() / "features" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     with torch.random.fork_rng():  # the same init whatever ran before: runs on the same data compare
         torch.manual_seed(seed)
         net = FeatureNet(train.x.shape[1], num_classes)
-    if weights.is_file() and meta_file.is_file() and json.loads(meta_file.read_text()) == key:
-        net.load_state_dict(load_file(weights))
+    found = next((folder for folder in (cache_dir, shared) if _holds(folder, key)), None)
+    if found is not None:
+        net.load_state_dict(load_file(found / WEIGHTS))
     else:
         _train(net, train, num_classes, steps, seed)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        save_file(net.state_dict(), weights)
-        meta_file.write_text(json.dumps(key))
+    for folder in (cache_dir, shared):
+        if folder != found:
+            _keep(net, key, folder)
     kind = "trained on the run's train split" if num_classes > 1 else "random init (no labels)"
     return net.eval().requires_grad_(False), f"genlab FeatureNet ({WIDTH}-d, {kind})"
+
+
+WEIGHTS, META = "feature_net.safetensors", "feature_net.json"
+
+
+def _holds(folder: Path, key: dict) -> bool:
+    return (folder / WEIGHTS).is_file() and (folder / META).is_file() and json.loads((folder / META).read_text()) == key
+
+
+def _keep(net: FeatureNet, key: dict, folder: Path) -> None:
+    """Write the weights, then the key that says they are whole (renamed into place: workers may share a folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, write in ((WEIGHTS, lambda p: save_file(net.state_dict(), p)), (META, lambda p: p.write_text(
+            json.dumps(key)))):
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        write(tmp)
+        tmp.replace(folder / name)
 
 
 def _train(net: FeatureNet, train: Split, num_classes: int, steps: int, seed: int) -> None:

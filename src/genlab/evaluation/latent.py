@@ -11,21 +11,33 @@ import torch
 from sklearn.metrics import mutual_info_score
 
 from genlab.data.records import Split
+from genlab.data.sources import load_dataset
+from genlab.evaluation.report import Scored
 
 ACTIVE = 0.01  # a dimension is active when its posterior mean varies across data by more than this (Burda et al.)
 MIG_BINS = 20  # disentanglement_lib's discretization
 
 
-def evaluate_autoencoder(run, ev, options: dict) -> dict:
-    """An image VAE: the image figures (FID, KID, precision/recall, classes) and its likelihood and latent space."""
-    from genlab.evaluation.metrics import evaluate_images
+LABELS = {
+    "elbo": "ELBO (nats per image; higher is better)",
+    "nll_iwae": "NLL, importance-weighted bound (nats per image)",
+    "reconstruction_mse": "reconstruction error (MSE per pixel)",
+    "active_units": "active latent units",
+    "mig": "MIG (disentanglement, 0 to 1)",
+}
 
-    def latent(model, held_out: Split, dataset, ev) -> dict:
-        parts = (held_out.x, held_out.y, held_out.factors)
-        subset = Split(*(None if v is None else v[: ev.latent_images] for v in parts))
-        return latent_metrics(model, subset, dataset.factor_names, ev.likelihood_samples, seed=ev.seed)
 
-    return evaluate_images(run, ev, options, also=latent, show=latent_section)
+def evaluate_latent(run, ev, options: dict) -> Scored:
+    """The likelihood and latent space of an autoencoding model on held-out images (its samples are scored as
+    images are, by the images capability)."""
+    dataset = load_dataset(run.config.data)
+    held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
+    parts = (held_out.x, held_out.y, held_out.factors)
+    subset = Split(*(None if v is None else v[: ev.latent_images] for v in parts))
+    metrics = latent_metrics(run.model, subset, dataset.factor_names, ev.likelihood_samples, seed=ev.seed)
+    rows = [(label, f"{metrics[k]:.4g}") for k, label in LABELS.items() if metrics.get(k) is not None]
+    more, shown = latent_section(run.model, held_out, metrics)
+    return Scored(metrics, rows + more, html=shown)
 
 
 def latent_section(model, held_out: Split, metrics: dict, steps: int = 9, rows_shown: int = 16

@@ -1,7 +1,5 @@
 """Image runs: FID, KID and precision / recall against held-out images, and class balance.
 
-Writes metrics.json and report.html.
-
 FID/KID come from torchmetrics with genlab's FeatureNet as the feature extractor. Two reference
 points make the numbers readable: FID of held-out real images against the training images (the
 floor a perfect generator would reach) and, in the tests, FID of an untrained model (the ceiling).
@@ -10,7 +8,6 @@ floor a perfect generator would reach) and, in the tests, FID of an untrained mo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,16 +18,13 @@ from genlab.config import EvalConfig
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
 from genlab.evaluation.features import FeatureNet, feature_net, predict
-from genlab.evaluation.report import IMAGE_METRICS, image_rows, image_samples, write_report
+from genlab.evaluation.report import IMAGE_METRICS, Scored, image_rows, image_samples
 from genlab.responsible.memorization import ImageCopies
-from genlab.run import Run, write_json
+from genlab.run import Run
 
 
-def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Callable | None = None,
-                    show: Callable | None = None) -> dict[str, Any]:
-    """Generate, score against the test split, write `metrics.json` and `report.html`, return the metrics.
-    `also(model, held_out, dataset, ev)` adds a family's own figures (a VAE's likelihood and latent space);
-    `show(model, held_out, metrics)` adds its own (rows, HTML) to the report."""
+def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored:
+    """Generate `ev.num_samples` images with the model's `options` and score them against the test split."""
     dataset = load_dataset(run.config.data)
     held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
     if len(held_out) < 2:
@@ -38,8 +32,7 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Cal
     net, extractor = feature_net(dataset.train, dataset.spec.num_classes, ev.feature_steps, run.paths.eval_cache)
 
     model = run.model
-    conditional = bool(getattr(model.config, "class_conditional", False))
-    labels = _labels_like(dataset.train.y, ev.num_samples, ev.seed) if conditional else None
+    labels = _labels_like(dataset.train.y, ev.num_samples, ev.seed) if model.takes_labels else None
     started = time.perf_counter()
     fake = generate_images(model, ev, options, labels)
     sample_seconds = time.perf_counter() - started
@@ -66,8 +59,6 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Cal
         metrics["inception_score_real"], _ = inception_score(net, real_test)
         if labels is not None:
             metrics["conditional_accuracy"] = (predicted == labels).float().mean().item()
-    if also is not None:
-        metrics.update(also(model, held_out, dataset, ev))
     metrics.update({
         "feature_extractor": extractor,
         "num_generated": len(fake),
@@ -77,15 +68,11 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any], also: Cal
         "seed": ev.seed,
         "seconds_per_sample": sample_seconds / len(fake),
     })
-    write_json(run.paths.metrics, metrics)
     rows = [(label, f"{metrics[k]:.4g}") for k, label in IMAGE_METRICS.items() if metrics.get(k) is not None]
     setup = [("feature extractor", extractor),
              ("samples", f"{len(fake)} generated, {len(real_test)} real ({metrics['real_split']})"),
              ("sampling", ", ".join(f"{k} {v}" for k, v in options.items()) + f", seed {ev.seed}")]
-    own_rows, own_html = show(model, held_out, metrics) if show is not None else ([], "")
-    write_report(run, rows + own_rows, setup,
-                 image_samples(fake, real_test) + own_html + nearest_gallery(net, copies, fake, real_train))
-    return metrics
+    return Scored(metrics, rows, setup, image_samples(fake, real_test) + nearest_gallery(net, copies, fake, real_train))
 
 
 def nearest_gallery(net: FeatureNet, copies: ImageCopies, fake: torch.Tensor, train: torch.Tensor,

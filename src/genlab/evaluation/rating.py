@@ -77,7 +77,7 @@ class Ratings:
                                       "in another --out folder (its samples would mix with the votes' items)")
                 if known.get(name) == (n, identity):
                     continue  # drawn before from this very model: votes already name these items
-                options = sampling_options(run.config.model.family, run.config.eval.sampling)
+                options = sampling_options(run.config.model.family, run.model.sampling)  # the run's own
                 for start in range(0, n, BATCH):  # one generator per item: item i is what seed i draws alone
                     seeds = range(start, min(n, start + BATCH))
                     drawn = run.model.sample(len(seeds), generator=[torch.Generator().manual_seed(i) for i in seeds],

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import html
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from genlab.outputs import png_tag
+from genlab.media.formats import png_tag
 from genlab.run import Run
 
 if TYPE_CHECKING:
-    from genlab.models.protocol import Figure
+    from genlab.evaluation.figures import Figure
+
+
+@dataclass
+class Scored:
+    """What one evaluator measured: metrics.json's figures, the report's rows (label, value) and the rows that say
+    how they were measured, and its samples as HTML."""
+
+    metrics: dict[str, Any]
+    rows: list[tuple[str, str]] = field(default_factory=list)
+    setup: list[tuple[str, str]] = field(default_factory=list)
+    html: str = ""
 
 CURVES = ("train/loss", "val/loss")
 IMAGE_METRICS = {
@@ -31,11 +43,6 @@ IMAGE_METRICS = {
     "classifier_accuracy": "feature classifier accuracy on held-out real",
     "class_distribution_tv": "class balance: total variation to the real mix (0 = same)",
     "conditional_accuracy": "generated images classified as the requested class",
-    "elbo": "ELBO (nats per image; higher is better)",
-    "nll_iwae": "NLL, importance-weighted bound (nats per image)",
-    "reconstruction_mse": "reconstruction error (MSE per pixel)",
-    "active_units": "active latent units",
-    "mig": "MIG (disentanglement, 0 to 1)",
 }
 
 
@@ -89,6 +96,16 @@ def _curves(tb_dir: Path, width: int = 640, height: int = 240) -> str:
     if not series:
         return "<p>no loss curves logged</p>"
     return line_chart(series, "loss curves", width, height)
+
+
+def loss_tags(tb_dir: Path, under: tuple[str, ...] = ("train/", "val/")) -> list[str]:
+    """The loss curves a run logged to TensorBoard (`train/loss`, a GAN's `train/d_loss`...)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not tb_dir.is_dir():
+        return []
+    tags = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0}).Reload().Tags()["scalars"]
+    return sorted(t for t in tags if t.startswith(under) and t.endswith("loss"))
 
 
 def scalar_series(tb_dir: Path, tags: tuple[str, ...] | list[str]) -> dict[str, list[tuple[float, float]]] | None:

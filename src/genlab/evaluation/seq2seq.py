@@ -12,8 +12,8 @@ import torch
 from genlab.config import EvalConfig
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
-from genlab.evaluation.report import text_samples, write_report
-from genlab.run import Run, write_json
+from genlab.evaluation.report import Scored, text_samples
+from genlab.run import Run
 
 
 def rouge_l(prediction: str, reference: str) -> float:
@@ -41,7 +41,7 @@ def scores(predictions: list[str], references: list[str]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_pairs(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str, Any]:
+def evaluate_pairs(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored:
     dataset = load_dataset(run.config.data)
     split, pairs = ("test", dataset.test.x) if dataset.test.x else ("val", dataset.val.x)
     if not pairs:
@@ -63,16 +63,14 @@ def evaluate_pairs(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[st
     metrics = {
         **ours, "loss": loss, "copy_source_baseline": copy, "split": split, "num_pairs": len(pairs),
         "sampling": options, "seed": ev.seed, "seconds_per_sample": seconds / len(pairs),
-        "examples": [{"source": s, "target": t, "prediction": p}
+        "examples": [{"source": s, "target": t, "output": p}
                      for s, t, p in zip(sources[:8], references[:8], predictions[:8], strict=True)],
     }
-    write_json(run.paths.metrics, metrics)
     rows = [(name, f"{ours[key]:.4g} (copying the source: {copy[key]:.4g})") for key, name in
             (("bleu", "BLEU"), ("chrf", "chrF"), ("rouge_l", "ROUGE-L"), ("exact_match", "exact match"))]
     rows.append((f"loss on {split} (nats/token)", f"{loss:.4f}"))
     setup = [("scored", f"{len(pairs)} pairs of the {split} split"),
              ("sampling", ", ".join(f"{k} {v}" for k, v in options.items()) + f", seed {ev.seed}")]
     shown = [f"{s}\n-> " for s in sources[:8]]
-    write_report(run, rows, setup, text_samples(shown, [f"{p}   (reference: {t})" for p, t in
-                                                        zip(predictions[:8], references[:8], strict=True)]))
-    return metrics
+    return Scored(metrics, rows, setup, text_samples(shown, [f"{p}   (reference: {t})" for p, t in
+                                                             zip(predictions[:8], references[:8], strict=True)]))

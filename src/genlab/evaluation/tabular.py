@@ -31,13 +31,13 @@ from genlab.config import EvalConfig
 from genlab.data.columns import Columns
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
-from genlab.evaluation.report import write_report
-from genlab.run import Run, write_json
+from genlab.evaluation.report import Scored
+from genlab.run import Run
 
 MISSING_SHARE, SEEDS = 0.2, (0, 1, 2)
 
 
-def evaluate_table(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str, Any]:
+def evaluate_table(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored:
     data = run.config.data
     dataset = load_dataset(data)
     model, columns = run.model, run.model.columns
@@ -58,11 +58,9 @@ def evaluate_table(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[st
     metrics["synthetic"] = fidelity(columns, train, synthetic, test, data.target)
     metrics["synthetic"]["closeness"] = closeness(columns, train, synthetic, normal)
     metrics["synthetic"]["detection_auc"] = detection_auc(columns, train, synthetic, ev.seed)
-    write_json(run.paths.metrics, metrics)
-    write_report(run, _rows(metrics), [("imputation", f"{MISSING_SHARE:.0%} of held-out cells hidden (MCAR), "
-                                                      f"seeds {list(SEEDS)}; sklearn fitted on the train rows")],
-                 synthetic.head(20).to_html(index=False, float_format="%.4g"))
-    return metrics
+    return Scored(metrics, _rows(metrics), [("imputation", f"{MISSING_SHARE:.0%} of held-out cells hidden (MCAR), "
+                                                           f"seeds {list(SEEDS)}; sklearn fitted on the train rows")],
+                  synthetic.head(20).to_html(index=False, float_format="%.4g"))
 
 
 def imputation(model, columns: Columns, train: pd.DataFrame, rows: pd.DataFrame, share: float,

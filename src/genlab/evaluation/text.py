@@ -19,9 +19,9 @@ from genlab.config import EvalConfig
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
 from genlab.evaluation.diversity import mauve, self_bleu, sentence_embeddings
-from genlab.evaluation.report import text_samples, write_report
+from genlab.evaluation.report import Scored, text_samples
 from genlab.responsible.memorization import WINDOW
-from genlab.run import Run, write_json
+from genlab.run import Run
 
 PROMPT_TOKENS = 16  # each continuation starts from this many tokens of a held-out window
 
@@ -54,7 +54,7 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def evaluate_text(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str, Any]:
+def evaluate_text(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored:
     dataset = load_dataset(run.config.data)
     split, docs = ("test", dataset.test.x) if dataset.test.x else ("val", dataset.val.x)
     if not docs:
@@ -91,9 +91,8 @@ def evaluate_text(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str
         "sampling": options,
         "seed": ev.seed,
         "seconds_per_sample": seconds / len(texts),
-        "examples": [{"prompt": p, "continuation": t} for p, t in zip(prompts[:8], texts[:8], strict=True)],
+        "examples": [{"prompt": p, "output": t} for p, t in zip(prompts[:8], texts[:8], strict=True)],
     }
-    write_json(run.paths.metrics, metrics)
     rows = [(f"loss on {split} (nats/token)", f"{scores['loss']:.4f}"), ("perplexity", f"{scores['perplexity']:.4g}"),
             ("bits per character", f"{scores['bits_per_character']:.4f}"),
             ("distinct-1 / distinct-2 of generations", f"{metrics['distinct_1']:.3f} / {metrics['distinct_2']:.3f}")]
@@ -107,5 +106,4 @@ def evaluate_text(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str
     setup = [("scored", f"{scores['tokens']:,} tokens, {scores['characters']:,} characters of the {split} split"),
              ("generated", f"{len(texts)} continuations of {PROMPT_TOKENS}-token openings"),
              ("sampling", ", ".join(f"{k} {v}" for k, v in options.items()) + f", seed {ev.seed}")]
-    write_report(run, rows, setup, text_samples(prompts[:8], texts[:8]))
-    return metrics
+    return Scored(metrics, rows, setup, text_samples(prompts[:8], texts[:8]))

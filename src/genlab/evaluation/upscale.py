@@ -20,19 +20,19 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from genlab.config import EvalConfig
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
-from genlab.evaluation.report import image_rows, write_report
+from genlab.evaluation.report import Scored, image_rows
 from genlab.models.sr_gan import bicubic, low_resolution
-from genlab.run import Run, write_json
+from genlab.run import Run
 
 METHODS = ("genlab", "bicubic", "pillow")  # the model; torch's bicubic; Pillow's bicubic
 
 
-def evaluate_upscaling(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str, Any]:
+def evaluate_upscaling(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored:
     dataset = load_dataset(run.config.data)
     held_out, split = (dataset.test, "test") if len(dataset.test) else (dataset.val, "val")
     if not len(held_out):
         raise GenlabError("evaluate: needs held-out images; set data.test_fraction > 0 when training")
-    model, scale = run.model, run.model.config.scale
+    model, scale = run.model, run.model.scale
     photos = [x / 2 + 0.5 for x in held_out.x[: ev.num_samples]]
     names = held_out.names or [f"{split} {i}" for i in range(len(photos))]
     rows, seconds, first = [], 0.0, None
@@ -58,7 +58,6 @@ def evaluate_upscaling(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dic
                "measured_on": "Y channel (BT.601)" if photos[0].shape[0] == 3 else "grey", "border_cropped": scale,
                "num_images": len(rows), "split": split, "image_size": rows[0]["size"],
                "seconds_per_image": seconds / len(rows)}
-    write_json(run.paths.metrics, metrics)
     table = [("PSNR (dB; higher is better)", f"{metrics['psnr']:.2f} (bicubic: torch {metrics['psnr_bicubic']:.2f}, "
                                               f"Pillow {metrics['psnr_pillow']:.2f})"),
              ("SSIM", f"{metrics['ssim']:.4f} (bicubic {metrics['ssim_bicubic']:.4f})"),
@@ -72,8 +71,7 @@ def evaluate_upscaling(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dic
     setup = [("measured", f"x{scale} on {len(rows)} {split} images, {metrics['measured_on']}, {scale}-pixel border "
                           "cropped, as BasicSR"),
              ("inputs", "held-out images downscaled (bicubic, antialiased) and stored in 8 bits")]
-    write_report(run, table, setup, image_rows(_detail(*first), 3, "bicubic, genlab, original"))
-    return metrics
+    return Scored(metrics, table, setup, image_rows(_detail(*first), 3, "bicubic, genlab, original"))
 
 
 def quality(upscaled: torch.Tensor, target: torch.Tensor, scale: int) -> dict[str, float]:

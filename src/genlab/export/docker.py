@@ -55,9 +55,9 @@ def export_docker(run: str | Path, out: str | Path, *, image: str | None = None)
     image = image or f"genlab-{slug}:latest"
     out.mkdir(parents=True, exist_ok=True)
     if (Path(run) / "config.yaml").is_file():  # a run directory: its model card, fresh, goes with the model
-        from genlab.responsible.card import write_card
+        from genlab.api import card
 
-        write_card(run)
+        card(run)
     shutil.copytree(folder, out / "model")
     _copy_source(out / "genlab-src")
     # the probes poll /health and /ready without a key

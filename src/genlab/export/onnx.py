@@ -51,5 +51,6 @@ def export_onnx(model, out: str | Path) -> list[Path]:
         described[name] = {"file": path.name, "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
                                                           for k, v in graph.inputs.items()},
                            "output": graph.meaning}
-    (out / "onnx.json").write_text(json.dumps({"family": model.config.family, "graphs": described}, indent=2))
+    meta = {"family": model.config.family, "sampling": model.sampling, "graphs": described}  # the run's options
+    (out / "onnx.json").write_text(json.dumps(meta, indent=2))
     return written

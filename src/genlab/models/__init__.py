@@ -9,13 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from genlab.config.families import family_class, family_config, family_names, family_sampling, register_family
+from genlab.config.families import family_class, family_config, family_names, family_sampling
 
 _LAZY = {"GenerativeModel": "genlab.models.base", "Diffusion": "genlab.models.diffusion",
-         "Transformer": "genlab.models.transformer", "Figure": "genlab.models.protocol",
-         "Graph": "genlab.models.protocol"}
-__all__ = ["Diffusion", "Figure", "GenerativeModel", "Graph", "Transformer", "family_class", "family_config",
-           "family_names", "family_sampling", "register_family"]
+         "Transformer": "genlab.models.transformer", "Graph": "genlab.models.protocol"}
+__all__ = ["Diffusion", "GenerativeModel", "Graph", "Transformer", "family_class", "family_config", "family_names",
+           "family_sampling"]
 
 
 def __getattr__(name: str) -> Any:

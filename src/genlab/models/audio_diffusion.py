@@ -15,30 +15,22 @@ from typing import Any
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from genlab.audio import Clips, MelSpectrogram
 from genlab.config import TrainConfig
 from genlab.config.audio_diffusion import AudioDiffusionConfig, AudioSampling
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
+from genlab.media.audio import Clips, MelSpectrogram
 from genlab.models.base import GenerativeModel
 from genlab.models.diffusion import Diffusion
-from genlab.models.protocol import Figure, Graph, Suits
-
-AUDIO_FIGURES = (Figure("fid", "FID (digit classifier features)", False, ("fid_real_baseline", "real vs real")),
-                 Figure("label_accuracy", "label accuracy", True, ("classifier_accuracy_vocoded", "real, vocoded")),
-                 Figure("inception_score", "Inception Score", True, ("inception_score_real", "real")))
+from genlab.models.protocol import Graph, Suits
 
 
 class AudioDiffusion(GenerativeModel):
     Config = AudioDiffusionConfig
     Sampling = AudioSampling
-    serves = "genlab.serving.speech:ServedSpeech"  # OpenAI's /v1/audio/speech
-    hub_library, hub_task = "diffusers", "text-to-audio"
-    evaluator = "genlab.evaluation.audio:evaluate_audio"
+    hub_library = "diffusers"
     suits = Suits("audio", "diffusion on log-mel images, vocoded by Griffin-Lim: the family genlab has for sound",
                   "spoken-digits-diffusion", conditional=True)
-    headline = AUDIO_FIGURES
-    audit = "genlab.evaluation.audio:audit_clips"
 
     def __init__(self, config: AudioDiffusionConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__(config, spec, train)
@@ -82,6 +74,13 @@ class AudioDiffusion(GenerativeModel):
         images = self.diffusion.sample(n, generator=generator, labels=labels, guidance_scale=guidance_scale,
                                        sampler=sampler, steps=steps)
         return self.mel.decode(images * 2 - 1, griffin_lim_iters)
+
+    @property
+    def takes_labels(self) -> bool:
+        return self.diffusion.takes_labels
+
+    def sampling_steps(self, options: dict[str, Any]) -> int:
+        return self.diffusion.sampling_steps(options)
 
     def check_request(self, n: int, labels: Any = None, **options: Any) -> None:
         self.diffusion.check_request(n, labels, **options)

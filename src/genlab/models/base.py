@@ -1,8 +1,10 @@
-"""The one interface every family implements (the registry that names them is `registry.py`).
+"""The one interface every family implements (`config/families.py` names them).
 
 A family is a LightningModule that wires plain nn.Modules (or the diffusers / transformers model
 itself) into training, and owns four things: `training_step`, `sample`, `save_pretrained` and
-`from_pretrained`. The training core (optimizers, schedules, EMA, checkpoints) is shared.
+`from_pretrained`. The training core (optimizers, schedules, EMA, checkpoints) is shared. What a
+family can do beyond that (draw images, continue text, upscale...) are its capabilities, listed on its
+config class; each asks the family for the members it needs (`genlab/capabilities`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from genlab.config import ModelConfig, TrainConfig
 from genlab.config.section import Sampling
 from genlab.data.records import Dataset, DataSpec
 from genlab.errors import GenlabError
-from genlab.models.protocol import IMAGE_FIGURES, Figure, Graph, Suits
-from genlab.outputs import IMAGES, Media
+from genlab.media.formats import Media
+from genlab.models.protocol import Graph, Suits
 from genlab.training.lightning_internals import step_not_counted
 from genlab.training.optim import build_optimizer, build_schedule, time_used
 
@@ -36,29 +38,24 @@ META_FILE = "genlab.json"  # beside the ecosystem's own files in a model folder
 class GenerativeModel(L.LightningModule):
     """Base of every family: one config object in, the shared optimizer set-up, the model-folder metadata."""
 
-    Config: ClassVar[type[ModelConfig]] = ModelConfig
+    Config: ClassVar[type[ModelConfig]] = ModelConfig  # its capabilities are listed there (no torch to read them)
     Sampling: ClassVar[type[Sampling]] = Sampling  # keyword options of `sample`: configs, the CLI, the server
-    media: ClassVar[Media] = IMAGES  # what `sample` returns (image tensors, texts, table rows): how to write it
-    serves: ClassVar[str] = "image"  # the routes a server answers it on: image, text, text2text, upscale or table
+    media: ClassVar[Media]  # what `sample` returns (image tensors, texts, table rows...): every family names its own
     monitor: ClassVar[str] = "val/loss"  # the validation figure that picks checkpoints/best.ckpt (lower is better)
-    watches_collapse: ClassVar[bool] = False  # score samples for mode collapse at each validation (GANs)
     optimizer_names: ClassVar[tuple[str, ...]] = ()  # names for each optimizer's logged gradient norm
-    headline: ClassVar[tuple[Figure, ...]] = IMAGE_FIGURES  # what evaluate prints; the first ranks a bake-off
     network: ClassVar[str | None] = None  # the attribute holding the hub-mixin network that the model folder stores
-    # how `genlab evaluate` scores the family: "module:function(run, eval config, sampling options) -> metrics"
-    evaluator: ClassVar[str] = "genlab.evaluation.metrics:evaluate_images"
-    # how `genlab audit` reads it: "module:function(run, n) -> audit.json's content"; None: no audit yet
-    audit: ClassVar[str | None] = "genlab.responsible.audit:audit_by_class"
-    # what a model card says of it: the library whose loaders read the model folder, the Hub's task tag (or None)
-    hub_library: ClassVar[str] = "genlab"
-    hub_task: ClassVar[str | None] = "unconditional-image-generation"
-    # its verbs beyond `sample` (upscale, impute, ...) are declared on its Config class, where the CLI finds them
+    hub_library: ClassVar[str] = "genlab"  # the library whose loaders read the model folder (its model card says)
     copies: CopyIndex | None = None  # text families: the training text's window hashes, kept in the model folder
     suits: ClassVar[Suits | None] = None  # what data `genlab advise` proposes the family for, and why
+    takes_labels: bool = False  # `sample(labels=...)` draws the classes asked for (a class-conditional model)
+    collapse_samples: int = 0  # fixed latents scored for mode collapse at each validation (GANs); 0: none
+    spec: DataSpec
+    sampling: dict[str, Any]  # the sampling options chosen for it (the run's eval.sampling, kept in its folder)
 
     def __init__(self, config: ModelConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__()
         self.config, self.spec, self.train_config = config, spec, train or TrainConfig()
+        self.sampling = {}  # none chosen: the family's defaults
 
     # --- what each family writes -------------------------------------------------------------
 
@@ -95,6 +92,25 @@ class GenerativeModel(L.LightningModule):
         model = cls(config, spec)
         load_model(getattr(model, cls.network), Path(path) / "model.safetensors")
         return model.eval()
+
+    @classmethod
+    def load(cls, path: str | Path) -> GenerativeModel:
+        """`from_pretrained`, with the sampling options the run was evaluated with (kept in genlab.json) as the
+        model's own: `genlab sample`, `evaluate` and `serve` all start from them."""
+        model = cls.from_pretrained(path)
+        kept = json.loads((Path(path) / META_FILE).read_text()).get("sampling", {})
+        cls.Sampling.model_validate(kept)  # a folder's options are checked as a config's are
+        model.sampling = kept
+        return model
+
+    def sampling_steps(self, options: dict[str, Any]) -> int:
+        """Network passes one sample costs with these options (what a server's `limits.max_steps` bounds);
+        iterative samplers say how many."""
+        return 1
+
+    def shown(self, samples: Any, **conditions: Any) -> Any:
+        """Samples as a person reads them (a continuation after its prompt); `sample` returns them bare."""
+        return samples
 
     def check_request(self, n: int, labels: Any = None, **options: Any) -> None:
         """Refuse what this model cannot draw before any work starts (a server checks each request alone, so
@@ -174,7 +190,7 @@ class GenerativeModel(L.LightningModule):
 
     def write_meta(self, path: Path) -> None:
         meta = {"family": self.config.family, "config": self.config.model_dump(mode="json"),
-                "spec": asdict(self.spec)}
+                "spec": asdict(self.spec), "sampling": self.sampling}
         (path / META_FILE).write_text(json.dumps(meta, indent=2))
         if self.copies is not None:
             self.copies.save(path)

@@ -20,6 +20,7 @@ from genlab.config import TrainConfig
 from genlab.config.diffusion import DEFAULT_STEPS, DiffusionConfig, DiffusionSampling
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
+from genlab.media.formats import IMAGES
 from genlab.models.base import GenerativeModel
 from genlab.models.protocol import Graph, Suits
 from genlab.quiet import library_noise_silenced
@@ -45,6 +46,7 @@ class _Denoiser(torch.nn.Module):
 class Diffusion(GenerativeModel):
     Config = DiffusionConfig
     Sampling = DiffusionSampling
+    media = IMAGES
     hub_library = "diffusers"
     suits = Suits("image", "the best sample quality and coverage of the data given time; slow to sample (tens of "
                   "network calls an image)", "digits-diffusion", quality=0, speed=2, control=1, short_budget=1,
@@ -120,8 +122,8 @@ class Diffusion(GenerativeModel):
         with library_noise_silenced():
             scheduler.set_timesteps(steps or DEFAULT_STEPS.get(sampler, self.config.num_train_timesteps))
         labels = self._sample_labels(n, labels)
-        guided = labels is not None and not (isinstance(guidance_scale, float | int) and guidance_scale == 1.0)
         scale = torch.as_tensor(guidance_scale, dtype=torch.float32, device=self.device).reshape(-1, 1, 1, 1)
+        guided = labels is not None and bool((scale != 1).any())  # at 1, guidance is the conditional output
         x = randn_tensor((n, *self.spec.shape), generator=generator, device=self.device, dtype=self.dtype)
         x = x * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
@@ -134,6 +136,13 @@ class Diffusion(GenerativeModel):
                 out = self.unet(inp, t, class_labels=labels).sample
             x = scheduler.step(out, t, x, generator=generator).prev_sample
         return (x.float() / 2 + 0.5).clamp(0, 1)
+
+    @property
+    def takes_labels(self) -> bool:
+        return self.config.class_conditional
+
+    def sampling_steps(self, options: dict[str, Any]) -> int:
+        return options.get("steps") or DEFAULT_STEPS.get(options.get("sampler"), self.config.num_train_timesteps)
 
     def check_request(self, n: int, labels: Any = None, **options: Any) -> None:
         super().check_request(n, labels, **options)

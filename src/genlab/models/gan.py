@@ -20,6 +20,7 @@ from genlab.config import TrainConfig
 from genlab.config.gan import GANConfig, GANSampling
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
+from genlab.media.formats import IMAGES
 from genlab.models.base import GenerativeModel
 from genlab.models.diffaugment import diff_augment
 from genlab.models.protocol import Graph, Suits, ToUnit
@@ -83,9 +84,9 @@ class Discriminator(nn.Module):
 class GAN(GenerativeModel):
     Config = GANConfig
     Sampling = GANSampling
+    media = IMAGES
     network = "generator"
     monitor = "val/fid"  # logged by the core's collapse watch, which scores a fixed latent batch
-    watches_collapse = True
     suits = Suits("image", "sharp samples in one network call; within a short budget it reached about half the "
                   "diffusion recipe's FID here; can drop modes (watch recall)", "digits-gan", quality=1, speed=0,
                   control=2, short_budget=0, conditional=True)
@@ -103,6 +104,14 @@ class GAN(GenerativeModel):
         classes = spec.num_classes if config.class_conditional else 0
         self.generator = Generator(config.latent_dim, config.channels, channels, size, classes)
         self.discriminator = Discriminator(config.channels, channels, size, classes, config.spectral_norm)
+
+    @property
+    def takes_labels(self) -> bool:
+        return self.config.class_conditional
+
+    @property
+    def collapse_samples(self) -> int:
+        return self.config.collapse_samples
 
     def ema_module(self) -> nn.Module:
         return self.generator

@@ -11,6 +11,7 @@ from typing import Any
 from transformers.utils import logging as hf_logging
 
 from genlab.config.transformer import LoraConfig
+from genlab.errors import GenlabError
 from genlab.quiet import library_noise_silenced
 
 hf_logging.disable_progress_bar()  # per-shard bars for a model that loads in milliseconds are noise
@@ -44,9 +45,12 @@ def save_folder(net: Any, tokenizer: Any, lora: LoraConfig | None, path: Path,
     tokenizer.save_pretrained(path)
 
 
-def layer_classes(net: Any) -> set[type]:
+def layer_classes(net: Any, lora: LoraConfig | None = None) -> set[type]:
     """The classes transformers keeps whole when it splits a model across devices (its decoder and encoder
-    layers): the units FSDP shards by."""
+    layers): the units FSDP shards by. A model with LoRA adapters is refused."""
+    if lora is not None:
+        raise GenlabError("model.lora: LoRA is not sharded yet; train it with train.strategy: ddp (its adapters "
+                          "are small: each rank holds them whole)")
     net = net.get_base_model() if hasattr(net, "get_base_model") else net
     names = set(getattr(net, "_no_split_modules", None) or ())
     return {type(m) for m in net.modules() if type(m).__name__ in names}

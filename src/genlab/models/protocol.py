@@ -1,6 +1,5 @@
-"""What a family declares about itself, beyond training and sampling, so that every layer can ask it:
-its headline figures (what `genlab evaluate` prints and a bake-off ranks by) and its ONNX graphs.
-"""
+"""What a family declares about itself beyond training and sampling: the data it suits (`genlab advise`) and its
+ONNX graphs (`genlab export --to onnx`)."""
 
 from __future__ import annotations
 
@@ -8,31 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One headline figure of a family's metrics.json: what `genlab evaluate` prints and the bake-off ranks by."""
-
-    key: str  # dotted path into metrics.json, e.g. "imputation.genlab.rmse"
-    label: str
-    higher_is_better: bool
-    beside: tuple[str, str] | None = None  # (dotted path, name) of the baseline the figure is read against
-
-    def value(self, metrics: dict[str, Any]) -> float | None:
-        return metric_at(metrics, self.key)
-
-    def baseline(self, metrics: dict[str, Any]) -> float | None:
-        return None if self.beside is None else metric_at(metrics, self.beside[0])
-
-
-def metric_at(metrics: dict[str, Any], dotted: str) -> Any:
-    """metrics["a"]["b"] for "a.b"; None where any part is missing."""
-    for part in dotted.split("."):
-        if not isinstance(metrics, dict) or part not in metrics:
-            return None
-        metrics = metrics[part]
-    return metrics
 
 
 @dataclass(frozen=True)
@@ -81,8 +55,3 @@ class ToUnit(torch.nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return (self.net(*inputs) / 2 + 0.5).clamp(0, 1)
-
-
-IMAGE_FIGURES = (Figure("fid", "FID", False, ("fid_real_baseline", "real vs real")),
-                 Figure("kid_mean", "KID", False), Figure("precision", "precision", True),
-                 Figure("recall", "recall", True), Figure("class_distribution_tv", "class TV", False))

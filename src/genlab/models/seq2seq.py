@@ -29,10 +29,10 @@ from genlab.config.seq2seq import Seq2SeqConfig, Seq2SeqSampling
 from genlab.data.records import Dataset, DataSpec, Split
 from genlab.data.tokenize import train_tokenizer
 from genlab.errors import GenlabError
+from genlab.media.formats import TEXTS
 from genlab.models.base import GenerativeModel
 from genlab.models.hf import layer_classes, load_folder, lora_wrap, part_of, save_folder
-from genlab.models.protocol import Figure, Suits
-from genlab.outputs import TEXTS
+from genlab.models.protocol import Suits
 from genlab.quiet import library_noise_silenced
 from genlab.responsible.memorization import CopyIndex
 
@@ -86,12 +86,10 @@ def _load_seq2seq(path: str | Path):
 class Seq2Seq(GenerativeModel):
     Config = Seq2SeqConfig
     Sampling = Seq2SeqSampling
-    media, serves, audit = TEXTS, "text2text", "genlab.responsible.text_audit:audit_text"
+    media = TEXTS
     suits = Suits("pairs", "an encoder-decoder for text to text (translation, summaries, formats)", "dates-seq2seq")
-    hub_library, hub_task = "transformers", "text2text-generation"
-    evaluator = "genlab.evaluation.seq2seq:evaluate_pairs"
-    headline = tuple(Figure(key, label, True, (f"copy_source_baseline.{key}", "copying the source"))
-                     for key, label in (("chrf", "chrF"), ("bleu", "BLEU"), ("exact_match", "exact match")))
+    hub_library = "transformers"
+    tokenizer: Any
 
     def __init__(self, config: Seq2SeqConfig, spec: DataSpec, train: TrainConfig | None = None, *,
                  tokenizer=None, net=None) -> None:
@@ -214,12 +212,14 @@ class Seq2Seq(GenerativeModel):
                 temperature=opts.temperature if sampled else None, top_k=opts.top_k if sampled else None,
                 top_p=opts.top_p if sampled else None,
             )
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return [text[:min(text.index(s) for s in opts.stop if s in text)] if any(s in text for s in opts.stop)
+                else text for text in texts]
 
     # --- the model folder --------------------------------------------------------------------------
 
     def shard_layers(self) -> set[type[torch.nn.Module]]:
-        return layer_classes(self.net)
+        return layer_classes(self.net, self.config.lora)
 
     def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
         save_folder(self.net, self.tokenizer, self.config.lora, Path(path), part_of(state_dict, "net"))

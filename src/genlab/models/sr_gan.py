@@ -21,8 +21,9 @@ from genlab.config import TrainConfig
 from genlab.config.sr_gan import SRConfig, SRSampling
 from genlab.data.records import Dataset, DataSpec
 from genlab.errors import GenlabError
+from genlab.media.formats import IMAGES
 from genlab.models.base import GenerativeModel
-from genlab.models.protocol import Figure, Graph, ToUnit
+from genlab.models.protocol import Graph, ToUnit
 
 MIN_SIDE, MAX_SIDE = 4, 2048  # input sides `upscale` accepts
 
@@ -98,12 +99,8 @@ class SRDiscriminator(nn.Module):
 class SRGAN(GenerativeModel):
     Config = SRConfig
     Sampling = SRSampling
+    media = IMAGES
     network = "generator"
-    hub_task = "image-to-image"
-    serves, audit = "upscale", None  # images in, images out: no classes to audit
-    evaluator = "genlab.evaluation.upscale:evaluate_upscaling"
-    headline = (Figure("psnr", "PSNR dB", True, ("psnr_bicubic", "bicubic")),
-                Figure("ssim", "SSIM", True, ("ssim_bicubic", "bicubic")))
     optimizer_names = ("generator", "discriminator")
 
     def __init__(self, config: SRConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
@@ -167,6 +164,10 @@ class SRGAN(GenerativeModel):
                       batch_size=len(high), sync_dist=True)
 
     # --- upscaling -------------------------------------------------------------------------------
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
 
     @torch.no_grad()
     def upscale(self, images: torch.Tensor | list[torch.Tensor], name: str = "images"

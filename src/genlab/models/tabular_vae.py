@@ -27,9 +27,9 @@ from genlab.config.tabular_vae import TabularSampling, TabularVAEConfig
 from genlab.data.columns import Columns
 from genlab.data.records import Dataset, DataSpec, Split
 from genlab.errors import GenlabError
+from genlab.media.formats import TABLES
 from genlab.models.base import GenerativeModel
-from genlab.models.protocol import Figure, Suits
-from genlab.outputs import TABLES
+from genlab.models.protocol import Suits
 
 log = logging.getLogger("genlab")
 
@@ -80,19 +80,11 @@ class TabularNet(nn.Module, PyTorchModelHubMixin):
 class TabularVAE(GenerativeModel):
     Config = TabularVAEConfig
     Sampling = TabularSampling
-    media, serves, audit = TABLES, "table", "genlab.responsible.table_audit:audit_table"
-    hub_task = None  # the Hub has no task for generated tables
+    media = TABLES
     suits = Suits("table", "a VAE over mixed numeric and categorical columns: synthetic rows, imputation of "
                   "missing cells and anomaly scores from one model", "cancer-tabular")
     network = "net"
-    evaluator = "genlab.evaluation.tabular:evaluate_table"
-    headline = (Figure("imputation.genlab.rmse", "imputation RMSE", False,
-                       ("imputation.IterativeImputer.rmse", "IterativeImputer")),
-                Figure("imputation.genlab.accuracy", "imputation accuracy", True,
-                       ("imputation.IterativeImputer.accuracy", "IterativeImputer")),
-                Figure("anomaly.auroc.genlab", "anomaly AUROC", True,
-                       ("anomaly.auroc.IsolationForest", "IsolationForest")),
-                Figure("synthetic.mean_ks", "synthetic KS", False))
+    columns: Columns  # the training table's columns: names, dtypes, categories, scaling
 
     def __init__(self, config: TabularVAEConfig, spec: DataSpec, columns: Columns,
                  train: TrainConfig | None = None) -> None:

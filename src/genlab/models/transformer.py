@@ -15,17 +15,25 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
 
 from genlab.config import TrainConfig, sampling_options
 from genlab.config.transformer import TextSampling, TransformerConfig
 from genlab.data.records import Dataset, DataSpec, Split
 from genlab.data.tokenize import pack, train_tokenizer
 from genlab.errors import GenlabError
+from genlab.media.formats import TEXTS
 from genlab.models.base import GenerativeModel
 from genlab.models.hf import layer_classes, load_folder, lora_wrap, part_of, save_folder
-from genlab.models.protocol import Figure, Graph, Suits
-from genlab.outputs import TEXTS
+from genlab.models.protocol import Graph, Suits
 from genlab.responsible.memorization import CopyIndex
 
 log = logging.getLogger("genlab")
@@ -61,15 +69,15 @@ class _Logits(torch.nn.Module):
 class Transformer(GenerativeModel):
     Config = TransformerConfig
     Sampling = TextSampling
-    media, serves, audit = TEXTS, "text", "genlab.responsible.text_audit:audit_text"
+    media = TEXTS
     suits = Suits("text", "a causal transformer with characters as tokens, for a corpus this small (under 5 MB): no "
                   "vocabulary is spent on rare words", "shakespeare-char",
                   large=(5_000_000, "python-docs-lm", "a causal transformer with byte-level BPE tokens, for a corpus "
                                                       "this size"))
-    hub_library, hub_task = "transformers", "text-generation"
-    evaluator = "genlab.evaluation.text:evaluate_text"
-    headline = (Figure("bits_per_character", "bits/char", False), Figure("perplexity", "perplexity", False),
-                Figure("distinct_2", "distinct-2", True))
+    hub_library = "transformers"
+    tokenizer: Any
+    lm: Any  # the transformers causal LM (peft-wrapped with LoRA)
+    context: int  # tokens the model attends to
 
     def __init__(self, config: TransformerConfig, spec: DataSpec, train: TrainConfig | None = None, *,
                  tokenizer=None, lm=None) -> None:
@@ -171,6 +179,11 @@ class Transformer(GenerativeModel):
         logp = F.log_softmax(logits[:, :-1], -1).gather(2, ids[:, 1:, None]).squeeze(2)
         return (logp * mask[:, 1:]).sum(1).tolist()
 
+    def shown(self, samples: list[str], prompt: str | list[str] = "", **conditions: Any) -> list[str]:
+        """Each continuation after its prompt."""
+        prompts = [prompt] * len(samples) if isinstance(prompt, str) else prompt
+        return [p + s for p, s in zip(prompts, samples, strict=True)]
+
     def preview(self, n: int, generator: torch.Generator | None = None) -> list[str]:
         prompts = [self.preview_prompts[i % len(self.preview_prompts)] for i in range(n)]
         texts = self.sample(n, generator=generator, prompt=prompts, max_new_tokens=min(200, self.context),
@@ -194,7 +207,8 @@ class Transformer(GenerativeModel):
                 keep = min(longest, max(self.context // 2, self.context - remaining))
                 chunk = min(remaining, self.context - keep)
                 active = [i for i, d in enumerate(done) if not d]
-                new = self._generate_chunk([seqs[i][-keep:] for i in active], chunk, opts)
+                new = self._generate_chunk([seqs[i][-keep:] for i in active], chunk, opts,
+                                           [seqs[i][starts[i]:] for i in active])
                 for i, tokens in zip(active, new, strict=True):
                     seqs[i] += tokens
                     text = self.tokenizer.decode(seqs[i][starts[i]:])
@@ -208,17 +222,24 @@ class Transformer(GenerativeModel):
             texts.append(text[: min(cuts)] if cuts else text)
         return texts
 
-    def _generate_chunk(self, windows: list[list[int]], new_tokens: int, opts: TextSampling) -> list[list[int]]:
+    def _generate_chunk(self, windows: list[list[int]], new_tokens: int, opts: TextSampling,
+                        generated: list[list[int]]) -> list[list[int]]:
+        """`new_tokens` more for each window; `generated`: each row's tokens so far (for min length and penalties)."""
         eos = self.tokenizer.eos_token_id
         width = max(len(w) for w in windows)  # left padding: every prompt ends where generation starts
         ids = torch.tensor([[eos] * (width - len(w)) + w for w in windows], device=self.device)
         mask = torch.tensor([[0] * (width - len(w)) + [1] * len(w) for w in windows], device=self.device)
         sampled = opts.temperature > 0
+        penalties = LogitsProcessorList()
+        if opts.frequency_penalty or opts.presence_penalty:
+            penalties.append(_Penalties(opts.frequency_penalty, opts.presence_penalty, generated, len(self.tokenizer),
+                                        width))
         out = self.lm.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=sampled,
             temperature=opts.temperature if sampled else None, top_k=opts.top_k or (0 if sampled else None),
             top_p=opts.top_p if sampled else None, repetition_penalty=opts.repetition_penalty,
-            pad_token_id=eos, eos_token_id=eos,
+            min_new_tokens=min(max(0, opts.min_new_tokens - len(generated[0])), new_tokens) or None,
+            logits_processor=penalties, pad_token_id=eos, eos_token_id=eos,
         )
         return [row[width:].tolist() for row in out]
 
@@ -245,7 +266,7 @@ class Transformer(GenerativeModel):
                             traced={"input_ids": {0: Dim("batch"), 1: Dim("length", max=self.context)}})}
 
     def shard_layers(self) -> set[type[torch.nn.Module]]:
-        return layer_classes(self.lm)
+        return layer_classes(self.lm, self.config.lora)
 
     def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
         save_folder(self.lm, self.tokenizer, self.config.lora, Path(path), part_of(state_dict, "lm"))
@@ -262,6 +283,26 @@ class Transformer(GenerativeModel):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.lm.parameters())
+
+
+class _Penalties(LogitsProcessor):
+    """OpenAI's frequency and presence penalties (as the serving engine applies them): each token's logit less
+    `frequency` times its count in the output so far, and less `presence` once it is there."""
+
+    def __init__(self, frequency: float, presence: float, generated: list[list[int]], vocabulary: int,
+                 width: int) -> None:
+        self.frequency, self.presence, self.seen = frequency, presence, width
+        self.counts = torch.zeros(len(generated), vocabulary)
+        for row, tokens in enumerate(generated):
+            self.counts[row] += torch.bincount(torch.tensor(tokens, dtype=torch.long), minlength=vocabulary)[
+                :vocabulary].float()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.counts = self.counts.to(scores.device)
+        drawn = input_ids[:, self.seen:]  # the tokens drawn since the last call
+        self.counts.scatter_add_(1, drawn, torch.ones_like(drawn, dtype=self.counts.dtype))
+        self.seen = input_ids.shape[1]
+        return scores - self.frequency * self.counts - self.presence * (self.counts > 0).float()
 
 
 def _pretrained_tokenizer(name: str):

@@ -20,8 +20,9 @@ from genlab.config import TrainConfig
 from genlab.config.vae import VAEConfig, VAESampling
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
+from genlab.media.formats import IMAGES
 from genlab.models.base import GenerativeModel
-from genlab.models.protocol import IMAGE_FIGURES, Figure, Graph, Suits
+from genlab.models.protocol import Graph, Suits
 
 
 class VAENet(nn.Module, PyTorchModelHubMixin):
@@ -78,11 +79,10 @@ def total_correlation(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor
 class VAE(GenerativeModel):
     Config = VAEConfig
     Sampling = VAESampling
+    media = IMAGES
     network = "net"
-    evaluator = "genlab.evaluation.latent:evaluate_autoencoder"
     suits = Suits("image", "the fastest to train and an interpretable latent space (traversals, beta for "
                   "disentanglement); blurrier samples", "digits-vae", quality=2, speed=1, control=0)
-    headline = (*IMAGE_FIGURES, Figure("nll_iwae", "NLL (IWAE)", False), Figure("mig", "MIG", True))
 
     def __init__(self, config: VAEConfig, spec: DataSpec, train: TrainConfig | None = None) -> None:
         super().__init__(config, spec, train)
@@ -92,6 +92,10 @@ class VAE(GenerativeModel):
                               f"{len(config.channels)} encoder convolutions (model.channels)")
         learn = config.likelihood == "gaussian" and config.sigma is None
         self.net = VAENet(config.latent_dim, config.channels, config.hidden, channels, size, learn)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
 
     # --- the objective -----------------------------------------------------------------------------
 

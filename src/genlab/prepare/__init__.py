@@ -90,13 +90,11 @@ def pipeline_of(data, modality: str) -> list:
 
 
 def _modality(data) -> str:
-    """A source's modality: built-ins by the module that loads them (text streams, so it is known before loading),
+    """A source's modality: built-ins as the registry declares them (text streams, so it is known before loading),
     a user's registered source by loading it."""
-    from genlab.data.registry import BUILTIN, source
+    from genlab.data.registry import MODALITY, source
 
-    if data.source in BUILTIN:
-        return "text" if BUILTIN[data.source].startswith("genlab.data.text:") else "in memory"
-    return source(data.source)(data).modality
+    return MODALITY.get(data.source) or source(data.source)(data).modality
 
 
 def _documents(data) -> Callable[[StepLog], Iterator[Item]]:

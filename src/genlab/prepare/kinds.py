@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from genlab.config.prepare import Normalize
 from genlab.data.records import Loaded
 from genlab.prepare.dedup import deduplicate_images, deduplicate_table
-from genlab.prepare.read import read_images, read_table
+from genlab.prepare.read import validate_images, validate_table
 from genlab.prepare.record import Item, StepLog
 from genlab.prepare.split import check_labels
 from genlab.prepare.steps import clean_images, clean_table, missing_table, normalize_images, normalize_table
@@ -32,6 +32,7 @@ class Kind:
 
     name = ""
     streams = False  # read and written as a stream (text), not held in memory
+    augments = False  # the augment step (data/augment.py) transforms its training batches
     files = "items"  # what `data.path` holds, for "no ... found under"
 
     def steps(self) -> dict[str, Step]:
@@ -83,8 +84,9 @@ def _augment_later(step, items, data, log: StepLog, extra: dict) -> Any:
     return items
 
 
-class Images(Kind):
+class ImageKind(Kind):
     name, files = "image", "image files"
+    augments = True
 
     def steps(self) -> dict[str, Step]:
         return {"clean": self._clean,
@@ -107,7 +109,7 @@ class Images(Kind):
         return deduplicate_images(items, step, log)
 
     def read_files(self, root: Path, data: Any, log: StepLog, extra: dict) -> list[Item]:
-        items = read_images(root, log, data.limit)
+        items = validate_images(root, log, data.limit)
         extra["sizes"] = [max(item.value.size) for item in items]  # as read: the report's histogram
         return items
 
@@ -152,7 +154,7 @@ class Images(Kind):
                       weights=weights)
 
 
-class Tables(Kind):
+class TableKind(Kind):
     name, files = "table", "tables (.csv, .parquet)"
 
     def steps(self) -> dict[str, Step]:
@@ -168,7 +170,7 @@ class Tables(Kind):
         return items
 
     def read_files(self, root: Path, data: Any, log: StepLog, extra: dict) -> pd.DataFrame:
-        return read_table(root, log).iloc[: data.limit]
+        return validate_table(root, log).iloc[: data.limit]
 
     def from_loaded(self, loaded: Loaded, log: StepLog, extra: dict) -> pd.DataFrame:
         frame = loaded.x.astype("object").where(loaded.x.notna(), None)
@@ -204,7 +206,7 @@ class Tables(Kind):
         return Loaded(frame, notes=notes, modality=self.name, parts=(counts["train"], counts["val"]), weights=weights)
 
 
-class Texts(Kind):
+class TextKind(Kind):
     """Documents stream through `stream.py`, straight into JSONL split files; this loads them back."""
 
     name, streams, files = "text", True, "text files (.txt, .md, .rst, .jsonl)"
@@ -229,9 +231,9 @@ def _documents(path: Path) -> list[str]:
     return ["".join(d) for d in docs]
 
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (Images(), Tables(), Texts())}
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (ImageKind(), TableKind(), TextKind())}
 # kinds in modules of their own, imported when first asked for
-ELSEWHERE: dict[str, str] = {"audio": "genlab.prepare.audio:AudioClips"}
+ELSEWHERE: dict[str, str] = {"audio": "genlab.prepare.clips:ClipKind"}
 
 
 def kind_of(modality: str) -> Kind | None:

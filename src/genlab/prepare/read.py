@@ -19,13 +19,12 @@ from pathlib import Path
 import pandas as pd
 
 from genlab.errors import GenlabError
-from genlab.images import decoder_notes
+from genlab.media.images import decoder_notes
+from genlab.media.suffixes import PARQUET_SUFFIXES, TABLE_SUFFIXES, TEXT_SUFFIXES
 from genlab.prepare.record import Item, StepLog
 
 logger = logging.getLogger("genlab")
 
-TEXT_SUFFIXES = {".txt", ".md", ".rst", ".jsonl"}
-TABLE_SUFFIXES = {".csv", ".parquet"}
 
 
 def files_under(path: Path, suffixes: set[str] | None = None) -> list[Path]:
@@ -40,7 +39,7 @@ def files_under(path: Path, suffixes: set[str] | None = None) -> list[Path]:
                   and (suffixes is None or p.suffix.lower() in suffixes))
 
 
-def read_images(root: Path, log: StepLog, limit: int | None = None) -> list[Item]:
+def validate_images(root: Path, log: StepLog, limit: int | None = None) -> list[Item]:
     """Every file under `root` that decodes as an image (the first `limit`); subfolder names are the labels."""
     from PIL import Image
 
@@ -176,13 +175,13 @@ def _jsonl(lines: Iterable[tuple[int, int, str]], where: str, field: str, log: S
             log.remove(f"no text in field {field!r}", f"{where}:{number}")
 
 
-def read_table(root: Path, log: StepLog) -> pd.DataFrame:
+def validate_table(root: Path, log: StepLog) -> pd.DataFrame:
     """Rows of every CSV or parquet file under `root` as strings (clean coerces types), with `where` per row."""
     frames = []
     for path in files_under(root, TABLE_SUFFIXES):
         where = path.relative_to(root).as_posix() if root.is_dir() else path.name
         log.megabytes += path.stat().st_size / 1e6
-        if path.suffix.lower() == ".parquet":
+        if path.suffix.lower() in PARQUET_SUFFIXES:
             try:
                 frame = pd.read_parquet(path).astype("object")
             except Exception as err:

@@ -40,9 +40,14 @@ def fingerprint(data) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
+def cache_root() -> Path:
+    """What genlab keeps between runs: GENLAB_CACHE, default ~/.cache/genlab."""
+    return Path(os.environ.get("GENLAB_CACHE", Path.home() / ".cache" / "genlab"))
+
+
 def cache_folder(data) -> Path:
-    """Where `fit` keeps the prepared set of `data`: GENLAB_CACHE (default ~/.cache/genlab)/prepared/<fingerprint>."""
-    return Path(os.environ.get("GENLAB_CACHE", Path.home() / ".cache" / "genlab")) / "prepared" / fingerprint(data)
+    """Where `fit` keeps the prepared set of `data`: the cache's prepared/<fingerprint>."""
+    return cache_root() / "prepared" / fingerprint(data)
 
 
 def summary(folder: Path) -> str:

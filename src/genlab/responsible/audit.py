@@ -20,7 +20,6 @@ data, in the model's outputs, and generated as well as the others?
 from __future__ import annotations
 
 import html
-import inspect
 import os
 import re
 from collections.abc import Callable
@@ -33,7 +32,6 @@ from genlab.data.records import Split
 from genlab.errors import GenlabError
 from genlab.evaluation.features import FeatureNet, predict
 from genlab.evaluation.metrics import precision_recall
-from genlab.locate import locate
 from genlab.responsible.stats import binomial_p, holm, mix_test, share_intervals
 from genlab.run import Run, write_json
 
@@ -177,24 +175,6 @@ def gate(result: dict[str, Any], expression: str) -> list[str]:
     return met
 
 
-def audit_run(run: Run, n: int | None = None, **options: Any) -> dict[str, Any]:
-    """The audit the run's family declares (`GenerativeModel.audit`), written beside its other results; an option
-    it does not take (None: not given) is refused before anything is sampled."""
-    family = run.config.model.family
-    given = {k: v for k, v in options.items() if v is not None}
-    if given.get("target", "data") not in TARGETS:
-        raise GenlabError(f"--target: {given['target']!r} is not one of {', '.join(TARGETS)}")
-    if run.model.audit is None:
-        raise GenlabError(f"audit: {run.path} is a run of the {family} family, which declares no audit yet")
-    audit = locate(run.model.audit)
-    takes = [name for name, p in inspect.signature(audit).parameters.items() if name in OPTIONS]
-    for key in given:
-        if key not in takes:
-            raise GenlabError(f"--{key.replace('_', '-')}: the {family} family's audit does not take it; it takes "
-                              f"{', '.join('--' + t.replace('_', '-') for t in takes) or 'no options'}")
-    return audit(run, n, **given)
-
-
 def audit_by_class(run: Run, n: int | None = None, *, target: str = "data", min_share: float | None = None,
                    group: str | None = None, manifest: Path | None = None,
                    as_images: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
@@ -228,10 +208,10 @@ def audit_by_class(run: Run, n: int | None = None, *, target: str = "data", min_
         train = Split(as_images(model, dataset.train.x) * 2 - 1, dataset.train.y)
     net, extractor = feature_net(train, len(names), cfg.eval.feature_steps, cache)
     ev = cfg.eval.model_copy(update={"num_samples": n or cfg.eval.num_samples})
-    conditional = bool(getattr(model.config, "class_conditional", False))
+    conditional = model.takes_labels
     requested = torch.arange(ev.num_samples) % len(names) if conditional else None
-    fake = samples_as_images(model, generate_images(model, ev, sampling_options(cfg.model.family, ev.sampling),
-                                                    requested))
+    options = sampling_options(cfg.model.family, model.sampling)  # the run's own, as evaluate and serve sample
+    fake = samples_as_images(model, generate_images(model, ev, options, requested))
     result = audit_classes(net, as_images(model, held_out.x), held_out.y, train.y, fake, names,
                            target=target, min_share=min_share, requested=requested, seed=ev.seed)
     result["feature_extractor"] = extractor

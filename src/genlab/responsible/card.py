@@ -3,12 +3,14 @@ the run directory holds: the config, train.json, the prepared data's summary, me
 
     genlab card RUN [--license L]   -> RUN/model/README.md (export copies it with the model folder)
 
-What a run lacks is said, not guessed: a run never evaluated says so and names the command that would.
+What a run lacks is said, not guessed: a run never evaluated says so and names the command that would. What the
+run's capabilities declare (headline figures, the Hub's task, whether an audit exists) comes in as `Declared`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +22,23 @@ from genlab.run import Run
 CARD = "README.md"
 
 
-def write_card(run: Run | str | Path, license: str = "other") -> Path:
+@dataclass(frozen=True)
+class Declared:
+    """What the run's capabilities say of it: its headline figures, its task on the Hub, whether it has an audit."""
+
+    headline: tuple = ()
+    hub_task: str | None = None
+    audited: bool = False
+
+
+def write_card(run: Run, declared: Declared, license: str = "other") -> Path:
     """Write (or rewrite) the run's model card into its model folder; returns the file."""
     from huggingface_hub import ModelCard
 
-    run = run if isinstance(run, Run) else Run(run)
     if not run.paths.model.is_dir():
         raise GenlabError(f"card: {run.path} has no model folder yet; finish `genlab fit` first")
-    card = ModelCard(f"---\n{yaml.safe_dump(metadata(run, license), sort_keys=False)}---\n\n{body(run)}")
+    card = ModelCard(f"---\n{yaml.safe_dump(metadata(run, declared, license), sort_keys=False)}---\n\n"
+                     f"{body(run, declared)}")
     path = run.paths.model / CARD
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(str(card))
@@ -35,20 +46,20 @@ def write_card(run: Run | str | Path, license: str = "other") -> Path:
     return path
 
 
-def metadata(run: Run, license: str) -> dict[str, Any]:
+def metadata(run: Run, declared: Declared, license: str) -> dict[str, Any]:
     """The card's YAML header: license, library, task, tags, data set, and the headline metrics as a model-index."""
     model, cfg = run.model, run.config
-    figures = [(f, f.value(run.metrics)) for f in model.headline] if run.paths.metrics.is_file() else []
+    figures = [(f, f.value(run.metrics)) for f in declared.headline] if run.paths.metrics.is_file() else []
     figures = [(f, v) for f, v in figures if isinstance(v, int | float)]
     meta: dict[str, Any] = {"license": license, "library_name": model.hub_library}
-    if model.hub_task:
-        meta["pipeline_tag"] = model.hub_task
+    if declared.hub_task:
+        meta["pipeline_tag"] = declared.hub_task
     meta["tags"] = ["genlab", cfg.model.family, model.media.name]
     meta["datasets"] = [_data_name(run)]
     if figures:
         meta["metrics"] = [f.key.split(".")[-1] for f, _ in figures]
         meta["model-index"] = [{"name": cfg.name, "results": [{
-            "task": {"type": model.hub_task or "other"},
+            "task": {"type": declared.hub_task or "other"},
             "dataset": {"type": _data_name(run), "name": _data_name(run), "split": run.metrics.get("real_split",
                                                                                                       "test")},
             "metrics": [{"type": f.key.split(".")[-1], "name": f.label, "value": round(float(v), 6)}
@@ -56,7 +67,7 @@ def metadata(run: Run, license: str) -> dict[str, Any]:
     return meta
 
 
-def body(run: Run) -> str:
+def body(run: Run, declared: Declared) -> str:
     cfg, summary, model = run.config, run.summary, run.model
     data = summary.get("data", {})
     parts = [f"# {cfg.name}\n",
@@ -64,8 +75,8 @@ def body(run: Run) -> str:
              f"{_data_name(run)}. It draws {model.media.name} like its training data, and nothing else.\n",
              "## Training data\n", _data_section(run, data),
              "## Training\n", _training_section(run, summary),
-             "## Evaluation\n", _evaluation_section(run),
-             "## Responsible AI\n", _audit_section(run),
+             "## Evaluation\n", _evaluation_section(run, declared),
+             "## Responsible AI\n", _audit_section(run, declared),
              "## Intended use and limitations\n", _limits(run, data),
              "## How to use\n", _usage(run)]
     return "\n".join(parts) + "\n"
@@ -115,12 +126,12 @@ def _training_section(run: Run, s: dict[str, Any]) -> str:
             "```\n")
 
 
-def _evaluation_section(run: Run) -> str:
+def _evaluation_section(run: Run, declared: Declared) -> str:
     if not run.paths.metrics.is_file():
         return f"Not evaluated yet: `genlab evaluate {run.path}` measures it and rewrites this card's figures.\n"
     m = run.metrics
     rows = ["| figure | value | beside |", "| --- | --- | --- |"]
-    for figure in run.model.headline:
+    for figure in declared.headline:
         value, baseline = figure.value(m), figure.baseline(m)
         if isinstance(value, int | float):
             beside = f"{figure.beside[1]}: {_num(baseline)}" if baseline is not None else ""
@@ -131,10 +142,10 @@ def _evaluation_section(run: Run) -> str:
     return "\n".join(rows) + setup + " Every figure is in metrics.json.\n"
 
 
-def _audit_section(run: Run) -> str:
+def _audit_section(run: Run, declared: Declared) -> str:
     file = run.path / "audit.json"
     if not file.is_file():
-        if run.model.audit is None:
+        if not declared.audited:
             return f"No audit yet: genlab has no audit for {run.config.model.family} runs.\n"
         return f"Not audited yet: `genlab audit {run.path}` checks the outputs group by group.\n"
     audit = json.loads(file.read_text())
@@ -154,10 +165,13 @@ def _limits(run: Run, data: dict[str, Any]) -> str:
 
 
 def _usage(run: Run) -> str:
+    options = ", ".join(f"{k} {v}" for k, v in run.sampling.items()) or "none"
     return ("```bash\n"
             f"genlab sample {run.path} --n 8\n"
             f"genlab serve {run.path}   # OpenAI-compatible routes\n"
             "```\n\n"
+            f"Both sample with the options the model folder keeps (the run's eval.sampling: {options}); a flag or a "
+            "request's field overrides one.\n\n"
             f"The folder loads with `{run.model.hub_library}`'s own loaders where it is that library's format, and "
             "with `genlab.load(RUN)` always.\n")
 

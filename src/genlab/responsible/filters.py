@@ -51,7 +51,8 @@ def copied_images(folder: Path, where: Path) -> tuple[list[Path], list[Path]]:
     read), by the copy check `genlab evaluate` keeps there; images are read as the model's data were."""
     from types import SimpleNamespace
 
-    from genlab.data.sources import IMAGE_SUFFIXES, read_images
+    from genlab.data.sources import read_images
+    from genlab.media.suffixes import IMAGE_SUFFIXES
     from genlab.models.base import META_FILE
 
     check = ImageCopies.load(where)

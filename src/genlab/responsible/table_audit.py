@@ -58,7 +58,7 @@ def audit_table(run: Run, n: int | None = None, *, group: str | None = None, tar
         raise GenlabError("audit: needs held-out rows; set data.test_fraction > 0 when training")
     rows = n or max(len(train), 200)
     seed = cfg.eval.seed
-    synthetic = model.sample(rows, generator=torch.Generator().manual_seed(seed))
+    synthetic = model.sample(rows, generator=torch.Generator().manual_seed(seed), **model.sampling)  # the run's own
     result = audit_frames(model.columns, train, test, synthetic, group, cfg.data.target, target=target,
                           min_share=min_share, seed=seed)
     write_json(run.path / "audit.json", result)

@@ -1,8 +1,8 @@
 """The FastAPI app: health and metrics, the model list, errors in OpenAI's shape, and one log line per request.
 
-The generation routes live in `text.py` (completions, chat, responses) and `media.py` (images,
-upscaling, tables). Every generation route depends on `authorize`: the API key when keys are
-configured, then the identity's rate limits.
+The generation routes are the capabilities' (`genlab/capabilities`: text, images, speech, upscaling, tables),
+each model served by its family's first capability that has a served kind. Every generation route depends on
+`authorize`: the API key when keys are configured, then the identity's rate limits.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-import genlab.serving.media as media
-import genlab.serving.text as text
+from genlab.capabilities import capability, capability_names, served_kind
 from genlab.errors import GenlabError
 from genlab.serving.config import ServeConfig
-from genlab.serving.folders import model_folder
+from genlab.serving.folders import load_model, model_folder
 from genlab.serving.guard import Refused
 from genlab.serving.metrics import Metrics
-from genlab.serving.models import Served, load_served
+from genlab.serving.served import Served
 from genlab.serving.server import Server, authorize, operator
 
 log = logging.getLogger("genlab.serve")
@@ -97,10 +97,9 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, met
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="genlab API")
 
-    app.include_router(text.router)
-    app.include_router(media.router)
-    routers = {id(type(s).router): type(s).router for s in models.values() if type(s).router is not None}
-    for router in routers.values():  # the routes of kinds a family brought, once each
+    kinds = [capability(name).served for name in capability_names()] + [type(s) for s in models.values()]
+    routers = {id(kind.router): kind.router for kind in kinds if kind is not None and kind.router is not None}
+    for router in routers.values():  # every capability's routes, once each (text and text2text share theirs)
         app.include_router(router)
     app.openapi = lambda: _openapi(app, list(models))
     return app
@@ -116,6 +115,15 @@ def _openapi(app: FastAPI, names: list[str]) -> dict:
                 field["enum"] = names
         app.openapi_schema = spec
     return app.openapi_schema
+
+
+def load_served(path: str | Path, config: ServeConfig, name: str | None = None,
+                observe: Callable[[str, int], None] | None = None) -> Served:
+    """The model at `path` (a run directory or a model folder), behind the worker its served kind starts."""
+    model, default = load_model(path)
+    name = name or default
+    on_batch = (lambda size: observe(name, size)) if observe else None
+    return served_kind(model.config.family)(name, model, config, on_batch, folder=model_folder(path)[0])
 
 
 def serve_app(paths: list[str | Path], config: ServeConfig | None = None) -> FastAPI:

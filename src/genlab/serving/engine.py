@@ -26,7 +26,7 @@ from genlab.serving.kv_cache import SlotCache
 
 # ("delta", text) | ("done", finish_reason, prompt_tokens, completion_tokens, largest batch) | ("error", message)
 # | ("logprob", token id, logprob, {id: logprob} of the top alternatives), before the token's text
-# | ("prompt", [(token id, logprob or None, {id: logprob})]), the prompt's own tokens scored, first (echo)
+# | ("echo", [(token id, logprob or None, {id: logprob})]), the prompt's own tokens scored, first (echo)
 Emit = Callable[[tuple], None]
 
 
@@ -177,7 +177,7 @@ class TextEngine:
                       logits_to_keep=0 if any(scores) else 1).logits
         for row, seq in enumerate(joiners):
             if scores[row]:
-                seq.emit(("prompt", _prompt_logprobs(out[row, width - len(seq.ids):].float(), seq.ids,
+                seq.emit(("echo", _prompt_logprobs(out[row, width - len(seq.ids):].float(), seq.ids,
                                                      seq.params.logprobs)))
         self.batch.cache.admit(cache, mask)
         self.batch.seqs += joiners

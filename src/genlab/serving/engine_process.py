@@ -25,12 +25,9 @@ from pathlib import Path
 
 from genlab.errors import GenlabError
 from genlab.serving.engine import Emit, TextEngine, TextParams
+from genlab.serving.workers import EngineStopped
 
 START_SECONDS = 600.0  # loading a large model from a slow disk
-
-
-class EngineStopped(RuntimeError):
-    """The engine's process is gone; the server stays up, not ready, and answers 503."""
 
 
 class _Handle:

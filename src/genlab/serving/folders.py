@@ -36,4 +36,4 @@ def load_model(path: str | Path) -> tuple[Any, str]:
     if pickled:
         raise GenlabError(f"{folder}: holds pickled weights ({', '.join(pickled)}); genlab serves safetensors only")
     family = json.loads((folder / META_FILE).read_text())["family"]
-    return family_class(family).from_pretrained(folder).eval(), name
+    return family_class(family).load(folder).eval(), name

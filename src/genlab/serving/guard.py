@@ -8,12 +8,15 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from genlab.errors import GenlabError
-from genlab.responsible.memorization import CopyIndex
 from genlab.responsible.offensive import find_offensive, judged_upto
 from genlab.responsible.pii import LONGEST, find_pii, redact
 from genlab.serving.config import BlocklistFilter, MemorizedFilter, OffensiveFilter, PIIFilter, ServeConfig
+
+if TYPE_CHECKING:
+    from genlab.responsible.memorization import CopyIndex
 
 Rule = BlocklistFilter | PIIFilter | OffensiveFilter | MemorizedFilter
 _WHAT = {"pii": "personal data", "offensive": "offensive text", "memorized": "text copied from training"}

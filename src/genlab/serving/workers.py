@@ -14,11 +14,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 
 class QueueFull(Exception):
     """The worker's queue is at its bound: the server answers 503."""
+
+
+class EngineStopped(RuntimeError):
+    """The engine's process is gone; the server stays up, not ready, and answers 503."""
 
 
 @dataclass
@@ -71,6 +73,8 @@ class BatchWorker:
         self._thread.join(timeout=5)
 
     def _loop(self) -> None:
+        import torch  # here, so that declaring a served kind imports no torch
+
         while True:
             batch = self._take()
             if batch is None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint, RichProgressBar
+from lightning.pytorch.callbacks import Checkpoint, RichProgressBar, Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
+from rich.progress import ProgressColumn
+from rich.text import Text
 from torch.utils.flop_counter import FlopCounterMode
 
 from genlab.errors import GenlabError
@@ -306,7 +310,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ProgressBar(RichProgressBar):
-    """Lightning's rich bar, without the logger's version number and the '/-2' of an epoch-less run."""
+    """Lightning's rich bar over the whole run, not the epoch: steps done of train.max_steps, and the time left of the
+    run (by the steps' pace, or train.max_time's clock when that ends it first), beside the losses."""
+
+    @property
+    def total_train_batches(self) -> int:
+        return self.trainer.max_steps
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         items = super().get_metrics(trainer, pl_module)
@@ -314,14 +323,47 @@ class ProgressBar(RichProgressBar):
         return items
 
     def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the bar's label
-        return f"epoch {current_epoch} (max {self.trainer.max_steps} steps)"
+        return "training"
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.train_progress_bar_id is None:  # one bar for the run: a new epoch does not reset it
+            super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._update(self.train_progress_bar_id, trainer.global_step)
+
+    def configure_columns(self, trainer: L.Trainer) -> list:
+        columns = super().configure_columns(trainer)
+        return [_RunTime(self.theme.time, trainer) if type(c).__name__ == "CustomTimeColumn" else c for c in columns]
+
+
+class _RunTime(ProgressColumn):
+    """Elapsed and left of the run: the steps' pace, or the clock of train.max_time when it runs out first."""
+
+    max_refresh = 0.5
+
+    def __init__(self, style: Any, trainer: L.Trainer) -> None:
+        super().__init__()
+        self.style, self.trainer = style, trainer
+
+    def render(self, task: Any) -> Text:
+        elapsed = task.finished_time if task.finished else task.elapsed
+        left = task.time_remaining
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        clock = timer.time_remaining() if timer is not None else None
+        if clock is not None:
+            left = max(0.0, clock) if left is None else max(0.0, min(left, clock))
+        shown = ["-:--:--" if t is None else str(timedelta(seconds=int(t))) for t in (elapsed, left)]
+        return Text(f"{shown[0]} • {shown[1]} left", style=self.style)
 
 
 class LogLines(L.Callback):
     """One line of progress every N steps, for logs where a live progress bar is noise."""
 
-    SHOWN = {"train/loss": "loss", "train/d_loss": "d_loss", "val/loss": "val_loss", "val/fid": "val_fid",
-             "train/grad_norm": "grad_norm", "perf/samples_per_s": "samples/s", "perf/mfu": "mfu"}
+    SHOWN = {"val/loss": "val_loss", "val/fid": "val_fid", "train/grad_norm": "grad_norm",
+             "perf/samples_per_s": "samples/s", "perf/mfu": "mfu"}  # after every train/...loss a family logs
 
     def __init__(self, every: int) -> None:
         self._due = EveryNSteps(every)
@@ -331,5 +373,8 @@ class LogLines(L.Callback):
         step = trainer.global_step
         if self._due(step, also=step == trainer.max_steps) and trainer.is_global_zero:
             metrics = trainer.callback_metrics
-            shown = "  ".join(f"{name} {float(metrics[k]):.4g}" for k, name in self.SHOWN.items() if k in metrics)
+            losses = {k: k.removeprefix("train/") for k in sorted(metrics) if k.startswith("train/") and
+                      k.endswith("loss")}
+            shown = "  ".join(f"{name} {float(metrics[k]):.4g}" for k, name in {**losses, **self.SHOWN}.items()
+                              if k in metrics)
             print(f"step {step}/{trainer.max_steps}  {shown}", flush=True)

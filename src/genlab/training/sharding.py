@@ -81,9 +81,6 @@ def sharded_strategy(model: GenerativeModel, train: TrainConfig) -> ShardedStrat
     if train.ema.enabled:
         raise GenlabError("train.ema.enabled: EMA keeps a whole copy of the weights on every rank, which "
                           "train.strategy: fsdp exists to avoid; set train.ema.enabled=false")
-    if getattr(model.config, "lora", None) is not None:
-        raise GenlabError("model.lora: LoRA is not sharded yet; train it with train.strategy: ddp (its adapters "
-                          "are small: each rank holds them whole)")
     if train.optimizer.name == "muon":
         raise GenlabError("train.optimizer.name: muon orthogonalizes whole weight matrices, which FSDP splits "
                           "across ranks; use adamw with train.strategy: fsdp")

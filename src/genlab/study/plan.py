@@ -90,7 +90,7 @@ def runtime_bytes() -> int:
     VmHWM, which starts again at exec: ru_maxrss keeps the forking parent's size."""
     code = ("import genlab.api, genlab.config.families as f\n"
             "[f.family_class(n) for n in f.family_names()]\n"
-            "from genlab.plan import peak_rss; print(peak_rss())")
+            "from genlab.study.plan import peak_rss; print(peak_rss())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genlab.images import image_grid, save_grid
+from genlab.media.images import image_grid, save_grid
+from genlab.media.suffixes import PARQUET_SUFFIXES
 
 TEXT_SEPARATOR = "\n\n" + "-" * 40 + "\n\n"  # between samples in a .txt file
 
@@ -44,7 +45,7 @@ class Media:
             experiment.add_image("samples", image_grid(samples), step, dataformats="HWC")
 
 
-class Texts(Media):
+class TextMedia(Media):
     def _write(self, samples: list[str], path: Path) -> Path:
         path.write_text(TEXT_SEPARATOR.join(samples) + "\n")
         return path
@@ -57,7 +58,7 @@ class Texts(Media):
             experiment.add_text("samples", "\n\n".join(f"```\n{t}\n```" for t in samples), step)
 
 
-class Tables(Media):
+class TableMedia(Media):
     def _write(self, samples: Any, path: Path) -> Path:
         return write_table(samples, path)
 
@@ -69,8 +70,8 @@ class Tables(Media):
 
 
 IMAGES = Media("image", ".png")
-TEXTS = Texts("text", ".txt", default_n=1, to_terminal=True)
-TABLES = Tables("table", ".csv", default_n=100)
+TEXTS = TextMedia("text", ".txt", default_n=1, to_terminal=True)
+TABLES = TableMedia("table", ".csv", default_n=100)
 
 
 def png_tag(images: Any, scale: int = 2, nrow: int | None = None) -> str:
@@ -90,7 +91,7 @@ def write_table(frame: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if path.suffix.lower() in PARQUET_SUFFIXES:
         frame.to_parquet(tmp, index=False)
     else:
         frame.to_csv(tmp, index=False)

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from genlab.audio import MelSpectrogram, audio_tag
-from genlab.data.audio import audio_files, read_clip
+from genlab.data.clips import audio_files, read_clip
 from genlab.data.records import Loaded
+from genlab.media.audio import MelSpectrogram, audio_tag
 from genlab.prepare.dedup import clusters, digest, near_image_pairs, without_exact_copies
 from genlab.prepare.kinds import SPLITS, Kind, Step, _check_labels
 from genlab.prepare.record import Item, StepLog
@@ -23,7 +23,7 @@ from genlab.prepare.record import Item, StepLog
 FULL_SCALE = 32767  # 16-bit PCM
 
 
-class AudioClips(Kind):
+class ClipKind(Kind):
     name, files = "audio", "audio files (.wav, .flac, .ogg)"
 
     def steps(self) -> dict[str, Step]:

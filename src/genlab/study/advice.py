@@ -23,12 +23,11 @@ from genlab.config import RunConfig, load_config
 from genlab.config.families import family_class, family_names
 from genlab.data.registry import source_names
 from genlab.errors import GenlabError
+from genlab.media.suffixes import AUDIO_SUFFIXES, IMAGE_SUFFIXES, TABLE_SUFFIXES
 from genlab.quiet import quiet
 
 GOALS = ("quality", "speed", "control")
-RECIPES = Path(__file__).resolve().parents[2] / "configs"  # a source checkout's recipes
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # the shipped recipes, in the package (configs/ links here)
 
 
 @dataclass
@@ -58,7 +57,7 @@ def data_section(target: str | Path) -> dict[str, Any]:
         raise GenlabError(f"{target}: not a config, a built-in data set ({', '.join(source_names())}), a file or "
                           "a folder")
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".parquet", ".pq"):
+    if suffix in TABLE_SUFFIXES:
         return {"source": "table", "path": str(path)}
     if suffix == ".jsonl":
         with path.open(errors="replace") as lines:
@@ -114,8 +113,8 @@ def propose(facts: dict[str, Any], goal: str = "quality", budget: float = 240) -
 
 
 def starting_config(p: Proposal, data: dict[str, Any], budget: float) -> RunConfig:
-    """The proposal's recipe (its model, train and eval sections; the family's defaults where the recipes are not
-    beside the package) on the user's data, its training time the budget."""
+    """The proposal's recipe (its model, train and eval sections; the family's defaults for a family of one's own
+    that names none) on the user's data, its training time the budget."""
     file = RECIPES / f"{p.recipe}.yaml"
     recipe = yaml.safe_load(file.read_text()) if file.is_file() else {}
     train = {**recipe.get("train", {}), "max_time": budget}
@@ -124,9 +123,10 @@ def starting_config(p: Proposal, data: dict[str, Any], budget: float) -> RunConf
 
 
 @quiet
-def advise(target: str | Path, *, goal: str = "quality", budget: float = 240, out: str | Path = "advice"
-           ) -> dict[str, Any]:
-    """Profile the data, propose families, write a config per proposal into `out`; returns what was found."""
+def advise(target: str | Path, *, goal: str = "quality", budget: float = 240, out: str | Path = "advice",
+           changes: list[str] | tuple = ()) -> dict[str, Any]:
+    """Profile the data, propose families, write a config per proposal into `out` (each with `changes`, `--set`
+    overrides, applied); returns what was found."""
     from genlab.training.peak import matmul_peak
 
     data = data_section(target)
@@ -137,7 +137,7 @@ def advise(target: str | Path, *, goal: str = "quality", budget: float = 240, ou
     written = []
     for p in proposals:
         path = out / f"{p.name}.yaml"
-        path.write_text(starting_config(p, data, budget).to_yaml())
+        path.write_text(load_config(starting_config(p, data, budget), changes).to_yaml())
         written.append(str(path))
     gflops = matmul_peak() / 1e9
     return {"data": data, "facts": facts, "goal": goal, "budget": budget, "matmul_gflops": gflops,

@@ -27,8 +27,8 @@ from genlab.evaluation.metrics import (
     kernel_distance,
     precision_recall,
 )
-from genlab.evaluation.report import write_report
-from genlab.run import Run, write_json
+from genlab.evaluation.report import Scored
+from genlab.run import Run
 
 AUDIO_METRICS = {
     "fid": "FID in the digit classifier's features (generated vs held-out; lower is better)",
@@ -60,9 +60,9 @@ def vocoded(model: Any, waves: torch.Tensor, iterations: int, batch: int = 250) 
                       for i in range(0, len(waves), batch)])
 
 
-def evaluate_audio(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[str, Any]:
+def evaluate_audio(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored:
     """Generate `ev.num_samples` clips (every class equally when the model is conditional), score them against
-    the test split, write `metrics.json` and `report.html`, return the metrics."""
+    the test split."""
     dataset = load_dataset(run.config.data)
     held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
     if len(held_out) < 2:
@@ -71,8 +71,7 @@ def evaluate_audio(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[st
     train = Split(mel_images(model, dataset.train.x) * 2 - 1, dataset.train.y)
     net, extractor = feature_net(train, k, ev.feature_steps, run.paths.eval_cache)
 
-    conditional = bool(getattr(model.config, "class_conditional", False))
-    labels = torch.arange(ev.num_samples) % k if conditional else None
+    labels = torch.arange(ev.num_samples) % k if model.takes_labels else None
     started = time.perf_counter()
     fake_waves = generate_images(model, ev, options, labels)  # waveforms, batched and seeded as images are
     sample_seconds = time.perf_counter() - started
@@ -104,7 +103,6 @@ def evaluate_audio(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[st
     metrics.update({"feature_extractor": f"{extractor}, on log-mel spectrograms", "num_generated": len(fake),
                     "num_real": len(real), "real_split": "test" if held_out is dataset.test else "val",
                     "sampling": options, "seed": ev.seed, "seconds_per_sample": sample_seconds / len(fake)})
-    write_json(run.paths.metrics, metrics)
     rows = [(label, f"{metrics[key]:.4g}") for key, label in AUDIO_METRICS.items() if metrics.get(key) is not None]
     setup = [("feature extractor", metrics["feature_extractor"]),
              ("samples", f"{len(fake)} generated, {len(real)} real ({metrics['real_split']})"),
@@ -114,8 +112,7 @@ def evaluate_audio(run: Run, ev: EvalConfig, options: dict[str, Any]) -> dict[st
     shown = (f"<h3>generated{' (zero to nine)' if labels is not None else ''}</h3>{media.html(fake_waves[order], 10)}"
              f"<h3>held-out real</h3>{media.html(real_waves[:10], 10)}"
              f"<h3>held-out real through the vocoder</h3>{media.html(round_trip[:10], 10)}")
-    write_report(run, rows, setup, shown)
-    return metrics
+    return Scored(metrics, rows, setup, shown)
 
 
 def audit_clips(run: Run, n: int | None = None, *, target: str = "data", min_share: float | None = None

@@ -14,10 +14,10 @@ import torch
 
 from genlab.data.records import Loaded
 from genlab.errors import GenlabError
+from genlab.media.suffixes import AUDIO_SUFFIXES
 
 log = logging.getLogger("genlab")
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MIN_SECONDS = 0.2  # a shorter file holds no word: named and skipped
 # eSpeak NG voices: English accents, and the variants that change the speaker (male, female, Klatt synthesis)

@@ -20,10 +20,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from genlab.capabilities import headline as headline_of
 from genlab.config import RunConfig, load_config
-from genlab.config.families import family_class, family_names
+from genlab.config.families import family_names
 from genlab.errors import GenlabError
-from genlab.models.protocol import Figure
+from genlab.evaluation.figures import Figure
 from genlab.quiet import quiet
 from genlab.run import Run, RunPaths, read_json, write_json
 
@@ -40,7 +41,7 @@ def bakeoff(entries: list[str | Path], *, budget: float, out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     from genlab.api import fit
 
-    headline = family_class(configs[0][1].model.family).headline  # the first entry's figures rank every entry
+    headline = headline_of(configs[0][1].model.family)  # the first entry's figures rank every entry
     rows, previews, warm = [], {}, False
     for name, cfg in configs:
         run = _done_or_resumed(out / name)
@@ -160,15 +161,13 @@ def _row(name: str, run: Run, metrics: dict[str, Any], headline: tuple[Figure, .
 
 
 def preview(run: Run, metrics: dict[str, Any], n: int = 16) -> str:
-    """What the report shows of an entry, as HTML: the examples its evaluation wrote (continuations of held-out
-    prompts, predictions), or else `n` samples (seed 0, the run's eval sampling)."""
-    from genlab.config import sampling_options
-    from genlab.outputs import TEXTS
+    """What the report shows of an entry, as HTML: the outputs of the examples its evaluation wrote (continuations
+    of held-out prompts, predictions), or else `n` samples (seed 0, the run's own sampling options)."""
+    from genlab.media.formats import TEXTS
 
     if metrics.get("examples"):
-        return TEXTS.html([e.get("continuation") or e.get("prediction", "") for e in metrics["examples"][:3]])
-    options = sampling_options(run.config.model.family, run.config.eval.sampling)
-    return run.model.media.html(run.sample(n, seed=0, **options))
+        return TEXTS.html([e["output"] for e in metrics["examples"][:3]])
+    return run.model.media.html(run.sample(n, seed=0))
 
 
 def _verdict(rows: list[dict[str, Any]], ranking: list[str], headline: tuple[Figure, ...]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genlab.outputs import Media, png_tag
+from genlab.media.formats import Media, png_tag
 
 MIN_MAGNITUDE = 1e-5  # the floor under every log
 

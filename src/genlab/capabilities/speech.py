@@ -1,4 +1,5 @@
-"""OpenAI's speech route, /v1/audio/speech, for the audio family: the input names the class to speak.
+"""Say a class: `genlab sample` writes clips, `/v1/audio/speech` answers in OpenAI's shape, and `genlab evaluate`
+scores clips as the SC09 papers do (evaluation/sc09.py).
 
 `client.audio.speech.create(model=..., input="seven", voice="alloy", response_format="wav")` returns a WAV
 of the digit: the input is a class name (any case) or a class number; the model draws its own voice, so
@@ -10,21 +11,24 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-import torch
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ConfigDict, Field
 
-from genlab.audio import wav_bytes
+from genlab.capabilities import Capability
+from genlab.capabilities.images import ImageModel, ServedSamples, sample_items
+from genlab.evaluation.figures import Figure
 from genlab.serving.guard import Refused
-from genlab.serving.media import run_job, sample_items, served_for
-from genlab.serving.models import ServedImages
-from genlab.serving.schemas import Request as ModelRequest
-from genlab.serving.server import authorize
+from genlab.serving.schemas import ModelRequest
+from genlab.serving.server import authorize, run_job, served_for
 
 FORMATS = {"wav": "audio/wav", "flac": "audio/flac", "pcm": "application/octet-stream"}
+
+
+class SpeechModel(ImageModel, Protocol):
+    """A family of clips: an image family whose samples are waveforms at `spec.sample_rate`."""
 
 
 class SpeechRequest(ModelRequest):
@@ -42,18 +46,22 @@ class SpeechRequest(ModelRequest):
 router = APIRouter()
 
 
-class ServedSpeech(ServedImages):
+class ServedSpeech(ServedSamples):
     """A class-conditional audio model: each request one clip, WAV bytes out of the worker."""
 
     kind = "speech"
-    router = router
 
-    def encode(self, sample: torch.Tensor) -> bytes:
+    def check_filters(self) -> None:
+        self.copies = None  # a clip keeps no copy check
+
+    def encode(self, sample: Any) -> bytes:
+        from genlab.media.audio import wav_bytes
+
         return wav_bytes(sample, self.model.spec.sample_rate)
 
     def label(self, text: str) -> int | None:
         """The class an input names: a class name in any case, or its number; None for an unconditional model."""
-        if not getattr(self.model.config, "class_conditional", False):
+        if not self.model.takes_labels:
             return None
         names = [n.casefold() for n in self.model.spec.class_names]
         word = text.strip().casefold()
@@ -70,14 +78,14 @@ class ServedSpeech(ServedImages):
 async def speech(body: SpeechRequest, request: Request, identity: str = Depends(authorize)) -> Response:
     """One clip of the class the input names, in OpenAI's speech shape (wav, flac, or 16-bit pcm at the model's
     rate); genlab's seed and the family's sampling options (guidance_scale, steps...) ride along."""
-    server, served = served_for(request, body.model, ("speech",), "/v1/audio/speech")
+    server, served = served_for(request, body.model, ServedSpeech, "/v1/audio/speech")
     if body.response_format not in FORMATS:
         raise Refused(400, f"response_format: {body.response_format!r}; this server writes "
                       f"{', '.join(FORMATS)}", code="invalid_value")
     if body.speed != 1.0:
         raise Refused(400, "speed: this model speaks at the pace it learned; only 1.0", code="invalid_value")
     key, items = sample_items(server, served, 1, served.label(body.input), body.seed, body.model_extra or {})
-    clip, _ = (await run_job(served, key, items, request))[0]  # (wav, copied): audio keeps no copy check
+    clip, _ = (await run_job(served, key, items, request))[0]  # (wav, copied): a clip keeps no copy check
     server.metrics.images.labels(served.name).inc(1)
     return Response(_as(clip, body.response_format, served.model.spec.sample_rate), media_type=FORMATS[
         body.response_format], headers={"x-genlab-sample-rate": str(served.model.spec.sample_rate),
@@ -96,3 +104,13 @@ def _as(wav: bytes, response_format: str, sample_rate: int) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, wave, sample_rate, format="FLAC")
     return buffer.getvalue()
+
+
+ServedSpeech.router = router
+
+AUDIO_FIGURES = (Figure("fid", "FID (digit classifier features)", False, ("fid_real_baseline", "real vs real")),
+                 Figure("label_accuracy", "label accuracy", True, ("classifier_accuracy_vocoded", "real, vocoded")),
+                 Figure("inception_score", "Inception Score", True, ("inception_score_real", "real")))
+
+CAPABILITY = Capability("speech", SpeechModel, served=ServedSpeech, evaluator="genlab.evaluation.sc09:evaluate_audio",
+                        headline=AUDIO_FIGURES, audit="genlab.evaluation.sc09:audit_clips", hub_task="text-to-audio")

@@ -32,10 +32,11 @@ from typing import Any
 import lightning as L
 import yaml
 
+from genlab.capabilities import headline as headline_of
 from genlab.config import load_config
 from genlab.config.families import family_class
 from genlab.errors import ConfigError, GenlabError
-from genlab.models.protocol import metric_at
+from genlab.evaluation.figures import metric_at
 from genlab.quiet import quiet
 from genlab.run import Run, read_json, write_json
 
@@ -116,10 +117,11 @@ class ReportToTrial(L.Callback):
 @quiet
 def sweep(config: str | Path, *, space: str | Path, trials: int, out: str | Path, budget: float | None = None,
           jobs: int = 1, objective: str | None = None, direction: str | None = None, pruner: str = "median",
-          seed: int = 0) -> dict[str, Any]:
-    """Run (or go on with) a study of `trials` trials; returns its status (best trials, importances)."""
+          seed: int = 0, changes: list[str] | tuple = ()) -> dict[str, Any]:
+    """Run (or go on with) a study of `trials` trials around `config` (with `changes`, `--set` overrides, applied);
+    returns its status (best trials, importances)."""
     out = Path(out)
-    settings = _settings(config, space, trials, budget, objective, direction, pruner, seed)
+    settings = _settings(load_config(config, changes), space, trials, budget, objective, direction, pruner, seed)
     out.mkdir(parents=True, exist_ok=True)
     kept = read_json(out / SETTINGS)
     if kept and {k: kept[k] for k in ("config", "space", "objective")} != {k: settings[k] for k in (
@@ -150,12 +152,13 @@ def _settings(config, space, trials, budget, objective, direction, pruner, seed)
     if objective is None or objective == family.monitor:
         objective, derived = family.monitor, "minimize"
     else:
-        figure = next((f for f in family.headline if f.key == objective), None)
+        figure = next((f for f in headline_of(cfg.model.family) if f.key == objective), None)
         derived = None if figure is None else ("maximize" if figure.higher_is_better else "minimize")
     direction = direction or derived
     if direction not in ("minimize", "maximize"):
         raise GenlabError(f"--objective {objective}: not a headline figure of the {cfg.model.family} family "
-                          f"({', '.join(f.key for f in family.headline)}); say --direction minimize or maximize")
+                          f"({', '.join(f.key for f in headline_of(cfg.model.family))}); say --direction minimize "
+                          "or maximize")
     if pruner not in ("median", "hyperband", "none"):
         raise GenlabError(f"--pruner: {pruner!r} is not one of median, hyperband, none")
     return {"config": cfg.model_dump(mode="json"), "space": {k: [*v] for k, v in parsed.items()},
@@ -397,6 +400,6 @@ def _importances(study: Any, complete: int) -> dict[str, float]:
 def _best_samples(run: Run | None) -> str:
     if run is None or not run.paths.model.is_dir():
         return ""
-    from genlab.selection import preview
+    from genlab.study.bakeoff import preview
 
     return preview(run, read_json(run.paths.metrics))

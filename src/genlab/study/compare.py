@@ -10,13 +10,11 @@ import html
 from pathlib import Path
 from typing import Any
 
+from genlab.capabilities import headline as headline_of
 from genlab.config import flatten
-from genlab.config.families import family_class
 from genlab.errors import GenlabError
 from genlab.quiet import quiet
 from genlab.run import Run, read_json
-
-CURVE_TAGS = ("train/loss", "val/loss", "train/d_loss", "train/g_loss")  # whichever a run logged
 
 
 @quiet
@@ -55,7 +53,7 @@ def _shared_figures(first: Run, metrics: list[dict[str, Any]]) -> list[dict[str,
     numbers = [{k: v for k, v in f.items() if isinstance(v, int | float) and not isinstance(v, bool)} for f in flat]
     shared = [k for k in sorted(set().union(*numbers)) if sum(k in n for n in numbers) >= 2
               and not k.endswith(("seed", "num_real", "num_generated")) and k != "seconds_per_sample"]
-    headline = {f.key: f for f in family_class(first.config.model.family).headline}
+    headline = {f.key: f for f in headline_of(first.config.model.family)}
     shared.sort(key=lambda k: (k not in headline, list(headline).index(k) if k in headline else 0, k))
     out = []
     for key in shared:
@@ -67,11 +65,11 @@ def _shared_figures(first: Run, metrics: list[dict[str, Any]]) -> list[dict[str,
 
 
 def _curves(runs: list[Run], names: list[str]) -> str:
-    from genlab.evaluation.report import line_chart, scalar_series
+    from genlab.evaluation.report import line_chart, loss_tags, scalar_series
 
-    per_run = [scalar_series(r.paths.tb, CURVE_TAGS) or {} for r in runs]
+    per_run = [scalar_series(r.paths.tb, loss_tags(r.paths.tb)) or {} for r in runs]
     charts = []
-    for tag in CURVE_TAGS:
+    for tag in sorted({tag for s in per_run for tag in s}, key=lambda t: (not t.startswith("train/"), t)):
         series = {name: s[tag] for name, s in zip(names, per_run, strict=True) if s.get(tag)}
         if series:
             charts.append(f"<h3>{html.escape(tag)}</h3>" + line_chart(series, tag))
@@ -79,7 +77,7 @@ def _curves(runs: list[Run], names: list[str]) -> str:
 
 
 def _samples(runs: list[Run], names: list[str], metrics: list[dict[str, Any]], n: int) -> str:
-    from genlab.selection import preview
+    from genlab.study.bakeoff import preview
 
     shown = []
     for name, run, m in zip(names, runs, metrics, strict=True):

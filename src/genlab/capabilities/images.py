@@ -1,0 +1,169 @@
+"""Draw images: `genlab sample` writes a grid, `/v1/images/generations` answers in OpenAI's shape, and `genlab
+evaluate` scores them against held-out images (FID, KID, precision / recall, class balance: evaluation/metrics.py).
+
+Images from concurrent requests share one sampler call when their options match; every image keeps its own seed,
+label and per-sample options (a guidance scale), so a seeded request gives the same images alone or batched.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import random
+import time
+from typing import Any, Literal, Protocol
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import ConfigDict, Field
+
+from genlab.capabilities import Capability
+from genlab.errors import GenlabError
+from genlab.evaluation.figures import Figure
+from genlab.serving.guard import Refused
+from genlab.serving.schemas import ModelRequest
+from genlab.serving.served import Served
+from genlab.serving.server import Server, authorize, limit, run_job, served_for
+
+
+class ImageModel(Protocol):
+    """What a family of images has (base's GenerativeModel gives every family most of it)."""
+
+    spec: Any  # DataSpec: shape (C, H, W) and class names
+    sampling: dict[str, Any]  # its sampling options as the run evaluated it (the model folder keeps them)
+    takes_labels: bool  # `sample(labels=...)` draws the classes asked for
+
+    def sample(self, n: int, *, generator: Any = None, **conditions: Any) -> Any: ...
+    def check_request(self, n: int, labels: Any = None, **options: Any) -> None: ...
+    def sampling_steps(self, options: dict[str, Any]) -> int: ...
+
+
+class ImageRequest(ModelRequest):
+    prompt: str = Field("", max_length=4000)  # a class name here picks that class, as `label` does
+    n: int = Field(1, ge=1)
+    size: str | None = None
+    response_format: Literal["b64_json"] = "b64_json"
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    label: int | str | None = None
+    quality: str | None = None  # OpenAI's; genlab draws at the model's one quality
+    style: str | None = None
+    user: str | None = None
+    # any other field is one of the model family's sampling options (its `Sampling` class), checked there
+    model_config = ConfigDict(extra="allow")
+
+
+class ServedSamples(Served):
+    """Concurrent requests sampled in one call, a seed, label and per-sample options per sample; `encode` makes a
+    sample what a response carries."""
+
+    def check_filters(self) -> None:
+        from genlab.responsible.memorization import IMAGE_CHECK_FILE, ImageCopies
+
+        self.copies = None
+        if any(f.type == "memorized" for f in self.config.filters) and self.folder is not None:
+            self.copies = ImageCopies.load(self.folder)
+            if self.copies is None:
+                raise GenlabError(f"{self.folder}: the memorized filter needs the copy check that `genlab evaluate` "
+                                  f"keeps in an image model's folder ({IMAGE_CHECK_FILE}): evaluate the run first")
+
+    def run_batch(self, key: Any, items: list[Any]) -> list[Any]:
+        """Items are (seed, label, per-sample options); the key holds the other options and whether labels are
+        given (labelled and unlabelled requests never share a call: their conditioning differs). An option that
+        differs per sample (guidance_scale) reaches the model as one value per image."""
+        import torch
+
+        options = dict(key)
+        labelled = options.pop("labelled")
+        generators = [torch.Generator().manual_seed(seed) for seed, _, _ in items]
+        conditions: dict[str, Any] = {"labels": [label for _, label, _ in items]} if labelled else {}
+        for name in sorted({name for _, _, own in items for name in own}):
+            conditions[name] = torch.tensor([own[name] for _, _, own in items], dtype=torch.float32)
+        samples = self.model.sample(len(items), generator=generators, **conditions, **options)
+        withheld = self.copies.copied(samples).tolist() if self.copies is not None else [False] * len(samples)
+        return [(self.encode(sample), copied) for sample, copied in zip(samples, withheld, strict=True)]
+
+    def encode(self, sample: Any) -> Any:
+        raise NotImplementedError
+
+
+class ServedImages(ServedSamples):
+    kind = "images"
+
+    def encode(self, sample: Any) -> str:
+        return png_b64(sample)
+
+    @property
+    def size(self) -> str:
+        _, h, w = self.model.spec.shape
+        return f"{w}x{h}"
+
+
+def sample_items(server: Server, served: Served, n: int, label: Any, seed: int | None, extras: dict[str, Any]
+                 ) -> tuple[Any, list[Any]]:
+    """A sampling request as a worker job: (the key requests share a batch under, one item per sample), after the
+    request's options (typed by the family) and label are checked against the model (a 400 naming the field)."""
+    options = served.options(extras)
+    steps = served.model.sampling_steps(options)
+    if steps > server.config.limits.max_steps:
+        raise Refused(400, f"steps: these options run {steps} sampler steps; the limit is "
+                      f"{server.config.limits.max_steps}", code="invalid_value")
+    try:
+        served.model.check_request(1, label, **options)
+    except GenlabError as err:  # the model says "labels"; the request's field is "label"
+        field, _, detail = str(err).partition(": ")
+        raise Refused(400, f"{'label' if field == 'labels' else field}: {detail}", code="invalid_value") from None
+    per_sample = {k: options.pop(k) for k in served.model.Sampling.per_sample if k in options}
+    seed = seed if seed is not None else random.randrange(2**62)
+    items = [(seed + i, label, per_sample) for i in range(n)]
+    return tuple(sorted({**options, "labelled": label is not None}.items())), items
+
+
+router = APIRouter()
+
+
+@router.post("/v1/images/generations", tags=["images"])
+async def images(body: ImageRequest, request: Request, identity: str = Depends(authorize)) -> dict:
+    """Images in OpenAI's shape (b64_json), with genlab's seed and label and the family's sampling options."""
+    server, served = served_for(request, body.model, ServedImages, "/v1/images/generations")
+    limit("n", body.n, server.config.limits.max_n, "images")
+    if body.size is not None and body.size != served.size:
+        raise Refused(400, f"size: this model draws {served.size} images, not {body.size}", code="invalid_value")
+    label = body.label
+    if label is None and served.model.takes_labels and body.prompt.strip() in served.model.spec.class_names:
+        label = body.prompt.strip()
+    key, items = sample_items(server, served, body.n, label, body.seed, body.model_extra or {})
+    drawn = await run_job(served, key, items, request)
+    server.metrics.images.labels(served.name).inc(len(drawn))
+    out: dict[str, Any] = {"created": int(time.time()), "data": [{"b64_json": b} for b, _ in drawn]}
+    copied = [i for i, (_, c) in enumerate(drawn) if c]
+    if copied:  # images nearer a training image than held-out images come
+        rule = next(f for f in server.config.filters if f.type == "memorized")
+        action = "flag" if rule.action == "flag" else "refuse"  # an image is sent whole or withheld
+        server.metrics.filtered.labels(served.name, "memorized", action).inc(len(copied))
+        if action == "refuse":
+            out["data"] = [d for i, d in enumerate(out["data"]) if i not in copied]
+        out["genlab_filter"] = {"name": "memorized", "action": action, "images": copied,
+                                "reason": f"{len(copied)} image(s) nearer a training image than held-out images come"
+                                          + (" were withheld" if action == "refuse" else "")}
+    return out
+
+
+ServedImages.router = router
+
+
+def png_b64(image: Any) -> str:
+    """A (C, H, W) image in [0, 1] as base64 PNG."""
+    from PIL import Image
+
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+IMAGE_FIGURES = (Figure("fid", "FID", False, ("fid_real_baseline", "real vs real")),
+                 Figure("kid_mean", "KID", False), Figure("precision", "precision", True),
+                 Figure("recall", "recall", True), Figure("class_distribution_tv", "class TV", False))
+
+CAPABILITY = Capability("images", ImageModel, served=ServedImages,
+                        evaluator="genlab.evaluation.metrics:evaluate_images", headline=IMAGE_FIGURES,
+                        audit="genlab.responsible.audit:audit_by_class", hub_task="unconditional-image-generation")
