@@ -30,7 +30,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     lm = genlab.fit(None, overrides=LM, out=tmp / "lm")
     digits = genlab.fit(None, overrides=tiny(), out=tmp / "digits")
-    limits = {"max_n": 2, "max_steps": 8, "max_prompt_chars": 2000}
+    limits = {"max_n": 2, "max_steps": 10, "max_prompt_chars": 2000}  # 10: the tiny run's own steps
     app = serve_app([lm.path, digits.path], ServeConfig(names=["lm", "digits"], limits=limits, api_keys=["fuzz-key"]))
     start = time.perf_counter()
     counts = fuzz(app, examples)

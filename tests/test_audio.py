@@ -217,7 +217,8 @@ def test_the_openai_client_gets_a_playable_wav_of_the_digit(audio_run, tmp_path)
         guided_less, _ = soundfile.read(io.BytesIO(client.audio.speech.create(
             model=name, input="seven", voice="alloy", extra_body={"seed": 0, "guidance_scale": 1}).content))
         assert not np.array_equal(plain, guided_less), "the run's guidance is in use"
-        refused = ((dict(input="eleven"), "input"), (dict(input="7", response_format="mp3"), "response_format"),
+        refused = ((dict(input="eleven"), "input"), (dict(input="²"), "input"),
+                   (dict(input="7", response_format="mp3"), "response_format"),
                    (dict(input="7", extra_body={"griffin_lim_iters": 10**6}), "griffin_lim_iters"))
         for body, field in refused:
             with pytest.raises(BadRequestError) as err:

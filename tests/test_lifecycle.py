@@ -78,11 +78,15 @@ def test_throughput_is_never_above_the_peak_and_says_how_the_peak_was_measured(t
 
 
 def test_a_run_too_short_to_time_says_not_measured(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "genlab", "fit", "configs/digits-diffusion.yaml",
-                           *[a for o in tiny("train.max_steps=2") for a in ("--set", o)], "--out", str(tmp_path / "r")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "throughput not measured: 1 timed batches (need 3)" in proc.stdout
+    from typer.testing import CliRunner
+
+    from genlab.cli import app
+
+    said = CliRunner().invoke(app, ["fit", "configs/digits-diffusion.yaml", *[a for o in tiny("train.max_steps=2")
+                                                                            for a in ("--set", o)],
+                                    "--out", str(tmp_path / "r")])
+    assert said.exit_code == 0, said.output
+    assert "throughput not measured: 1 timed batches (need 3)" in said.output
     s = genlab.load(tmp_path / "r").summary
     assert s["samples_per_s"] is None and s["mfu"] is None
 

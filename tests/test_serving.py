@@ -355,15 +355,39 @@ def test_image_and_body_limits_and_malformed_json(runs):
             url, json={"model": "digits", "sampler": "magic"}).text
         assert "steps: Input should be less than or equal to 10000" in client.post(
             url, json={"model": "digits", "steps": 2**70}).text, "a bound from the family's Sampling class"
-        # a sampler's cost is the family's to say: ddpm with no steps runs every training timestep
-        for costly in ({"sampler": "ddpm", "steps": None}, {"steps": 1000}):  # the run's options choose 10 steps
-            refused = client.post(url, json={"model": "digits", **costly})
-            assert refused.status_code == 400 and "steps: these options run 1000 sampler steps; the limit is 250" \
-                in refused.json()["error"]["message"], costly
         big = client.post("/v1/completions", json={"model": "lm", "prompt": "x" * 5000})
         assert big.status_code == 413 and "body" in big.json()["error"]["message"]
         broken = client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
         assert broken.status_code == 422 and "error" in broken.json()
+
+
+def test_a_samplers_cost_is_the_familys_to_say_and_the_models_own_options_are_checked_at_start(runs, tmp_path):
+    folder = shutil.copytree(runs["digits"].paths.model, tmp_path / "plain")
+    meta = json.loads((folder / "genlab.json").read_text())
+    (folder / "genlab.json").write_text(json.dumps({**meta, "sampling": {}}))  # a run that chose no options
+    with TestClient(serve_app([folder], ServeConfig(**THREAD))) as client:
+        url = "/v1/images/generations"
+        assert client.post(url, json={"model": "plain", "seed": 1}).status_code == 200  # dpm-solver's 20 steps
+        for costly in ({"sampler": "ddpm"}, {"steps": 1000}):  # ddpm with no steps runs every training timestep
+            refused = client.post(url, json={"model": "plain", **costly})
+            assert refused.status_code == 400 and "steps: these options run 1000 sampler steps; the limit is 250" \
+                in refused.json()["error"]["message"], costly
+    (folder / "genlab.json").write_text(json.dumps({**meta, "sampling": {"sampler": "ddpm"}}))
+    with pytest.raises(GenlabError, match="its own sampling options .* run 1000 sampler steps, past .* 250"):
+        serve_app([folder], ServeConfig(**THREAD))
+
+
+def test_a_requests_lengths_are_read_in_one_order_and_a_null_option_is_not_given(runs):
+    chat = {"model": "lm", "messages": [{"role": "user", "content": "x"}], "seed": 0}
+    with client_for(runs) as client:
+        both = client.post("/v1/chat/completions", json={**chat, "max_tokens": 2, "max_completion_tokens": 10**7})
+        assert both.status_code == 400 and both.json()["error"]["message"].startswith(
+            "max_completion_tokens: 10000000 new tokens; the limit is 4096"), "the field that set it is named"
+        short = client.post("/v1/chat/completions", json={**chat, "max_tokens": 10**7, "max_completion_tokens": 2})
+        assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] <= 2
+        url, body = "/v1/images/generations", {"model": "digits", "seed": 3}
+        nulls = client.post(url, json={**body, "steps": None, "guidance_scale": None})
+        assert nulls.json()["data"] == client.post(url, json=body).json()["data"], "null is the model's own option"
 
 
 def test_cors_origins_come_from_the_config(runs):

@@ -125,12 +125,7 @@ class Run:
         from genlab.config.families import family_class
 
         model_dir = self.paths.require("model")
-        model = family_class(self.config.model.family).load(model_dir)
-        if "sampling" not in read_json(model_dir / "genlab.json"):  # a folder exported before it kept them
-            from genlab.config import chosen_sampling
-
-            model.sampling = chosen_sampling(self.config.model.family, self.config.eval.sampling)
-        return model
+        return family_class(self.config.model.family).load(model_dir, self.config.eval.sampling)
 
     def sample(self, n: int, *, seed: int | None = None, **given: Any) -> Any:
         """`n` samples from the exported model with its sampling options (the run's eval.sampling, kept in the
@@ -142,9 +137,9 @@ class Run:
 
         model = self.model
         _check_conditions(model, given)
-        fields = model.Sampling.model_fields
-        options = sampling_options(self.config.model.family,
-                                   {**model.sampling, **{k: v for k, v in given.items() if k in fields}})
+        fields = model.Sampling.model_fields  # an option given as None is not given, as everywhere
+        options = sampling_options(self.config.model.family, {
+            **model.sampling, **{k: v for k, v in given.items() if k in fields and v is not None}})
         conditions = {k: v for k, v in given.items() if k not in fields}
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         return model.sample(n, generator=generator, **conditions, **options)

@@ -111,13 +111,16 @@ def needed(cap: Capability) -> list[str]:
 
 
 def _has(cls: type, name: str) -> bool:
-    """A member on the class, or an attribute its instances carry that the class annotates (`tokenizer: Any`)."""
-    return hasattr(cls, name) or any(name in getattr(base, "__annotations__", {}) for base in cls.__mro__)
+    """A member on the class (not a stub every family must replace, such as the base's `sample`), or an attribute
+    its instances carry that the class annotates (`tokenizer: Any`)."""
+    if hasattr(cls, name):
+        return not getattr(getattr(cls, name), "unimplemented", False)
+    return any(name in getattr(base, "__annotations__", {}) for base in cls.__mro__)
 
 
 def check_family(cls: type) -> None:
-    """A GenlabError naming what the family lacks: its capabilities, what it samples (`media`), its `Sampling`
-    options, or a member one of its capabilities needs."""
+    """A GenlabError naming what the family lacks: its capabilities, what it samples (`media`), or a member one of
+    its capabilities needs."""
     config = cls.Config
     name = config.model_fields["family"].default
     problems = []

@@ -56,8 +56,13 @@ class ServedSamples(Served):
     sample what a response carries."""
 
     def check_filters(self) -> None:
+        from genlab.config import sampling_options
         from genlab.responsible.memorization import IMAGE_CHECK_FILE, ImageCopies
 
+        steps = self.model.sampling_steps(sampling_options(self.family, self.model.sampling))
+        if steps > self.config.limits.max_steps:  # else every request would be refused: say so at the start
+            raise GenlabError(f"{self.folder}: its own sampling options (the run's eval.sampling) run {steps} sampler "
+                              f"steps, past the serve config's limits.max_steps of {self.config.limits.max_steps}")
         self.copies = None
         if any(f.type == "memorized" for f in self.config.filters) and self.folder is not None:
             self.copies = ImageCopies.load(self.folder)
@@ -106,8 +111,8 @@ def sample_items(server: Server, served: Served, n: int, label: Any, seed: int |
     if steps > server.config.limits.max_steps:
         raise Refused(400, f"steps: these options run {steps} sampler steps; the limit is "
                       f"{server.config.limits.max_steps}", code="invalid_value")
-    try:
-        served.model.check_request(1, label, **options)
+    try:  # what the request asked for: the model's own options hold with or without a label
+        served.model.check_request(1, label, **{k: options[k] for k in extras if k in options})
     except GenlabError as err:  # the model says "labels"; the request's field is "label"
         field, _, detail = str(err).partition(": ")
         raise Refused(400, f"{'label' if field == 'labels' else field}: {detail}", code="invalid_value") from None

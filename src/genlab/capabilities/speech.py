@@ -52,6 +52,7 @@ class ServedSpeech(ServedSamples):
     kind = "speech"
 
     def check_filters(self) -> None:
+        super().check_filters()
         self.copies = None  # a clip keeps no copy check
 
     def encode(self, sample: Any) -> bytes:
@@ -67,7 +68,7 @@ class ServedSpeech(ServedSamples):
         word = text.strip().casefold()
         if word in names:
             return names.index(word)
-        if word.isdigit() and int(word) < len(names):
+        if word.isdecimal() and word.isascii() and int(word) < len(names):
             return int(word)
         shown = ", ".join(self.model.spec.class_names)
         raise Refused(400, f"input: {text[:40]!r} is not a class this model speaks ({shown}), nor a class "

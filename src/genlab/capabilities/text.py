@@ -63,9 +63,10 @@ class LanguageModel(TextModel, Protocol):
 
 # --- request bodies (OpenAI's shapes) ------------------------------------------------------------------------
 
-LENGTHS = ("max_tokens", "max_completion_tokens", "max_output_tokens")  # OpenAI's names for the length
+# the names a request may give the length by, weakest first: when several are sent, the last one sent wins
+LENGTHS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "max_new_tokens")
 OPTION_NAMES = {**dict.fromkeys(LENGTHS, "max_new_tokens"), "min_tokens": "min_new_tokens"}
-SAMPLING_FIELDS = (*LENGTHS, "min_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+SAMPLING_FIELDS = (*LENGTHS[:3], "min_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
                    "frequency_penalty", "presence_penalty", "stop")
 # what a field means when it changes nothing: accepted by a family that has no such option
 NEUTRAL = {"frequency_penalty": 0.0, "presence_penalty": 0.0, "repetition_penalty": 1.0, "min_new_tokens": 0,
@@ -202,11 +203,11 @@ class ServedText(Served):
         """The family's options for a request: what the client set of OpenAI's sampling fields, under the family's
         names, and of the family's own options (extra fields), over the model's own; and the field that set the
         length, if one did (else the length is the model's, fitted to its context)."""
-        fields = self.model.Sampling.model_fields
-        sent = {f: getattr(body, f) for f in body.model_fields_set if f in SAMPLING_FIELDS}
-        sent |= {f: v for f, v in (body.model_extra or {}).items() if f in fields}
-        given, names = {}, {}
-        for field, value in sent.items():
+        fields, extra = self.model.Sampling.model_fields, body.model_extra or {}
+        sent = [(f, getattr(body, f)) for f in SAMPLING_FIELDS if f in body.model_fields_set]  # in a fixed order
+        sent += [(f, extra[f]) for f in sorted(extra) if f in fields]
+        given, names, length = {}, {}, None
+        for field, value in sent:
             option = OPTION_NAMES.get(field, field)
             if option == "top_k" and value == 0:
                 value = None  # the engine's "no cut" is the family's None
@@ -217,7 +218,8 @@ class ServedText(Served):
             if option not in fields and NEUTRAL.get(option, ...) == value:
                 continue  # an OpenAI field at the value that changes nothing, for a family without it
             given[option], names[field] = value, option
-        length = next((f for f in LENGTHS if f in names), None)
+            length = field if option == "max_new_tokens" else length
+        names = {field: option for field, option in names.items() if option != "max_new_tokens" or field == length}
         most = self.config.limits.max_tokens  # the server's bound speaks first: it is the one a client can meet
         if length is not None and isinstance(given["max_new_tokens"], int) and given["max_new_tokens"] > most:
             raise Refused(400, f"{length}: {given['max_new_tokens']} new tokens; the limit is {most}",
@@ -231,6 +233,10 @@ class ServedText(Served):
                  emit: Callable[[tuple], None]) -> Any:
         """Queue one choice; its events go to `emit`. Returns a handle whose `cancelled` stops it, or None."""
         raise NotImplementedError
+
+    def charge(self, options: dict[str, Any]) -> int:
+        """Tokens one choice may cost with these options: what the guard reserves before it runs."""
+        return options["max_new_tokens"]
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
         raise NotImplementedError
@@ -301,7 +307,13 @@ class ServedLM(ServedText):
         With the tokenizer's chat template when it has one; otherwise the plain template
         "System: ...\\nUser: ...\\nAssistant:" and generation stops where the model starts a new "User:" turn."""
         if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            from jinja2 import TemplateError
+
+            try:
+                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except TemplateError as err:  # the template's own rule (roles that alternate, say), in its words
+                raise Refused(400, f"messages: the model's chat template refuses them: {err}",
+                              code="invalid_value") from None
             return text, ()
         turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
         return f"{turns}Assistant:", ("\nUser:",)

@@ -102,13 +102,16 @@ class ServedSeq2Seq(ServedText):
             if f.exception() is not None:
                 emit(("error", f"generation failed: {f.exception()}"))
                 return
-            text = f.result()[0]
+            text = f.result()[0]  # cut at a stop string by the model already
             tokens = len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
-            stopped = any(s in text for s in options.get("stop", ()))
             emit(("delta", text))
-            emit(("done", "stop" if stopped or tokens < options["max_new_tokens"] else "length", len(ids), tokens,
+            emit(("done", "stop" if tokens < options["max_new_tokens"] else "length", len(ids), tokens,
                   getattr(f, "batch_size", 1)))
         future.add_done_callback(done)
+
+    def charge(self, options: dict[str, Any]) -> int:
+        """A beam search keeps `num_beams` sequences: each costs its tokens."""
+        return options["max_new_tokens"] * options.get("num_beams", 1)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
         """An encoder-decoder answers the last user message."""

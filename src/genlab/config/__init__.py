@@ -206,7 +206,9 @@ def check_sampling(family: str, options: dict[str, Any], loc: tuple = ()) -> dic
 def chosen_sampling(family: str, options: dict[str, Any]) -> dict[str, Any]:
     """The options chosen, typed by the family's `Sampling`, without the defaults of those not chosen: what a model
     folder keeps, so that a default that depends on another option (the steps of a sampler) follows it later."""
-    full = check_sampling(family, options)
+    from genlab.config.families import family_sampling
+
+    full = family_sampling(family).model_validate(options).model_dump(mode="json")  # JSON: a model folder keeps it
     return {key: full[key] for key in options}
 
 

@@ -47,7 +47,7 @@ def evaluate_table(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored:
         raise GenlabError("evaluate: needs held-out rows; set data.test_fraction > 0 when training")
     anomalous = None if dataset.test.y is None else dataset.test.y.numpy()
     normal = test if anomalous is None else test[~anomalous]
-    metrics: dict[str, Any] = {"split": "test", "rows": {"train": len(train), "test": len(test)}}
+    metrics: dict[str, Any] = {"split": "test", "rows": {"train": len(train), "test": len(test)}, "sampling": options}
     started = time.perf_counter()
     metrics["imputation"] = imputation(model, columns, train, normal, MISSING_SHARE, SEEDS)
     metrics["imputation_rows"] = len(normal)  # the held-out rows that are not anomalies

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import lightning as L
 import torch
 from diffusers.utils.torch_utils import randn_tensor
+from pydantic import ValidationError
 from safetensors.torch import load_model
 
 from genlab.config import ModelConfig, TrainConfig
@@ -33,6 +34,12 @@ if TYPE_CHECKING:
     from genlab.responsible.memorization import CopyIndex
 
 META_FILE = "genlab.json"  # beside the ecosystem's own files in a model folder
+
+
+def _unimplemented(method: Any) -> Any:
+    """A method every family writes itself: a capability that needs it does not count the base's."""
+    method.unimplemented = True
+    return method
 
 
 class GenerativeModel(L.LightningModule):
@@ -66,6 +73,7 @@ class GenerativeModel(L.LightningModule):
         encoding from the training split first (a tokenizer, column transforms) override this."""
         return cls(config, dataset.spec, train), dataset
 
+    @_unimplemented
     def sample(self, n: int, *, generator: Any = None, **conditions: Any) -> Any:
         """`n` samples in the family's `media`. `generator` is one torch.Generator or a list of one per sample
         (a server seeds each image of a batch alone: `noise` honours both); the keyword arguments are the
@@ -94,13 +102,18 @@ class GenerativeModel(L.LightningModule):
         return model.eval()
 
     @classmethod
-    def load(cls, path: str | Path) -> GenerativeModel:
-        """`from_pretrained`, with the sampling options the run was evaluated with (kept in genlab.json) as the
-        model's own: `genlab sample`, `evaluate` and `serve` all start from them."""
+    def load(cls, path: str | Path, fallback: dict[str, Any] | None = None) -> GenerativeModel:
+        """`from_pretrained`, with the sampling options the run was evaluated with (kept in genlab.json; `fallback`,
+        the run's eval.sampling, for a folder exported before folders kept them) as the model's own: `genlab
+        sample`, `evaluate` and `serve` all start from them."""
+        from genlab.config import chosen_sampling, format_errors
+
         model = cls.from_pretrained(path)
-        kept = json.loads((Path(path) / META_FILE).read_text()).get("sampling", {})
-        cls.Sampling.model_validate(kept)  # a folder's options are checked as a config's are
-        model.sampling = kept
+        kept = json.loads((Path(path) / META_FILE).read_text()).get("sampling", fallback or {})
+        try:
+            model.sampling = chosen_sampling(model.config.family, kept)  # typed, as a config's are
+        except ValidationError as err:
+            raise GenlabError(f"{Path(path) / META_FILE}: " + format_errors(err, {})) from None
         return model
 
     def sampling_steps(self, options: dict[str, Any]) -> int:

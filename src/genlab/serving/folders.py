@@ -36,4 +36,9 @@ def load_model(path: str | Path) -> tuple[Any, str]:
     if pickled:
         raise GenlabError(f"{folder}: holds pickled weights ({', '.join(pickled)}); genlab serves safetensors only")
     family = json.loads((folder / META_FILE).read_text())["family"]
-    return family_class(family).load(folder).eval(), name
+    fallback = None  # a run directory's eval.sampling, for a folder exported before folders kept their options
+    if (Path(path) / "config.yaml").is_file():
+        from genlab.config import load_config
+
+        fallback = load_config(Path(path) / "config.yaml").eval.sampling
+    return family_class(family).load(folder, fallback).eval(), name

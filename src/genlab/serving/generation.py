@@ -2,9 +2,9 @@
 sequence in the model's worker, its events (deltas, logprobs, the end) brought back to the event loop through an
 asyncio queue, passed through the output filters, charged to the caller, and sent whole or as server-sent events.
 
-A text served kind (`capabilities/text.py`) has `encode`, `context` (None: no limit), `gives_logprobs` and
-`generate(ids, prompt, options, seed, logprobs, echo, emit) -> handle` (whose `cancelled` it honours). A client
-that goes away cancels its sequences, which leave the batch at the next step.
+A text served kind (`capabilities/text.py`'s ServedText) has `encode`, `context` (None: no limit),
+`gives_logprobs`, `charge(options)` and `generate(ids, prompt, options, seed, ask, emit) -> handle` (whose
+`cancelled` it honours). A client that goes away cancels its sequences, which leave the batch at the next step.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def start(server: Server, served: Any, identity: str, ask: Ask) -> Generation:
     planned = [_fitted(served, prompt, ask, limits.max_tokens) for prompt in ask.prompts]
     if served.depth + n > server.config.max_queue:
         raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded")
-    gen.reserved = sum(planned[i // ask.n][1]["max_new_tokens"] for i in range(n))
+    gen.reserved = sum(served.charge(planned[i // ask.n][1]) for i in range(n))
     server.guard.reserve(identity, gen.reserved)  # the most it may generate, refunded as far as unused
     gen.guard, gen.identity = server.guard, identity
     try:

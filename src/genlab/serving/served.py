@@ -1,8 +1,8 @@
 """`Served`: one loaded model under its name, behind the worker that batches its requests.
 
 A capability's served kind subclasses it (`genlab/capabilities`): how a batch of requests becomes one call of the
-model, what the serve config's filters need of the model, and the routes (`router`) the app mounts once a model of
-that kind is loaded. Nothing here imports torch: declaring a served kind costs nothing.
+model, what the serve config's filters need of the model, and the routes (`router`) the app mounts. Nothing here
+imports torch: declaring a served kind costs nothing.
 """
 
 from __future__ import annotations
@@ -53,9 +53,11 @@ class Served:
 
     def options(self, given: dict[str, Any], names: dict[str, str] | None = None) -> dict[str, Any]:
         """The request's sampling options: the model's own (the run's eval.sampling, kept in its folder) updated by
-        `given`, typed and bounded by the family's `Sampling`. A 400 names the first option the family does not
-        take or whose value it refuses, by the name the request used (`names`: option -> request field)."""
+        `given` (null: not given), typed and bounded by the family's `Sampling`. A 400 names the first option the
+        family does not take or whose value it refuses, by the name the request used (`names`: request field ->
+        option)."""
         fields = self.model.Sampling.model_fields
+        given = {k: v for k, v in given.items() if v is not None}
         shown = {option: field for field, option in (names or {}).items()}
         for key in given:
             if key not in fields:
