@@ -65,6 +65,9 @@ def test_shipped_config_runs_from_another_folder(config, tmp_path, monkeypatch):
     printed = CliRunner().invoke(app, ["evaluate", "run"])
     assert printed.exit_code == 0, printed.output
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    chosen = run.model.sampling  # the recipe's eval.sampling, kept in the model folder, is what evaluate used
+    assert chosen == genlab.load_config(config, few_steps(config)).eval.sampling
+    assert {k: metrics.get("sampling", {}).get(k) for k in chosen} == chosen, config.name
     first = headline(run.config.model.family)[0]
     assert first.value(metrics) is not None, f"{config.name}: evaluate wrote no {first.key}"
     for figure in headline(run.config.model.family):  # the family's headline figures, each beside its baseline

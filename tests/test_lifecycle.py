@@ -25,10 +25,13 @@ def snapshot(root):
 def test_resuming_a_complete_run_changes_nothing_and_says_how_to_go_on(tiny_run, tmp_path):
     run = shutil.copytree(tiny_run.path, tmp_path / "done")
     before = snapshot(run)
-    proc = subprocess.run([sys.executable, "-m", "genlab", "fit", "--resume", str(run)], capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr
-    said = (proc.stdout + proc.stderr).strip().splitlines()
+    from typer.testing import CliRunner
+
+    from genlab.cli import app
+
+    done = CliRunner().invoke(app, ["fit", "--resume", str(run)])
+    assert done.exit_code == 0, done.output
+    said = done.output.strip().splitlines()
     assert said == [f"run complete at step 30 of 30; nothing changed. Train further with: genlab fit --resume {run} "
                     "--set train.max_steps=60"]
     assert snapshot(run) == before, "no file is rewritten, touched or added"

@@ -3,14 +3,14 @@ metrics beside the copy baseline, the command line, and a warm start from an enc
 
 import datetime
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import genlab
 from genlab import GenlabError, load_config
+from genlab.cli import app
 from genlab.data import load_dataset
 from genlab.evaluation.seq2seq import rouge_l, scores
 
@@ -82,21 +82,20 @@ def test_the_folder_loads_in_transformers_and_the_cli_translates(dates_run, tmp_
     assert type(net).__name__ == "T5ForConditionalGeneration" and net.generate(ids, max_new_tokens=12).shape[1] > 1
 
     run = str(dates_run.path)
-    one = subprocess.run([sys.executable, "-m", "genlab", "sample", run, "--source", "Tuesday, 3 March 1987"],
-                         capture_output=True, text=True)
-    assert one.returncode == 0 and one.stdout.strip() == "1987-03-03", one.stdout + one.stderr
+    cli = CliRunner()  # the command in this process (test_cli.py runs the real process end to end)
+    one = cli.invoke(app, ["sample", run, "--source", "Tuesday, 3 March 1987"])
+    assert one.exit_code == 0 and one.stdout.strip() == "1987-03-03", one.output
     jobs = tmp_path / "in.jsonl"
     jobs.write_text('{"source": "March 4, 1999", "id": 1}\n{"source": "12/06/2010", "id": 2}\n')
-    batch = subprocess.run([sys.executable, "-m", "genlab", "translate", run, str(jobs), "--out",
-                            str(tmp_path / "out.jsonl"), "--num-beams", "2"], capture_output=True, text=True)
-    assert batch.returncode == 0, batch.stderr
+    batch = cli.invoke(app, ["translate", run, str(jobs), "--out", str(tmp_path / "out.jsonl"), "--num-beams", "2"])
+    assert batch.exit_code == 0, batch.output
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [o["id"] for o in out] == [1, 2], "every record comes back, in order, with its own fields"
     assert [o["prediction"] for o in out] == genlab.load(run).sample(2, seed=0, source=["March 4, 1999", "12/06/2010"])
     assert all(datetime.date.fromisoformat(o["prediction"]) for o in out)
-    bad = subprocess.run([sys.executable, "-m", "genlab", "sample", run, "--source", "x", "--top-k", "0"],
-                         capture_output=True, text=True)
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    bad = cli.invoke(app, ["sample", run, "--source", "x", "--top-k", "0"])
+    assert bad.exit_code == 2 and isinstance(bad.exception, SystemExit)
+    assert "sampling.top_k: input should be greater than or equal to 1" in bad.output
 
 
 @pytest.fixture(scope="module")

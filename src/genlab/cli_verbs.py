@@ -34,9 +34,10 @@ class GenlabApp(typer.Typer):
     def registered_commands(self) -> list:
         from genlab.capabilities import all_verbs
 
-        commands, have = self._commands, {c.name or c.callback.__name__ for c in self._commands}
         if not self.complete:
-            return commands
+            return self._commands
+        # a fresh list each time: a capability unregistered since takes its verbs with it
+        commands, have = list(self._commands), {c.name or c.callback.__name__ for c in self._commands}
         for verb in all_verbs():
             if verb.name not in have:
                 commands.append(typer.models.CommandInfo(name=verb.name, callback=verb_command(verb), help=verb.help,
