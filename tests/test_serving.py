@@ -390,6 +390,26 @@ def test_a_requests_lengths_are_read_in_one_order_and_a_null_option_is_not_given
         assert nulls.json()["data"] == client.post(url, json=body).json()["data"], "null is the model's own option"
 
 
+def test_one_clients_bad_value_never_reaches_another_clients_batch(runs):
+    app = serve_app([runs["digits"].path], ServeConfig(**THREAD, names=["digits"], max_wait_ms=200))
+    url, body = "/v1/images/generations", {"model": "digits", "seed": 7}
+
+    async def together():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            asks = [client.post(url, json={**body, "steps": 5}), client.post(url, json={**body, "steps": "5"}),
+                    client.post(url, json={**body, "steps": 5.0}), client.post(url, json={**body, "steps": "five"}),
+                    client.post(url, json={**body, "guidance_scale": [1]}), client.post(url, json={**body, "steps": 5})]
+            return await asyncio.gather(*asks)
+
+    answers = asyncio.run(together())
+    assert [a.status_code for a in answers] == [200, 200, 200, 400, 400, 200], [a.text for a in answers]
+    assert "steps: Input should be a valid integer" in answers[3].text and "guidance_scale" in answers[4].text
+    images = {a.json()["data"][0]["b64_json"] for i, a in enumerate(answers) if i in (0, 1, 2, 5)}
+    assert len(images) == 1, "5, '5' and 5.0 are one typed value: the same image, drawn in the same batch"
+    assert 'genlab_batch_size_count{model="digits"} 1.0' in app.state.server.metrics.render().decode()
+
+
 def test_cors_origins_come_from_the_config(runs):
     with client_for(runs, cors_origins=["https://app.example.com"]) as client:
         allowed = client.options("/v1/completions", headers={"Origin": "https://app.example.com",

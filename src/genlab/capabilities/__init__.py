@@ -156,8 +156,7 @@ def check_verb(family: str, verb: str, where: Any) -> Verb:
     """The family's `verb`; a GenlabError naming the families that have it when this one does not."""
     verbs = family_verbs(family)
     if verb not in verbs:
-        doers = " or ".join(name for name in family_names() if verb in family_verbs(name)) or "no known"
-        raise GenlabError(f"{where}: a {family} run; {verb} needs a {doers} run")
+        _refuse(family, verb, where, lambda f: verb in family_verbs(f))
     return verbs[verb]
 
 
@@ -165,9 +164,13 @@ def check_has(family: str, name: str, where: Any) -> Capability:
     """The family's capability `name`; a GenlabError naming the families that have it when this one does not."""
     found = next((cap for cap in capabilities_of(family) if cap.name == name), None)
     if found is None:
-        doers = " or ".join(f for f in family_names() if name in family_config(f).capabilities) or "no known"
-        raise GenlabError(f"{where}: a {family} run; {name} needs a {doers} run")
+        _refuse(family, name, where, lambda f: name in family_config(f).capabilities)
     return found
+
+
+def _refuse(family: str, what: str, where: Any, has: Callable[[str], bool]) -> None:
+    doers = " or ".join(f for f in family_names() if has(f)) or "no known"
+    raise GenlabError(f"{where}: a {family} run; {what} needs a {doers} run")
 
 
 def served_kind(family: str) -> type:

@@ -39,7 +39,7 @@ from genlab.serving.generation import (
 from genlab.serving.guard import Refused
 from genlab.serving.schemas import ModelRequest
 from genlab.serving.served import Served
-from genlab.serving.server import Server, authorize
+from genlab.serving.server import Server, authorize, served_for
 
 
 class TextModel(Protocol):
@@ -334,17 +334,10 @@ _BYTE_OF = _byte_of_char()
 router = APIRouter(tags=["text"])
 
 
-def _asked(server: Server, request: Request, name: str, route: str) -> ServedText:
-    served = server.model(name, ServedText, route)
-    request.state.model = served.name
-    return served
-
-
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request, identity: str = Depends(authorize)):
     """Text completion, in OpenAI's shape; `stream: true` sends server-sent events ending with [DONE]."""
-    server: Server = request.app.state.server
-    served = _asked(server, request, body.model, "/v1/completions")
+    server, served = served_for(request, body.model, ServedText, "/v1/completions")
     options, length = served.text_options(body)
     ask = Ask(body.prompts, options, length, body.n, body.seed, body.logprobs_asked(), body.echo)
     gen = start(server, served, identity, ask)
@@ -376,8 +369,7 @@ async def completions(body: CompletionRequest, request: Request, identity: str =
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request, identity: str = Depends(authorize)):
     """Chat completion: the messages become a prompt by the tokenizer's chat template, or genlab's plain one."""
-    server: Server = request.app.state.server
-    served = _asked(server, request, body.model, "/v1/chat/completions")
+    server, served = served_for(request, body.model, ServedText, "/v1/chat/completions")
     prompt, stops = served.chat_prompt([m.text() for m in body.messages])
     options, length = served.text_options(body)
     gen = start(server, served, identity, Ask([prompt], options, length, body.n, body.seed, body.logprobs_asked(),
@@ -413,8 +405,7 @@ async def chat_completions(body: ChatRequest, request: Request, identity: str = 
 @router.post("/v1/responses")
 async def responses(body: ResponsesRequest, request: Request, identity: str = Depends(authorize)):
     """OpenAI's Responses API for plain text input and output, streamed as its typed events or not."""
-    server: Server = request.app.state.server
-    served = _asked(server, request, body.model, "/v1/responses")
+    server, served = served_for(request, body.model, ServedText, "/v1/responses")
     messages = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else \
         [m.text() for m in body.input]
     if body.instructions:
