@@ -146,7 +146,8 @@ def main() -> None:
     for name, batch in (("genlab serve, continuous batching", 32), ("genlab serve, one request at a time", 1)):
         port = free_port()
         config = tmp / f"serve-{batch}.yaml"
-        config.write_text(yaml.safe_dump({"names": ["lm", "digits"], "max_batch_size": batch, "max_queue": 1024}))
+        config.write_text(yaml.safe_dump({"names": ["lm", "digits"], "drain_seconds": 0, "max_batch_size": batch,
+                                          "max_queue": 1024}))
         procs.append(start([str(BIN / "genlab"), "serve", str(lm.path), str(digits.path), "--port", str(port),
                             "--config", str(config)], port))
         servers[name] = (f"http://127.0.0.1:{port}", "lm")

@@ -8,7 +8,7 @@ from genlab.errors import GenlabError
 from genlab.responsible.filters import chosen_kinds, find
 from genlab.responsible.memorization import INDEX_FILE, WINDOW, CopyIndex
 from genlab.serving.config import ServeConfig
-from genlab.serving.guard import OutputFilter
+from genlab.serving.filters import OutputFilter
 
 TRAINING = [
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "

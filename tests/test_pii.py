@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from genlab.cli import app
 from genlab.responsible.pii import KINDS, find_pii, redact
 from genlab.serving.config import ServeConfig
-from genlab.serving.guard import OutputFilter
+from genlab.serving.filters import OutputFilter
 
 # (text, the kinds it holds) -- every positive is a real format; every negative looks like one
 LABELLED = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import io
 import json
 import logging
@@ -108,21 +109,7 @@ def test_streams_are_server_sent_events_that_end_with_done(runs):
     assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
 
 
-def test_a_client_that_goes_away_frees_its_place_in_the_batch(runs):
-    app = serve_app([runs["lm"].path], ServeConfig(names=["lm"]))
-    engine = app.state.server.models["lm"].engine
-    with running(app) as url:
-        body = {"model": "lm", "prompt": "x", "max_tokens": 90, "min_tokens": 90, "stream": True}
-        with httpx.stream("POST", f"{url}/v1/completions", json=body) as r:
-            assert r.status_code == 200  # and gone once the headers are in: decoding 90 tokens takes longer
-        deadline = time.monotonic() + 10
-        while (engine.depth or engine.remote_depth or not engine.steps) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert engine.depth == 0 and engine.remote_depth == 0, "the sequence left the batch when its client went away"
-        assert engine.steps < 90, f"{engine.steps} steps: it was decoded to the end"
-
-
-def test_the_engine_process_writes_what_the_thread_engine_writes_and_its_death_fails_requests_not_the_server(runs):
+def test_the_engine_process_drops_a_client_that_left_and_a_killed_one_fails_its_requests_and_is_replaced(runs):
     body = {"model": "lm", "prompt": ["The import", "def"], "max_tokens": 12, "temperature": 0.9, "seed": 5,
             "logprobs": 2}
     with client_for(runs) as client:
@@ -130,15 +117,41 @@ def test_the_engine_process_writes_what_the_thread_engine_writes_and_its_death_f
     app = serve_app([runs["lm"].path], ServeConfig(names=["lm"]))
     engine = app.state.server.models["lm"].engine
     assert app.state.server.models["lm"].model.lm.device.type == "meta", "the server's process keeps no copy"
-    with TestClient(app, raise_server_exceptions=False) as client:
-        remote = client.post("/v1/completions", json=body).json()
+    long = {"model": "lm", "prompt": "x", "max_tokens": 90, "min_tokens": 90}
+    with running(app) as url, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        with httpx.stream("POST", f"{url}/v1/completions", json={**long, "stream": True}) as r:
+            assert r.status_code == 200  # and gone once the headers are in: decoding 90 tokens takes longer
+        deadline = time.monotonic() + 10
+        while (engine.depth or engine.remote_depth or not engine.steps) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.depth == 0 and engine.remote_depth == 0, "the sequence left the batch when its client went away"
+        assert engine.steps < 90, f"{engine.steps} steps: it was decoded to the end"
+
+        remote = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
         assert [c["text"] for c in remote["choices"]] == [c["text"] for c in alone["choices"]]
         assert remote["choices"][1]["logprobs"] == alone["choices"][1]["logprobs"]
-        engine._proc.kill()
-        engine._proc.wait()
-        failed = client.post("/v1/completions", json={**body, "stream": True})
-        assert failed.status_code == 503 and "engine's process stopped" in failed.text, failed.text
-        assert client.get("/ready").status_code == 503 and client.get("/health").status_code == 200
+        in_flight = pool.submit(httpx.post, f"{url}/v1/completions", json=long, timeout=60)
+        while not engine.steps or not engine.depth:  # it is decoding
+            time.sleep(0.005)
+        engine.kill()  # as the kernel's OOM killer would
+        failed = in_flight.result()
+        assert failed.status_code == 503 and "restarting" in failed.text and int(failed.headers["retry-after"]) >= 1
+        refused = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+        assert refused.status_code == 503 and "retry-after" in refused.headers
+        assert httpx.get(f"{url}/ready").status_code == 503, "not ready while the engine is replaced"
+        assert httpx.get(f"{url}/health").status_code == 200, "healthy: it heals by itself"
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        healed = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+        assert engine.started == 2 and [c["text"] for c in healed["choices"]] == [c["text"] for c in alone["choices"]]
+        engine.restarts = 0  # a child that cannot be started again: the server says so, and a probe restarts it
+        engine.kill()
+        while engine.alive or not engine.failed:
+            time.sleep(0.01)
+        assert httpx.get(f"{url}/health").json() == {"status": "unhealthy", "models_down": 1}
+        gone = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+        assert gone.status_code == 503 and "could not be restarted" in gone.text
 
 
 def test_continuous_batching_lets_a_short_request_finish_while_a_long_one_runs(runs):
@@ -260,19 +273,22 @@ def test_a_stream_holds_its_reservation_and_a_client_that_leaves_pays_only_what_
 def test_settling_refunds_what_was_reserved_and_not_generated_once():
     from types import SimpleNamespace
 
+    from genlab.serving.filters import OutputFilter
     from genlab.serving.generation import Choice, Generation
-    from genlab.serving.guard import Guard, OutputFilter
+    from genlab.serving.guard import Guard
 
     guard = Guard(ServeConfig(rate_limit={"tokens_per_minute": 6000}))  # 100 a second: the test's time is noise
     guard.reserve("x", 600)
-    gen = Generation(None, [Choice(0, OutputFilter([])), Choice(1, OutputFilter([]))], guard=guard, identity="x",
-                     reserved=600)
+    guard.take_share("x", "lm", 2, 256)
+    gen = Generation(SimpleNamespace(name="lm"), [Choice(0, OutputFilter([])), Choice(1, OutputFilter([]))],
+                     guard=guard, identity="x", reserved=600)
     gen.choices[0].finish, gen.choices[0].tokens = "stop", 70  # finished early
     gen.choices[1].handle = SimpleNamespace(generated=40, cancelled=False)  # its client left after 40
     gen.cancel()
     gen.cancel()
     bucket = guard._bucket("x", "tokens")
     assert bucket.level == pytest.approx(6000 - 110, abs=5) and gen.choices[1].handle.cancelled
+    assert guard._queued == {}, "its places in the queue are given back, once"
 
 
 def test_one_key_cannot_hold_more_than_its_share_of_requests_in_flight(runs):
@@ -420,7 +436,8 @@ def test_cors_origins_come_from_the_config(runs):
 
 
 def test_a_full_queue_answers_503_with_retry_after(runs):
-    app = serve_app([runs["lm"].path], ServeConfig(**THREAD, names=["lm"], max_queue=2, max_batch_size=1))
+    app = serve_app([runs["lm"].path], ServeConfig(**THREAD, names=["lm"], max_queue=2, max_batch_size=1,
+                                                   rate_limit={"queue_share": 1.0}))  # one client may fill it
 
     async def flood():
         transport = httpx.ASGITransport(app=app)
@@ -433,6 +450,7 @@ def test_a_full_queue_answers_503_with_retry_after(runs):
     assert 200 in codes and 503 in codes and set(codes) <= {200, 503}, codes
     busy = next(r for r in answers if r.status_code == 503)
     assert busy.headers["Retry-After"] == "1" and "queue is full" in busy.json()["error"]["message"]
+    assert app.state.server.guard._queued == {}, "a request the queue refused gives its places back"
 
 
 def test_filters_refuse_or_replace_blocked_terms_and_are_counted(runs):

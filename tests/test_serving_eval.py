@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import lm_eval
 import pytest
 from lm_eval.tasks import TaskManager
@@ -45,17 +46,19 @@ def test_lm_evaluation_harness_gets_the_same_perplexity_from_the_server_and_from
     (tmp_path / "task/perplexity.yaml").write_text(TASK.format(data=tmp_path / "docs.jsonl"))
     tasks = TaskManager(include_path=str(tmp_path / "task"))
     folder = str(runs["lm"].paths.model)
-    window = 48  # tokens; the longer documents take several rolling windows
-
-    local = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": folder, "max_length": window,
-                                                                 "device": "cpu"},
-                                    tasks=["genlab_local_perplexity"], task_manager=tasks)
     with running(serve_app([runs["lm"].path], ServeConfig(names=["lm"]))) as url:
+        # the README's line: max_length is the context /v1/models reports; the documents take several windows
+        window = httpx.get(f"{url}/v1/models").json()["data"][0]["max_model_len"]
+        assert window == runs["lm"].model.context
+        assert max(len(runs["lm"].model.tokenizer(d)["input_ids"]) for d in docs) > 2 * window
         served = lm_eval.simple_evaluate(
             model="local-completions", tasks=["genlab_local_perplexity"], task_manager=tasks,
             model_args={"model": "lm", "base_url": f"{url}/v1/completions", "tokenizer": folder,
                         "tokenizer_backend": "huggingface", "max_length": window, "num_concurrent": 1,
                         "max_retries": 1, "tokenized_requests": True})
+    local = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": folder, "max_length": window,
+                                                                 "device": "cpu"},
+                                    tasks=["genlab_local_perplexity"], task_manager=tasks)
     a, b = (r["results"]["genlab_local_perplexity"] for r in (local, served))
     assert a["byte_perplexity,none"] > 1.5, "a real figure, not a constant"
     for metric in ("word_perplexity,none", "byte_perplexity,none"):

@@ -3,6 +3,14 @@ inputs and keeps the good ones."""
 
 from __future__ import annotations
 
+import base64
+import io
+import math
+import re
+import time
+from pathlib import Path
+
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -13,8 +21,9 @@ import genlab
 from genlab.cli import app
 from genlab.data import load_dataset
 from genlab.models.sr_gan import SRGenerator
+from genlab.serving import ServeConfig, serve_app
 
-from .conftest import SR_TINY
+from .conftest import SR_TINY, running
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +170,89 @@ def test_an_image_folder_is_refused_for_super_resolution_with_the_source_that_wo
     with pytest.raises(genlab.ConfigError, match="data.source: image_folder resizes each image whole .* use "
                                                  f"data.source: photos with data.path: {tmp_path}"):
         genlab.load_config("configs/photos-sr.yaml", ["data.source=image_folder", f"data.path={tmp_path}"])
+
+
+def test_an_upscale_in_tiles_equals_one_call(sr_run):
+    from genlab.models.sr_gan import CALL_BYTES
+
+    model, x = sr_run.model, torch.rand(2, 3, 70, 90)
+    side = 2 * (30 + 2 * model.generator.margin)  # output pixels a side of a tile of 30 input pixels and margins
+    budget = CALL_BYTES + math.ceil(model.generator.bytes_per_pixel() * side**2)
+    assert model.tile(70, 90, budget) == (24, 30), "3 x 3 even tiles: 30 input pixels at most, 24 and 30 made"
+    assert model.tile(70, 90) == (70, 90), "one call when it fits the default budget"
+    tiled, whole = model.upscale(x, tile_bytes=budget), model.upscale(x)
+    assert tiled.shape == whole.shape == (2, 3, 140, 180)
+    assert (tiled - whole).abs().max() < 1e-5, "each tile's margin covers what its cropped pixels depend on"
+    assert model.peak_bytes(70, 90, budget) < model.peak_bytes(70, 90)
+
+
+def _png_header(width: int, height: int) -> str:
+    """A base64 PNG whose header promises `width` x `height` pixels, and holds none: decoding it fails."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b"")).decode()
+
+
+def test_the_server_refuses_an_upscale_past_its_memory_limit_before_decoding(sr_run):
+    from genlab.capabilities.upscale import request_bytes
+    from genlab.serving.config import Limits
+
+    model = sr_run.model
+    one, two = request_bytes(model, [(1000, 1000)] * 2)
+    most = (one + two) // 2  # the first image fits, the second does not (a body of 12 KB moves neither)
+    app = serve_app([sr_run.path], ServeConfig(names=["sr"], limits=Limits(max_upscale_bytes=most)))
+    with running(app) as url:
+        started = time.perf_counter()
+        refused = httpx.post(f"{url}/v1/images/upscale", json={"model": "sr", "images": [_png_header(1000, 1000)] * 2})
+        seconds = time.perf_counter() - started
+        message = refused.json()["error"]["message"]
+        assert refused.status_code == 400 and message.startswith("images[1]: 1000x1000 pixels upscaled x2"), message
+        need = int(re.search(r"to ([\d,]+) bytes", message).group(1).replace(",", ""))
+        assert two < need < two + 100_000 and f"limits.max_upscale_bytes) is {most:,}" in message
+        assert "for 8,000,000 output pixels" in message and seconds < 1.0, "from the headers: no pixel was decoded"
+
+        alone = httpx.post(f"{url}/v1/images/upscale", json={"model": "sr", "images": [_png_header(1000, 1000)]})
+        assert alone.status_code == 400 and "images[0]: not a base64-encoded PNG" in alone.text, "passed, then decoded"
+
+        pixels, buffer = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8), io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "PNG")
+        ok = httpx.post(f"{url}/v1/images/upscale", json={"model": "sr", "images": [
+            base64.b64encode(buffer.getvalue()).decode()]}, timeout=30)
+        assert ok.status_code == 200, ok.text
+    want = model.upscale(torch.from_numpy(pixels).permute(2, 0, 1)[None] / 255)[0].permute(1, 2, 0)
+    with Image.open(io.BytesIO(base64.b64decode(ok.json()["data"][0]["b64_json"]))) as im:
+        assert im.size == (96, 80) and np.array_equal(np.asarray(im), (want * 255).round().byte().numpy())
+
+
+def _memory(key: str) -> int:
+    """This process's resident (VmRSS) or peak resident (VmHWM) bytes."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split(key + ":")[1].split()[0]) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak through Linux's /proc")
+def test_a_large_upscale_stays_within_the_memory_the_server_counts(sr_run, tmp_path):
+    import ctypes
+    import gc
+
+    from genlab.capabilities.upscale import request_bytes, upscale_files
+    from genlab.media.images import read_image
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (384, 384, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    model = sr_run.model
+    model.upscale(torch.rand(1, 3, 16, 16))  # the weights in, oneDNN's first call made
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the system: what is used again is counted
+    Path("/proc/self/clear_refs").write_text("5")  # the peak from here on
+    base = _memory("VmRSS")
+    assert upscale_files(sr_run, tmp_path / "a.png", tmp_path / "b.png")[0] == [tmp_path / "b.png"]
+    tiled = _memory("VmHWM") - base
+    with torch.no_grad():  # one call of the generator on the whole image: how upscale_files did it
+        model.generator(read_image(tmp_path / "a.png")[None] * 2 - 1)
+    untiled, bound = _memory("VmHWM") - base, request_bytes(model, [(384, 384)])[0]
+    assert tiled < bound < untiled, (tiled, bound, untiled)  # measured: 112 MB < 183 MB < 346 MB

@@ -370,6 +370,7 @@ def rate(
     port: Annotated[int, typer.Option(help="Port of the rating page.")] = 8800,
     admin_key: Annotated[str | None, typer.Option(envvar="GENLAB_RATING_ADMIN_KEY", help="Key that reads "
                                                   "/api/results (raters never see standings).")] = None,
+    quota: Annotated[int, typer.Option(min=1, help="Pairs each rater may answer (votes and skips).")] = 200,
 ) -> None:
     """Serve a blind pairwise rating page over the runs' samples; votes go to OUT/ratings.sqlite."""
     import uvicorn
@@ -377,9 +378,12 @@ def rate(
     from genlab.evaluation.rating import Ratings
     from genlab.serving.rating import rating_app
 
+    if admin_key is not None and not admin_key.strip():  # refused before the samples are drawn, which takes time
+        raise GenlabError("--admin-key: empty; give a key to read /api/results, or leave it out to keep the "
+                          "results for `genlab ratings`")
     ratings = Ratings.create(runs, out_dir, n)
     out.print(f"rating {', '.join(ratings.runs)} at http://{host}:{port}/ ; results: genlab ratings {out_dir}")
-    uvicorn.run(rating_app(ratings, admin_key=admin_key), host=host, port=port, log_level="warning")
+    uvicorn.run(rating_app(ratings, admin_key=admin_key, quota=quota), host=host, port=port, log_level="warning")
 
 
 @app.command()
@@ -453,17 +457,22 @@ def serve(
     # before torch loads OpenMP: its threads sleep when they wait, since the text engine's process and the image
     # workers share the cores and a spinning pool starves the others (measured: 1.3x the requests, mixed load)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import uvicorn
-
     from genlab.serving import load_serve_config, serve_app
+    from genlab.serving.listen import bind, listen
 
     cfg = load_serve_config(config, host=host, port=port)
-    served = serve_app(runs, cfg)
+    sockets = bind(cfg)
+    try:
+        served = serve_app(runs, cfg)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     _json_log_lines()
     names = ", ".join(served.state.server.models)
-    err.print(f"serving {names} on http://{cfg.host}:{cfg.port} (docs at /docs)", highlight=False)
-    uvicorn.run(served, host=cfg.host, port=cfg.port, access_log=False, log_level="warning",
-                timeout_graceful_shutdown=int(cfg.shutdown_seconds))
+    ops = f"; /health, /ready and /metrics also on port {cfg.ops_port}" if cfg.ops_port is not None else ""
+    err.print(f"serving {names} on http://{cfg.host}:{cfg.port} (docs at /docs{ops})", highlight=False)
+    listen(served, cfg, sockets)
 
 
 def _json_log_lines() -> None:

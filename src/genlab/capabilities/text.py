@@ -189,7 +189,6 @@ class ServedText(Served):
     """What the text routes ask of a text model: its prompt's ids, its context, a choice queued, and a chat turned
     into a prompt."""
 
-    context: int | None = None
     gives_logprobs: ClassVar[bool] = False
 
     def check_filters(self) -> None:
@@ -228,6 +227,10 @@ class ServedText(Served):
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         raise NotImplementedError
+
+    def prompt_text(self, prompt: str | list[int]) -> str:
+        """A prompt as text (token ids decoded): what echo sends back and the filters read."""
+        return prompt if isinstance(prompt, str) else self.model.tokenizer.decode(prompt)
 
     def generate(self, ids: list[int], prompt: str | list[int], options: dict[str, Any], seed: int | None, ask: Ask,
                  emit: Callable[[tuple], None]) -> Any:
@@ -343,7 +346,6 @@ async def completions(body: CompletionRequest, request: Request, identity: str =
     gen = start(server, served, identity, ask)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": served.name}
-    prompts = [p if isinstance(p, str) else served.tokenizer.decode(p) for p in body.prompts]
 
     def logprobs(records: list) -> dict | None:
         from genlab.serving.logprobs import completion_logprobs
@@ -351,11 +353,10 @@ async def completions(body: CompletionRequest, request: Request, identity: str =
         return completion_logprobs(served.token_text, records) if body.logprobs is not None else None
 
     if not body.stream:
-        await collect(gen)
+        await collect(gen, request)
         account(server, request, identity, gen)
-        return {**head, "choices": [
-            {"index": c.index, "text": (prompts[c.index // body.n] if body.echo else "") + final_text(c),
-             "finish_reason": c.finish, "logprobs": logprobs([*c.prompt_logprobs, *c.logprobs]),
+        return {**head, "choices": [  # an echoed prompt is the start of a choice's text, filtered with it
+            {"index": c.index, "text": final_text(c), "finish_reason": c.finish, "logprobs": logprobs(c.logprobs),
              **({"genlab_filter": refusal(c)} if refusal(c) else {})} for c in gen.choices],
             "usage": usage(gen, body.n)}
 
@@ -383,7 +384,7 @@ async def chat_completions(body: ChatRequest, request: Request, identity: str = 
         return chat_logprobs(served.token_text, served.token_bytes, records) if body.logprobs else None
 
     if not body.stream:
-        await collect(gen)
+        await collect(gen, request)
         account(server, request, identity, gen)
         return {**head, "choices": [
             {"index": c.index, "message": {"role": "assistant", "content": final_text(c),
@@ -430,7 +431,7 @@ async def responses(body: ResponsesRequest, request: Request, identity: str = De
                           "output_tokens_details": {"reasoning_tokens": 0}} if done else None}
 
     if not body.stream:
-        await collect(gen)
+        await collect(gen, request)
         account(server, request, identity, gen)
         return response("completed")
     return StreamingResponse(_response_events(server, request, identity, gen, item, response),

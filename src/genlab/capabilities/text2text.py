@@ -5,7 +5,9 @@ the text routes (capabilities/text.py: a completion's prompt, or a chat's last u
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +22,8 @@ from genlab.quiet import quiet
 from genlab.run import Run, as_run
 from genlab.serving.generation import Ask
 from genlab.serving.guard import Refused
+
+log = logging.getLogger("genlab.serve")
 
 
 class Seq2SeqModel(TextModel, Protocol):
@@ -94,13 +98,16 @@ class ServedSeq2Seq(ServedText):
         return self.model.tokenizer(text)["input_ids"]
 
     def generate(self, ids: list[int], prompt: str | list[int], options: dict[str, Any], seed: int | None, ask: Ask,
-                 emit: Callable[[tuple], None]) -> None:
+                 emit: Callable[[tuple], None]) -> _Queued:
         key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
         future = self.submit(key, [(prompt, seed or 0)])
 
         def done(f: Any) -> None:
+            if f.cancelled():  # its client left before it started
+                return
             if f.exception() is not None:
-                emit(("error", f"generation failed: {f.exception()}"))
+                log.error("%s: generation failed", self.name, exc_info=f.exception())
+                emit(("error", "generation failed"))
                 return
             text = f.result()[0]  # cut at a stop string by the model already
             tokens = len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -108,6 +115,7 @@ class ServedSeq2Seq(ServedText):
             emit(("done", "stop" if tokens < options["max_new_tokens"] else "length", len(ids), tokens,
                   getattr(f, "batch_size", 1)))
         future.add_done_callback(done)
+        return _Queued(future, self.charge(options))
 
     def charge(self, options: dict[str, Any]) -> int:
         """A beam search keeps `num_beams` sequences: each costs its tokens."""
@@ -119,6 +127,27 @@ class ServedSeq2Seq(ServedText):
         if not users:
             raise Refused(400, "messages: a seq2seq model needs a user message to transform", code="invalid_value")
         return users[-1], ()
+
+
+class _Queued:
+    """A choice's job: cancelling it drops it if it has not started (a whole-output call cannot stop midway)."""
+
+    def __init__(self, future: Future, cost: int) -> None:
+        self.future, self.cost = future, cost
+
+    @property
+    def generated(self) -> int:
+        """What it is charged when its client leaves: nothing if it never started, else all it may generate."""
+        return 0 if self.future.cancelled() else self.cost
+
+    @property
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        if value:
+            self.future.cancel()
 
 
 CAPABILITY = Capability(

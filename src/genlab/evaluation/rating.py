@@ -4,8 +4,11 @@
     genlab ratings DIR                      -> win rates with Wilson 95% intervals, Bradley-Terry strengths
 
 Samples are drawn once per run (seeds 0..n-1, the run's eval sampling) and kept, so every rater
-judges the same items and each vote names the two items it compared. Which run shows on the left is
-random for each pair, and the page never names the runs. A vote of "same" counts half a win to each.
+judges the same items and each vote names the two items it compared. A pair is two items drawn from all
+runs' items pooled, so it may hold one run twice: which items appear together then says nothing of which run
+made them (a rater who recognises items cannot sort them into runs). The price: with k runs of one size,
+about 1/k of the votes compare a run with itself; they are kept apart from the standings, as a check of the
+raters. The page never names the runs. A vote of "same" counts half a win to each.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ from typing import Any
 from genlab.errors import GenlabError
 
 DATABASE = "ratings.sqlite"
+SKIPS = """
+create table if not exists skips (id integer primary key, at text not null, rater text not null,
+                                  left_run text not null, left_item integer not null,
+                                  right_run text not null, right_item integer not null);
+"""
 SCHEMA = """
 create table if not exists runs (name text primary key, path text not null, modality text not null,
                                  items integer not null, identity text);
@@ -29,8 +37,9 @@ create table if not exists votes (id integer primary key, at text not null, rate
                                   left_run text not null, left_item integer not null,
                                   right_run text not null, right_item integer not null,
                                   choice text not null check (choice in ('left', 'right', 'same')));
-"""
+""" + SKIPS
 CHOICES = ("left", "right", "same")
+SKIP = "skip"  # a pair passed over: kept in its own table, counted toward the rater's quota
 BATCH = 64  # samples drawn per call
 
 
@@ -90,32 +99,55 @@ class Ratings:
         return cls(folder)
 
     def pair(self, rng: random.Random) -> dict[str, Any]:
-        """Two different runs, a random item of each, on random sides."""
-        left, right = rng.sample(list(self.runs), 2)
-        return {"left_run": left, "left_item": rng.randrange(self.runs[left]["items"]),
-                "right_run": right, "right_item": rng.randrange(self.runs[right]["items"])}
+        """Two different items drawn uniformly from every run's items together (one run twice, at times), in
+        random order: item by item, not run by run, so neither a run's size nor the pairing marks its items."""
+        def located(k: int) -> tuple[str, int]:
+            for name, run in self.runs.items():
+                if k < run["items"]:
+                    return name, k
+                k -= run["items"]
+            raise AssertionError("drawn past the last item")
+
+        (left, left_item), (right, right_item) = map(located, rng.sample(range(self._items()), 2))
+        return {"left_run": left, "left_item": left_item, "right_run": right, "right_item": right_item}
 
     def item(self, run: str, index: int) -> Path:
         """The file of one drawn sample; the name and index come from a pair this folder made, never a request."""
         return next((self.folder / "samples" / run).glob(f"{index}.*"))
 
     def vote(self, pair: dict[str, Any], choice: str, rater: str) -> None:
-        if choice not in CHOICES:
-            raise GenlabError(f"choice: {choice!r} is not one of {', '.join(CHOICES)}")
+        """Record a vote on `pair`, or with choice "skip" that the rater passed it over."""
+        if choice not in (*CHOICES, SKIP):
+            raise GenlabError(f"choice: {choice!r} is not one of {', '.join((*CHOICES, SKIP))}")
+        at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        items = (pair["left_run"], pair["left_item"], pair["right_run"], pair["right_item"])
         with closing(self._connect()) as db, db:
-            db.execute("insert into votes (at, rater, left_run, left_item, right_run, right_item, choice) "
-                       "values (?, ?, ?, ?, ?, ?, ?)",
-                       (datetime.now(timezone.utc).isoformat(timespec="seconds"), rater[:100], pair["left_run"],
-                        pair["left_item"], pair["right_run"], pair["right_item"], choice))
+            if choice == SKIP:
+                db.execute(SKIPS)  # a folder from before skips were kept
+                db.execute("insert into skips (at, rater, left_run, left_item, right_run, right_item) "
+                           "values (?, ?, ?, ?, ?, ?)", (at, rater[:100], *items))
+            else:
+                db.execute("insert into votes (at, rater, left_run, left_item, right_run, right_item, choice) "
+                           "values (?, ?, ?, ?, ?, ?, ?)", (at, rater[:100], *items, choice))
+
+    def answered(self, rater: str) -> int:
+        """How many pairs `rater` has voted on or skipped, in this folder's every session."""
+        with closing(self._connect()) as db:
+            votes = db.execute("select count(*) from votes where rater = ?", (rater[:100],)).fetchone()[0]
+            return votes + _skips(db, rater[:100])
 
     def results(self) -> dict[str, Any]:
         """Per pair of runs: wins, losses, same, and the win rate with its Wilson 95% interval; per run, a
-        Bradley-Terry strength (log scale, mean 0) fitted to every vote."""
+        Bradley-Terry strength (log scale, mean 0) fitted to every vote across runs; votes within a run apart."""
         with closing(self._connect()) as db:
             votes = db.execute("select left_run, right_run, choice from votes").fetchall()
+            skips = _skips(db)
         names = list(self.runs)
         score = {(a, b): 0.0 for a in names for b in names if a != b}  # a's wins over b, a "same" counting half
+        within = [choice for left, right, choice in votes if left == right]
         for left, right, choice in votes:
+            if left == right:
+                continue
             won = {"left": 1.0, "right": 0.0, "same": 0.5}[choice]
             score[left, right] += won
             score[right, left] += 1 - won
@@ -128,8 +160,13 @@ class Ratings:
                     pairs.append({"a": a, "b": b, "votes": int(games), "a_wins": score[a, b],
                                   "a_win_rate": score[a, b] / games, "interval": [low, high]})
         strengths = bradley_terry(names, score)
-        return {"votes": len(votes), "pairs": pairs,
+        return {"votes": len(votes), "skips": skips, "pairs": pairs,
+                # a run against itself, where an honest rater says "same" or splits left and right evenly
+                "within_run": {"votes": len(within), "same": within.count("same")},
                 "runs": sorted(({"run": n, "strength": strengths[n]} for n in names), key=lambda r: -r["strength"])}
+
+    def _items(self) -> int:
+        return sum(run["items"] for run in self.runs.values())
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.folder / DATABASE, timeout=30)
@@ -159,10 +196,14 @@ def bradley_terry(names: list[str], score: dict[tuple[str, str], float], iterati
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
     """The results as lines for the terminal."""
-    lines = [f"{results['votes']} votes"]
+    within = results.get("within_run", {"votes": 0})
+    lines = [f"{results['votes']} votes, {results.get('skips', 0)} skipped"]
     lines += [f"{r['run']:<24} strength {r['strength']:+.3f}" for r in results["runs"]]
     lines += [f"{p['a']} over {p['b']}: {p['a_win_rate']:.0%} of {p['votes']} "
               f"(95% interval {p['interval'][0]:.0%} to {p['interval'][1]:.0%})" for p in results["pairs"]]
+    if within["votes"]:
+        lines.append(f"{within['votes']} votes compared a run with itself (a blind check): "
+                     f"{within['same'] / within['votes']:.0%} said same")
     return lines
 
 
@@ -173,6 +214,15 @@ def run_identity(run: Any) -> str:
     parts = [str(run.path.resolve()), *(f"{p.relative_to(run.paths.model)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
                                         for p in files)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def _skips(db: sqlite3.Connection, rater: str | None = None) -> int:
+    """Skipped pairs (of one rater, or all); 0 in a folder from before skips were kept."""
+    if db.execute("select 1 from sqlite_master where type = 'table' and name = 'skips'").fetchone() is None:
+        return 0
+    if rater is None:
+        return db.execute("select count(*) from skips").fetchone()[0]
+    return db.execute("select count(*) from skips where rater = ?", (rater,)).fetchone()[0]
 
 
 def _voted_on(db: sqlite3.Connection, name: str) -> bool:

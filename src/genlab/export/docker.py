@@ -1,15 +1,15 @@
 """A container build context for `genlab serve`, with Kubernetes manifests.
 
-The context holds the model folder, the serve config, genlab's own source (so the image builds
-without a package index entry for genlab), a Dockerfile (CPU torch, a non-root user, a
-healthcheck, the exact serve command), `.dockerignore`, and `k8s/`: a Deployment with liveness
-and readiness probes, a Service and a HorizontalPodAutoscaler.
+The context holds the model folder, the serve config (the API with a key on one port, the operations endpoints
+on another), genlab's own source (so the image builds without a package index entry for genlab), a Dockerfile
+(CPU torch, a non-root user, a healthcheck, the exact serve command), `.dockerignore`, and `k8s/` (`k8s.py`).
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -18,13 +18,14 @@ import yaml
 
 import genlab
 from genlab.errors import GenlabError
-from genlab.serving.folders import model_folder
+from genlab.export.k8s import OPS_PORT, PORT, serve_config, startup_seconds, write_manifests
+from genlab.serving.folders import load_model, model_folder
 
-PORT = 8000
 COMMAND = ["genlab", "serve", "model", "--config", "serve.yaml"]  # run from the image's WORKDIR
 
 DOCKERFILE = """\
 # Build: docker build -t {image} .    Run: docker run -p {port}:{port} -e GENLAB_API_KEYS=... {image}
+# Port {port}: the API, with a key (/health aside). Port {ops}: /health, /ready, /metrics without one: not to publish
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # CPU torch first, pinned, from PyTorch's CPU index (the default index would bring the CUDA build)
@@ -36,9 +37,9 @@ WORKDIR /app
 COPY --chown=genlab:genlab model /app/model
 COPY --chown=genlab:genlab serve.yaml /app/serve.yaml
 USER genlab
-EXPOSE {port}
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \\
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=4)"]
+EXPOSE {port} {ops}
+HEALTHCHECK --interval=30s --timeout=5s --start-period={start}s --retries=3 \\
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{ops}/health', timeout=4)"]
 CMD {command}
 """
 
@@ -59,17 +60,22 @@ def export_docker(run: str | Path, out: str | Path, *, image: str | None = None)
 
         card(run)
     shutil.copytree(folder, out / "model")
+    load_seconds = measure_load(out / "model")
     _copy_source(out / "genlab-src")
-    # the probes poll /health and /ready without a key
-    serve = {"host": "0.0.0.0", "port": PORT, "names": [name], "public": ["health", "ready"]}  # noqa: S104
-    (out / "serve.yaml").write_text(yaml.safe_dump(serve, sort_keys=False))
-    (out / "Dockerfile").write_text(DOCKERFILE.format(image=image, port=PORT, torch=torch.__version__.split("+")[0],
-                                                      command=_json_list(COMMAND)))
+    (out / "serve.yaml").write_text(yaml.safe_dump(serve_config(name), sort_keys=False))
+    (out / "Dockerfile").write_text(DOCKERFILE.format(image=image, port=PORT, ops=OPS_PORT, command=_json_list(COMMAND),
+                                                      start=startup_seconds(load_seconds),
+                                                      torch=torch.__version__.split("+")[0]))
     (out / ".dockerignore").write_text(DOCKERIGNORE)
-    (out / "k8s").mkdir()
-    for kind, manifest in _manifests(slug, image).items():
-        (out / "k8s" / f"{kind}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    write_manifests(out / "k8s", slug, image, load_seconds)
     return out
+
+
+def measure_load(folder: Path) -> float:
+    """Seconds to load the model folder as the server does (the startup probe's measure); it loads, or fails here."""
+    start = time.perf_counter()
+    load_model(folder)
+    return time.perf_counter() - start
 
 
 def _json_list(items: list[str]) -> str:
@@ -89,30 +95,3 @@ def _copy_source(dest: Path) -> None:
         '[tool.setuptools.packages.find]\nwhere = ["src"]\n\n'
         '[tool.setuptools.package-data]\n"genlab.data" = ["files/*.gz"]\n')
 
-
-def _manifests(slug: str, image: str) -> dict[str, dict]:
-    labels = {"app": f"genlab-{slug}"}
-    probe = {"httpGet": {"path": "/health", "port": PORT}, "periodSeconds": 10, "timeoutSeconds": 5}
-    container = {
-        "name": "genlab", "image": image, "ports": [{"containerPort": PORT, "name": "http"}],
-        "env": [{"name": "GENLAB_API_KEYS", "valueFrom": {"secretKeyRef": {
-            "name": f"genlab-{slug}-keys", "key": "keys", "optional": True}}}],
-        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
-        "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 3},
-        "readinessProbe": {**probe, "httpGet": {"path": "/ready", "port": PORT}, "initialDelaySeconds": 10},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False},
-    }
-    deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"genlab-{slug}", "labels": labels},
-        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels},
-                              "spec": {"terminationGracePeriodSeconds": 45, "containers": [container]}}},
-    }
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"genlab-{slug}", "labels": labels},
-               "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": PORT, "name": "http"}]}}
-    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": f"genlab-{slug}"},
-           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"genlab-{slug}"},
-                    "minReplicas": 1, "maxReplicas": 4,
-                    "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
-                        "type": "Utilization", "averageUtilization": 70}}}]}}
-    return {"deployment": deployment, "service": service, "hpa": hpa}

@@ -11,6 +11,8 @@ The model folder is the generator's `PyTorchModelHubMixin` folder plus genlab.js
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
@@ -26,6 +28,13 @@ from genlab.models.base import GenerativeModel
 from genlab.models.protocol import Graph, ToUnit
 
 MIN_SIDE, MAX_SIDE = 4, 2048  # input sides `upscale` accepts
+# Memory one generator call may take when upscaling; a larger image is upscaled in tiles that each fit it (an x4
+# upscale of a 1024x1024 image in one call takes about 11 GB)
+TILE_BYTES = 256 * 2**20
+MIN_TILE = 16  # input pixels a tile adds at least, whatever the budget: below it the margins are most of the work
+# The process's peak memory (ru_maxrss) over the tensors' own (torch's profiler): up to 1.11x on one call, and up
+# to 36 MB more over a run of tiles (glibc keeps freed blocks for reuse, oneDNN keeps its buffers)
+HEADROOM, CALL_BYTES = 1.25, 32 * 2**20
 
 
 def downscale(images: torch.Tensor, scale: int) -> torch.Tensor:
@@ -74,6 +83,25 @@ class SRGenerator(nn.Module, PyTorchModelHubMixin):
     def forward(self, low: torch.Tensor) -> torch.Tensor:
         h = self.head(low)
         return bicubic(low, self.scale) + self.tail(h + self.body(h))
+
+    @property
+    def margin(self) -> int:
+        """Input pixels on each side that an output pixel depends on: a tile cropped by this much is exact."""
+        # Replicate padding at a tile's edge makes each 3x3 conv wrong one pixel further in, and each pixel
+        # shuffle doubles the wrong band; bicubic reaches 2 input pixels
+        band = 1 + sum(isinstance(m, nn.Conv2d) for m in self.body.modules())  # the head and the body
+        for m in self.tail:
+            band = band * 2 if isinstance(m, nn.PixelShuffle) else band + isinstance(m, nn.Conv2d)
+        return max(2, math.ceil(band / self.scale))
+
+    def bytes_per_pixel(self) -> float:
+        """Peak memory of one call per output pixel (CPU float32), with the allocator's HEADROOM."""
+        width, channels = self.head.out_channels, self.head.in_channels
+        # The peak is the last conv, at output resolution (torch's profiler, validated by ru_maxrss): its input,
+        # the replicate-padded copy and oneDNN's reordered copy of that (3 x width), its output in 16-channel
+        # blocks, the bicubic image; and the head's features and body's sum at input resolution (2 x width / s^2)
+        floats = 3 * width + 2 * width / self.scale**2 + 16 * math.ceil(channels / 16) + channels
+        return 4 * floats * HEADROOM
 
 
 class SRDiscriminator(nn.Module):
@@ -170,15 +198,51 @@ class SRGAN(GenerativeModel):
         return self.config.scale
 
     @torch.no_grad()
-    def upscale(self, images: torch.Tensor | list[torch.Tensor], name: str = "images"
-                ) -> torch.Tensor | list[torch.Tensor]:
-        """Images in [0, 1], (N, C, h, w) or a list of (C, h, w) of any sizes -> `scale` times larger.
-        A bad input raises a GenlabError that names it (`name`)."""
+    def upscale(self, images: torch.Tensor | list[torch.Tensor], name: str = "images",
+                tile_bytes: int = TILE_BYTES) -> torch.Tensor | list[torch.Tensor]:
+        """Images in [0, 1], (N, C, h, w) or a list of (C, h, w) of any sizes -> `scale` times larger, in tiles
+        when one call would take more than `tile_bytes`. A bad input raises a GenlabError that names it (`name`)."""
         if isinstance(images, list):
-            return [self.upscale(image[None], f"{name}[{i}]")[0] for i, image in enumerate(images)]
+            return [self.upscale(image[None], f"{name}[{i}]", tile_bytes)[0] for i, image in enumerate(images)]
         self.check_input(images, name)
-        out = self.generator(images.to(self.device, torch.float32) * 2 - 1)
-        return (out / 2 + 0.5).clamp(0, 1)
+        low = images.to(self.device, torch.float32) * 2 - 1
+        n, channels, h, w = low.shape
+        s = self.scale
+        if self.generator.bytes_per_pixel() * n * s * s * h * w + CALL_BYTES <= tile_bytes:
+            out = self.generator(low)
+        else:
+            out = low.new_empty(n, channels, s * h, s * w)
+            for i in range(n):  # one image at a time: a tile's memory is the budget's whatever the batch
+                self._upscale_tiles(low[i:i + 1], out[i:i + 1], self.tile(h, w, tile_bytes))
+        return out.mul_(0.5).add_(0.5).clamp_(0, 1)  # in place: the output is the largest tensor left
+
+    def _upscale_tiles(self, low: torch.Tensor, out: torch.Tensor, tile: tuple[int, int]) -> None:
+        """Fill `out` with the upscaling of `low`, a tile at a time, each computed with its margin of neighbours
+        and cropped to what the margin makes exact."""
+        s, margin, (h, w), (step_y, step_x) = self.scale, self.generator.margin, low.shape[-2:], tile
+        for y in range(0, h, step_y):
+            for x in range(0, w, step_x):
+                y0, x0, y1, x1 = max(y - margin, 0), max(x - margin, 0), min(y + step_y, h), min(x + step_x, w)
+                part = self.generator(low[..., y0:min(y1 + margin, h), x0:min(x1 + margin, w)])
+                out[..., s * y:s * y1, s * x:s * x1] = part[..., s * (y - y0):s * (y1 - y0), s * (x - x0):s * (x1 - x0)]
+                del part  # before the next tile's call, not after it
+
+    def tile(self, height: int, width: int, tile_bytes: int = TILE_BYTES) -> tuple[int, int]:
+        """The input rows and columns each tile adds (its margin aside): the whole image when it fits one call."""
+        fits = (tile_bytes - CALL_BYTES) / self.generator.bytes_per_pixel()  # output pixels one call may make
+        if self.scale**2 * height * width <= fits:
+            return height, width
+        most = max(math.isqrt(max(int(fits), 0)) // self.scale - 2 * self.generator.margin, MIN_TILE)
+        return tuple(math.ceil(n / math.ceil(n / most)) for n in (height, width))  # even tiles: less margin
+
+    def peak_bytes(self, height: int, width: int, tile_bytes: int = TILE_BYTES) -> int:
+        """The memory `upscale` of one height x width image takes at most: its largest tile's activations, the
+        input and the output (float32)."""
+        margin, s = self.generator.margin, self.scale
+        rows, cols = self.tile(height, width, tile_bytes)
+        rows, cols = min(height, rows + 2 * margin), min(width, cols + 2 * margin)  # an inner tile's, with margins
+        activations = self.generator.bytes_per_pixel() * s * s * rows * cols + CALL_BYTES
+        return math.ceil(activations) + 4 * self.spec.shape[0] * height * width * (2 + s * s)
 
     def check_input(self, images: torch.Tensor, name: str = "images") -> None:
         """A one-line GenlabError naming what is wrong with an input batch."""

@@ -63,14 +63,19 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, met
     app.add_middleware(Observe, server=server)
     _errors(app)
 
-    @app.get("/health", tags=["operations"])
-    def health() -> dict:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    @app.get("/health", tags=["operations"], dependencies=[Depends(operator("health"))])
+    def health() -> JSONResponse:
+        """Liveness: every model can serve, or is being restored by itself (an engine process replaced); 503
+        otherwise, which a liveness probe answers by restarting the server. Counts only: it is public by default."""
+        down = sum(not served.healthy for served in models.values())
+        return JSONResponse({"status": "ok" if not down else "unhealthy", "models_down": down},
+                            status_code=503 if down else 200)
 
     @app.get("/ready", tags=["operations"], dependencies=[Depends(operator("ready"))])
     def ready() -> JSONResponse:
-        """Readiness: every model is loaded and its batching worker is alive."""
+        """Readiness: every model is loaded and its batching worker is alive, and no signal told the server to stop."""
+        if server.draining:  # the load balancer takes this replica out while it still serves what it is sent
+            return JSONResponse({"status": "draining"}, status_code=503)
         dead = [name for name, served in models.items() if not served.alive]
         body = {"status": "ready" if not dead else "not ready", "models": list(models), "workers_down": dead}
         return JSONResponse(body, status_code=503 if dead else 200)
@@ -84,9 +89,11 @@ def create_app(models: dict[str, Served], config: ServeConfig | None = None, met
 
     @app.get("/v1/models", tags=["models"])
     def list_models(identity: str = Depends(authorize)) -> dict:
-        """The served models in OpenAI's shape, with genlab's family and kind."""
+        """The served models in OpenAI's shape, with genlab's family and kind, and a text model's context in tokens
+        as vLLM reports it (`max_model_len`: what lm-evaluation-harness's `max_length` must not pass)."""
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": s.created, "owned_by": "genlab",
+             **({"max_model_len": s.context} if s.context is not None else {}),
              "genlab": {"family": s.family, "kind": s.kind}} for name, s in models.items()]}
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(operator("docs"))])

@@ -20,6 +20,8 @@ class RateLimit(Section):
     # generated tokens: a request's max_tokens is reserved when it is admitted, what it did not use is refunded
     tokens_per_minute: int | None = Field(None, ge=1)
     concurrent_requests: int | None = Field(64, ge=1)  # in flight at once; None: only max_queue bounds them
+    # the share of a model's queue (max_queue sequences or items, waiting or running) one identity may hold; 1: any
+    queue_share: float = Field(0.5, gt=0, le=1)
 
 
 class Limits(Section):
@@ -28,6 +30,9 @@ class Limits(Section):
     max_tokens: int = Field(4096, ge=1)  # new tokens per choice, whatever the model's context (seq2seq has none)
     max_body_bytes: int = Field(8_000_000, ge=1024)
     max_image_side: int = Field(1024, ge=8)  # images sent for upscaling
+    # memory one upscale request may take (tiles, outputs, their PNGs and JSON), from the sizes in the images'
+    # headers: keep it under the container's memory limit (the exported one: 4 Gi), with room for the rest
+    max_upscale_bytes: int = Field(2**30, ge=2**20)
     max_rows: int = Field(10_000, ge=1)  # table rows per request
     max_steps: int = Field(250, ge=1)  # diffusion sampler steps per request
 
@@ -75,6 +80,9 @@ class MemorizedFilter(Section):
     type: Literal["memorized"] = "memorized"
     min_chars: int = Field(50, ge=50, le=10_000)  # 50: the window the index is built on
     action: Literal["flag", "redact", "refuse"] = "redact"
+    # a copy may begin in the prompt: a client that feeds a training passage back piece by piece is caught. The
+    # cost: a prompt that quotes training text has its continuation of the quote redacted too
+    prompt: bool = False
 
 
 def _filter_type(value: Any) -> str:
@@ -101,9 +109,18 @@ class ServeConfig(Section):
     limits: Limits = Limits()
     filters: list[OutputRule] = []  # each output passes every rule, as it streams
     cors_origins: list[str] = []
+    # addresses (or networks) of the proxies in front whose X-Forwarded-For is believed; none by default, so that
+    # a client cannot choose the address its limits are kept under
+    trusted_proxies: list[str] = []
     # what answers without a key when keys are set (every generation route and /v1/models always need one)
     public: list[Literal["health", "ready", "metrics", "docs"]] = ["health"]
     shutdown_seconds: float = Field(30.0, ge=0)  # graceful shutdown: how long in-flight requests may finish
+    # on SIGTERM or SIGINT, before shutdown_seconds: /ready answers 503 while requests are still served, for a
+    # load balancer (a Kubernetes Service) that goes on sending new ones for a few seconds; a second signal: now
+    drain_seconds: float = Field(5.0, ge=0)
+    # a second port where /health, /ready and /metrics answer without a key (probes, scraping), not to expose; on
+    # `port` they follow `public` as before
+    ops_port: int | None = Field(None, ge=1, le=65535)
 
     def keys(self) -> set[str]:
         env = os.environ.get("GENLAB_API_KEYS", "")

@@ -11,6 +11,7 @@ padding changes nothing but the cache's width, which shrinks when sequences leav
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -24,9 +25,11 @@ from transformers import DynamicCache
 
 from genlab.serving.kv_cache import SlotCache
 
+log = logging.getLogger("genlab.serve")
+
 # ("delta", text) | ("done", finish_reason, prompt_tokens, completion_tokens, largest batch) | ("error", message)
-# | ("logprob", token id, logprob, {id: logprob} of the top alternatives), before the token's text
-# | ("echo", [(token id, logprob or None, {id: logprob})]), the prompt's own tokens scored, first (echo)
+# | ("logprob", token id, logprob, {id: logprob} of the top alternatives, where the token's text ends in the output)
+# | ("echo", [(token id, logprob or None, {id: logprob})], [where each token's text ends]): the prompt scored, first
 Emit = Callable[[tuple], None]
 
 
@@ -110,6 +113,10 @@ class TextEngine:
         return self._thread.is_alive() and not self._stop.is_set()
 
     @property
+    def healthy(self) -> bool:
+        return self.alive
+
+    @property
     def depth(self) -> int:
         """Sequences waiting or decoding."""
         return self.incoming.qsize() + len(self.batch.seqs)
@@ -134,11 +141,12 @@ class TextEngine:
                     if self.batch.seqs:
                         self.on_step(len(self.batch.seqs))
                         self._decode_step()
-            except Exception as err:  # a bug must not hang every client: fail the batch, keep serving
+            except Exception:  # a bug must not hang every client: fail the batch, keep serving
+                log.exception("generation failed")  # the cause stays in the log: a client sees no internals
                 for seq in [*self.batch.seqs, *joiners]:
                     if seq.finish is None:
                         seq.finish = "error"
-                        seq.emit(("error", f"generation failed: {type(err).__name__}: {err}"))
+                        seq.emit(("error", "generation failed"))
                 self.batch = _Batch()
             self.after_step()
 
@@ -167,18 +175,24 @@ class TextEngine:
         return [s for s in taken if not s.cancelled]
 
     def _prefill(self, joiners: list[_Sequence]) -> None:
+        """Prefill the joiners together, but each one that scores its prompt (echo) alone: its logits over the
+        whole prompt are a vocabulary per token, which the others need not pay for."""
+        scoring = [s for s in joiners if s.params.echo and s.params.logprobs is not None]
+        plain = [s for s in joiners if s not in scoring]
+        for group in [plain] * bool(plain) + [[s] for s in scoring]:
+            self._prefill_group(group, scores=group[0] in scoring)
+
+    def _prefill_group(self, joiners: list[_Sequence], scores: bool) -> None:
         width = max(len(s.ids) for s in joiners)
         ids = torch.tensor([[self.eos] * (width - len(s.ids)) + s.ids for s in joiners])
         mask = torch.tensor([[0] * (width - len(s.ids)) + [1] * len(s.ids) for s in joiners])
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
-        scores = [s.params.echo and s.params.logprobs is not None for s in joiners]  # the prompt's own logprobs
         out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                      logits_to_keep=0 if any(scores) else 1).logits
-        for row, seq in enumerate(joiners):
-            if scores[row]:
-                seq.emit(("echo", _prompt_logprobs(out[row, width - len(seq.ids):].float(), seq.ids,
-                                                     seq.params.logprobs)))
+                      logits_to_keep=0 if scores else 1).logits
+        if scores:
+            seq = joiners[0]
+            seq.emit(("echo", _prompt_logprobs(out[0].float(), seq.ids, seq.params.logprobs), self._ends(seq.ids)))
         self.batch.cache.admit(cache, mask)
         self.batch.seqs += joiners
         self._advance(joiners, out[:, -1].float())
@@ -201,18 +215,20 @@ class TextEngine:
         for i, (seq, token) in enumerate(zip(seqs, self._tokens(seqs, logits), strict=True)):
             seq.batch = max(seq.batch, len(self.batch.seqs))
             try:
-                if logp is not None and i in scored and isinstance(token, int) and token != self.eos \
-                        and seq.generated < seq.params.max_tokens and not seq.cancelled:
+                record = None
+                if logp is not None and i in scored and isinstance(token, int):
                     row = logp[scored.index(i)]
-                    seq.emit(("logprob", token, float(row[token]), _top(row, seq.params.logprobs)))
-                self._step(seq, token)
-            except Exception as err:
+                    record = (token, float(row[token]), _top(row, seq.params.logprobs))
+                self._step(seq, token, record)
+            except Exception:
+                log.exception("generation failed")
                 seq.finish = "error"
-                seq.emit(("error", f"generation failed: {type(err).__name__}: {err}"))
+                seq.emit(("error", "generation failed"))
         if any(s.finish is not None for s in self.batch.seqs):
             self._drop_finished()
 
-    def _step(self, seq: _Sequence, token: int | Exception) -> None:
+    def _step(self, seq: _Sequence, token: int | Exception, record: tuple | None = None) -> None:
+        """Append the token (and emit its logprob `record`, after its text), or finish the sequence."""
         if isinstance(token, Exception):
             raise token
         if seq.generated >= seq.params.max_tokens:  # max_tokens 0: the prompt scored (echo), nothing drawn
@@ -224,6 +240,8 @@ class TextEngine:
         else:
             seq.ids.append(token)
             self._detokenize(seq)
+            if record is not None:  # where its text ends: a character still incomplete counts as one more
+                seq.emit(("logprob", *record, len(seq.text) + (seq.read < len(seq.ids))))
             if seq.finish is None and seq.generated >= seq.params.max_tokens:
                 seq.finish = "length"
         if seq.finish is not None and seq.finish != "cancelled":
@@ -303,6 +321,18 @@ class TextEngine:
         if safe > seq.sent:
             seq.emit(("delta", seq.text[seq.sent:safe]))
             seq.sent = safe
+
+    def _ends(self, ids: list[int]) -> list[int]:
+        """Where each token's text ends in the decoded ids (a token inside a character: one past what is decoded)."""
+        ends, length = [], 0
+        if self.backend is not None:
+            stream = DecodeStream(skip_special_tokens=False)
+            for token in ids:
+                new = stream.step(self.backend, token)
+                length += len(new or "")
+                ends.append(length + (new is None))
+            return ends
+        return [len(self.tokenizer.decode(ids[:i + 1])) for i in range(len(ids))]
 
     def _drop_finished(self) -> None:
         b = self.batch

@@ -4,7 +4,8 @@ asyncio queue, passed through the output filters, charged to the caller, and sen
 
 A text served kind (`capabilities/text.py`'s ServedText) has `encode`, `context` (None: no limit),
 `gives_logprobs`, `charge(options)` and `generate(ids, prompt, options, seed, ask, emit) -> handle` (whose
-`cancelled` it honours). A client that goes away cancels its sequences, which leave the batch at the next step.
+`cancelled` it honours). A client that goes away, streamed or not, cancels its sequences, which leave the batch at
+the next step. The filters judge each burst of events off the event loop (filters.py): their cost grows with the text.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from genlab.errors import GenlabError
-from genlab.serving.guard import Guard, OutputFilter, Refused
-from genlab.serving.server import Server
+from genlab.serving.filters import OutputFilter
+from genlab.serving.guard import Guard, Refused
+from genlab.serving.server import Server, unless_gone
 from genlab.serving.workers import EngineStopped, QueueFull
 
 
@@ -39,8 +41,9 @@ class Choice:
     batch: int = 0
     handle: object = None  # the engine's sequence, to cancel it
     first_at: float | None = None
-    logprobs: list = field(default_factory=list)  # (token, logprob, top) per drawn token, when asked for
-    prompt_logprobs: list = field(default_factory=list)  # the prompt's own tokens scored (echo)
+    # (token, logprob, top) per token the filters let out: the echoed prompt's first, then the drawn ones
+    logprobs: list = field(default_factory=list)
+    scored: int = 0  # prompt tokens scored for echo: charged as generated ones
     shown_logprobs: int = 0  # records already sent in a stream
 
 
@@ -51,9 +54,10 @@ class Generation:
     served: Any  # a text served kind (capabilities/text.py)
     choices: list[Choice]
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    guard: Guard | None = None  # where its reserved tokens go back to
+    guard: Guard | None = None  # where its reserved tokens and queue places go back to
     identity: str = ""
     reserved: int = 0  # tokens taken from the identity's budget at admission
+    filtering: bool = False  # the serve config has output filters: events are judged off the event loop
 
     async def deltas(self) -> AsyncIterator[tuple[Choice, str]]:
         """(choice, released text) as text arrives; (choice, "") once more when a choice finishes.
@@ -63,34 +67,47 @@ class Generation:
             events = [await self.events.get()]
             while not self.events.empty():
                 events.append(self.events.get_nowait())
-            released: dict[int, str] = {}
-            for index, event in events:
-                choice = self.choices[index]
-                if event[0] == "delta":
-                    out = choice.filter.feed(event[1])
-                elif event[0] == "logprob":
-                    choice.logprobs.append(event[1:])
-                    continue
-                elif event[0] == "echo":
-                    choice.prompt_logprobs = event[1]
-                    continue
-                elif event[0] == "error":
-                    raise Refused(500, event[1], code="generation_failed")
-                else:
-                    _, choice.finish, choice.prompt_tokens, choice.tokens, choice.batch = event
-                    out = choice.filter.finish()
-                    open_ -= 1
-                released[index] = released.get(index, "") + out
+            released = await asyncio.to_thread(self._judge, events) if self.filtering else self._judge(events)
             for index, out in released.items():
                 choice = self.choices[index]
-                if choice.filter.verdict is not None and choice.filter.verdict.action != "flag" \
-                        and choice.finish is not None:
-                    choice.finish = "content_filter"
                 if out and choice.first_at is None:
                     choice.first_at = time.perf_counter()
                 choice.text += out
-                if out or choice.finish is not None:
-                    yield choice, out
+                open_ -= choice.finish is not None
+                yield choice, out
+
+    def _judge(self, events: list[tuple[int, tuple]]) -> dict[int, str]:
+        """Pass a burst of events through the choices' filters: {choice index: text released}."""
+        released: dict[int, str] = {}
+        for index, event in events:
+            choice = self.choices[index]
+            if event[0] == "delta":
+                out = choice.filter.feed(event[1])
+            elif event[0] == "logprob":  # (token, logprob, top) and where its text ends in the output
+                choice.filter.note(event[1:4], event[4])
+                continue
+            elif event[0] == "echo":  # the prompt's records, and where each token's text ends in it
+                for record, end in zip(event[1], event[2], strict=True):
+                    choice.filter.note(record, end, echoed=True)
+                choice.scored = len(event[1])
+                continue
+            elif event[0] == "error":  # the cause is in the server's log, never in a response
+                raise Refused(500, "generation failed", code="generation_failed")
+            elif event[0] == "unavailable":  # (message, seconds to wait): the engine is replaced or full
+                raise Refused(503, f"model: {self.served.name!r} {event[1]}; retry", retry_after=event[2],
+                              code="unavailable")
+            else:
+                _, finish, choice.prompt_tokens, choice.tokens, choice.batch = event
+                out = choice.filter.finish()
+                verdict = choice.filter.verdict
+                choice.finish = "content_filter" if verdict is not None and verdict.action != "flag" else finish
+            released[index] = released.get(index, "") + out
+        for index in released:
+            choice = self.choices[index]
+            choice.logprobs += choice.filter.records()
+            if choice.filter.refused:  # what a refused output's records would say, unsent, goes with its text
+                del choice.logprobs[choice.shown_logprobs:]
+        return {i: out for i, out in released.items() if out or self.choices[i].finish is not None}
 
     def cancel(self) -> None:
         for choice in self.choices:
@@ -99,14 +116,14 @@ class Generation:
         self.settle()
 
     def settle(self) -> None:
-        """Refund, once, what was reserved and not generated: a finished choice's tokens, and what a cancelled
-        one had generated when it stopped, are charged (a choice with no count of its own is charged whole)."""
+        """Refund, once, what was reserved and not generated, and give back the queue places: a finished choice's
+        tokens, and what a cancelled one had generated when it stopped, are charged (one never queued is not)."""
         if self.guard is None:
             return
-        each = self.reserved // max(1, len(self.choices))
-        used = sum(c.tokens if c.finish is not None else c.handle.generated if c.handle is not None else each
-                   for c in self.choices)
+        used = sum(c.scored + (c.tokens if c.finish is not None else c.handle.generated if c.handle is not None
+                               else 0) for c in self.choices)
         self.guard.refund(self.identity, self.reserved - used)
+        self.guard.release(self.identity, self.served.name, len(self.choices))
         self.guard = None
 
 
@@ -140,12 +157,23 @@ def start(server: Server, served: Any, identity: str, ask: Ask) -> Generation:
             raise Refused(400, f"prompt: {len(prompt)} characters, more than the limit of {limits.max_prompt_chars}",
                           code="invalid_value")
     loop = asyncio.get_running_loop()
-    gen = Generation(served, [Choice(i, OutputFilter(server.config.filters, served.model.copies)) for i in range(n)])
     planned = [_fitted(served, prompt, ask, limits.max_tokens) for prompt in ask.prompts]
-    if served.depth + n > server.config.max_queue:
-        raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded")
-    gen.reserved = sum(served.charge(planned[i // ask.n][1]) for i in range(n))
-    server.guard.reserve(identity, gen.reserved)  # the most it may generate, refunded as far as unused
+    filters, token_text = server.config.filters, getattr(served, "token_text", None)
+    texts = [served.prompt_text(p) if filters or ask.echo else "" for p in ask.prompts]
+    gen = Generation(served, [Choice(i, OutputFilter(filters, served.model.copies, texts[i // ask.n], token_text,
+                                                     echo=texts[i // ask.n] if ask.echo else ""))
+                              for i in range(n)], filtering=bool(filters))
+    scored = ask.echo and ask.logprobs is not None  # the prompt's tokens are scored: charged as generated ones
+    gen.reserved = sum(served.charge(planned[i // ask.n][1]) + scored * len(planned[i // ask.n][0])
+                       for i in range(n))
+    server.guard.take_share(identity, served.name, n, server.config.max_queue)
+    try:
+        if served.depth + n > server.config.max_queue:
+            raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded")
+        server.guard.reserve(identity, gen.reserved)  # the most it may generate, refunded as far as unused
+    except BaseException:
+        server.guard.release(identity, served.name, n)
+        raise
     gen.guard, gen.identity = server.guard, identity
     try:
         for i, choice in enumerate(gen.choices):
@@ -153,14 +181,14 @@ def start(server: Server, served: Any, identity: str, ask: Ask) -> Generation:
             seed = None if ask.seed is None else ask.seed + i % ask.n
             choice.handle = served.generate(ids, ask.prompts[i // ask.n], options, seed, ask,
                                             _emitter(loop, gen.events, i))
-    except (queue.Full, QueueFull, EngineStopped) as err:
-        server.guard.refund(identity, gen.reserved)  # nothing of it ran
-        gen.guard = None
-        gen.cancel()
+    except BaseException as err:
+        gen.cancel()  # what was queued leaves; its share and the tokens it did not draw go back
         if isinstance(err, EngineStopped):
-            raise Refused(503, f"model: {served.name!r} cannot generate: {err}; the server is not ready",
+            raise Refused(503, f"model: {served.name!r} {err}; retry", retry_after=err.retry_after,
                           code="unavailable") from None
-        raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded") from None
+        if isinstance(err, queue.Full | QueueFull):
+            raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded") from None
+        raise
     return gen
 
 
@@ -234,10 +262,14 @@ def account(server: Server, request: Request, identity: str, gen: Generation) ->
     request.state.batch_size = max((c.batch for c in gen.choices), default=0)
 
 
-async def collect(gen: Generation) -> None:
-    try:
+async def collect(gen: Generation, request: Request) -> None:
+    """Wait for every choice to finish; a client that goes away first cancels them."""
+    async def read() -> None:
         async for _ in gen.deltas():
             pass
+
+    try:
+        await unless_gone(request, read())
     except BaseException:
         gen.cancel()
         raise

@@ -1,25 +1,13 @@
-"""What stands between a request and a model: API keys, per-key rate limits, and output filters."""
+"""What stands between a request and a model: API keys and per-key rate limits (output filters: filters.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from genlab.errors import GenlabError
-from genlab.responsible.offensive import find_offensive, judged_upto
-from genlab.responsible.pii import LONGEST, find_pii, redact
-from genlab.serving.config import BlocklistFilter, MemorizedFilter, OffensiveFilter, PIIFilter, ServeConfig
-
-if TYPE_CHECKING:
-    from genlab.responsible.memorization import CopyIndex
-
-Rule = BlocklistFilter | PIIFilter | OffensiveFilter | MemorizedFilter
-_WHAT = {"pii": "personal data", "offensive": "offensive text", "memorized": "text copied from training"}
+from genlab.serving.config import ServeConfig
 
 MAX_IDENTITIES = 10_000  # buckets kept before full ones are forgotten (addresses, when no keys are set)
 
@@ -59,6 +47,7 @@ class Guard:
         self.limits = config.rate_limit
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._inflight: dict[str, int] = {}
+        self._queued: dict[tuple[str, str], int] = {}  # (identity, model): sequences or items waiting or running
         self._lock = threading.Lock()
 
     def identify(self, authorization: str | None, client: str) -> str:
@@ -89,6 +78,31 @@ class Guard:
                 self._inflight[identity] = left
             else:
                 self._inflight.pop(identity, None)
+
+    def take_share(self, identity: str, model: str, count: int, queue: int) -> None:
+        """Count `count` sequences or items of the identity as waiting or running on `model`; 429 past its share of
+        the model's queue, so that one key cannot fill it for everyone."""
+        share = self.limits.queue_share  # 1: no share of its own, only the queue's bound
+        most = max(1, int(queue * share))
+        if share < 1 and count > most:  # never, however long it waits
+            raise Refused(400, f"n: {count} sequences or items, more than one key's share of model {model!r}'s "
+                          f"queue ({most})", code="invalid_value")
+        with self._lock:
+            held = self._queued.get((identity, model), 0)
+            if share < 1 and held + count > most:
+                raise Refused(429, f"queue share: {held} of this key's sequences are waiting or running on model "
+                              f"{model!r} and {count} more were asked for; one key may hold {most} "
+                              f"(rate_limit.queue_share {self.limits.queue_share} of its queue)", 1.0,
+                              "rate_limit_exceeded")
+            self._queued[identity, model] = held + count
+
+    def release(self, identity: str, model: str, count: int) -> None:
+        with self._lock:
+            left = self._queued.get((identity, model), 0) - count
+            if left > 0:
+                self._queued[identity, model] = left
+            else:
+                self._queued.pop((identity, model), None)
 
     def admit(self, identity: str) -> None:
         """Take one request from the identity's budget; 429 otherwise."""
@@ -134,101 +148,3 @@ class Guard:
             per_minute = self.limits.tokens_per_minute if kind == "tokens" else self.limits.requests_per_minute
             self._buckets[key] = _Bucket(per_minute)
         return self._buckets[key]
-
-
-@dataclass
-class Verdict:
-    name: str  # the filter that acted
-    action: str  # "refuse" or "replace"
-    reason: str
-
-
-class OutputFilter:
-    """The serve config's filters over one output, fed as it streams.
-
-    Text is released only up to a word boundary at least the longest term's (or personal datum's, or copy
-    window's) length back from the end, and never inside a finding, so a term split across tokens is judged
-    whole before any of it is sent. `copies` is the model's training-text index, for a memorized rule."""
-
-    def __init__(self, filters: list[Rule], copies: CopyIndex | None = None) -> None:
-        self.rules = [(f, re.compile(r"\b(?:" + "|".join(map(re.escape, f.terms)) + r")\b", re.IGNORECASE))
-                      for f in filters if isinstance(f, BlocklistFilter) and f.terms]
-        self.finders = [f for f in filters if isinstance(f, PIIFilter | OffensiveFilter | MemorizedFilter)]
-        if copies is None and any(isinstance(f, MemorizedFilter) for f in filters):
-            raise GenlabError("a memorized filter needs the model's copy index (training_windows.npy, written by "
-                              "`genlab fit` for text models)")
-        self.copies = copies
-        held = [LONGEST] * any(isinstance(f, PIIFilter) for f in filters)
-        held += [f.min_chars for f in filters if isinstance(f, MemorizedFilter)]  # a copy is whole at min_chars
-        self.hold = max([len(t) for f, _ in self.rules for t in f.terms] + held, default=0)
-        self.text, self.released, self.finished = "", 0, False
-        self.verdict: Verdict | None = None
-
-    def feed(self, delta: str) -> str:
-        """Text that may be sent now."""
-        self.text += delta
-        if not self.rules and not self.finders:
-            return self._release(len(self.text))
-        return self._release(self.text.rfind(" ", self.released, max(len(self.text) - self.hold, 0)) + 1)
-
-    def finish(self) -> str:
-        """The rest of the text, once the output is complete."""
-        self.finished = True
-        return self._release(len(self.text))
-
-    def _judge(self, verdict: Verdict) -> None:
-        if self.verdict is None or self.verdict.action == "flag":  # refusing or changing outranks flagging
-            self.verdict = verdict
-
-    def _release(self, upto: int) -> str:
-        if self.verdict and self.verdict.action == "refuse":
-            return ""
-        for rule, pattern in self.rules:
-            if rule.action == "refuse" and pattern.search(self.text):
-                self.verdict = Verdict(rule.type, "refuse", "the output contains a blocked term")
-                return ""
-        for rule in self.finders:
-            upto = self._findings(rule, upto)
-            if self.verdict and self.verdict.action == "refuse":
-                return ""
-        end = len(self.text) - upto  # measured from the end: replacements change lengths before it
-        for rule, pattern in self.rules:
-            if rule.action == "replace":
-                tail, count = pattern.subn(rule.replacement, self.text[self.released:])
-                if count:
-                    self.text = self.text[:self.released] + tail
-                    self._judge(Verdict(rule.type, "replace", "blocked terms were replaced"))
-        upto = len(self.text) - end
-        if upto <= self.released:
-            return ""
-        out, self.released = self.text[self.released:upto], upto
-        return out
-
-    def _findings(self, rule: PIIFilter | OffensiveFilter | MemorizedFilter, upto: int) -> int:
-        """Act on the rule's findings that end before `upto` (release held back to a finding's start, never inside
-        it; an offensive sentence is judged once it has ended); returns where release may go now."""
-        what = _WHAT[rule.type]
-        if isinstance(rule, OffensiveFilter):
-            if not self.finished:
-                upto = self.released + judged_upto(self.text[self.released:upto])
-            found = find_offensive(self.text[self.released:upto], rule.threshold)
-        else:
-            found = (self.copies.find_copies(self.text[self.released:], rule.min_chars)
-                     if isinstance(rule, MemorizedFilter) else find_pii(self.text[self.released:], rule.kinds))
-            for f in found:
-                if f.start < upto - self.released < f.end:
-                    upto = self.released + f.start
-        final = [f for f in found if f.end <= upto - self.released]
-        if not final:
-            return upto
-        kinds = ", ".join(sorted({f.kind for f in final}))
-        if rule.action == "refuse":
-            self.verdict = Verdict(rule.type, "refuse", f"the output holds {what} ({kinds})")
-        elif rule.action == "flag":
-            self._judge(Verdict(rule.type, "flag", f"the output holds {what} ({kinds})"))
-        else:
-            part = redact(self.text[self.released:upto], final)
-            self.text = self.text[:self.released] + part + self.text[upto:]
-            upto = self.released + len(part)
-            self._judge(Verdict(rule.type, "redact", f"{what} redacted ({kinds})"))
-        return upto

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 class Served:
     kind: ClassVar[str] = "model"  # the capability it serves, shown in /v1/models
+    context: int | None = None  # tokens a request's prompt and output may hold together (a causal LM's)
     router: ClassVar[APIRouter | None] = None
 
     def __init__(self, name: str, model: Any, config: ServeConfig, on_batch: Callable[[int], None] | None = None,
@@ -74,6 +75,11 @@ class Served:
     @property
     def alive(self) -> bool:
         return self.worker.alive
+
+    @property
+    def healthy(self) -> bool:
+        """It can serve, or will again by itself (an engine being replaced): false asks for a restart."""
+        return self.worker.healthy
 
     @property
     def depth(self) -> int:

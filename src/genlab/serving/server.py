@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable
 from concurrent.futures import Future
 from typing import Any
 
@@ -16,6 +18,8 @@ from genlab.serving.metrics import Metrics
 from genlab.serving.served import Served
 from genlab.serving.workers import QueueFull
 
+log = logging.getLogger("genlab.serve")
+
 
 class Server:
     """What the routes share: the models by name, the guard, the metrics and the config."""
@@ -23,6 +27,7 @@ class Server:
     def __init__(self, models: dict[str, Served], config: ServeConfig, metrics: Metrics) -> None:
         self.models, self.config, self.metrics = models, config, metrics
         self.guard = Guard(config)
+        self.draining = False  # told to stop: /ready answers 503 while requests are still served
 
     def model(self, name: str, kind: type[Served], route: str) -> Served:
         """The model a request names, if it is served by this route's kind: 404 otherwise, naming what is loaded."""
@@ -45,19 +50,47 @@ def served_for(request: Request, name: str, kind: type[Served], route: str) -> t
 
 
 async def run_job(served: Served, key: Any, items: list[Any], request: Request) -> list[Any]:
-    """Queue a job on the model's worker and wait for it; 503 when the queue is full, 400 for a bad input."""
+    """Queue a job on the model's worker and wait for it, within the caller's share of the queue; 503 when the
+    queue is full, 400 for an input the model refuses (its words go to the log, not to the client)."""
+    server: Server = request.app.state.server
+    identity = request.state.identity
+    server.guard.take_share(identity, served.name, len(items), server.config.max_queue)
     try:
-        future: Future = served.submit(key, items)
-    except QueueFull:
-        raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded") from None
-    try:
-        out = await asyncio.wrap_future(future)
-    except GenlabError:
-        raise
-    except (ValueError, KeyError, TypeError) as err:  # a model that rejects the input, in its own words
-        raise GenlabError(f"input: {err}") from None
+        try:
+            future: Future = served.submit(key, items)
+        except QueueFull:
+            raise Refused(503, "server busy: the queue is full", retry_after=1.0, code="overloaded") from None
+        try:
+            out = await unless_gone(request, asyncio.wrap_future(future))  # a job not yet started is dropped
+        except GenlabError:
+            raise
+        except (ValueError, KeyError, TypeError):  # a model that rejects the input
+            log.warning("request %s: the model refused its input", request.state.request_id, exc_info=True)
+            raise Refused(400, "input: the model could not take it", code="invalid_value") from None
+    finally:
+        server.guard.release(identity, served.name, len(items))
     request.state.batch_size = getattr(future, "batch_size", None)
     return out
+
+
+async def unless_gone(request: Request, work: Awaitable[Any]) -> Any:
+    """Await `work`; when the client disconnects first, cancel it and raise a 499 (the log's "client closed")."""
+    task = asyncio.ensure_future(work)
+
+    async def gone() -> None:  # the body has been read: what comes next is the disconnect
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    leaving = asyncio.ensure_future(gone())
+    try:
+        done, _ = await asyncio.wait({task, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+        if not task.done():
+            task.cancel()
+    if task not in done:
+        raise Refused(499, "the client closed the request", code="client_closed")
+    return task.result()
 
 
 def limit(what: str, value: int, most: int, unit: str = "") -> None:
@@ -79,11 +112,14 @@ def authorize(request: Request) -> str:
 
 
 def operator(endpoint: str):
-    """A dependency for an operations endpoint: open when the server has no keys or lists it in `public`, else
-    it needs a key (no rate limit: health checks poll)."""
+    """A dependency for an operations endpoint: open on the operations port (`ops_port`), and on the main port when
+    the server has no keys or lists it in `public`; else it needs a key (no rate limit: health checks poll)."""
 
     def check(request: Request) -> None:
         server: Server = request.app.state.server
+        ops = server.config.ops_port
+        if ops is not None and (request.scope.get("server") or (None, None))[1] == ops:
+            return
         if endpoint not in server.config.public:
             server.guard.identify(request.headers.get("authorization"), "operator")
 

@@ -20,7 +20,11 @@ class QueueFull(Exception):
 
 
 class EngineStopped(RuntimeError):
-    """The engine's process is gone; the server stays up, not ready, and answers 503."""
+    """The engine's process is gone (and being replaced, or not): the server answers 503."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -53,11 +57,22 @@ class BatchWorker:
             job = Job(key, items)
             self.jobs.append(job)
             self._cond.notify()
+        job.future.add_done_callback(lambda future: future.cancelled() and self._drop(job))
         return job.future
+
+    def _drop(self, job: Job) -> None:
+        """A job cancelled while it waits leaves the queue at once: its place is not held by a client that left."""
+        with self._cond:
+            if job in self.jobs:
+                self.jobs.remove(job)
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._stop
+
+    @property
+    def healthy(self) -> bool:
+        return self.alive
 
     @property
     def depth(self) -> int:
@@ -79,6 +94,8 @@ class BatchWorker:
             batch = self._take()
             if batch is None:
                 return
+            if not batch:
+                continue
             items = [item for job in batch for item in job.items]
             self.on_batch(len(items))
             try:
@@ -108,9 +125,10 @@ class BatchWorker:
             key, batch, size = self.jobs[0].key, [], 0
             for job in list(self.jobs):
                 if job.key == key and (not batch or size + len(job.items) <= self.max_batch_size):
-                    batch.append(job)
-                    size += len(job.items)
                     self.jobs.remove(job)
+                    if job.future.set_running_or_notify_cancel():  # False: its client left while it waited
+                        batch.append(job)
+                        size += len(job.items)
             self.running = size
             return batch
 
