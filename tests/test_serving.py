@@ -129,7 +129,10 @@ def test_the_engine_process_drops_a_client_that_left_and_a_killed_one_fails_its_
 
         remote = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
         assert [c["text"] for c in remote["choices"]] == [c["text"] for c in alone["choices"]]
-        assert remote["choices"][1]["logprobs"] == alone["choices"][1]["logprobs"]
+        here, there = alone["choices"][1]["logprobs"], remote["choices"][1]["logprobs"]
+        assert there["tokens"] == here["tokens"] and there["text_offset"] == here["text_offset"]
+        # the child decodes on fewer threads than this process: sums in another order
+        assert there["token_logprobs"] == pytest.approx(here["token_logprobs"], abs=1e-4)
         in_flight = pool.submit(httpx.post, f"{url}/v1/completions", json=long, timeout=60)
         while not engine.steps or not engine.depth:  # it is decoding
             time.sleep(0.005)

@@ -241,6 +241,10 @@ def _child(fd: int) -> None:
 
     conn = Connection(fd)
     folder, options = conn.recv()
+    if "OMP_NUM_THREADS" not in os.environ:  # a core is left to the server's process, which streams the tokens
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - 1))
     try:
         model, _ = load_model(folder)
     except Exception as err:  # the server names it when it refuses to start
