@@ -139,7 +139,9 @@ def test_a_stopped_server_drains_then_lets_a_running_stream_finish(tmp_path_fact
     root = tmp_path_factory.mktemp("shutdown")
     run = genlab.fit(None, overrides=[*LM, *FEW], out=root / "lm")
     drain, shutdown = 2.0, 10.0
-    (root / "serve.yaml").write_text(yaml.safe_dump({"drain_seconds": drain, "shutdown_seconds": shutdown}))
+    # the engine in the server's thread: the drain is the server's, and a child process would only add its start
+    (root / "serve.yaml").write_text(yaml.safe_dump({"drain_seconds": drain, "shutdown_seconds": shutdown,
+                                                     "engine": "thread"}))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "genlab", "serve", str(run.path), "--port", str(port),

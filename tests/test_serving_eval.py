@@ -46,7 +46,7 @@ def test_lm_evaluation_harness_gets_the_same_perplexity_from_the_server_and_from
     (tmp_path / "task/perplexity.yaml").write_text(TASK.format(data=tmp_path / "docs.jsonl"))
     tasks = TaskManager(include_path=str(tmp_path / "task"))
     folder = str(runs["lm"].paths.model)
-    with running(serve_app([runs["lm"].path], ServeConfig(names=["lm"]))) as url:
+    with running(serve_app([runs["lm"].path], ServeConfig(names=["lm"], engine="thread"))) as url:
         # the README's line: max_length is the context /v1/models reports; the documents take several windows
         window = httpx.get(f"{url}/v1/models").json()["data"][0]["max_model_len"]
         assert window == runs["lm"].model.context

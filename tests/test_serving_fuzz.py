@@ -42,6 +42,6 @@ def fuzz_operation(operation, name: str, examples: int) -> int:
 def test_no_fuzzed_request_gets_a_server_error(runs):
     limits = {"max_n": 2, "max_steps": 10, "max_prompt_chars": 2000}  # 10: the tiny run's own steps
     app = serve_app([runs["lm"].path, runs["digits"].path], ServeConfig(names=["lm", "digits"], limits=limits,
-                                                                        api_keys=["fuzz-key"]))
+                                                                        api_keys=["fuzz-key"], engine="thread"))
     counts = fuzz(app, FUZZ_EXAMPLES)
     assert len(counts) >= 12 and sum(counts.values()) >= 300, counts
