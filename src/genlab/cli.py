@@ -457,22 +457,17 @@ def serve(
     # before torch loads OpenMP: its threads sleep when they wait, since the text engine's process and the image
     # workers share the cores and a spinning pool starves the others (measured: 1.3x the requests, mixed load)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from genlab.serving import load_serve_config, serve_app
-    from genlab.serving.listen import bind, listen
+    from genlab.serving import load_serve_config
+    from genlab.serving.listen import serve_until_stopped
 
     cfg = load_serve_config(config, host=host, port=port)
-    sockets = bind(cfg)
-    try:
-        served = serve_app(runs, cfg)
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    _json_log_lines()
-    names = ", ".join(served.state.server.models)
-    ops = f"; /health, /ready and /metrics also on port {cfg.ops_port}" if cfg.ops_port is not None else ""
-    err.print(f"serving {names} on http://{cfg.host}:{cfg.port} (docs at /docs{ops})", highlight=False)
-    listen(served, cfg, sockets)
+
+    def announce(names: list[str]) -> None:
+        _json_log_lines()
+        ops = f"; /health, /ready and /metrics also on port {cfg.ops_port}" if cfg.ops_port is not None else ""
+        err.print(f"serving {', '.join(names)} on http://{cfg.host}:{cfg.port} (docs at /docs{ops})", highlight=False)
+
+    serve_until_stopped(runs, cfg, announce)
 
 
 def _json_log_lines() -> None:

@@ -14,6 +14,8 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -49,6 +51,21 @@ def _bind(host: str, port: int, field: str) -> socket.socket:
         sock.close()
         raise GenlabError(f"{field}: cannot listen on {host}:{port}: {err.strerror or err}") from None
     return sock
+
+
+def serve_until_stopped(paths: list[Path], config: ServeConfig, announce: Callable[[list[str]], None]) -> None:
+    """`genlab serve`: bind the ports, load the models, `announce` their names, and serve until a signal."""
+    from genlab.serving.app import serve_app
+
+    sockets = bind(config)
+    try:
+        app = serve_app(paths, config)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    announce(list(app.state.server.models))
+    listen(app, config, sockets)
 
 
 def listen(app: Any, config: ServeConfig, sockets: list[socket.socket]) -> None:
