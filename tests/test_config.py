@@ -31,7 +31,8 @@ def test_unknown_family_names_the_key_and_the_choices():
 
 
 def test_unknown_source_names_the_key_and_the_choices():
-    with pytest.raises(ConfigError, match=r"data.source: .mnist. is not one of: audio_folder, breast_cancer, dates"):
+    with pytest.raises(ConfigError, match=r"data.source: .mnist. is not one of: audio_folder, breast_cancer, "
+                                          r"captioned_shapes, dates"):
         load_config({"data": {"source": "mnist"}})
 
 

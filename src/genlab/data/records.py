@@ -20,6 +20,7 @@ class DataSpec:
     shape: tuple[int, ...]  # one example: (C, H, W) for images, (context,) token windows for text, (1, L) audio
     class_names: tuple[str, ...] = ()
     sample_rate: int | None = None  # samples per second along the last axis, for waveforms
+    captioned: bool = False  # each example has a caption (text-to-image data)
 
     @property
     def num_classes(self) -> int:
@@ -33,6 +34,7 @@ class Split:
     factors: torch.Tensor | None = None  # (N, K) generative factor indices, when the source knows them (shapes)
     weights: torch.Tensor | None = None  # (N,) sampling weights: training batches draw items in proportion
     names: list[str] | None = None  # what each example is called, for per-example figures (held-out photographs)
+    captions: list[str] | None = None  # each example's text, when the data is captioned (text to image)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -54,6 +56,7 @@ class Loaded:
     factor_names: tuple[str, ...] = ()
     weights: torch.Tensor | None = None  # (N,) sampling weights (genlab prepare's labels step, weights: true)
     sample_rate: int | None = None  # waveforms: samples per second
+    captions: list[str] | None = None  # one per example: what a text-to-image model is conditioned on
 
 
 @dataclass

@@ -8,12 +8,14 @@ same record with their own modality; labels are int64 (N,) or None.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genlab.data.captions import read_captions
 from genlab.data.records import Dataset, DataSpec, Loaded, Split, split_indices
 from genlab.data.registry import FILES, source
 from genlab.errors import GenlabError
@@ -52,7 +54,7 @@ def balanced(dataset: Dataset, by: str) -> Dataset:
     if train.weights is not None:
         weights = weights * train.weights.double()
     notes = [*dataset.notes, f"training batches balanced by {by} ({np.count_nonzero(counts)} groups)"]
-    return Dataset(dataset.spec, Split(train.x, train.y, train.factors, weights), dataset.val, dataset.test, notes,
+    return Dataset(dataset.spec, replace(train, weights=weights), dataset.val, dataset.test, notes,
                    dataset.factor_names)
 
 
@@ -79,11 +81,12 @@ def _load_split(cfg) -> Dataset:
         a, b = data.parts
         train, val, test = np.arange(a), np.arange(a, a + b), np.arange(a + b, len(x))
     spec = DataSpec(modality=data.modality, shape=tuple(x.shape[1:]), class_names=tuple(data.class_names),
-                    sample_rate=data.sample_rate)
+                    sample_rate=data.sample_rate, captioned=data.captions is not None)
 
     def take(idx: np.ndarray) -> Split:
         return Split(x[idx], None if y is None else y[idx], None if data.factors is None else data.factors[idx],
-                     None if data.weights is None else data.weights[idx])
+                     None if data.weights is None else data.weights[idx],
+                     captions=None if data.captions is None else [data.captions[i] for i in idx])
 
     held_out = take(test) if data.test is None else Split(data.test, names=data.test_names)
     return Dataset(spec, take(train), take(val), held_out, data.notes, data.factor_names)
@@ -139,7 +142,8 @@ def digits(cfg) -> Loaded:
 
 
 def image_folder(cfg) -> Loaded:
-    """A folder of images; each subfolder is a class (images directly in the folder: no labels)."""
+    """A folder of images; each subfolder is a class (images directly in the folder: no labels). Captions are read
+    as data/captions.py says (then subfolders are no classes); an image without a usable one is skipped, named."""
     root = cfg.path
     if root is None:
         raise GenlabError("data.path: required for data.source 'image_folder' (a folder of PNG/JPEG files)")
@@ -147,14 +151,33 @@ def image_folder(cfg) -> Loaded:
     if not root.is_dir():
         raise GenlabError(f"data.path: {root} is not a folder")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    captions = read_captions(root, cfg.text_field)
+    texts: list[str] | None = None
+    if captions is not None:
+        texts, captioned = [], []
+        for p in files:
+            text, why = captions.caption(p.relative_to(root).as_posix())
+            if text is None:
+                log.warning(f"skipped {p.relative_to(root)}: {why}")
+                continue
+            texts.append(text)
+            captioned.append(p)
+        if files and not captioned:
+            first = files[0].relative_to(root).as_posix()
+            raise GenlabError(f"data.path: none of the {len(files)} images under {root} has a usable caption "
+                              f"({first}: {captions.caption(first)[1]})")
+        files = captioned
     if not files:
         raise GenlabError(f"data.path: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
-    classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."})
+    # as Hugging Face's imagefolder: with captions, subfolders are where images are kept, not their classes
+    classes = sorted({p.parent.relative_to(root).as_posix() for p in files} - {"."}) if texts is None else []
     if classes and any(p.parent == root for p in files):
         raise GenlabError(f"data.path: {root} mixes images at the top with class subfolders; use one or the other")
     images, kept, notes = read_images(files, root, cfg)
     labels = [classes.index(files[i].parent.relative_to(root).as_posix()) for i in kept] if classes else None
-    return Loaded(images, None if labels is None else torch.tensor(labels, dtype=torch.long), classes, notes)
+    return Loaded(images, None if labels is None else torch.tensor(labels, dtype=torch.long), classes,
+                  notes + (captions.notes if captions else []), captions=None if texts is None else
+                  [texts[i] for i in kept])
 
 
 def read_images(files: list[Path], root: Path, cfg) -> tuple[torch.Tensor, list[int], list[str]]:

@@ -188,6 +188,7 @@ def _write(cfg: RunConfig, out: Path, kind: Kind, items, labels: list, split: np
         (staging / "weights.json").write_text(json.dumps({s: weights[split == k].round(6).tolist()
                                                           for k, s in enumerate(SPLITS)}))
     summary = _summary(cfg, kind.name, len(items), counts, names, extra, logs, read_count)
+    summary["captioned"] = kind.captioned(items)
     return _finish(staging, out, summary, kind.preview(items, extra), logs)
 
 

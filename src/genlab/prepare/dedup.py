@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -111,5 +112,5 @@ def clusters(items: list[Item], pairs: list[tuple[int, int]], action: str, log: 
         if action == "remove" and roots[i] != i:
             log.remove("near duplicate", f"{item.where} (near {items[roots[i]].where})")
             continue
-        out.append(Item(item.where, item.value, item.label, roots[i] if sizes[roots[i]] > 1 else None))
+        out.append(replace(item, cluster=roots[i] if sizes[roots[i]] > 1 else None))
     return out

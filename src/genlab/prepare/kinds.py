@@ -56,6 +56,10 @@ class Kind:
     def megabytes(self, items: Any) -> float:
         return 0.0
 
+    def captioned(self, items: Any) -> bool:
+        """Whether every item carries a caption (text-to-image data)."""
+        return False
+
     def finish(self, items: Any, data: Any) -> Any:
         """The items as they are written, whatever steps ran."""
         return items
@@ -109,7 +113,7 @@ class ImageKind(Kind):
         return deduplicate_images(items, step, log)
 
     def read_files(self, root: Path, data: Any, log: StepLog, extra: dict) -> list[Item]:
-        items = validate_images(root, log, data.limit)
+        items = validate_images(root, log, data.limit, data.text_field)
         extra["sizes"] = [max(item.value.size) for item in items]  # as read: the report's histogram
         return items
 
@@ -119,11 +123,15 @@ class ImageKind(Kind):
         arrays = ((loaded.x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
         names = loaded.class_names
         items = [Item(f"item {i + 1}", Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a),
-                      names[int(loaded.y[i])] if loaded.y is not None and names else None)
+                      names[int(loaded.y[i])] if loaded.y is not None and names else None,
+                      None if loaded.captions is None else loaded.captions[i])
                  for i, a in enumerate(arrays)]
         extra["sizes"] = [max(item.value.size) for item in items]
         log.kept = len(items)
         return items
+
+    def captioned(self, items: list[Item]) -> bool:
+        return bool(items) and all(i.caption is not None for i in items)
 
     def finish(self, items: list[Item], data: Any) -> list[Item]:
         if items and not isinstance(items[0].value, np.ndarray):  # no normalize step ran
@@ -139,19 +147,31 @@ class ImageKind(Kind):
         tensors = {"x": x.to(torch.uint8)}
         if codes is not None:
             tensors["y"] = torch.tensor(codes, dtype=torch.long)
-        save_file(tensors, str(out / f"{split}.safetensors"), metadata={"where": json.dumps([i.where for i in chosen])})
+        metadata = {"where": json.dumps([i.where for i in chosen])}
+        if chosen and chosen[0].caption is not None:
+            metadata["captions"] = json.dumps([i.caption for i in chosen])
+        save_file(tensors, str(out / f"{split}.safetensors"), metadata=metadata)
 
     def preview(self, items: list[Item], extra: dict) -> tuple[Any, list[float], str]:
         samples = np.stack([i.value for i in items[:32]]) if items else np.zeros((0, 1, 1, 1), np.uint8)
         return samples, extra["sizes"], "longest side in pixels, as read"
 
     def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
-        loaded = [load_file(str(path / f"{s}.safetensors")) for s in SPLITS]
+        from safetensors import safe_open
+
+        files = [path / f"{s}.safetensors" for s in SPLITS]
+        loaded = [load_file(str(f)) for f in files]
         x = torch.cat([d["x"] for d in loaded if len(d["x"])]).float() / 255 * 2 - 1  # an empty split has no shape
         y = torch.cat([d["y"] for d in loaded]) if all("y" in d for d in loaded) else None
         counts = manifest["splits"]
+        captions = None
+        if manifest.get("captioned"):
+            captions = []
+            for f, d in zip(files, loaded, strict=True):
+                with safe_open(str(f), "pt") as opened:
+                    captions += json.loads((opened.metadata() or {}).get("captions", "[]")) if len(d["x"]) else []
         return Loaded(x, y, manifest.get("class_names", []), notes, self.name, (counts["train"], counts["val"]),
-                      weights=weights)
+                      weights=weights, captions=captions)
 
 
 class TableKind(Kind):

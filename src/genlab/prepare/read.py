@@ -39,14 +39,22 @@ def files_under(path: Path, suffixes: set[str] | None = None) -> list[Path]:
                   and (suffixes is None or p.suffix.lower() in suffixes))
 
 
-def validate_images(root: Path, log: StepLog, limit: int | None = None) -> list[Item]:
-    """Every file under `root` that decodes as an image (the first `limit`); subfolder names are the labels."""
+def validate_images(root: Path, log: StepLog, limit: int | None = None, text_field: str = "text") -> list[Item]:
+    """Every file under `root` that decodes as an image (the first `limit`); subfolder names are the labels. In a
+    captioned folder (data/captions.py), each image with its caption instead, and those without a usable one named."""
     from PIL import Image
 
+    from genlab.data.captions import read_captions
+
+    captions = read_captions(root, text_field)
+    if captions is not None:
+        log.notes += captions.notes
     items = []
     for path in files_under(root):
         if limit is not None and len(items) >= limit:
             break
+        if captions is not None and path in captions.files:
+            continue
         where = path.relative_to(root).as_posix() if root.is_dir() else path.name
         log.megabytes += path.stat().st_size / 1e6
         if path.stat().st_size == 0:
@@ -64,8 +72,15 @@ def validate_images(root: Path, log: StepLog, limit: int | None = None) -> list[
         if kind and path.suffix.lower().lstrip(".") not in _SUFFIX.get(kind, {kind.lower()}):
             log.notes.append(f"{where}: the content is {kind}, the name says {path.suffix}; read as {kind}")
             log.changed += 1
-        label = path.parent.relative_to(root).as_posix() if root.is_dir() and path.parent != root else None
-        items.append(Item(where, image, label))
+        caption = None
+        if captions is not None:  # after decoding: a file that is no image is named as such, caption or not
+            caption, why = captions.caption(where)
+            if caption is None:
+                log.remove(why, where)
+                continue
+        label = (path.parent.relative_to(root).as_posix() if root.is_dir() and path.parent != root
+                 and captions is None else None)  # captioned: subfolders are no classes, as in imagefolder
+        items.append(Item(where, image, label, caption))
     log.kept = len(items)
     warned = [n for n in log.notes if n.endswith("(read all the same)")]
     if warned:

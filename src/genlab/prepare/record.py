@@ -15,6 +15,7 @@ class Item:
     where: str
     value: Any  # text: str; image: a PIL image, then a uint8 array (H, W, C)
     label: str | None = None
+    caption: str | None = None  # an image's text, when the data is captioned
     cluster: int | None = None  # near-duplicate cluster, when deduplicate groups rather than removes
     split: int | None = None  # set when read: a piece of one long text file, which is cut by position
     continues: bool = False  # a piece that joins the one before it in its split (the same document)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -54,7 +55,7 @@ def clean_images(items: list[Item], opts: Clean, log: StepLog) -> list[Item]:
         if image.mode != mode:
             image = image.convert(mode)
             log.changed += 1
-        out.append(Item(item.where, image, item.label))
+        out.append(replace(item, value=image))
     log.kept = len(out)
     log.notes.append(f"mode {mode}")
     return out
@@ -76,7 +77,7 @@ def normalize_images(items: list[Item], opts: Normalize, size: int | None, log: 
                 image = image.resize((size, size), Image.BICUBIC)
                 log.changed += 1
         array = np.asarray(image, dtype=np.uint8)
-        out.append(Item(item.where, array[..., None] if array.ndim == 2 else array, item.label))
+        out.append(replace(item, value=array[..., None] if array.ndim == 2 else array))
     if size is None and len({i.value.shape for i in out}) > 1:
         from genlab.errors import GenlabError
 

@@ -1,0 +1,147 @@
+"""Prompt adherence, measured the way GenEval measures it: a judge reads each generated image back into the
+attributes its prompt asked for (shape, colour, size, place, count, relation) and counts what holds.
+
+The judge is a small convolutional network with one head per factor of `captioned_shapes`, trained on images the
+renderer draws from every combination (the pairs a model never saw included, and the shapes the set leaves out),
+so that what it misses on real images, its ceiling, is printed beside every model's figures. Like FeatureNet for
+FID, it needs no downloaded weights; it is trained once per image size and kept in genlab's cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from genlab.data import captioned_shapes as scenes
+
+log = logging.getLogger("genlab")
+
+SIDE = 32  # the judge reads every image at this size
+HEADS = {"count": 2, "shape": len(scenes.SHAPES + scenes.NEW_SHAPES), "colour": len(scenes.COLOURS),
+         "size": len(scenes.SIZES), "place": len(scenes.PLACES)}
+HEADS |= {"shape2": HEADS["shape"] + 1, "colour2": HEADS["colour"] + 1, "size2": HEADS["size"] + 1}  # +1: none
+VERSION = 1  # of the judge's recipe: a new one is trained, never an old one read as new
+ATTRIBUTES = ("shape", "colour", "size", "place", "count", "relation")
+
+
+class Judge(nn.Module):
+    """Images in [0, 1] -> one set of logits per factor of captioned_shapes (FACTORS' order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.SiLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.SiLU(),
+            nn.Flatten(), nn.Linear(64 * (SIDE // 4) ** 2, 256), nn.SiLU(),  # no pooling: where things are counts
+        )
+        self.heads = nn.ModuleDict({name: nn.Linear(256, k) for name, k in HEADS.items()})
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if images.shape[-1] != SIDE:
+            images = F.interpolate(images, size=(SIDE, SIDE), mode="bilinear", antialias=True, align_corners=False)
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        h = self.body(images * 2 - 1)
+        return {name: head(h) for name, head in self.heads.items()}
+
+    @torch.no_grad()
+    def read(self, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
+        """(N, 8) factors as the judge sees them, NONE for a lone object's second."""
+        self.eval()
+        out = []
+        for i in range(0, len(images), batch):
+            logits = self(images[i : i + batch].float())
+            out.append(torch.stack([logits[name].argmax(1) for name in HEADS], 1))
+        factors = torch.cat(out) if out else torch.zeros(0, len(HEADS), dtype=torch.long)
+        for k in (5, 6, 7):  # the "none" class is the last one
+            factors[:, k] = torch.where(factors[:, k] == HEADS[scenes.FACTORS[k]] - 1, scenes.NONE, factors[:, k])
+        return factors
+
+
+def _targets(factors: torch.Tensor) -> torch.Tensor:
+    """Factors as class indices: a missing second object is each second head's last class."""
+    t = factors.long().clone()
+    for k in (5, 6, 7):
+        t[:, k] = torch.where(t[:, k] == scenes.NONE, HEADS[scenes.FACTORS[k]] - 1, t[:, k])
+    return t
+
+
+def train_judge(images: int = 8_000, steps: int = 250, seed: int = 0) -> Judge:
+    """A judge trained on `images` rendered scenes of every combination, new shapes included."""
+    torch.manual_seed(seed)
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    factors = _any_factors(rng, images)
+    x = torch.cat([scenes.render(factors[i : i + 2048], SIDE, generator) for i in range(0, images, 2048)])
+    targets = _targets(factors)
+    judge = Judge()
+    opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    judge.train()
+    for _ in range(steps):
+        idx = torch.randint(0, images, (128,), generator=generator)
+        logits = judge(x[idx])
+        loss = sum(F.cross_entropy(logits[name], targets[idx, k]) for k, name in enumerate(HEADS))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+    return judge.eval()
+
+
+def _any_factors(rng: np.random.Generator, n: int) -> torch.Tensor:
+    """Factors of every combination the renderer draws: seen and unseen pairs alike, new shapes for one in eight."""
+    f = torch.cat([scenes.draw(rng, n - n // 2, unseen=False), scenes.draw(rng, n // 2, unseen=True)])
+    new = torch.from_numpy(rng.random((n, 2)) < 1 / 8)
+    for k, column in ((0, 1), (1, 5)):
+        f[:, column] = torch.where(new[:, k] & (f[:, column] != scenes.NONE), len(scenes.SHAPES), f[:, column])
+    return f[torch.from_numpy(rng.permutation(n))]
+
+
+def judge(cache: Path | None = None) -> Judge:
+    """The judge, trained on first use and kept in genlab's cache (GENLAB_CACHE)."""
+    from genlab.prepare.store import cache_root
+
+    path = (cache or cache_root()) / "judges" / f"captioned_shapes-v{VERSION}.safetensors"
+    model = Judge()
+    if path.is_file():
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    log.info("training the prompt-adherence judge on rendered scenes (once; about 30 s)")
+    model = train_judge()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    save_file(model.state_dict(), str(partial))
+    partial.replace(path)
+    return model
+
+
+def adherence(read: torch.Tensor, asked: torch.Tensor) -> dict[str, float]:
+    """Per-attribute accuracy of images read back by the judge against the factors their prompts asked for, and
+    `all`: the share of images right in every factor (GenEval's score of a prompt).
+
+    shape, colour, size: over every object asked for (of two, each in its place); place: lone objects'; count:
+    every image's; relation: pairs' (the right two shapes in the right order, side by side or stacked)."""
+    read, asked = read.long(), asked.long()
+    pairs = asked[:, 0] == 1
+    out: dict[str, float] = {}
+    for name, a, b in (("shape", 1, 5), ("colour", 2, 6), ("size", 3, 7)):
+        hits = torch.cat([read[:, a] == asked[:, a], (read[:, b] == asked[:, b])[pairs]])
+        out[name] = _mean(hits)
+    out["place"] = _mean((read[:, 4] == asked[:, 4])[~pairs])
+    out["count"] = _mean(read[:, 0] == asked[:, 0])
+    relation = (read[:, 4] == asked[:, 4]) & (read[:, 1] == asked[:, 1]) & (read[:, 5] == asked[:, 5])
+    out["relation"] = _mean(relation[pairs])
+    out["attributes"] = float(np.nanmean([out[k] for k in ATTRIBUTES]))
+    out["all"] = _mean((read == asked).all(1))
+    return out
+
+
+def _mean(hits: torch.Tensor) -> float:
+    return float(hits.float().mean()) if len(hits) else float("nan")
