@@ -30,6 +30,7 @@ NOISE = (
     "Version v4.12.0 introduces a better way",  # EncoderDecoderModel warns on every loss it computes
     "`is_gradient_checkpointing` is deprecated",  # peft asks transformers with the old name
     "The dirpath has changed from",  # Lightning, when a run directory was moved before a resume
+    "in eval mode at the start of training",  # frozen parts (latent diffusion's autoencoder, encoder)
     "`load_state_dict` is deprecated and will be removed",  # Lightning reads sharded optimizer states so
     # torch's FSDP (the one Lightning's FSDPStrategy wraps with) about its own deprecated internals
     "_get_pg_default_device", "Multiple backends are registered", "deprecating ShardedTensor",

@@ -24,6 +24,8 @@ from genlab.serving.schemas import ModelRequest
 from genlab.serving.served import Served
 from genlab.serving.server import Server, authorize, limit, run_job, served_for
 
+MAX_PROMPT = 4_000  # characters; a model reads a few tens of tokens of it
+
 
 class ImageModel(Protocol):
     """What a family of images has (base's GenerativeModel gives every family most of it)."""
@@ -31,6 +33,7 @@ class ImageModel(Protocol):
     spec: Any  # DataSpec: shape (C, H, W) and class names
     sampling: dict[str, Any]  # its sampling options as the run evaluated it (the model folder keeps them)
     takes_labels: bool  # `sample(labels=...)` draws the classes asked for
+    takes_prompts: bool  # `sample(prompt=..., negative_prompt=...)` draws what text asks for
 
     def sample(self, n: int, *, generator: Any = None, **conditions: Any) -> Any: ...
     def check_request(self, n: int, labels: Any = None, **options: Any) -> None: ...
@@ -38,7 +41,9 @@ class ImageModel(Protocol):
 
 
 class ImageRequest(ModelRequest):
-    prompt: str = Field("", max_length=4000)  # a class name here picks that class, as `label` does
+    prompt: str = Field("", max_length=MAX_PROMPT)  # what a text-to-image model draws; for a class-conditional
+    # one, a class name picks that class, as `label` does
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT)  # what guidance steers away from
     n: int = Field(1, ge=1)
     size: str | None = None
     response_format: Literal["b64_json"] = "b64_json"
@@ -71,15 +76,15 @@ class ServedSamples(Served):
                                   f"keeps in an image model's folder ({IMAGE_CHECK_FILE}): evaluate the run first")
 
     def run_batch(self, key: Any, items: list[Any]) -> list[Any]:
-        """Items are (seed, label, per-sample options); the key holds the other options and whether labels are
-        given (labelled and unlabelled requests never share a call: their conditioning differs). An option that
-        differs per sample (guidance_scale) reaches the model as one value per image."""
+        """Items are (seed, conditions, per-sample options); the key holds the other options and which conditions
+        are given (a label, a prompt: requests with other conditions never share a call). A condition or an option
+        that differs per sample (a prompt, guidance_scale) reaches the model as one value per image."""
         import torch
 
         options = dict(key)
-        labelled = options.pop("labelled")
+        names = options.pop("conditions")
         generators = [torch.Generator().manual_seed(seed) for seed, _, _ in items]
-        conditions: dict[str, Any] = {"labels": [label for _, label, _ in items]} if labelled else {}
+        conditions: dict[str, Any] = {name: [given[name] for _, given, _ in items] for name in names}
         for name in sorted({name for _, _, own in items for name in own}):
             conditions[name] = torch.tensor([own[name] for _, _, own in items], dtype=torch.float32)
         samples = self.model.sample(len(items), generator=generators, **conditions, **options)
@@ -102,24 +107,25 @@ class ServedImages(ServedSamples):
         return f"{w}x{h}"
 
 
-def sample_items(server: Server, served: Served, n: int, label: Any, seed: int | None, extras: dict[str, Any]
-                 ) -> tuple[Any, list[Any]]:
+def sample_items(server: Server, served: Served, n: int, conditions: dict[str, Any], seed: int | None,
+                 extras: dict[str, Any]) -> tuple[Any, list[Any]]:
     """A sampling request as a worker job: (the key requests share a batch under, one item per sample), after the
-    request's options (typed by the family) and label are checked against the model (a 400 naming the field)."""
+    request's options (typed by the family) and conditions (`labels`, `prompt`...: the model's `sample` keywords)
+    are checked against the model (a 400 naming the field)."""
     options = served.options(extras)
     steps = served.model.sampling_steps(options)
     if steps > server.config.limits.max_steps:
         raise Refused(400, f"steps: these options run {steps} sampler steps; the limit is "
                       f"{server.config.limits.max_steps}", code="invalid_value")
     try:  # what the request asked for: the model's own options hold with or without a label
-        served.model.check_request(1, label, **{k: options[k] for k in extras if k in options})
+        served.model.check_request(1, conditions.get("labels"), **{k: options[k] for k in extras if k in options})
     except GenlabError as err:  # the model says "labels"; the request's field is "label"
         field, _, detail = str(err).partition(": ")
         raise Refused(400, f"{'label' if field == 'labels' else field}: {detail}", code="invalid_value") from None
     per_sample = {k: options.pop(k) for k in served.model.Sampling.per_sample if k in options}
     seed = seed if seed is not None else random.randrange(2**62)
-    items = [(seed + i, label, per_sample) for i in range(n)]
-    return tuple(sorted({**options, "labelled": label is not None}.items())), items
+    items = [(seed + i, conditions, per_sample) for i in range(n)]
+    return tuple(sorted({**options, "conditions": tuple(sorted(conditions))}.items())), items
 
 
 router = APIRouter()
@@ -132,10 +138,17 @@ async def images(body: ImageRequest, request: Request, identity: str = Depends(a
     limit("n", body.n, server.config.limits.max_n, "images")
     if body.size is not None and body.size != served.size:
         raise Refused(400, f"size: this model draws {served.size} images, not {body.size}", code="invalid_value")
-    label = body.label
-    if label is None and served.model.takes_labels and body.prompt.strip() in served.model.spec.class_names:
-        label = body.prompt.strip()
-    key, items = sample_items(server, served, body.n, label, body.seed, body.model_extra or {})
+    if served.model.takes_prompts:
+        conditions = {"prompt": screened(server, body.prompt, "prompt"),
+                      "negative_prompt": screened(server, body.negative_prompt or "", "negative_prompt")}
+    else:
+        if body.negative_prompt is not None:
+            raise Refused(400, "negative_prompt: this model draws no prompt", code="invalid_value")
+        label = body.label
+        if label is None and served.model.takes_labels and body.prompt.strip() in served.model.spec.class_names:
+            label = body.prompt.strip()
+        conditions = {} if label is None else {"labels": label}
+    key, items = sample_items(server, served, body.n, conditions, body.seed, body.model_extra or {})
     drawn = await run_job(served, key, items, request)
     server.metrics.images.labels(served.name).inc(len(drawn))
     out: dict[str, Any] = {"created": int(time.time()), "data": [{"b64_json": b} for b, _ in drawn]}
@@ -155,6 +168,23 @@ async def images(body: ImageRequest, request: Request, identity: str = Depends(a
 ServedImages.router = router
 
 
+def screened(server: Server, text: str, field: str) -> str:
+    """A prompt through the server's text filters, as an output would go (a blocked term or personal data
+    replaced or redacted; a 400 naming the field when a filter refuses it). The memorized rule judges outputs
+    against training text, which a prompt is not."""
+    from genlab.serving.filters import OutputFilter
+
+    rules = [f for f in server.config.filters if f.type != "memorized"]
+    if not rules or not text:
+        return text
+    judged = OutputFilter(rules)
+    out = judged.feed(text) + judged.finish()
+    if judged.refused:
+        raise Refused(400, f"{field}: refused by the {judged.verdict.name} filter ({judged.verdict.reason})",
+                      code="content_filter")
+    return out
+
+
 def png_b64(image: Any) -> str:
     """A (C, H, W) image in [0, 1] as base64 PNG."""
     from PIL import Image
@@ -166,6 +196,10 @@ def png_b64(image: Any) -> str:
 
 
 IMAGE_FIGURES = (Figure("fid", "FID", False, ("fid_real_baseline", "real vs real")),
+                 Figure("adherence_unseen", "prompt adherence, unseen pairs", True,
+                        ("adherence_unseen_ceiling", "the judge on real images")),
+                 Figure("adherence_seen", "prompt adherence, seen pairs", True,
+                        ("adherence_seen_ceiling", "the judge on real images")),
                  Figure("kid_mean", "KID", False), Figure("precision", "precision", True),
                  Figure("recall", "recall", True), Figure("class_distribution_tv", "class TV", False))
 

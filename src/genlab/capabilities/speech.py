@@ -85,7 +85,9 @@ async def speech(body: SpeechRequest, request: Request, identity: str = Depends(
                       f"{', '.join(FORMATS)}", code="invalid_value")
     if body.speed != 1.0:
         raise Refused(400, "speed: this model speaks at the pace it learned; only 1.0", code="invalid_value")
-    key, items = sample_items(server, served, 1, served.label(body.input), body.seed, body.model_extra or {})
+    label = served.label(body.input)
+    key, items = sample_items(server, served, 1, {} if label is None else {"labels": label}, body.seed,
+                              body.model_extra or {})
     clip, _ = (await run_job(served, key, items, request))[0]  # (wav, copied): a clip keeps no copy check
     server.metrics.images.labels(served.name).inc(1)
     return Response(_as(clip, body.response_format, served.model.spec.sample_rate), media_type=FORMATS[

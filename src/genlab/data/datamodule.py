@@ -66,10 +66,12 @@ class InOrderBatches:
             yield _batch(self.split, torch.arange(start, min(start + self.batch_size, len(self.split))))
 
 
-def _batch(split: Split, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    batch = {"x": split.x[idx]}
+def _batch(split: Split, idx: torch.Tensor) -> dict[str, torch.Tensor | list[str]]:
+    batch: dict[str, torch.Tensor | list[str]] = {"x": split.x[idx]}
     if split.y is not None:
         batch["y"] = split.y[idx]
+    if split.captions is not None:
+        batch["text"] = [split.captions[i] for i in idx.tolist()]
     return batch
 
 

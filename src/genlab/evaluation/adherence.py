@@ -26,7 +26,8 @@ SIDE = 32  # the judge reads every image at this size
 HEADS = {"count": 2, "shape": len(scenes.SHAPES + scenes.NEW_SHAPES), "colour": len(scenes.COLOURS),
          "size": len(scenes.SIZES), "place": len(scenes.PLACES)}
 HEADS |= {"shape2": HEADS["shape"] + 1, "colour2": HEADS["colour"] + 1, "size2": HEADS["size"] + 1}  # +1: none
-VERSION = 1  # of the judge's recipe: a new one is trained, never an old one read as new
+BATCH = 64
+VERSION = 2  # of the judge's recipe: a new one is trained, never an old one read as new
 ATTRIBUTES = ("shape", "colour", "size", "place", "count", "relation")
 
 
@@ -36,12 +37,12 @@ class Judge(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.SiLU(),
-            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.SiLU(),
-            nn.Flatten(), nn.Linear(64 * (SIDE // 4) ** 2, 256), nn.SiLU(),  # no pooling: where things are counts
+            nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.SiLU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.SiLU(),
+            nn.Flatten(), nn.Linear(32 * (SIDE // 4) ** 2, 128), nn.SiLU(),  # no pooling: where things are counts
         )
-        self.heads = nn.ModuleDict({name: nn.Linear(256, k) for name, k in HEADS.items()})
+        self.heads = nn.ModuleDict({name: nn.Linear(128, k) for name, k in HEADS.items()})
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if images.shape[-1] != SIDE:
@@ -73,7 +74,7 @@ def _targets(factors: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def train_judge(images: int = 8_000, steps: int = 250, seed: int = 0) -> Judge:
+def train_judge(images: int = 8_000, steps: int = 400, seed: int = 0) -> Judge:
     """A judge trained on `images` rendered scenes of every combination, new shapes included."""
     torch.manual_seed(seed)
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
@@ -85,7 +86,7 @@ def train_judge(images: int = 8_000, steps: int = 250, seed: int = 0) -> Judge:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     judge.train()
     for _ in range(steps):
-        idx = torch.randint(0, images, (128,), generator=generator)
+        idx = torch.randint(0, images, (BATCH,), generator=generator)
         logits = judge(x[idx])
         loss = sum(F.cross_entropy(logits[name], targets[idx, k]) for k, name in enumerate(HEADS))
         opt.zero_grad(set_to_none=True)
@@ -145,3 +146,20 @@ def adherence(read: torch.Tensor, asked: torch.Tensor) -> dict[str, float]:
 
 def _mean(hits: torch.Tensor) -> float:
     return float(hits.float().mean()) if len(hits) else float("nan")
+
+
+def prompt_figures(judge_: Judge, images: torch.Tensor, factors: torch.Tensor, real: torch.Tensor,
+                   seed: int = 0) -> dict[str, dict[str, float]]:
+    """Adherence of `images` drawn for prompts of `factors`, on seen and unseen pairs, beside the judge's ceiling
+    (the real images of those prompts) and the floor of a model that ignores the prompt (real images of other
+    prompts, shuffled by `seed`)."""
+    unseen = scenes.held_out(factors)
+    read, real_read = judge_.read(images), judge_.read(real)
+    shuffled = real_read[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))]
+    out = {}
+    for name, part in (("seen", ~unseen), ("unseen", unseen)):
+        if part.any():
+            out[name] = adherence(read[part], factors[part])
+            out[f"{name}_ceiling"] = adherence(real_read[part], factors[part])
+            out[f"{name}_prompt_ignored"] = adherence(shuffled[part], factors[part])
+    return out

@@ -15,8 +15,10 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from genlab.config import EvalConfig
+from genlab.data import captioned_shapes as scenes
 from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
+from genlab.evaluation.adherence import judge, prompt_figures
 from genlab.evaluation.features import FeatureNet, feature_net, predict
 from genlab.evaluation.report import IMAGE_METRICS, Scored, image_rows, image_samples
 from genlab.responsible.memorization import ImageCopies
@@ -33,8 +35,12 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored
 
     model = run.model
     labels = _labels_like(dataset.train.y, ev.num_samples, ev.seed) if model.takes_labels else None
+    # a model drawn from prompts is drawn from the held-out captions, so FID compares like with like
+    prompted = held_out.captions is not None and model.takes_prompts
+    rows_asked = torch.arange(ev.num_samples) % len(held_out)
+    prompts = [held_out.captions[i] for i in rows_asked.tolist()] if prompted else None
     started = time.perf_counter()
-    fake = generate_images(model, ev, options, labels)
+    fake = generate_images(model, ev, options, labels, prompts)
     sample_seconds = time.perf_counter() - started
     real_test, real_train = held_out.x / 2 + 0.5, dataset.train.x / 2 + 0.5
 
@@ -59,6 +65,14 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored
         metrics["inception_score_real"], _ = inception_score(net, real_test)
         if labels is not None:
             metrics["conditional_accuracy"] = (predicted == labels).float().mean().item()
+    if prompted and dataset.factor_names == scenes.FACTORS:  # a set the prompt-adherence judge reads
+        figures = prompt_figures(judge(), fake, held_out.factors[rows_asked], real_test[rows_asked], ev.seed)
+        metrics["adherence"] = figures
+        for part in ("seen", "unseen"):
+            if part in figures:
+                metrics[f"adherence_{part}"] = figures[part]["attributes"]
+                metrics[f"adherence_{part}_ceiling"] = figures[f"{part}_ceiling"]["attributes"]
+                metrics[f"adherence_{part}_prompt_ignored"] = figures[f"{part}_prompt_ignored"]["attributes"]
     metrics.update({
         "feature_extractor": extractor,
         "num_generated": len(fake),
@@ -86,12 +100,15 @@ def nearest_gallery(net: FeatureNet, copies: ImageCopies, fake: torch.Tensor, tr
     return image_rows(torch.cat([fake[closest], train[index[closest]]]), len(closest), caption)
 
 
-def generate_images(model, ev, options: dict[str, Any], labels: torch.Tensor | None) -> torch.Tensor:
+def generate_images(model, ev, options: dict[str, Any], labels: torch.Tensor | None,
+                    prompts: list[str] | None = None) -> torch.Tensor:
     """`ev.num_samples` images in [0, 1], in batches of `ev.batch_size`, each batch seeded from `ev.seed`."""
     chunks = []
     for i, start in enumerate(range(0, ev.num_samples, ev.batch_size)):
         n = min(ev.batch_size, ev.num_samples - start)
         conditions = {} if labels is None else {"labels": labels[start : start + n]}
+        if prompts is not None:
+            conditions["prompt"] = prompts[start : start + n]
         generator = torch.Generator().manual_seed(ev.seed * 1000 + i)
         chunks.append(model.sample(n, generator=generator, **options, **conditions))
     return torch.cat(chunks).cpu()

