@@ -26,7 +26,8 @@ def test_every_shipped_config_is_valid():
 def test_unknown_family_names_the_key_and_the_choices():
     with pytest.raises(ConfigError) as err:
         load_config({"model": {"family": "difusion"}})
-    assert str(err.value) == ("model.family: 'difusion' is not one of: audio_diffusion, diffusion, gan, seq2seq, "
+    assert str(err.value) == ("model.family: 'difusion' is not one of: audio_diffusion, autoencoder, diffusion, gan, "
+                              "latent_diffusion, seq2seq, "
                               "sr_gan, tabular_vae, transformer, vae")
 
 
@@ -97,6 +98,6 @@ def test_cli_config_error_is_one_line_exit_2_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "genlab", "fit", str(bad), "--out", str(tmp_path / "r")],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "model.family: 'difusion' is not one of: audio_diffusion, diffusion, gan, seq2seq, sr_gan" in proc.stderr
+    assert "model.family: 'difusion' is not one of: audio_diffusion, autoencoder, diffusion, gan, latent" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "r").exists(), "a rejected config leaves no run directory behind"

@@ -109,3 +109,14 @@ def test_a_latent_diffusion_config_without_captions_or_autoencoder_is_one_line(r
     with pytest.raises(genlab.GenlabError, match="model.text_encoder: .*no-such-encoder could not be loaded"):
         genlab.fit(None, overrides=t2i(runs["ae"].path, f"model.text_encoder={tmp_path / 'no-such-encoder'}"),
                    out=tmp_path / "c")
+
+
+def test_the_model_card_names_the_pipeline_and_shows_a_prompt_and_its_images(runs):
+    run = runs["t2i"]
+    card = genlab.card(run).read_text()
+    assert "pipeline_tag: text-to-image" in card and "library_name: diffusers" in card
+    assert "StableDiffusionPipeline" in card and "DiffusionPipeline.from_pretrained(" in card
+    prompt = genlab.load(run.path).model.preview_captions[0]
+    assert f"![{prompt}](example.png)" in card and prompt in run.model.preview_captions
+    with Image.open(run.paths.model / "example.png") as example:
+        assert example.size == (4 * (4 * 17 + 1), 4 * 18), "four 16-px draws in a row, four times enlarged"

@@ -107,20 +107,23 @@ def _any_factors(rng: np.random.Generator, n: int) -> torch.Tensor:
 
 def judge(cache: Path | None = None) -> Judge:
     """The judge, trained on first use and kept in genlab's cache (GENLAB_CACHE)."""
+    from filelock import FileLock
+
     from genlab.prepare.store import cache_root
 
     path = (cache or cache_root()) / "judges" / f"captioned_shapes-v{VERSION}.safetensors"
-    model = Judge()
-    if path.is_file():
-        model.load_state_dict(load_file(str(path)))
-        return model.eval()
-    log.info("training the prompt-adherence judge on rendered scenes (once; about 30 s)")
-    model = train_judge()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    save_file(model.state_dict(), str(partial))
-    partial.replace(path)
-    return model
+    with FileLock(str(path.with_suffix(".lock"))):  # one process trains it; the others wait and read it
+        model = Judge()
+        if path.is_file():
+            model.load_state_dict(load_file(str(path)))
+            return model.eval()
+        log.info("training the prompt-adherence judge on rendered scenes (once; about 20 s)")
+        model = train_judge()
+        partial = path.with_suffix(".partial")
+        save_file(model.state_dict(), str(partial))
+        partial.replace(path)
+        return model
 
 
 def adherence(read: torch.Tensor, asked: torch.Tensor) -> dict[str, float]:

@@ -52,6 +52,7 @@ class GenerativeModel(L.LightningModule):
     optimizer_names: ClassVar[tuple[str, ...]] = ()  # names for each optimizer's logged gradient norm
     network: ClassVar[str | None] = None  # the attribute holding the hub-mixin network that the model folder stores
     hub_library: ClassVar[str] = "genlab"  # the library whose loaders read the model folder (its model card says)
+    hub_task: ClassVar[str | None] = None  # the Hub's task, when not its first capability's (text to image)
     copies: CopyIndex | None = None  # text families: the training text's window hashes, kept in the model folder
     suits: ClassVar[Suits | None] = None  # what data `genlab advise` proposes the family for, and why
     takes_labels: bool = False  # `sample(labels=...)` draws the classes asked for (a class-conditional model)
@@ -202,12 +203,21 @@ class GenerativeModel(L.LightningModule):
             for schedule in schedules if isinstance(schedules, list) else [schedules] if schedules else []:
                 schedule.step()
 
+    def card_example(self, folder: Path) -> str:
+        """Markdown for the model card's "How to use": the folder in its ecosystem's own loader, with an example it
+        may write beside the weights (a prompt's image); none by default."""
+        return ""
+
     def write_meta(self, path: Path) -> None:
         meta = {"family": self.config.family, "config": self.config.model_dump(mode="json"),
-                "spec": asdict(self.spec), "sampling": self.sampling}
+                "spec": asdict(self.spec), "sampling": self.sampling, **self.extra_meta()}
         (path / META_FILE).write_text(json.dumps(meta, indent=2))
         if self.copies is not None:
             self.copies.save(path)
+
+    def extra_meta(self) -> dict[str, Any]:
+        """What else a family keeps in genlab.json (read back in its from_pretrained)."""
+        return {}
 
     @classmethod
     def read_meta(cls, path: str | Path) -> tuple[ModelConfig, DataSpec]:

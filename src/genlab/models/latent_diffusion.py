@@ -12,6 +12,7 @@ negative prompt takes the unconditional's place. The model folder is a diffusers
 from __future__ import annotations
 
 import functools
+import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from genlab.config.latent_diffusion import MINILM, SCRATCH, LatentDiffusionConfi
 from genlab.data.records import Dataset, DataSpec
 from genlab.errors import GenlabError
 from genlab.media.formats import IMAGES
-from genlab.models.base import GenerativeModel
+from genlab.models.base import META_FILE, GenerativeModel
 from genlab.models.diffusion import BETA_SCHEDULES, SAMPLERS
 from genlab.models.protocol import Graph
 from genlab.quiet import library_noise_silenced
@@ -40,6 +41,7 @@ class LatentDiffusion(GenerativeModel):
     Sampling = LatentDiffusionSampling
     media = IMAGES
     hub_library = "diffusers"
+    hub_task = "text-to-image"
     takes_prompts = True
 
     def __init__(self, config: LatentDiffusionConfig, spec: DataSpec, train: TrainConfig | None = None, *,
@@ -213,6 +215,23 @@ class LatentDiffusion(GenerativeModel):
         self.pipeline().save_pretrained(path, safe_serialization=True)
         self.write_meta(path)
 
+    def extra_meta(self) -> dict[str, Any]:
+        return {"example_prompts": self.preview_captions[:4]}
+
+    def card_example(self, folder: Path) -> str:
+        from genlab.media.images import save_grid
+
+        prompt = (self.preview_captions or ["an image"])[0]
+        options = {k: v for k, v in self.sampling.items() if k in ("steps", "guidance_scale")}
+        images = self.sample(4, generator=torch.Generator().manual_seed(0), prompt=prompt, **options)
+        save_grid(images, folder / "example.png", nrow=4, scale=4)
+        steps, scale = options.get("steps", 20), options.get("guidance_scale", 4.0)
+        return (f"The folder is a diffusers `StableDiffusionPipeline` (scheduler: DPM-Solver++); no genlab needed:\n\n"
+                "```python\nfrom diffusers import DiffusionPipeline\n\n"
+                f"pipe = DiffusionPipeline.from_pretrained(\"{folder}\")\n"
+                f"image = pipe({prompt!r}, num_inference_steps={steps}, guidance_scale={scale}).images[0]\n```\n\n"
+                f"Four draws for that prompt (seed 0):\n\n![{prompt}](example.png)\n")
+
     @classmethod
     def from_pretrained(cls, path: str | Path) -> LatentDiffusion:
         from transformers import AutoModel, AutoTokenizer
@@ -226,7 +245,9 @@ class LatentDiffusion(GenerativeModel):
                  "scheduler": DDPMScheduler.from_config(DDPMScheduler.load_config(path / "scheduler")),
                  "tokenizer": AutoTokenizer.from_pretrained(path / "tokenizer"),
                  "text_encoder": AutoModel.from_pretrained(path / "text_encoder", use_safetensors=True)}
-        return cls(config, spec, parts=parts).eval()
+        model = cls(config, spec, parts=parts).eval()
+        model.preview_captions = json.loads((path / META_FILE).read_text()).get("example_prompts", [])
+        return model
 
 
 def _each(prompts: str | list[str] | None, n: int, name: str) -> list[str]:

@@ -52,14 +52,15 @@ def metadata(run: Run, declared: Declared, license: str) -> dict[str, Any]:
     figures = [(f, f.value(run.metrics)) for f in declared.headline] if run.paths.metrics.is_file() else []
     figures = [(f, v) for f, v in figures if isinstance(v, int | float)]
     meta: dict[str, Any] = {"license": license, "library_name": model.hub_library}
-    if declared.hub_task:
-        meta["pipeline_tag"] = declared.hub_task
+    task = model.hub_task or declared.hub_task
+    if task:
+        meta["pipeline_tag"] = task
     meta["tags"] = ["genlab", cfg.model.family, model.media.name]
     meta["datasets"] = [_data_name(run)]
     if figures:
         meta["metrics"] = [f.key.split(".")[-1] for f, _ in figures]
         meta["model-index"] = [{"name": cfg.name, "results": [{
-            "task": {"type": declared.hub_task or "other"},
+            "task": {"type": task or "other"},
             "dataset": {"type": _data_name(run), "name": _data_name(run), "split": run.metrics.get("real_split",
                                                                                                       "test")},
             "metrics": [{"type": f.key.split(".")[-1], "name": f.label, "value": round(float(v), 6)}
@@ -173,7 +174,8 @@ def _usage(run: Run) -> str:
             f"Both sample with the options the model folder keeps (the run's eval.sampling: {options}); a flag or a "
             "request's field overrides one.\n\n"
             f"The folder loads with `{run.model.hub_library}`'s own loaders where it is that library's format, and "
-            "with `genlab.load(RUN)` always.\n")
+            "with `genlab.load(RUN)` always.\n" + ("\n" + example if (example := run.model.card_example(
+                run.paths.model)) else ""))
 
 
 def _num(value: Any) -> str:
