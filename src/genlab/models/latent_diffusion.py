@@ -99,9 +99,10 @@ class LatentDiffusion(GenerativeModel):
     # --- text ------------------------------------------------------------------------------------
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """(N, max_prompt_tokens, width) encoder states, as diffusers' pipeline computes them. A frozen encoder's
-        are kept for recent captions (up to text_cache_mb), since training sees each caption many times."""
-        if self.config.train_text_encoder:  # its states change with every step: nothing to keep
+        """(N, max_prompt_tokens, width) encoder states, as diffusers' pipeline computes them. In training, a frozen
+        encoder's are kept for recent captions (up to text_cache_mb): training sees each caption many times. Out of
+        training they are computed each time, so that a server's memory does not grow with its clients' prompts."""
+        if self.config.train_text_encoder or not self.training:  # a trained encoder's states change every step
             return self._encode(prompts)
         for p in prompts:
             if p in self._states:
