@@ -46,13 +46,7 @@ def tiny(*extra: str) -> list[str]:
 @pytest.fixture(autouse=True, scope="session")
 def _cache(tmp_path_factory):
     """Prepared sets that fit caches go to the session's own folder, not the user's ~/.cache/genlab."""
-    cache = tmp_path_factory.mktemp("cache")
-    os.environ["GENLAB_CACHE"] = str(cache)
-    # what is trained once for any data (the prompt-adherence judge) is shared by the workers, under its own lock
-    run = tmp_path_factory.getbasetemp()
-    shared = (run.parent if os.environ.get("PYTEST_XDIST_WORKER") else run) / "judges"  # this run's, every worker's
-    shared.mkdir(exist_ok=True)
-    (cache / "judges").symlink_to(shared, target_is_directory=True)
+    os.environ["GENLAB_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

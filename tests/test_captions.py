@@ -130,7 +130,7 @@ def test_captioned_shapes_holds_out_pairs_and_its_captions_parse_back():
 
 
 def test_the_judge_reads_real_scenes_of_seen_and_unseen_pairs_and_noise_at_chance():
-    judge = adherence.judge()  # trained once for the test run, kept in the cache
+    judge = adherence.judge()  # the one genlab ships, made by adherence.write_shipped_judge
     d = load_dataset(load_config(None, ["data.source=captioned_shapes", "data.image_size=32",
                                         "data.limit=2000"]).data)
     images, asked = (d.test.x + 1) / 2, d.test.factors
@@ -142,5 +142,16 @@ def test_the_judge_reads_real_scenes_of_seen_and_unseen_pairs_and_noise_at_chanc
     assert noise["attributes"] < 0.5 and noise["all"] < 0.05
     star = torch.tensor([[0, 4, 1, 1, 0, -1, -1, -1]] * 16)  # a shape the set leaves out: the judge knows it
     assert (judge.read(scenes.render(star, 32, torch.Generator().manual_seed(1)))[:, 1] == 4).float().mean() >= 0.9
-    kept = adherence.judge()  # read back, not trained again
+
+
+def test_a_judge_trained_here_learns_the_scenes_and_is_kept_in_the_cache(tmp_path, monkeypatch):
+    train = adherence.train_judge
+    monkeypatch.setattr(adherence, "train_judge", lambda: train(images=1500, steps=60))
+    judge = adherence.judge(tmp_path)  # trained (briefly), then kept
+    d = load_dataset(load_config(None, ["data.source=captioned_shapes", "data.image_size=32",
+                                        "data.limit=600"]).data)
+    scores = adherence.adherence(judge.read((d.test.x + 1) / 2), d.test.factors)
+    assert scores["colour"] > 0.6 and scores["count"] > 0.8, scores  # chance: 0.25 and 0.5
+    monkeypatch.setattr(adherence, "train_judge", None)  # a second call reads the file; it cannot train
+    kept = adherence.judge(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), judge.state_dict().values(), strict=True))

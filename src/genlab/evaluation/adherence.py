@@ -105,12 +105,21 @@ def _any_factors(rng: np.random.Generator, n: int) -> torch.Tensor:
     return f[torch.from_numpy(rng.permutation(n))]
 
 
+SHIPPED = Path(__file__).parent / "files" / f"judge-captioned_shapes-v{VERSION}.safetensors"
+
+
 def judge(cache: Path | None = None) -> Judge:
-    """The judge, trained on first use and kept in genlab's cache (GENLAB_CACHE)."""
+    """The judge that ships with genlab (`write_shipped_judge` made it); without that file, or given a `cache`
+    folder, one trained on first use and kept there (default: genlab's cache, GENLAB_CACHE)."""
     from filelock import FileLock
 
     from genlab.prepare.store import cache_root
 
+    if SHIPPED.is_file() and cache is None:
+        model = Judge()
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in load_file(str(SHIPPED)).items()})
+        return model.eval()
     path = (cache or cache_root()) / "judges" / f"captioned_shapes-v{VERSION}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.with_suffix(".lock"))):  # one process trains it; the others wait and read it
@@ -166,3 +175,12 @@ def prompt_figures(judge_: Judge, images: torch.Tensor, factors: torch.Tensor, r
             out[f"{name}_ceiling"] = adherence(real_read[part], factors[part])
             out[f"{name}_prompt_ignored"] = adherence(shuffled[part], factors[part])
     return out
+
+
+def write_shipped_judge() -> Path:
+    """Train the judge with its recipe and write the file genlab ships (half precision: a few hundred KB)."""
+    torch.set_num_threads(1)  # the recipe's numbers, as they were made
+    model = train_judge()
+    SHIPPED.parent.mkdir(exist_ok=True)
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, str(SHIPPED))
+    return SHIPPED

@@ -11,6 +11,7 @@ negative prompt takes the unconditional's place. The model folder is a diffusers
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections import OrderedDict
@@ -49,16 +50,17 @@ class LatentDiffusion(GenerativeModel):
         super().__init__(config, spec, train)
         parts = parts or {}
         self.vae = (parts.get("vae") or load_autoencoder(config.autoencoder)).eval().requires_grad_(False)
-        tokenizer, encoder = (parts["tokenizer"], parts["text_encoder"]) if "text_encoder" in parts else \
-            load_text_encoder(config.text_encoder)
-        tokenizer.model_max_length = config.max_prompt_tokens  # what diffusers pads to, in training as in use
-        encoder.config.use_attention_mask = True  # diffusers' pipeline then masks the padding, as training does
+        if "text_encoder" in parts:  # a pipeline's (init_from, or this family's own folder): as it was trained
+            tokenizer, encoder = parts["tokenizer"], parts["text_encoder"]
+            tokens = config.max_prompt_tokens or min(tokenizer.model_max_length, 512)
+        else:
+            tokenizer, encoder = load_text_encoder(config.text_encoder)
+            tokens = config.max_prompt_tokens or 32
+            encoder.config.use_attention_mask = True  # diffusers' pipeline then masks the padding, as training does
+        tokenizer.model_max_length = tokens  # what diffusers pads to, in training as in use
         self.tokenizer, self.text_encoder = tokenizer, encoder.requires_grad_(config.train_text_encoder)
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         side = spec.shape[-1]
-        if side % factor or (side // factor) % 2 ** (len(config.block_out_channels) - 1):
-            raise GenlabError(f"data.image_size: {side} does not fit the autoencoder (latents a {factor}th of the "
-                              f"side) and {len(config.block_out_channels)} UNet resolutions")
         if self.vae.config.in_channels != spec.shape[0]:
             raise GenlabError(f"model.autoencoder: it takes {self.vae.config.in_channels}-channel images, the data "
                               f"has {spec.shape[0]} (data.channels)")
@@ -70,6 +72,10 @@ class LatentDiffusion(GenerativeModel):
             down_block_types=("CrossAttnDownBlock2D",) * blocks, up_block_types=("CrossAttnUpBlock2D",) * blocks,
             cross_attention_dim=encoder.config.hidden_size, attention_head_dim=config.attention_head_dim,
             norm_num_groups=config.norm_num_groups)
+        resolutions = len(self.unet.config.block_out_channels)
+        if side % factor or (side // factor) % 2 ** (resolutions - 1):
+            raise GenlabError(f"data.image_size: {side} does not fit the autoencoder (latents a {factor}th of the "
+                              f"side) and {resolutions} UNet resolutions")
         # Stable Diffusion's settings: latents are not images, so x0 is never clipped to [-1, 1]
         self.scheduler = parts.get("scheduler") or DDPMScheduler(
             num_train_timesteps=config.num_train_timesteps, beta_schedule=BETA_SCHEDULES[config.noise_schedule],
@@ -85,13 +91,24 @@ class LatentDiffusion(GenerativeModel):
             raise GenlabError("model.family: latent_diffusion draws images from text, and this data has no captions "
                               "(data.source: captioned_shapes, or an image folder with a metadata.jsonl or NAME.txt "
                               "captions)")
-        model = cls(config, dataset.spec, train)
-        # latents scaled to unit variance, as Stable Diffusion's 0.18215 does for its autoencoder
-        with torch.no_grad():
-            latents = model.vae.encode(dataset.train.x[:1024]).latent_dist.mean
-        model.vae.register_to_config(scaling_factor=float(1 / latents.std().clamp(min=1e-6)))
+        model = cls(config, dataset.spec, train, parts=load_pipeline(config.init_from) if config.init_from else None)
+        if config.init_from is None:  # latents scaled to unit variance, as Stable Diffusion's 0.18215 does
+            with torch.no_grad():
+                latents = model.vae.encode(dataset.train.x[:1024]).latent_dist.mean
+            model.vae.register_to_config(scaling_factor=float(1 / latents.std().clamp(min=1e-6)))
+        if config.lora is not None:
+            model.add_lora()
         model.preview_captions = (dataset.val.captions or dataset.train.captions)[:16]
         return model, dataset
+
+    def add_lora(self) -> None:
+        """Adapters on the UNet (the rest frozen), through diffusers' peft integration."""
+        from peft import LoraConfig
+
+        lora = self.config.lora
+        self.unet.requires_grad_(False)
+        self.unet.add_adapter(LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                         init_lora_weights="gaussian", target_modules=lora.target_modules))
 
     def ema_module(self) -> torch.nn.Module:
         return self.unet
@@ -118,10 +135,12 @@ class LatentDiffusion(GenerativeModel):
 
     def _encode(self, prompts: list[str]) -> torch.Tensor:
         enc = self.tokenizer([p[:MAX_PROMPT_CHARS] for p in prompts], padding="max_length", truncation=True,
-                             max_length=self.config.max_prompt_tokens, return_tensors="pt")
+                             max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        # the padding is masked only where the encoder's config asks for it: what diffusers' pipeline does
+        mask = enc.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask",
+                                                             False) else None
         with torch.set_grad_enabled(self.config.train_text_encoder and self.training):
-            return self.text_encoder(enc.input_ids.to(self.device),
-                                     attention_mask=enc.attention_mask.to(self.device))[0]
+            return self.text_encoder(enc.input_ids.to(self.device), attention_mask=mask)[0]
 
     def train(self, mode: bool = True) -> LatentDiffusion:
         super().train(mode)
@@ -200,20 +219,35 @@ class LatentDiffusion(GenerativeModel):
     def onnx_graphs(self) -> dict[str, Graph]:
         return {}
 
-    def pipeline(self):
+    def pipeline(self, unet: torch.nn.Module | None = None):
         """The model as a diffusers StableDiffusionPipeline (no safety checker: genlab's filters do that), with
         DPM-Solver++ as its scheduler, so that `pipe(prompt)` draws in tens of steps what genlab draws."""
         from diffusers import StableDiffusionPipeline
 
         with library_noise_silenced():
             return StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                           unet=self.unet, scheduler=SAMPLERS["dpm-solver"].from_config(
+                                           unet=unet or self.unet, scheduler=SAMPLERS["dpm-solver"].from_config(
                                                self.scheduler.config), safety_checker=None,
                                            feature_extractor=None, requires_safety_checker=False)
 
     def save_pretrained(self, path: str | Path) -> None:
+        """The whole pipeline; a LoRA run's with its adapters merged, and the adapters alone in lora/ as
+        `pipe.load_lora_weights` reads them into the base pipeline (init_from)."""
         path = Path(path)
-        self.pipeline().save_pretrained(path, safe_serialization=True)
+        unet = self.unet
+        if getattr(unet, "peft_config", None):
+            from diffusers import StableDiffusionPipeline
+            from diffusers.utils import convert_state_dict_to_diffusers
+            from peft.utils import get_peft_model_state_dict
+
+            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+            StableDiffusionPipeline.save_lora_weights(  # with its config: alpha / r scales it as in training
+                path / "lora", unet_lora_layers=layers, safe_serialization=True,
+                unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+            unet = copy.deepcopy(unet)
+            unet.fuse_lora()
+            unet.unload_lora()
+        self.pipeline(unet).save_pretrained(path, safe_serialization=True)
         self.write_meta(path)
 
     def extra_meta(self) -> dict[str, Any]:
@@ -259,6 +293,43 @@ def _each(prompts: str | list[str] | None, n: int, name: str) -> list[str]:
     if len(prompts) != n:
         raise GenlabError(f"{name}: got {len(prompts)} for {n} images")
     return list(prompts)
+
+
+PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def load_pipeline(where: str | Path) -> dict[str, Any]:
+    """A diffusers text-to-image pipeline's parts (a folder or a hub id), safetensors only; what is missing or does
+    not fit together is named in one line."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    where = str(Path(where).expanduser()) if Path(where).expanduser().exists() else str(where)
+    loaders = {"unet": lambda: UNet2DConditionModel.from_pretrained(where, subfolder="unet", use_safetensors=True),
+               "vae": lambda: AutoencoderKL.from_pretrained(where, subfolder="vae", use_safetensors=True),
+               "text_encoder": lambda: AutoModel.from_pretrained(where, subfolder="text_encoder",
+                                                                 use_safetensors=True),
+               "tokenizer": lambda: AutoTokenizer.from_pretrained(where, subfolder="tokenizer"),
+               "scheduler": lambda: DDPMScheduler.from_config(DDPMScheduler.load_config(where, subfolder="scheduler"))}
+    parts, missing = {}, []
+    for name, load in loaders.items():
+        try:
+            with library_noise_silenced():
+                parts[name] = load()
+        except (OSError, ValueError, TypeError, KeyError):
+            missing.append(f"{name}/")
+    if missing:
+        raise GenlabError(f"model.init_from: {where} has no readable {', '.join(missing)} (a text-to-image pipeline "
+                          f"folder holds {', '.join(p + '/' for p in PARTS)}, weights as safetensors)")
+    width, attends = parts["text_encoder"].config.hidden_size, parts["unet"].config.cross_attention_dim
+    if width != attends:
+        raise GenlabError(f"model.init_from: {where}'s unet attends to {attends}-wide states and its text_encoder "
+                          f"gives {width}-wide ones")
+    if parts["unet"].config.in_channels != parts["vae"].config.latent_channels:
+        raise GenlabError(f"model.init_from: {where}'s unet takes {parts['unet'].config.in_channels} channels and "
+                          f"its vae makes {parts['vae'].config.latent_channels}-channel latents")
+    return parts
 
 
 def load_autoencoder(where: str) -> AutoencoderKL:
