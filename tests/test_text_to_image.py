@@ -31,7 +31,7 @@ def t2i(autoencoder, *extra: str, data: tuple[str, ...] = tuple(DATA)) -> list[s
             "model.block_out_channels=[16,32]",
             "model.norm_num_groups=8", "model.attention_head_dim=4", "model.max_prompt_tokens=24",
             "train.batch_size=16", "train.max_steps=12", "train.val_every=12", "train.checkpoint_every=12",
-            "train.val_batches=1", "eval.num_samples=32", "eval.sampling.steps=3", *extra]
+            "train.val_batches=1", "eval.num_samples=32", "eval.sampling.steps=3", "eval.feature_steps=50", *extra]
 
 
 @pytest.fixture(scope="module")

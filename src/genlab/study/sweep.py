@@ -322,8 +322,10 @@ def _retry_dead(study: Any, out: Path) -> None:
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != platform.node() or pid is None or _alive(pid):
+        pid, host = t.user_attrs.get("pid"), t.user_attrs.get("host")
+        # a worker asks and names itself under the ask lock, which is held here: a running trial that has no
+        # name lost its worker in between (a kill right after `ask`), and would otherwise count forever
+        if pid is not None and host is not None and (host != platform.node() or _alive(pid)):
             continue
         # the journal storage has no heartbeat, so the trial is closed through its storage, as Optuna's own
         # RetryFailedTrialCallback does for storages that have one
