@@ -114,3 +114,22 @@ def test_a_ddp_trial_runs_on_every_rank_and_rank_zero_alone_reports(files, tmp_p
     assert all(len(t.intermediate_values) == 2 for t in trials), "one report per validation, from rank zero"
     summary = json.loads((tmp_path / "ddp" / "trials" / "001" / "train.json").read_text())
     assert summary["steps"] == 10
+
+
+def test_a_trial_whose_worker_died_before_naming_itself_is_closed_and_a_live_ones_is_kept(tmp_path):
+    import platform
+
+    from optuna.trial import TrialState
+
+    from genlab.study.sweep import _retry_dead
+
+    settings = {"config": {"train": {"max_steps": 20}}, "direction": "minimize", "pruner": "none", "seed": 0}
+    study = study_of(tmp_path, settings)
+    orphan = study.ask()  # a kill between `ask` and the worker's name: no pid, no host
+    live = study.ask()
+    live.set_user_attr("pid", os.getpid())
+    live.set_user_attr("host", platform.node())
+    _retry_dead(study, tmp_path)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[orphan.number] == TrialState.FAIL, "else it counts as running forever and the sweep ends short"
+    assert states[live.number] == TrialState.RUNNING
