@@ -2,7 +2,9 @@
 then the family's own use (sample, upscale, impute) and evaluate. A config that reads a file outside the
 package fails here."""
 
+import contextlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +26,13 @@ FEW = ["train.max_steps=3", "train.max_time=null", "train.val_every=3", "train.c
 
 
 def few_steps(config: Path) -> list[str]:
-    """FEW, and short generations: few new tokens of text, few sampler steps of diffusion (the config's are for
-    real runs)."""
-    sampling = genlab.load_config(config).eval.sampling
+    """FEW, and short generations: few new tokens of text, few sampler steps of diffusion, few class images of
+    DreamBooth's prior (the config's are for real runs)."""
+    loaded = genlab.load_config(config)
+    sampling = loaded.eval.sampling
     return FEW + (["eval.sampling.max_new_tokens=8"] if "max_new_tokens" in sampling else []) + (
-        ["eval.sampling.steps=4"] if "steps" in sampling else [])
+        ["eval.sampling.steps=4"] if "steps" in sampling else []) + (
+        ["model.dreambooth.num_class_images=8"] if getattr(loaded.model, "dreambooth", None) else [])
 
 
 def use(run: genlab.Run, folder: Path) -> None:
@@ -58,24 +62,43 @@ def use(run: genlab.Run, folder: Path) -> None:
         assert images.shape[0] == 4 and images.min() >= 0 and images.max() <= 1
 
 
-_first_stages: dict[Path, Path] = {}
+_stages: dict[Path, Path] = {}
+TRAIN_FIRST = re.compile(r"genlab fit configs/(\S+\.yaml) --out (\S+)")  # a recipe's header: what to train first
 
 
-def _autoencoder_run(recipes: Path, tmp_path_factory) -> Path:
-    """The autoencoder recipe's run, trained a few steps once for the recipes that start from it."""
-    if recipes not in _first_stages:
-        out = tmp_path_factory.mktemp("first-stage") / "run"
-        _first_stages[recipes] = genlab.fit(recipes / "captioned-shapes-autoencoder.yaml", overrides=FEW, out=out).path
-    return _first_stages[recipes]
+def _stage_run(recipe: Path, tmp_path_factory) -> Path:
+    """A recipe's run, trained a few steps once for the recipes that start from it (and its own first stages)."""
+    if recipe not in _stages:
+        out = tmp_path_factory.mktemp("stage") / "run"
+        with _first_stages_of(recipe, tmp_path_factory, out.parent):
+            _stages[recipe] = genlab.fit(recipe, overrides=few_steps(recipe), out=out).path
+    return _stages[recipe]
+
+
+@contextlib.contextmanager
+def _first_stages_of(recipe: Path, tmp_path_factory, folder: Path):
+    """In `folder`, the runs a recipe names (model.autoencoder, model.init_from) linked where its header trains
+    them, each trained a few steps by its own recipe."""
+    config = genlab.load_config(recipe).model
+    named = {getattr(config, key, None) for key in ("autoencoder", "init_from")} - {None}
+    made = dict((out, recipe.parent / name) for name, out in TRAIN_FIRST.findall(recipe.read_text()))
+    for path in named:
+        assert path in made, f"{recipe.name}: names {path} and its header does not say which recipe trains it"
+        link = folder / path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(_stage_run(made[path], tmp_path_factory), target_is_directory=True)
+    with contextlib.chdir(folder):  # the recipe's relative paths resolve from here, as in a user's own folder
+        yield
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_shipped_config_runs_from_another_folder(config, tmp_path, tmp_path_factory, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # relative paths in a config resolve from here, as for a user in their own folder
-    first_stage = getattr(genlab.load_config(config).model, "autoencoder", None)
-    if first_stage:  # a latent model's recipe names the autoencoder run its README trains first
-        Path(first_stage).parent.mkdir(parents=True, exist_ok=True)
-        Path(first_stage).symlink_to(_autoencoder_run(config.parent, tmp_path_factory), target_is_directory=True)
+def test_shipped_config_runs_from_another_folder(config, tmp_path, tmp_path_factory):
+    with _first_stages_of(config, tmp_path_factory, tmp_path):
+        _runs_as_a_user_runs_it(config, tmp_path)
+
+
+def _runs_as_a_user_runs_it(config: Path, tmp_path: Path) -> None:
     run = genlab.fit(config, overrides=few_steps(config), out="run")
     assert run.summary["steps"] == 3
     use(run, tmp_path)

@@ -205,4 +205,4 @@ IMAGE_FIGURES = (Figure("fid", "FID", False, ("fid_real_baseline", "real vs real
 
 CAPABILITY = Capability("images", ImageModel, served=ServedImages,
                         evaluator="genlab.evaluation.metrics:evaluate_images", headline=IMAGE_FIGURES,
-                        audit="genlab.responsible.audit:audit_by_class", hub_task="unconditional-image-generation")
+                        audit="genlab.responsible.prompt_audit:audit_images", hub_task="unconditional-image-generation")

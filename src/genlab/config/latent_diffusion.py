@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from genlab.config import ModelConfig
 from genlab.config.diffusion import DiffusionSampling
@@ -23,6 +23,22 @@ class UNetLoraConfig(Section):
     target_modules: list[str] = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
+class DreamBoothConfig(Section):
+    """One new subject bound to a rare token, as DreamBooth does: every training image is captioned
+    `instance_prompt`, and images the base draws for `class_prompt` before training keep what it knew (prior
+    preservation; no class_prompt, none)."""
+
+    instance_prompt: str = Field(min_length=1, max_length=500)  # "a photo of sks dog": a token the base never read
+    class_prompt: list[str] | None = None  # one prompt or several, cycled: what the base should still draw
+    num_class_images: int = Field(100, ge=1, le=5_000)
+    prior_loss_weight: float = Field(1.0, ge=0)
+
+    @field_validator("class_prompt", mode="before")
+    @classmethod
+    def _listed(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
 class LatentDiffusionConfig(ModelConfig):
     family: Literal["latent_diffusion"] = "latent_diffusion"
     capabilities: ClassVar[tuple[str, ...]] = ("images",)
@@ -32,6 +48,7 @@ class LatentDiffusionConfig(ModelConfig):
     # scheduler, fine-tuned (the UNet whole, or its `lora` adapters); the widths below are then the pipeline's
     init_from: str | None = None
     lora: UNetLoraConfig | None = None  # train adapters only (needs init_from); saved as load_lora_weights reads
+    dreambooth: DreamBoothConfig | None = None  # one subject, from images without captions (needs init_from)
     # "minilm", "scratch", or a transformers encoder folder or hub id; frozen unless train_text_encoder
     text_encoder: str = MINILM
     train_text_encoder: bool = False
@@ -56,6 +73,8 @@ class LatentDiffusionConfig(ModelConfig):
                              "pipeline to fine-tune), one of the two")
         if self.lora is not None and self.init_from is None:
             raise ValueError("lora trains adapters on a pretrained pipeline: set model.init_from")
+        if self.dreambooth is not None and self.init_from is None:
+            raise ValueError("dreambooth teaches a pretrained pipeline a subject: set model.init_from")
         if self.text_encoder == SCRATCH and not self.train_text_encoder:
             self.train_text_encoder = True  # an untrained encoder is only noise
         return self

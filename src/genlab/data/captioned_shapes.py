@@ -60,6 +60,26 @@ def captioned_shapes(cfg) -> Loaded:
                   factors=factors, factor_names=FACTORS, captions=captions)
 
 
+SUBJECT = ("star", "yellow")  # shapes_subject's: a shape the set never shows
+SUBJECT_IMAGES = 8  # DreamBooth's few images of its subject
+
+
+def shapes_subject(cfg) -> Loaded:
+    """A subject to teach a model (DreamBooth): one yellow star, alone, in every place and size; 8 training images
+    (data.limit: fewer), as many for validation and four times as many held out. No captions: a DreamBooth
+    config captions its subject itself."""
+    n = min(cfg.limit or SUBJECT_IMAGES, SUBJECT_IMAGES)
+    i = torch.arange(6 * n)
+    shape, colour = (SHAPES + NEW_SHAPES).index(SUBJECT[0]), list(COLOURS).index(SUBJECT[1])
+    factors = torch.stack([torch.zeros_like(i), torch.full_like(i, shape), torch.full_like(i, colour), i % 2,
+                           (i // 2) % 4, *[torch.full_like(i, NONE)] * 3], 1)
+    generator = torch.Generator().manual_seed(cfg.split_seed)
+    images = torch.cat([render(factors[i : i + 1024], cfg.image_size or 32, generator)
+                        for i in range(0, len(factors), 1024)])  # drawn at 4x: a chunk at a time bounds memory
+    return Loaded(_to_model_range(images, None, cfg.channels), parts=(n, n), factors=factors, factor_names=FACTORS,
+                  notes=[f"shapes_subject: a {SUBJECT[1]} {SUBJECT[0]}, {n} training images"])
+
+
 def draw(rng: np.random.Generator, n: int, unseen: bool) -> torch.Tensor:
     """(n, 8) factors: every image of `unseen` has at least one held-out pair, every other image none."""
     out = np.empty((0, len(FACTORS)), dtype=np.int64)

@@ -17,6 +17,7 @@ BUILTIN: dict[str, str] = {
     "photos": "genlab.data.photos:photos",
     "shapes": "genlab.data.shapes:shapes",
     "captioned_shapes": "genlab.data.captioned_shapes:captioned_shapes",
+    "shapes_subject": "genlab.data.captioned_shapes:shapes_subject",
     "table": "genlab.data.table:table",
     "breast_cancer": "genlab.data.table:breast_cancer",
     "wine": "genlab.data.table:wine",
@@ -33,7 +34,8 @@ BUILTIN: dict[str, str] = {
 }
 # each built-in's modality, known without loading it (`genlab prepare` streams text)
 MODALITY: dict[str, str] = {
-    **dict.fromkeys(("digits", "image_folder", "photos", "shapes", "captioned_shapes"), "image"),
+    **dict.fromkeys(("digits", "image_folder", "photos", "shapes", "captioned_shapes",
+                     "shapes_subject"), "image"),
     **dict.fromkeys(("table", "breast_cancer", "wine", "diabetes"), "table"),
     **dict.fromkeys(("text", "python_docs", "python_code", "tinyshakespeare"), "text"),
     **dict.fromkeys(("pairs", "dates", "docstrings"), "pairs"),

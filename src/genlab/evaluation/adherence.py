@@ -66,6 +66,22 @@ class Judge(nn.Module):
         return factors
 
 
+    @torch.no_grad()
+    def agreement(self, images: torch.Tensor, factors: torch.Tensor, batch: int = 512) -> torch.Tensor:
+        """(N,) text-image agreement, as CLIPScore gives it without CLIP: the judge's mean probability of the
+        factors each image's prompt asked for (every factor of a pair, a lone object's but its second's)."""
+        self.eval()
+        targets, out = _targets(factors), []
+        for i in range(0, len(images), batch):
+            logits = self(images[i : i + batch].float())
+            probs = torch.stack([logits[name].softmax(1).gather(1, targets[i : i + batch, k : k + 1]).squeeze(1)
+                                 for k, name in enumerate(HEADS)], 1)
+            asked = torch.ones_like(probs, dtype=torch.bool)
+            asked[:, 5:] = (factors[i : i + batch, :1] == 1)  # a lone object's missing second is not asked for
+            out.append((probs * asked).sum(1) / asked.sum(1))
+        return torch.cat(out) if out else torch.zeros(0)
+
+
 def _targets(factors: torch.Tensor) -> torch.Tensor:
     """Factors as class indices: a missing second object is each second head's last class."""
     t = factors.long().clone()
@@ -167,13 +183,18 @@ def prompt_figures(judge_: Judge, images: torch.Tensor, factors: torch.Tensor, r
     prompts, shuffled by `seed`)."""
     unseen = scenes.held_out(factors)
     read, real_read = judge_.read(images), judge_.read(real)
-    shuffled = real_read[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))]
+    other = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
+    shuffled = real_read[other]
     out = {}
+    agree, real_agree = judge_.agreement(images, factors), judge_.agreement(real, factors)
+    ignored_agree = judge_.agreement(real[other], factors)
     for name, part in (("seen", ~unseen), ("unseen", unseen)):
         if part.any():
-            out[name] = adherence(read[part], factors[part])
-            out[f"{name}_ceiling"] = adherence(real_read[part], factors[part])
-            out[f"{name}_prompt_ignored"] = adherence(shuffled[part], factors[part])
+            out[name] = adherence(read[part], factors[part]) | {"agreement": agree[part].mean().item()}
+            out[f"{name}_ceiling"] = adherence(real_read[part], factors[part]) | {
+                "agreement": real_agree[part].mean().item()}
+            out[f"{name}_prompt_ignored"] = adherence(shuffled[part], factors[part]) | {
+                "agreement": ignored_agree[part].mean().item()}
     return out
 
 

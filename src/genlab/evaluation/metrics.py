@@ -20,6 +20,7 @@ from genlab.data.sources import load_dataset
 from genlab.errors import GenlabError
 from genlab.evaluation.adherence import judge, prompt_figures
 from genlab.evaluation.features import FeatureNet, feature_net, predict
+from genlab.evaluation.fine_tune import fine_tune_figures, headline
 from genlab.evaluation.report import IMAGE_METRICS, Scored, image_rows, image_samples
 from genlab.responsible.memorization import ImageCopies
 from genlab.run import Run
@@ -39,6 +40,8 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored
     prompted = held_out.captions is not None and model.takes_prompts
     rows_asked = torch.arange(ev.num_samples) % len(held_out)
     prompts = [held_out.captions[i] for i in rows_asked.tolist()] if prompted else None
+    if model.subject_prompt:  # a DreamBooth subject's images have no captions: its prompt draws them
+        prompts = [model.subject_prompt] * ev.num_samples
     started = time.perf_counter()
     fake = generate_images(model, ev, options, labels, prompts)
     sample_seconds = time.perf_counter() - started
@@ -73,6 +76,18 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored
                 metrics[f"adherence_{part}"] = figures[part]["attributes"]
                 metrics[f"adherence_{part}_ceiling"] = figures[f"{part}_ceiling"]["attributes"]
                 metrics[f"adherence_{part}_prompt_ignored"] = figures[f"{part}_prompt_ignored"]["attributes"]
+                metrics[f"agreement_{part}"] = figures[part]["agreement"]
+                metrics[f"agreement_{part}_ceiling"] = figures[f"{part}_ceiling"]["agreement"]
+    if (base := model.base_model()) is not None:  # a fine-tune: its base scored beside it, drawn the same way
+
+        def draw(which, asked: list[str] | None) -> torch.Tensor:
+            return generate_images(which, ev, options, labels, asked)
+
+        base_fake = draw(base, prompts)
+        metrics["fid_base"] = frechet_distance(net, real_test, base_fake)
+        metrics["fine_tune"] = fine_tune_figures(model, base, fake, base_fake, held_out, dataset.factor_names, ev,
+                                                 draw)
+        metrics.update(headline(metrics["fine_tune"]))
     metrics.update({
         "feature_extractor": extractor,
         "num_generated": len(fake),

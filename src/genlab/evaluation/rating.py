@@ -9,6 +9,10 @@ runs' items pooled, so it may hold one run twice: which items appear together th
 made them (a rater who recognises items cannot sort them into runs). The price: with k runs of one size,
 about 1/k of the votes compare a run with itself; they are kept apart from the standings, as a check of the
 raters. The page never names the runs. A vote of "same" counts half a win to each.
+
+Runs drawn from text (text to image) draw each of their items for a prompt: held-out captions, two items each,
+item i for prompt i // 2. A pair is then two items of one prompt, pooled across runs as above, and the page shows
+the prompt beside them: the rater judges what was asked for, not two unrelated pictures.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ create table if not exists votes (id integer primary key, at text not null, rate
                                   right_run text not null, right_item integer not null,
                                   choice text not null check (choice in ('left', 'right', 'same')));
 """ + SKIPS
+PROMPTS = "create table if not exists prompts (item integer primary key, prompt text not null);"
+PER_PROMPT = 2  # items drawn per prompt and run: a pair may hold one run twice for one prompt
 CHOICES = ("left", "right", "same")
 SKIP = "skip"  # a pair passed over: kept in its own table, counted toward the rater's quota
 BATCH = 64  # samples drawn per call
@@ -52,6 +58,8 @@ class Ratings:
             raise GenlabError(f"{self.folder}: holds no {DATABASE}; `genlab rate RUN... --out {self.folder}` makes one")
         with closing(self._connect()) as db:
             rows = db.execute("select name, path, modality, items from runs order by rowid").fetchall()
+            db.execute(PROMPTS)  # a folder from before prompts were kept has none
+            self.prompts = [p for (p,) in db.execute("select prompt from prompts order by item")]
         self.runs = {name: {"path": path, "modality": modality, "items": items} for name, path, modality, items in rows}
 
     @classmethod
@@ -72,9 +80,20 @@ class Ratings:
         kinds = {run.model.media.name for run in loaded}
         if len(kinds) > 1:
             raise GenlabError(f"rate: the runs make {' and '.join(sorted(kinds))}; rate runs of one kind together")
+        prompted = {run.model.takes_prompts for run in loaded}
+        if len(prompted) > 1:
+            raise GenlabError("rate: some of the runs draw from prompts and some do not; rate runs drawn from text "
+                              "together")
+        prompts = _prompts(loaded[0], n) if prompted == {True} else []
         folder.mkdir(parents=True, exist_ok=True)
         with closing(sqlite3.connect(folder / DATABASE)) as db, db:
-            db.executescript(SCHEMA)
+            db.executescript(SCHEMA + PROMPTS)
+            kept = [p for (p,) in db.execute("select prompt from prompts order by item")]
+            if kept and kept != prompts and db.execute("select 1 from votes limit 1").fetchone():
+                raise GenlabError(f"rate: {folder} holds votes on other prompts; rate these runs in another --out "
+                                  "folder")
+            db.execute("delete from prompts")
+            db.executemany("insert into prompts values (?, ?)", enumerate(prompts))
             if "identity" not in {row[1] for row in db.execute("pragma table_info(runs)")}:  # a folder from before
                 db.execute("alter table runs add column identity text")
             known = {name: (items, identity) for name, items, identity in
@@ -84,13 +103,14 @@ class Ratings:
                 if name in known and known[name][1] != identity and _voted_on(db, name):
                     raise GenlabError(f"rate: {folder} holds votes on another run named {name!r}; rate this one "
                                       "in another --out folder (its samples would mix with the votes' items)")
-                if known.get(name) == (n, identity):
+                if known.get(name) == (n, identity) and kept == prompts:
                     continue  # drawn before from this very model: votes already name these items
                 options = sampling_options(run.config.model.family, run.model.sampling)  # the run's own
                 for start in range(0, n, BATCH):  # one generator per item: item i is what seed i draws alone
                     seeds = range(start, min(n, start + BATCH))
+                    asked = {"prompt": [prompts[i // PER_PROMPT] for i in seeds]} if prompts else {}
                     drawn = run.model.sample(len(seeds), generator=[torch.Generator().manual_seed(i) for i in seeds],
-                                             **options)
+                                             **options, **asked)
                     for j, i in enumerate(seeds):
                         media = run.model.media
                         media.save(drawn[j : j + 1], folder / "samples" / name / f"{i}{media.suffix}")
@@ -108,6 +128,12 @@ class Ratings:
                 k -= run["items"]
             raise AssertionError("drawn past the last item")
 
+        if self.prompts:  # two items of one prompt, from every run's items of it pooled
+            j = rng.randrange(len(self.prompts))
+            pool = [(name, i) for name in self.runs for i in range(j * PER_PROMPT, (j + 1) * PER_PROMPT)]
+            (left, left_item), (right, right_item) = rng.sample(pool, 2)
+            return {"left_run": left, "left_item": left_item, "right_run": right, "right_item": right_item,
+                    "asked": self.prompts[j]}
         (left, left_item), (right, right_item) = map(located, rng.sample(range(self._items()), 2))
         return {"left_run": left, "left_item": left_item, "right_run": right, "right_item": right_item}
 
@@ -170,6 +196,20 @@ class Ratings:
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.folder / DATABASE, timeout=30)
+
+
+def _prompts(run: Any, n: int) -> list[str]:
+    """What runs drawn from text are rated on: n / PER_PROMPT held-out captions of the first run's data (its
+    model's example prompts when its data has none)."""
+    from genlab.data.sources import load_dataset
+
+    if n % PER_PROMPT:
+        raise GenlabError(f"rate: --n {n}; runs drawn from prompts draw {PER_PROMPT} items per prompt, so --n must "
+                          f"be a multiple of {PER_PROMPT}")
+    dataset = load_dataset(run.config.data)
+    held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
+    captions = held_out.captions or run.model.preview_captions or [""]
+    return [captions[j % len(captions)] for j in range(n // PER_PROMPT)]
 
 
 def wilson(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:

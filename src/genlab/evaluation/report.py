@@ -49,6 +49,20 @@ IMAGE_METRICS = {
     "adherence_unseen": "prompt adherence, pairs never seen in training (0 to 1)",
     "adherence_unseen_ceiling": "the same for the real images of those prompts (the judge's ceiling)",
     "adherence_unseen_prompt_ignored": "the same for real images of other prompts",
+    "agreement_seen": "text-image agreement, seen pairs: the judge's probability of what was asked (CLIPScore's "
+                      "role)",
+    "agreement_seen_ceiling": "the same for the real images of those prompts",
+    "agreement_unseen": "text-image agreement, unseen pairs",
+    "agreement_unseen_ceiling": "the same for the real images of those prompts",
+    "fid_base": "FID of the base model before this fine-tune (init_from)",
+    "subject_tuned": "subject drawn: samples of the subject's prompt the judge reads as it, its shape in its "
+                     "colour (0 to 1)",
+    "subject_base": "the same for the base model before the fine-tune",
+    "subject_ceiling": "the same for held-out real images of the subject (the judge's ceiling)",
+    "adherence_seen_before": "the base's own prompts: adherence of the base before the fine-tune (seen pairs)",
+    "adherence_seen_after": "the same prompts after the fine-tune (the drop is what it forgot)",
+    "adherence_unseen_before": "the base's own prompts: adherence of the base before the fine-tune (unseen pairs)",
+    "adherence_unseen_after": "the same prompts after the fine-tune",
 }
 
 

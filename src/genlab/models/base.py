@@ -57,6 +57,8 @@ class GenerativeModel(L.LightningModule):
     suits: ClassVar[Suits | None] = None  # what data `genlab advise` proposes the family for, and why
     takes_labels: bool = False  # `sample(labels=...)` draws the classes asked for (a class-conditional model)
     takes_prompts: bool = False  # `sample(prompt=..., negative_prompt=...)` draws what text asks for
+    subject_prompt: str | None = None  # the prompt a fine-tune taught its one subject with (DreamBooth)
+    preview_captions: list[str] | tuple[str, ...] = ()  # what a model drawn from text shows first: held-out captions
     collapse_samples: int = 0  # fixed latents scored for mode collapse at each validation (GANs); 0: none
     spec: DataSpec
     sampling: dict[str, Any]  # the sampling options chosen for it (the run's eval.sampling, kept in its folder)
@@ -217,6 +219,19 @@ class GenerativeModel(L.LightningModule):
 
     def extra_meta(self) -> dict[str, Any]:
         """What else a family keeps in genlab.json (read back in its from_pretrained)."""
+        return {}
+
+    def base_model(self) -> GenerativeModel | None:
+        """The pretrained model this one was fine-tuned from, loaded again to be scored beside it (what the
+        fine-tune gained and what it forgot); None for a model trained from scratch."""
+        return None
+
+    def started_from(self) -> str | None:
+        """The folder, genlab run or hub id this model was fine-tuned from (None: trained from scratch)."""
+        return None
+
+    def example_conditions(self, n: int) -> dict[str, Any]:
+        """What `n` example samples are drawn for (a model drawn from text: its example prompts); none by default."""
         return {}
 
     @classmethod

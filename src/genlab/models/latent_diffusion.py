@@ -83,23 +83,40 @@ class LatentDiffusion(GenerativeModel):
             **({"beta_start": 0.00085, "beta_end": 0.012} if config.noise_schedule == "scaled_linear" else {}))
         self._states: OrderedDict[str, torch.Tensor] = OrderedDict()  # a frozen encoder's, by caption
         self.preview_captions: list[str] = []  # what training previews draw: held-out captions
+        self.register_buffer("class_images", None)  # DreamBooth's prior images (draw_class_images)
+        self.class_prompts: list[str] = []
+        self.subject_prompt = config.dreambooth.instance_prompt if config.dreambooth else None
 
     @classmethod
     def build(cls, config: LatentDiffusionConfig, dataset: Dataset, train: TrainConfig | None = None
               ) -> tuple[LatentDiffusion, Dataset]:
-        if not dataset.spec.captioned:
+        if not dataset.spec.captioned and config.dreambooth is None:
             raise GenlabError("model.family: latent_diffusion draws images from text, and this data has no captions "
                               "(data.source: captioned_shapes, or an image folder with a metadata.jsonl or NAME.txt "
-                              "captions)")
+                              "captions; or model.dreambooth, which captions a subject's images itself)")
         model = cls(config, dataset.spec, train, parts=load_pipeline(config.init_from) if config.init_from else None)
         if config.init_from is None:  # latents scaled to unit variance, as Stable Diffusion's 0.18215 does
             with torch.no_grad():
                 latents = model.vae.encode(dataset.train.x[:1024]).latent_dist.mean
             model.vae.register_to_config(scaling_factor=float(1 / latents.std().clamp(min=1e-6)))
+        model.preview_captions = (dataset.val.captions or dataset.train.captions or [])[:16]
+        if config.dreambooth is not None:
+            model.preview_captions = [config.dreambooth.instance_prompt, *(config.dreambooth.class_prompt or [])][:16]
+            if config.dreambooth.class_prompt:
+                model.draw_class_images(train.seed if train else 0)
         if config.lora is not None:
             model.add_lora()
-        model.preview_captions = (dataset.val.captions or dataset.train.captions)[:16]
         return model, dataset
+
+    def draw_class_images(self, seed: int) -> None:
+        """Prior preservation's class images, drawn by the base before any training, as DreamBooth draws them.
+        They are a buffer, so a checkpoint holds them and a resumed run trains on the very same."""
+        db = self.config.dreambooth
+        prompts = [db.class_prompt[i % len(db.class_prompt)] for i in range(db.num_class_images)]
+        images = [self.sample(len(chunk), generator=torch.Generator().manual_seed(seed * 1000 + i), prompt=chunk)
+                  for i, chunk in enumerate(prompts[j : j + 64] for j in range(0, len(prompts), 64))]
+        self.class_images = torch.cat(images) * 2 - 1  # the data's range, [-1, 1]
+        self.class_prompts = prompts
 
     def add_lora(self) -> None:
         """Adapters on the UNet (the rest frozen), through diffusers' peft integration."""
@@ -151,19 +168,35 @@ class LatentDiffusion(GenerativeModel):
 
     # --- training --------------------------------------------------------------------------------
 
+    def examples(self, batch: dict) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """(images, captions, loss weights) to train on: the batch's own; in DreamBooth, the subject's images
+        captioned with its prompt and, in training, as many class images beside them (prior preservation)."""
+        x, db = batch["x"], self.config.dreambooth
+        if db is None:
+            return x, batch["text"], torch.ones(len(x), device=x.device)
+        captions, weights = [db.instance_prompt] * len(x), torch.ones(len(x), device=x.device)
+        if self.training and self.class_images is not None:
+            pick = torch.randint(0, len(self.class_images), (len(x),))
+            x = torch.cat([x, self.class_images[pick.to(x.device)]])
+            captions += [self.class_prompts[i] for i in pick.tolist()]
+            weights = torch.cat([weights, torch.full_like(weights, db.prior_loss_weight)])
+        return x, captions, weights
+
     def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = batch["x"]
+        """The batch's mean noise-prediction error; a DreamBooth batch's class images add theirs, weighted."""
+        x, captions, weights = self.examples(batch)
         with torch.no_grad():
             posterior = self.vae.encode(x).latent_dist
             draw = torch.randn(posterior.mean.shape, generator=generator).to(x.device)
             z0 = (posterior.mean + posterior.std * draw) * self.vae.config.scaling_factor
         drop = torch.rand(len(x), generator=generator) < self.config.caption_dropout
-        states = self.encode_prompts(["" if d else c for c, d in zip(batch["text"], drop.tolist(), strict=True)])
+        states = self.encode_prompts(["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)])
         noise = torch.randn(z0.shape, generator=generator).to(x.device)
         t = torch.randint(0, self.config.num_train_timesteps, (len(x),), generator=generator).to(x.device)
         target = noise if self.config.prediction == "epsilon" else self.scheduler.get_velocity(z0, noise, t)
         pred = self.unet(self.scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=states).sample
-        return F.mse_loss(pred.float(), target.float())
+        each = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+        return (each * weights).sum() / len(batch["x"])  # DreamBooth's instance mean + weight x prior mean
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(batch)
@@ -211,8 +244,7 @@ class LatentDiffusion(GenerativeModel):
         return options.get("steps") or DEFAULT_STEPS.get(options.get("sampler"), self.config.num_train_timesteps)
 
     def preview(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        captions = self.preview_captions or [""]
-        return self.sample(n, generator=generator, prompt=[captions[i % len(captions)] for i in range(n)], steps=20)
+        return self.sample(n, generator=generator, **self.example_conditions(n), steps=20)
 
     # --- the model folder ------------------------------------------------------------------------
 
@@ -252,6 +284,18 @@ class LatentDiffusion(GenerativeModel):
 
     def extra_meta(self) -> dict[str, Any]:
         return {"example_prompts": self.preview_captions[:4]}
+
+    def base_model(self) -> LatentDiffusion | None:
+        if self.config.init_from is None:
+            return None
+        return type(self)(self.config, self.spec, parts=load_pipeline(self.config.init_from)).eval()
+
+    def started_from(self) -> str | None:
+        return self.config.init_from
+
+    def example_conditions(self, n: int) -> dict[str, Any]:
+        captions = self.preview_captions or [""]
+        return {"prompt": [captions[i % len(captions)] for i in range(n)]}
 
     def card_example(self, folder: Path) -> str:
         from genlab.media.images import save_grid
@@ -305,7 +349,9 @@ def load_pipeline(where: str | Path) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    where = str(Path(where).expanduser()) if Path(where).expanduser().exists() else str(where)
+    folder = Path(where).expanduser()
+    where = str(folder / "model" if (folder / "model" / "model_index.json").is_file() else folder) \
+        if folder.exists() else str(where)  # a genlab run, its model folder, any pipeline folder, or a hub id
     loaders = {"unet": lambda: UNet2DConditionModel.from_pretrained(where, subfolder="unet", use_safetensors=True),
                "vae": lambda: AutoencoderKL.from_pretrained(where, subfolder="vae", use_safetensors=True),
                "text_encoder": lambda: AutoModel.from_pretrained(where, subfolder="text_encoder",

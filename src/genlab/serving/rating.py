@@ -2,7 +2,7 @@
 
     GET  /                  the page (keys: left arrow, right arrow, down arrow for "same", up arrow to skip)
     POST /api/session       {rater}: a session, as an HttpOnly SameSite=Strict cookie bound to that name
-    GET  /api/pair          the session's pending pair: an opaque token and the two items' URLs
+    GET  /api/pair          the session's pending pair: an opaque token, the two items' URLs (and their prompt)
     GET  /item/{token}/{side}  one item of the pending pair (a PNG or text), never by run name
     POST /api/vote          {token, choice: left|right|same|skip}; the rater is the session's
     GET  /api/results       win rates and strengths (Ratings.results), for the operator's admin key only
@@ -116,11 +116,11 @@ def rating_app(ratings: Ratings, seed: int | None = None, admin_key: str | None 
     @app.get("/api/pair")
     def next_pair(session: str | None = Cookie(None, alias=COOKIE)) -> dict:
         with lock:
-            rater, token, _ = pending(session)
+            rater, token, pair = pending(session)
             left = quota - answered[rater]
         kind = next(iter(ratings.runs.values()))["modality"]  # one kind per folder: an image, or the file as text
         return {"token": token, "kind": kind, "left": f"/item/{token}/left", "right": f"/item/{token}/right",
-                "rater": rater, "remaining": left}
+                "rater": rater, "remaining": left, "asked": pair.get("asked")}
 
     @app.get("/item/{token}/{side}")
     def item(token: str, side: Literal["left", "right"], session: str | None = Cookie(None, alias=COOKIE)) -> Response:
@@ -192,6 +192,7 @@ button{font-size:1.1em;margin:0.3em;padding:0.4em 1em}
 <p id="status"><span id="who"></span> votes this visit: <span id="count">0</span> &middot;
    pairs left: <span id="remaining">?</span></p>
 <p id="message"></p>
+<p id="asked"></p>
 <div class="pair"><div class="side" id="left"></div><div class="side" id="right"></div></div>
 <button id="vote-left">Left is better (&larr;)</button>
 <button id="vote-same">Same (&darr;)</button>
@@ -221,6 +222,7 @@ async function next() {
   document.getElementById("who").textContent = `Rating as ${pair.rater};`;
   document.getElementById("remaining").textContent = pair.remaining;
   token = pair.token;
+  document.getElementById("asked").textContent = pair.asked ? `Asked for: “${pair.asked}”` : "";
   await Promise.all([show("left", pair.left, pair.kind), show("right", pair.right, pair.kind)]);
   document.body.dataset.token = token;
 }

@@ -162,12 +162,13 @@ def _row(name: str, run: Run, metrics: dict[str, Any], headline: tuple[Figure, .
 
 def preview(run: Run, metrics: dict[str, Any], n: int = 16) -> str:
     """What the report shows of an entry, as HTML: the outputs of the examples its evaluation wrote (continuations
-    of held-out prompts, predictions), or else `n` samples (seed 0, the run's own sampling options)."""
+    of held-out prompts, predictions), or else `n` samples (seed 0, the run's own sampling options), a model drawn
+    from text drawing its example prompts."""
     from genlab.media.formats import TEXTS
 
     if metrics.get("examples"):
         return TEXTS.html([e["output"] for e in metrics["examples"][:3]])
-    return run.model.media.html(run.sample(n, seed=0))
+    return run.model.media.html(run.sample(n, seed=0, **run.model.example_conditions(n)))
 
 
 def _verdict(rows: list[dict[str, Any]], ranking: list[str], headline: tuple[Figure, ...]) -> str:
