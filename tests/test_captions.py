@@ -142,6 +142,12 @@ def test_the_judge_reads_real_scenes_of_seen_and_unseen_pairs_and_noise_at_chanc
     assert noise["attributes"] < 0.5 and noise["all"] < 0.05
     star = torch.tensor([[0, 4, 1, 1, 0, -1, -1, -1]] * 16)  # a shape the set leaves out: the judge knows it
     assert (judge.read(scenes.render(star, 32, torch.Generator().manual_seed(1)))[:, 1] == 4).float().mean() >= 0.9
+    # an image with no object (blank, specks, noise) is read as none, matching no prompt; no real scene is
+    nothing = judge.read(adherence.no_object(300, torch.Generator().manual_seed(7)))
+    assert (nothing[:, 0] == adherence.NO_OBJECT).float().mean() >= 0.9 and (nothing[:, 1:] == adherence.JUNK).all(
+        1).equal(nothing[:, 0] == adherence.NO_OBJECT)
+    assert (judge.read(images)[:, 0] == adherence.NO_OBJECT).sum() == 0
+    assert adherence.adherence(nothing, asked[:300])["all"] <= 0.05
 
 
 def test_a_judge_trained_here_learns_the_scenes_and_is_kept_in_the_cache(tmp_path, monkeypatch):

@@ -33,8 +33,8 @@ def sets(*overrides: str) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
 
 
-def test_fsdp_shards_checkpoints_resumes_and_exports_what_ddp_under_torchrun_trains(tmp_path):
-    sharded, plain = tmp_path / "fsdp", tmp_path / "ddp"
+def test_fsdp_shards_checkpoints_resumes_under_torchrun_and_exports_what_one_process_trains(tmp_path):
+    sharded, plain = tmp_path / "fsdp", tmp_path / "one"
     first = genlab_cli("fit", CONFIG, *sets(*LM, "train.strategy=fsdp", "train.max_steps=4"), "--out", str(sharded))
     assert first.returncode == 0, first.stderr[-3000:]
     shards = sharded / "checkpoints" / "last.ckpt"
@@ -42,24 +42,22 @@ def test_fsdp_shards_checkpoints_resumes_and_exports_what_ddp_under_torchrun_tra
     assert sorted(p.name for p in shards.parent.iterdir()) == ["best.ckpt", "last.ckpt"], "no half-written folder"
     assert first.stdout.count("run directory:") == 1, "Lightning relaunched rank 1 into rank zero's run directory"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fsdp"], "no second run directory from rank 1"
-    resumed = genlab_cli("fit", "--resume", str(sharded), *sets("train.max_steps=8"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "DTensor" not in resumed.stderr and "_get_pg_default_device" not in resumed.stderr, "torch's FSDP noise"
-
     torchrun = (os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc_per_node=2", "-m")
-    launched = genlab_cli("fit", CONFIG, *sets(*LM, "train.strategy=ddp", "train.max_steps=8"), "--out", str(plain),
-                          launcher=torchrun)
-    assert launched.returncode == 0, launched.stderr[-3000:]
-    assert launched.stdout.count("run directory:") == 1, "rank zero alone reports"
+    resumed = genlab_cli("fit", "--resume", str(sharded), *sets("train.max_steps=8"), launcher=torchrun)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("run directory:") == 1, "under torchrun too, rank zero alone reports"
+    assert "DTensor" not in resumed.stderr and "_get_pg_default_device" not in resumed.stderr, "torch's FSDP noise"
+    # two ranks of 8 take the two halves of one process's batch of 16 (SeededBatches): the same gradients
+    genlab.fit(CONFIG, overrides=[*LM, "train.devices=1", "train.batch_size=16", "train.max_steps=8"], out=plain)
 
     run = genlab.load(sharded)
     assert run.summary["steps"] == 8 and run.summary["parameters"] == genlab.load(plain).summary["parameters"]
     exported, reference = (load_file(r / "model" / "model.safetensors") for r in (sharded, plain))
     assert exported.keys() == reference.keys()
-    # FSDP's reduce-scatter and DDP's all-reduce average the same gradients: SGD, which does not magnify float
-    # error as Adam does for tiny gradients, lands on the same weights
+    # FSDP's reduce-scatter averages the ranks' mean gradients, the mean over both halves: SGD, which does not
+    # magnify float error as Adam does for tiny gradients, lands on one process's weights to float precision
     for name, weight in exported.items():
-        torch.testing.assert_close(weight, reference[name], atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(weight, reference[name], atol=1e-5, rtol=1e-4, msg=name)
     from transformers import AutoModelForCausalLM
 
     from genlab.training.checkpoints import whole_checkpoint

@@ -174,6 +174,7 @@ def test_a_pipeline_missing_a_part_is_named_in_one_line(runs, tmp_path):
         genlab.load_config(None, [*t2i(runs["ae"].path), "model.lora={r: 4}"])
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation")  # diffusers' scheduler on numpy 2, in the user's code
 def test_dreambooth_draws_its_class_images_with_the_base_first_and_evaluate_shows_the_subject_and_forgetting(
         runs, base_metrics, tmp_path):
     import safetensors.torch
@@ -197,6 +198,14 @@ def test_dreambooth_draws_its_class_images_with_the_base_first_and_evaluate_show
     assert weights.tolist() == [1.0] * 3 + [0.5] * 3, "the prior's loss weighs prior_loss_weight"
     assert "class_images" not in safetensors.torch.load_file(run.paths.model / "unet" /
                                                              "diffusion_pytorch_model.safetensors")
+    from diffusers import DiffusionPipeline  # the subject's adapters alone, into the base as diffusers loads it
+
+    pipe = DiffusionPipeline.from_pretrained(runs["t2i"].paths.model)
+    pipe.load_lora_weights(run.paths.model / "lora")
+    theirs = pipe("a photo of sks", num_inference_steps=3, guidance_scale=4.0, output_type="pt",
+                  generator=torch.Generator().manual_seed(1)).images
+    ours = run.model.sample(1, generator=torch.Generator().manual_seed(1), prompt="a photo of sks", steps=3)
+    assert torch.allclose(theirs, ours, atol=2e-4), (theirs - ours).abs().max()
 
     metrics = genlab.evaluate(run)
     subject = metrics["fine_tune"]["subject"]

@@ -35,9 +35,11 @@ NOISE = (
     # torch's FSDP (the one Lightning's FSDPStrategy wraps with) about its own deprecated internals
     "_get_pg_default_device", "Multiple backends are registered", "deprecating ShardedTensor",
     "FSDP.state_dict_type() and FSDP.set_state_dict_type() are being deprecated",
+    # saving a diffusers pipeline looks up image processors that genlab's pipelines have none of (no safety checker)
+    "requires torchvision (not installed)",
 )
-_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric",
-                      "lightning.fabric.utilities.rank_zero")
+_LOGGERS = ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric",
+            "lightning.fabric.utilities.rank_zero", "transformers.utils.import_utils")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -48,8 +50,8 @@ class _DropNoise(logging.Filter):
 
 @contextmanager
 def library_noise_silenced() -> Iterator[None]:
-    """Within: the warnings in NOISE are dropped, and Lightning's log lines that match them too."""
-    for name in _LIGHTNING_LOGGERS:
+    """Within: the warnings in NOISE are dropped, and Lightning's and transformers' log lines that match them too."""
+    for name in _LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise())

@@ -80,6 +80,30 @@ def shapes_subject(cfg) -> Loaded:
                   notes=[f"shapes_subject: a {SUBJECT[1]} {SUBJECT[0]}, {n} training images"])
 
 
+def rendered_shapes(cfg) -> Loaded:
+    """Uncaptioned scenes of every shape the renderer draws, the star too (one object in eight): the data of a
+    first stage, an autoencoder, that must encode what a later fine-tune adds, as Stable Diffusion's autoencoder
+    encodes far more than its UNet is ever asked to draw. Its pairs are the seen ones only."""
+    rng = np.random.default_rng(cfg.split_seed)
+    n = cfg.limit or DEFAULT_COUNT
+    factors = any_factors(rng, n, unseen=False)
+    generator = torch.Generator().manual_seed(cfg.split_seed)
+    images = torch.cat([render(factors[i : i + 1024], cfg.image_size or 32, generator) for i in range(0, n, 1024)])
+    n_test, n_val = max(2, round(n * TEST_SHARE)), max(1, round(n * VAL_SHARE))
+    return Loaded(_to_model_range(images, None, cfg.channels), parts=(n - n_test - n_val, n_val), factors=factors,
+                  factor_names=FACTORS, notes=[f"rendered_shapes: {n} scenes, stars among them, seed {cfg.split_seed}"])
+
+
+def any_factors(rng: np.random.Generator, n: int, unseen: bool = True) -> torch.Tensor:
+    """Factors of every combination the renderer draws, new shapes for one object in eight: seen and unseen pairs
+    half and half, or (unseen=False) seen pairs only."""
+    f = torch.cat([draw(rng, n - n // 2, unseen=False), draw(rng, n // 2, unseen=unseen)])
+    new = torch.from_numpy(rng.random((n, 2)) < 1 / 8)
+    for k, column in ((0, 1), (1, 5)):
+        f[:, column] = torch.where(new[:, k] & (f[:, column] != NONE), len(SHAPES), f[:, column])
+    return f[torch.from_numpy(rng.permutation(n))]
+
+
 def draw(rng: np.random.Generator, n: int, unseen: bool) -> torch.Tensor:
     """(n, 8) factors: every image of `unseen` has at least one held-out pair, every other image none."""
     out = np.empty((0, len(FACTORS)), dtype=np.int64)

@@ -18,6 +18,7 @@ BUILTIN: dict[str, str] = {
     "shapes": "genlab.data.shapes:shapes",
     "captioned_shapes": "genlab.data.captioned_shapes:captioned_shapes",
     "shapes_subject": "genlab.data.captioned_shapes:shapes_subject",
+    "rendered_shapes": "genlab.data.captioned_shapes:rendered_shapes",
     "table": "genlab.data.table:table",
     "breast_cancer": "genlab.data.table:breast_cancer",
     "wine": "genlab.data.table:wine",
@@ -35,7 +36,7 @@ BUILTIN: dict[str, str] = {
 # each built-in's modality, known without loading it (`genlab prepare` streams text)
 MODALITY: dict[str, str] = {
     **dict.fromkeys(("digits", "image_folder", "photos", "shapes", "captioned_shapes",
-                     "shapes_subject"), "image"),
+                     "shapes_subject", "rendered_shapes"), "image"),
     **dict.fromkeys(("table", "breast_cancer", "wine", "diabetes"), "table"),
     **dict.fromkeys(("text", "python_docs", "python_code", "tinyshakespeare"), "text"),
     **dict.fromkeys(("pairs", "dates", "docstrings"), "pairs"),
@@ -44,7 +45,7 @@ MODALITY: dict[str, str] = {
 # a user's files, by the modality `genlab prepare` reads them as: fit prepares them first
 FILES: dict[str, str] = {"image_folder": "image", "text": "text", "table": "table", "audio_folder": "audio"}
 # built-ins that take seconds to generate and depend on the config alone: made once per process (fit, then evaluate)
-GENERATED = {"shapes", "captioned_shapes", "docstrings", "python_code", "photos", "spoken_digits"}
+GENERATED = {"shapes", "captioned_shapes", "rendered_shapes", "docstrings", "python_code", "photos", "spoken_digits"}
 _registered: dict[str, Callable] = {}
 
 

@@ -23,11 +23,14 @@ from genlab.data import captioned_shapes as scenes
 log = logging.getLogger("genlab")
 
 SIDE = 32  # the judge reads every image at this size
-HEADS = {"count": 2, "shape": len(scenes.SHAPES + scenes.NEW_SHAPES), "colour": len(scenes.COLOURS),
+HEADS = {"count": 3, "shape": len(scenes.SHAPES + scenes.NEW_SHAPES), "colour": len(scenes.COLOURS),
          "size": len(scenes.SIZES), "place": len(scenes.PLACES)}
 HEADS |= {"shape2": HEADS["shape"] + 1, "colour2": HEADS["colour"] + 1, "size2": HEADS["size"] + 1}  # +1: none
 BATCH = 64
-VERSION = 2  # of the judge's recipe: a new one is trained, never an old one read as new
+VERSION = 3  # of the judge's recipe: a new one is trained, never an old one read as new
+NO_OBJECT = 2  # the count head's third class: an image with nothing a prompt could ask for
+JUNK = -2  # what the judge reads every other factor of such an image as: it matches no prompt
+JUNK_SHARE = 0.1  # of the judge's training images: blank ground, specks, noise
 ATTRIBUTES = ("shape", "colour", "size", "place", "count", "relation")
 
 
@@ -63,6 +66,7 @@ class Judge(nn.Module):
         factors = torch.cat(out) if out else torch.zeros(0, len(HEADS), dtype=torch.long)
         for k in (5, 6, 7):  # the "none" class is the last one
             factors[:, k] = torch.where(factors[:, k] == HEADS[scenes.FACTORS[k]] - 1, scenes.NONE, factors[:, k])
+        factors[:, 1:] = torch.where(factors[:, :1] == NO_OBJECT, JUNK, factors[:, 1:])
         return factors
 
 
@@ -94,9 +98,13 @@ def train_judge(images: int = 8_000, steps: int = 400, seed: int = 0) -> Judge:
     """A judge trained on `images` rendered scenes of every combination, new shapes included."""
     torch.manual_seed(seed)
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    factors = _any_factors(rng, images)
-    x = torch.cat([scenes.render(factors[i : i + 2048], SIDE, generator) for i in range(0, images, 2048)])
-    targets = _targets(factors)
+    junk = round(images * JUNK_SHARE)
+    factors = scenes.any_factors(rng, images - junk)
+    x = torch.cat([*(scenes.render(factors[i : i + 2048], SIDE, generator) for i in range(0, len(factors), 2048)),
+                   no_object(junk, generator)])
+    nothing = torch.full((junk, len(HEADS)), -100)  # cross-entropy's ignored target: only the count is known
+    nothing[:, 0] = NO_OBJECT
+    targets = torch.cat([_targets(factors), nothing])
     judge = Judge()
     opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -112,13 +120,22 @@ def train_judge(images: int = 8_000, steps: int = 400, seed: int = 0) -> Judge:
     return judge.eval()
 
 
-def _any_factors(rng: np.random.Generator, n: int) -> torch.Tensor:
-    """Factors of every combination the renderer draws: seen and unseen pairs alike, new shapes for one in eight."""
-    f = torch.cat([scenes.draw(rng, n - n // 2, unseen=False), scenes.draw(rng, n // 2, unseen=True)])
-    new = torch.from_numpy(rng.random((n, 2)) < 1 / 8)
-    for k, column in ((0, 1), (1, 5)):
-        f[:, column] = torch.where(new[:, k] & (f[:, column] != scenes.NONE), len(scenes.SHAPES), f[:, column])
-    return f[torch.from_numpy(rng.permutation(n))]
+def no_object(n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 3, SIDE, SIDE) images with nothing a prompt could ask for, which the judge must not read as a scene:
+    the blank ground, a few specks far smaller than a small object, or noise."""
+    ground = (torch.tensor(scenes.GROUND) / 255).view(1, 3, 1, 1)
+    images = ground.repeat(n, 1, SIDE, SIDE)
+    kind = torch.randint(0, 3, (n,), generator=generator)
+    grid = (torch.arange(SIDE) + 0.5) / SIDE
+    palette = torch.tensor(list(scenes.COLOURS.values())) / 255
+    for _ in range(3):  # specks: at most a third of a small object's half-extent
+        centre, radius = torch.rand(n, 2, generator=generator), 0.02 + 0.04 * torch.rand(n, generator=generator)
+        colour = palette[torch.randint(0, len(palette), (n,), generator=generator)].view(n, 3, 1, 1)
+        inside = ((grid.view(1, 1, SIDE) - centre[:, 0].view(n, 1, 1)).square()
+                  + (grid.view(1, SIDE, 1) - centre[:, 1].view(n, 1, 1)).square()) <= radius.view(n, 1, 1).square()
+        images = torch.where((inside & (kind == 1).view(n, 1, 1)).unsqueeze(1), colour, images)
+    noise = torch.rand(n, 3, SIDE, SIDE, generator=generator)
+    return torch.where((kind == 2).view(n, 1, 1, 1), noise, images)
 
 
 SHIPPED = Path(__file__).parent / "files" / f"judge-captioned_shapes-v{VERSION}.safetensors"
