@@ -334,7 +334,8 @@ def _retry_dead(study: Any, out: Path) -> None:
             study.enqueue_trial(t.params)
         if t.user_attrs.get("run"):
             shutil.rmtree(t.user_attrs["run"], ignore_errors=True)
-        log.info(f"sweep: trial {t.number}'s process is gone; its parameters are queued again")
+        log.info(f"sweep: trial {t.number}'s process is gone; " + (
+            "its parameters are queued again" if t.params else "it drew no parameters, so none are queued"))
 
 
 def _alive(pid: int) -> bool:
