@@ -39,6 +39,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
+    def cycled(self, n: int) -> tuple[torch.Tensor, list[str] | None]:
+        """`n` row indices going round the split, each example asked for as often as the others, and their
+        captions (None for uncaptioned data)."""
+        rows = torch.arange(n) % len(self)
+        return rows, None if self.captions is None else [self.captions[i] for i in rows.tolist()]
+
 
 @dataclass
 class Loaded:
@@ -67,6 +73,11 @@ class Dataset:
     test: Split
     notes: list[str] = field(default_factory=list)  # what loading skipped or changed, for the report
     factor_names: tuple[str, ...] = ()  # names of Split.factors' columns
+
+    @property
+    def held_out(self) -> Split:
+        """What evaluation scores against: the test split, or validation when the test split has under two."""
+        return self.test if len(self.test) >= 2 else self.val
 
 
 def split_indices(n: int, y: torch.Tensor | None, val: float, test: float, seed: int):

@@ -32,10 +32,9 @@ def fine_tune_figures(model, base, fake: torch.Tensor, base_fake: torch.Tensor, 
     base_data = base_run_data(model.started_from())
     if base_data is not None:
         ordinary = load_dataset(base_data)
-        split = ordinary.test if len(ordinary.test) else ordinary.val
+        split = ordinary.held_out
         if ordinary.factor_names == scenes.FACTORS and split.captions:
-            rows = torch.arange(ev.num_samples) % len(split)
-            asked = [split.captions[i] for i in rows.tolist()]
+            rows, asked = split.cycled(ev.num_samples)
             factors, real_asked = split.factors[rows], split.x[rows] / 2 + 0.5
             judge_ = judge()
             out["forgetting"] = {

@@ -29,7 +29,7 @@ from genlab.run import Run
 def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored:
     """Generate `ev.num_samples` images with the model's `options` and score them against the test split."""
     dataset = load_dataset(run.config.data)
-    held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
+    held_out = dataset.held_out
     if len(held_out) < 2:
         raise GenlabError("evaluate: needs held-out images; set data.test_fraction > 0 when training")
     net, extractor = feature_net(dataset.train, dataset.spec.num_classes, ev.feature_steps, run.paths.eval_cache)
@@ -37,9 +37,9 @@ def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored
     model = run.model
     labels = _labels_like(dataset.train.y, ev.num_samples, ev.seed) if model.takes_labels else None
     # a model drawn from prompts is drawn from the held-out captions, so FID compares like with like
-    prompted = held_out.captions is not None and model.takes_prompts
-    rows_asked = torch.arange(ev.num_samples) % len(held_out)
-    prompts = [held_out.captions[i] for i in rows_asked.tolist()] if prompted else None
+    rows_asked, captions = held_out.cycled(ev.num_samples)
+    prompted = captions is not None and model.takes_prompts
+    prompts = captions if prompted else None
     if model.subject_prompt:  # a DreamBooth subject's images have no captions: its prompt draws them
         prompts = [model.subject_prompt] * ev.num_samples
     started = time.perf_counter()

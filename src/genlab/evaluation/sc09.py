@@ -64,7 +64,7 @@ def evaluate_audio(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored:
     """Generate `ev.num_samples` clips (every class equally when the model is conditional), score them against
     the test split."""
     dataset = load_dataset(run.config.data)
-    held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
+    held_out = dataset.held_out
     if len(held_out) < 2:
         raise GenlabError("evaluate: needs held-out clips; set data.test_fraction > 0 when training")
     model, k = run.model, dataset.spec.num_classes

@@ -200,7 +200,7 @@ def audit_by_class(run: Run, n: int | None = None, *, target: str = "data", min_
         cache = cache / f"manifest-{re.sub(r'[^A-Za-z0-9_-]', '_', group)}"  # the evaluation keeps its own
     else:
         dataset = load_dataset(cfg.data)
-        held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
+        held_out = dataset.held_out
         names = list(dataset.spec.class_names)
         if len(names) < 2 or held_out.y is None:
             raise GenlabError(f"audit: {cfg.data.source} has no classes to audit by; label the data (class "

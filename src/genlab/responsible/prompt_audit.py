@@ -47,13 +47,12 @@ def audit_prompts(run: Run, n: int | None = None) -> dict[str, Any]:
 
     cfg, model = run.config, run.model
     dataset = load_dataset(cfg.data)
-    held_out = dataset.test if len(dataset.test) >= 2 else dataset.val
+    held_out = dataset.held_out
     if dataset.factor_names != scenes.FACTORS or not held_out.captions:
         raise GenlabError(f"audit: a text-to-image run is audited by what its prompts ask for, which the judge "
                           f"reads on captioned_shapes scenes; {cfg.data.source} is not such a set")
     ev = cfg.eval.model_copy(update={"num_samples": n or cfg.eval.num_samples})
-    rows = torch.arange(ev.num_samples) % len(held_out)
-    prompts = [held_out.captions[i] for i in rows.tolist()]
+    rows, prompts = held_out.cycled(ev.num_samples)
     options = sampling_options(cfg.model.family, model.sampling)
     read = judge().read(generate_images(model, ev, options, None, prompts))
     result = prompt_groups(read, held_out.factors[rows])
