@@ -52,7 +52,8 @@ class Deduplicate(Section):
     near_action: Literal["remove", "group"] = "remove"  # group: keep near copies, and split each cluster whole
     threshold: float = Field(0.8, gt=0, le=1)  # text: estimated Jaccard similarity of shingles
     shingle: int = Field(5, ge=1)  # text: characters per shingle
-    num_perm: int = Field(128, ge=16)  # text: MinHash permutations
+    num_perm: int = Field(128, ge=16, le=1024)  # text: MinHash permutations
+    verify: bool = True  # text: an LSH candidate is near only if its exact Jaccard similarity reaches `threshold`
     hamming: int = Field(4, ge=0, le=64)  # images (32 pixels a side or more): at most this many pHash bits differ
 
 

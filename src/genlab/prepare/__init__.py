@@ -25,7 +25,8 @@ from genlab.config import RunConfig, load_config
 from genlab.config.prepare import default_pipeline
 from genlab.data.registry import FILES
 from genlab.errors import GenlabError
-from genlab.prepare import read, stream
+from genlab.prepare import near, read, stream
+from genlab.prepare.dedup_text import Deduplicator
 from genlab.prepare.kinds import SPLITS, Kind, kind_names, kind_of
 from genlab.prepare.record import Item, StepLog
 from genlab.prepare.report import write_reports
@@ -121,6 +122,7 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
     pipeline = [s for s in pipeline_of(data, "text") if s.step not in ("validate", "split")]
     read_log = StepLog("validate")
     logs, items, dedup = [read_log], stream.clocked(documents(read_log), read_log), None
+    staging = _staging(out)
     for step in pipeline:
         log = StepLog(step.step)
         logs.append(log)
@@ -131,13 +133,12 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
         elif step.step == "normalize":
             items = stream.normalize(items, step, log)
         elif step.step == "deduplicate":
-            dedup = stream.Deduplicator(step, log, data)
+            dedup = Deduplicator(step, log, data, staging / ".dedup.jsonl")
             items = dedup(items)
         elif step.step == "swap_groups":
             items = stream.swap_groups(items, step, log)
         else:
             log.notes.append("does not apply to text")
-    staging = _staging(out)
     counts, lengths, first = stream.write(items, staging, data, dedup.unit if dedup is not None else lambda i: i.where)
     if dedup is not None and dedup.note():
         next(g for g in logs if g.step == "deduplicate").notes.append(dedup.note())
@@ -145,7 +146,8 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
         shutil.rmtree(staging)
         raise _nothing_left(logs, data)
     logs.append(StepLog("split", kept=sum(counts.values()), notes=[f"{n} {s}" for s, n in counts.items()]))
-    summary = _summary(cfg, "text", sum(counts.values()), counts, [], {}, logs, read_log.kept + read_log.removed)
+    extra = {"dedup": near.scheme(dedup.opts)} if dedup is not None else {}
+    summary = _summary(cfg, "text", sum(counts.values()), counts, [], extra, logs, read_log.kept + read_log.removed)
     return _finish(staging, out, summary, (first, lengths, "characters per document"), logs)
 
 
@@ -204,7 +206,7 @@ def _summary(cfg: RunConfig, modality: str, items: int, counts: dict, names: lis
              logs: list[StepLog], read_count: int) -> dict:
     return {"name": cfg.name, "modality": modality, "source": str(cfg.data.path or cfg.data.source),
             "read": read_count, "items": items, "splits": counts, "class_names": names,
-            "labels": extra.get("labels", {}), "scaling": extra.get("scaling", {}),
+            "labels": extra.get("labels", {}), "scaling": extra.get("scaling", {}), "dedup": extra.get("dedup"),
             "steps": [log.as_dict() for log in logs], "data": cfg.data.model_dump(mode="json")}
 
 

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from genlab.data.clips import audio_files, read_clip
 from genlab.data.records import Loaded
 from genlab.media.audio import MelSpectrogram, audio_tag
-from genlab.prepare.dedup import clusters, digest, near_image_pairs, without_exact_copies
+from genlab.prepare import near
+from genlab.prepare.dedup import clusters, digest, near_image_edges, without_exact_copies
 from genlab.prepare.kinds import SPLITS, Kind, Step, _check_labels
 from genlab.prepare.record import Item, StepLog
 
@@ -113,7 +114,7 @@ def _deduplicate(step, items: list[Item], data: Any, log: StepLog, extra: dict) 
         with torch.no_grad():
             images = mel.encode(torch.from_numpy(np.stack([i.value for i in items])))
         pixels = ((images + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        pairs = near_image_pairs([Item(i.where, p) for i, p in zip(items, pixels)], step)
-        items = clusters(items, pairs, step.near_action, log)
+        edges = near_image_edges([Item(i.where, p) for i, p in zip(items, pixels)], step)
+        items = clusters(items, near.representatives(len(items), *edges), step.near_action, log)
     log.kept = len(items)
     return items

@@ -1,11 +1,12 @@
 """Text through the pipeline one document at a time, so a corpus larger than memory prepares in bounded memory.
 
 Each step is a generator over documents; what a step must remember is per document, never its
-text: a 16-byte digest (exact duplicates), a MinHash in the LSH index (near duplicates), a cluster
-root (union-find over document numbers). Boilerplate lines are counted in a first pass over the
-input (lossy counting: lines seen once are forgotten when the table fills). The split is a hash of
-(split_seed, the document's cluster root), so near copies land together without holding the corpus,
-and each document is appended to its split's JSONL file as it comes. One long text file comes in
+text. Boilerplate lines are counted in a first pass over the input (lossy counting: lines seen
+once are forgotten when the table fills). Deduplication reads its input whole before it yields
+(`dedup_text.py`: a spill file on disk, a digest and band keys per document in memory). The split
+is a hash of (split_seed, the place of the document's cluster's first document), so near copies
+land together without holding the corpus, and each document is appended to its split's JSONL file
+as it comes. One long text file comes in
 pieces already split by position (`read.iter_text`); they are cleaned as parts of one document and
 not deduplicated.
 """
@@ -22,8 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import genlab.prepare.steps as steps
-from genlab.config.prepare import Clean, Deduplicate, Normalize, SwapGroups
-from genlab.prepare.dedup import digest, shingles
+from genlab.config.prepare import Clean, Normalize, SwapGroups
 from genlab.prepare.kinds import SPLITS
 from genlab.prepare.record import Item, StepLog
 
@@ -143,83 +143,6 @@ def group_swapper(pairs: list[tuple[str, str]]) -> Callable[[str], str]:
         word, new = m.group(), table[m.group().lower()]
         return new.upper() if word.isupper() and len(word) > 1 else new.capitalize() if word[0].isupper() else new
     return lambda text: pattern.sub(one, text)
-
-
-class Deduplicator:
-    """Exact and near duplicates over a stream; remembers digests, MinHashes and cluster roots, never text.
-    With `near_action: group` a document goes to its cluster's split; one that is near copies in two
-    different splits (it bridges clusters already written) is removed, so no near copy straddles splits."""
-
-    def __init__(self, opts: Deduplicate, log: StepLog, data) -> None:
-        from datasketch import MinHashLSH
-
-        self.opts, self.log, self.data = opts, log, data
-        self.digests: dict[str, str] = {}
-        self.lsh = MinHashLSH(threshold=opts.threshold, num_perm=opts.num_perm) if opts.near else None
-        self.parent: list[int] = []  # union-find over document numbers
-        self.roots: dict[int, str] = {}  # a cluster root's `where`: its split is a hash of it
-        self.sizes: Counter[int] = Counter()  # documents in each cluster of two or more, by root
-
-    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
-        return timed(items, self.log, self.one)
-
-    def one(self, item: Item) -> Item | None:
-        opts = self.opts
-        if item.split is not None:  # a piece of one long file, which is one document
-            return item
-        if opts.exact:
-            key = digest(item.value)
-            if key in self.digests:
-                self.log.remove("exact duplicate", f"{item.where} (copy of {self.digests[key]})")
-                return None
-            self.digests[key] = item.where
-        if self.lsh is None:
-            return item
-        from datasketch import MinHash
-
-        sketch = MinHash(num_perm=opts.num_perm)
-        sketch.update_batch(list(shingles(item.value, opts.shingle)))
-        number = len(self.parent)
-        matches = sorted({self._root(int(k)) for k in self.lsh.query(sketch)})
-        if matches and opts.near_action == "remove":
-            self.log.remove("near duplicate", f"{item.where} (near {self.roots[matches[0]]})")
-            self.sizes[matches[0]] = self.sizes.get(matches[0], 1) + 1
-            return None
-        if len({self.split(self.roots[r]) for r in matches}) > 1:
-            places = ", ".join(self.roots[r] for r in matches)
-            self.log.remove("near copies in two splits", f"{item.where} (near {places})")
-            return None
-        root = matches[0] if matches else number
-        self.parent.append(root)
-        self.lsh.insert(str(number), sketch)
-        if not matches:
-            self.roots[number] = item.where
-            return item
-        self.sizes[root] = self.sizes.get(root, 1) + 1
-        for other in matches[1:]:  # a document that bridges clusters joins them under the oldest root
-            self.parent[other] = root
-            self.sizes[root] += self.sizes.pop(other, 1)
-        return replace(item, cluster=root)
-
-    def _root(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def split(self, unit: str) -> int:
-        return split_of(unit, self.data.split_seed, self.data.val_fraction, self.data.test_fraction)
-
-    def unit(self, item: Item) -> str:
-        """What the split hashes: the cluster root's place, so a cluster goes to one split."""
-        return self.roots[self._root(item.cluster)] if item.cluster is not None else item.where
-
-    def note(self) -> str | None:
-        if not self.sizes:
-            return None
-        largest = sorted(self.sizes.values(), reverse=True)[:10]
-        kept = "one of each kept" if self.opts.near_action == "remove" else "each kept whole in one split"
-        return f"{len(self.sizes)} near-duplicate cluster(s), largest sizes {', '.join(map(str, largest))}; {kept}"
 
 
 def split_of(unit: str, seed: int, val: float, test: float) -> int:
