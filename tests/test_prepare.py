@@ -22,6 +22,7 @@ from genlab.cli import app
 from genlab.errors import GenlabError
 from genlab.prepare import prepare
 from genlab.prepare.near import jaccard, shingle_hashes
+from genlab.prepare.store import text_records
 
 
 def png_bytes(seed: int, size=(16, 16), mode="RGB", kind="PNG") -> bytes:
@@ -83,7 +84,7 @@ def test_a_folder_of_broken_files_is_prepared_naming_each_and_keeping_every_vali
     text = report(prepare(None, tmp_path / "text", ["data.source=text", f"data.path={broken}", *over,
                                                     "model.family=transformer"]))
     assert text["items"] == 2 and removed(text)["not UTF-8"] == ["latin1.txt:2 (byte 3)"]
-    kept = [json.loads(line)["text"] for line in (tmp_path / "text/train.jsonl").read_text().splitlines()]
+    kept = [r["text"] for r in text_records(tmp_path / "text", "train")]
     assert any("A valid first line." in t and "A valid last line." in t for t in kept), "the file's valid lines stay"
 
     table = report(prepare(None, tmp_path / "table", ["data.source=table", f"data.path={broken}", *over,
@@ -155,8 +156,7 @@ def test_near_copies_are_removed_or_kept_together_in_one_split(tmp_path):
     prepare(None, grouped, [*base, "data.pipeline=[{step: clean}, {step: deduplicate, near_action: group}]"])
     split_of = {}
     for k, split in enumerate(("train", "val", "test")):
-        for line in (grouped / f"{split}.jsonl").read_text().splitlines():
-            record = json.loads(line)
+        for record in text_records(grouped, split):
             split_of[record["where"]] = (k, record["text"])
     assert len(split_of) == 90 and {k for k, _ in split_of.values()} == {0, 1, 2}
     for b in range(30):
@@ -180,7 +180,7 @@ def test_clean_removes_boilerplate_when_asked_and_keeps_code_indentation(tmp_pat
 
     def texts(name: str, steps: str) -> list[str]:
         prepare(None, tmp_path / name, [*base, f"data.pipeline={steps}"])
-        return [json.loads(line)["text"] for line in (tmp_path / name / "train.jsonl").read_text().splitlines()]
+        return [r["text"] for r in text_records(tmp_path / name, "train")]
 
     code = [f"def page_{i}():\n    if __name__ == 'page_{i}':\n        return {i}" for i in range(6)]
     kept = texts("default", "[{step: clean}]")  # trailing spaces and tabs go; indentation and the banner stay
@@ -264,8 +264,8 @@ def test_fit_trains_on_a_prepared_set_and_info_shows_it(tmp_path):
 def test_running_twice_replaces_and_a_failed_run_leaves_the_earlier_set_intact(tmp_path, broken):
     base = ["data.source=text", f"data.path={broken}", "model.family=transformer"]
     first = prepare(None, tmp_path / "set", base)
-    items = (first / "train.jsonl").read_text()
-    assert prepare(None, tmp_path / "set", base) == first and (first / "train.jsonl").read_text() == items
+    items = (first / "train-00000.jsonl").read_text()
+    assert prepare(None, tmp_path / "set", base) == first and (first / "train-00000.jsonl").read_text() == items
     before = (first / "prepared.json").read_text()
     with pytest.raises(GenlabError, match="nothing is left after the pipeline"):
         prepare(None, tmp_path / "set", [*base, "data.pipeline=[{step: clean, min_chars: 100000}]"])
@@ -326,18 +326,19 @@ def test_a_killed_prepare_leaves_the_earlier_set_intact_and_a_rerun_finishes(tmp
     command = [sys.executable, "-m", "genlab", "prepare", "--set", "data.source=text", "--set", f"data.path={corpus}",
                "--out", str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = tmp_path / ".set.partial" / "train.jsonl"
+    partial = tmp_path / ".set.partial"
     deadline = time.monotonic() + 120
-    while not (partial.is_file() and partial.stat().st_size) and proc.poll() is None and time.monotonic() < deadline:
+    while not any(f.stat().st_size for f in partial.rglob("*.spill.jsonl")) and proc.poll() is None and \
+            time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)  # midway: documents are being written to the staged folder
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the kill came after prepare had finished: make the corpus larger"
     assert (out / "prepared.json").read_text() == before, "the earlier set is untouched"
-    assert (out / "train.jsonl").read_text().strip() and json.loads(before)["items"] == 1
+    assert text_records(out, "train") and json.loads(before)["items"] == 1
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert json.loads((out / "prepared.json").read_text())["items"] == 100 and not partial.parent.exists()
+    assert json.loads((out / "prepared.json").read_text())["items"] == 100 and not partial.exists()
 
 
 def test_files_a_source_does_not_read_get_one_line_naming_them(tmp_path):

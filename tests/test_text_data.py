@@ -9,7 +9,7 @@ import torch
 from genlab import GenlabError, load_config
 from genlab.data import load_dataset
 from genlab.data.tokenize import EOS, pack, train_tokenizer
-from genlab.prepare.store import cache_folder
+from genlab.prepare.store import cache_folder, text_records
 
 
 def text_data(*overrides):
@@ -38,8 +38,8 @@ def test_a_long_file_streams_in_pieces_that_join_back_exactly(tmp_path, monkeypa
     assert d.train.x[0] + d.val.x[0] + d.test.x[0] == text
     raw = path.read_bytes()  # train ends at 80% of the bytes, as nanoGPT cuts by position (never inside a character)
     assert d.train.x[0] == re.sub(" +\n", "\n", raw[: round(0.8 * len(raw))].decode("utf-8", "ignore"))
-    records = (cache_folder(load_config(None, over).data) / "train.jsonl").read_text().splitlines()
-    assert len(records) > 10 and all(json.loads(r).get("continues") for r in records[1:])
+    records = text_records(cache_folder(load_config(None, over).data), "train")
+    assert len(records) > 10 and all(r.get("continues") for r in records[1:])
 
 
 def test_a_folder_keeps_valid_text_and_reports_what_it_skipped(tmp_path, caplog):

@@ -429,11 +429,17 @@ def prepare(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the prepared set (default "
                                                                 "prepared/<name>).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a key: --set data.image_size=32.")] = [],  # noqa: B006
+    engine: Annotated[str | None, typer.Option("--engine", help="local (this process) or ray (Ray Data tasks over "
+                                                                "blocks of the input; text). Default: data.engine.")
+                      ] = None,
+    address: Annotated[str | None, typer.Option("--address", help="With --engine ray: the cluster (auto, "
+                                                                  "ray://HOST:10001); default a local one.")] = None,
 ) -> None:
     """Validate, clean, normalize, deduplicate and split a data set; write it with data_report.html."""
     from genlab.prepare import prepare as run_prepare
 
-    folder = run_prepare(config, out_dir, set_)
+    extra = [f"data.engine={engine}"] * (engine is not None) + [f"data.address={address}"] * (address is not None)
+    folder = run_prepare(config, out_dir, [*set_, *extra])
     summary = json.loads((folder / "prepared.json").read_text())
     for step in summary["steps"]:
         removed = ", ".join(f"{reason} {n}" for reason, n in step["reasons"].items())

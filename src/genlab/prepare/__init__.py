@@ -14,8 +14,6 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +23,8 @@ from genlab.config import RunConfig, load_config
 from genlab.config.prepare import default_pipeline
 from genlab.data.registry import FILES
 from genlab.errors import GenlabError
-from genlab.prepare import near, read, stream
-from genlab.prepare.dedup_text import Deduplicator
 from genlab.prepare.kinds import SPLITS, Kind, kind_names, kind_of
-from genlab.prepare.record import Item, StepLog
+from genlab.prepare.record import StepLog
 from genlab.prepare.report import write_reports
 from genlab.prepare.split import assign_splits
 from genlab.prepare.store import (
@@ -58,6 +54,9 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
         raise GenlabError("data.prepared: this config reads a prepared set already; prepare the raw data's config")
     if (kind_of(FILES.get(data.source) or _modality(data)) or Kind()).streams:
         return _prepare_text(cfg, out)
+    if data.engine != "local":
+        logging.getLogger("genlab").warning(f"data.engine: {data.engine} prepares text; {data.path or data.source} "
+                                            "is prepared in this process (the same set either way)")
     started = time.perf_counter()
     log, extra = StepLog("validate"), {}
     kind, items = _read(data, log, extra)
@@ -98,57 +97,23 @@ def _modality(data) -> str:
     return MODALITY.get(data.source) or source(data.source)(data).modality
 
 
-def _documents(data) -> Callable[[StepLog], Iterator[Item]]:
-    """A way to read the text again from the start (boilerplate counting takes a pass of its own)."""
-    if data.source == "text":
-        if data.path is None:
-            raise GenlabError("data.path: required to prepare data.source 'text'")
-        root, fractions = Path(data.path).expanduser(), (data.val_fraction, data.test_fraction)
-        return lambda log: islice(read.iter_text(root, data.text_field, log, fractions), data.limit)
-    from genlab.data.registry import source
-
-    def built_in(log: StepLog) -> Iterator[Item]:  # loads on first use, so the read is timed as validate's
-        for i, doc in enumerate(source(data.source)(data).x):
-            log.kept += 1
-            log.megabytes += len(doc) / 1e6
-            yield Item(f"document {i + 1}", doc)
-    return built_in
-
-
 def _prepare_text(cfg: RunConfig, out: Path) -> Path:
-    """Text streams through every step (`stream.py`), straight into the staged split files."""
+    """Text in blocks through every step, on the configured engine (`text.py`), into sharded split files."""
+    from genlab.prepare.engine import engine
+    from genlab.prepare.text import prepare_text
+
     data = cfg.data
-    documents = _documents(data)
-    pipeline = [s for s in pipeline_of(data, "text") if s.step not in ("validate", "split")]
-    read_log = StepLog("validate")
-    logs, items, dedup = [read_log], stream.clocked(documents(read_log), read_log), None
     staging = _staging(out)
-    for step in pipeline:
-        log = StepLog(step.step)
-        logs.append(log)
-        if step.step == "clean":
-            repeated = stream.boilerplate(lambda: documents(StepLog("count")), step.boilerplate) \
-                if step.boilerplate else set()
-            items = stream.clean(items, step, repeated, log)
-        elif step.step == "normalize":
-            items = stream.normalize(items, step, log)
-        elif step.step == "deduplicate":
-            dedup = Deduplicator(step, log, data, staging / ".dedup.jsonl")
-            items = dedup(items)
-        elif step.step == "swap_groups":
-            items = stream.swap_groups(items, step, log)
-        else:
-            log.notes.append("does not apply to text")
-    counts, lengths, first = stream.write(items, staging, data, dedup.unit if dedup is not None else lambda i: i.where)
-    if dedup is not None and dedup.note():
-        next(g for g in logs if g.step == "deduplicate").notes.append(dedup.note())
+    done = prepare_text(data, staging, engine(data.engine, data.address), data.blocks)
+    logs, counts = done["logs"], done["counts"]
     if not sum(counts.values()):
         shutil.rmtree(staging)
         raise _nothing_left(logs, data)
     logs.append(StepLog("split", kept=sum(counts.values()), notes=[f"{n} {s}" for s, n in counts.items()]))
-    extra = {"dedup": near.scheme(dedup.opts)} if dedup is not None else {}
-    summary = _summary(cfg, "text", sum(counts.values()), counts, [], extra, logs, read_log.kept + read_log.removed)
-    return _finish(staging, out, summary, (first, lengths, "characters per document"), logs)
+    extra = {"dedup": done["dedup"]}
+    summary = _summary(cfg, "text", sum(counts.values()), counts, [], extra, logs, logs[0].kept + logs[0].removed)
+    summary["shards"] = done["shards"]
+    return _finish(staging, out, summary, (done["first"], done["lengths"], "characters per document"), logs)
 
 
 def _read(data, log: StepLog, extra: dict) -> tuple[Kind, Any]:

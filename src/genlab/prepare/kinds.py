@@ -232,22 +232,25 @@ class TextKind(Kind):
     name, streams, files = "text", True, "text files (.txt, .md, .rst, .jsonl)"
 
     def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
-        splits = [_documents(path / f"{s}.jsonl") for s in SPLITS]
+        from genlab.prepare.store import shard_files
+
+        splits = [_documents(shard_files(path, s)) for s in SPLITS]
         docs = [d for split in splits for d in split]
         return Loaded(docs, notes=notes, modality=self.name, parts=(len(splits[0]), len(splits[1])))
 
 
-def _documents(path: Path) -> list[str]:
-    """A split's documents; the pieces of one long text file join back into one."""
+def _documents(paths: list[Path]) -> list[str]:
+    """A split's documents from its shard files in order; the pieces of one long text file join back into one."""
     docs: list[list[str]] = []
-    with path.open() as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                if record.get("continues") and docs:
-                    docs[-1].append(record["text"])
-                else:
-                    docs.append([record["text"]])
+    for path in paths:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    record = json.loads(line)
+                    if record.get("continues") and docs:
+                        docs[-1].append(record["text"])
+                    else:
+                        docs.append([record["text"]])
     return ["".join(d) for d in docs]
 
 

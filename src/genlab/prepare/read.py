@@ -100,22 +100,28 @@ def iter_text(root: Path, text_field: str, log: StepLog, fractions: tuple[float,
     is one plain text file and `fractions` (val, test) are given: it comes in pieces, cut where the splits
     begin, as nanoGPT cuts tiny shakespeare."""
     for path in files_under(root, TEXT_SUFFIXES):
-        where = path.relative_to(root).as_posix() if root.is_dir() else path.name
-        size = path.stat().st_size
-        log.megabytes += size / 1e6
-        lines = _decoded(path, where, log)
-        if path.suffix.lower() == ".jsonl":
-            yield from _jsonl(lines, where, text_field, log)
-        elif root.is_file() and fractions is not None:
-            yield from _pieces(lines, where, size, fractions, log)
-        else:
-            named = log.removed
-            text = "".join(t for _, _, t in lines)
-            if text.strip():
-                log.kept += 1
-                yield Item(where, text)
-            elif log.removed == named:  # not a file whose every line was named as undecodable already
-                log.remove("empty file", where)
+        yield from text_file(root, path, text_field, log, fractions)
+
+
+def text_file(root: Path, path: Path, text_field: str, log: StepLog, fractions: tuple[float, float] | None = None,
+              start: int = 0, end: int | None = None, first_line: int = 1) -> Iterator[Item]:
+    """The documents of one file under `root`; of a JSONL file, those of the lines between two byte offsets."""
+    where = path.relative_to(root).as_posix() if root.is_dir() else path.name
+    size = path.stat().st_size
+    log.megabytes += ((size if end is None else end) - start) / 1e6
+    lines = _decoded(path, where, log, start, end, first_line)
+    if path.suffix.lower() == ".jsonl":
+        yield from _jsonl(lines, where, text_field, log)
+    elif root.is_file() and fractions is not None:
+        yield from _pieces(lines, where, size, fractions, log)
+    else:
+        named = log.removed
+        text = "".join(t for _, _, t in lines)
+        if text.strip():
+            log.kept += 1
+            yield Item(where, text)
+        elif log.removed == named:  # not a file whose every line was named as undecodable already
+            log.remove("empty file", where)
 
 
 PIECE = 1 << 20  # characters: what one piece of a long text file holds in memory
@@ -158,15 +164,19 @@ def _pieces(lines: Iterable[tuple[int, int, str]], where: str, size: int, fracti
         log.remove("empty file", where)
 
 
-def _decoded(path: Path, where: str, log: StepLog) -> Iterator[tuple[int, int, str]]:
-    """(line number, its bytes, its text) for each line that is UTF-8; a file that cannot be opened is named."""
+def _decoded(path: Path, where: str, log: StepLog, start: int = 0, end: int | None = None, first_line: int = 1
+             ) -> Iterator[tuple[int, int, str]]:
+    """(line number, its bytes, its text) for each line that is UTF-8, from byte `start` (where line `first_line`
+    begins) to `end`; a file that cannot be opened is named."""
     try:
         f = path.open("rb")
     except OSError as err:
         log.remove("cannot be opened", f"{where} ({err.strerror})")
         return
     with f:
-        for number, line in enumerate(f, 1):
+        f.seek(start)
+        lines = iter(f) if end is None else iter(lambda: f.readline() if f.tell() < end else b"", b"")
+        for number, line in enumerate(lines, first_line):
             try:
                 yield number, len(line), line.decode("utf-8")
             except UnicodeDecodeError as err:

@@ -57,3 +57,18 @@ class StepLog:
         return {"step": self.step, "kept": self.kept, "changed": self.changed, "removed": self.removed,
                 "reasons": self.reasons, "examples": self.examples, "notes": self.notes,
                 "seconds": round(self.seconds, 3), "megabytes": round(self.megabytes, 3)}
+
+
+def merged(logs: list[StepLog]) -> StepLog:
+    """One step's logs from several blocks, in the blocks' order, as one log of the whole input."""
+    out = StepLog(logs[0].step)
+    for log in logs:
+        out.kept, out.changed, out.removed = out.kept + log.kept, out.changed + log.changed, out.removed + log.removed
+        out.seconds, out.megabytes = out.seconds + log.seconds, out.megabytes + log.megabytes
+        for reason, n in log.reasons.items():
+            out.reasons[reason] = out.reasons.get(reason, 0) + n
+            shown = out.examples.setdefault(reason, [])
+            shown += log.examples[reason][:EXAMPLES - len(shown)]
+        out.notes += [note for note in log.notes if note not in out.notes]
+        out.gone += log.gone
+    return out

@@ -1,7 +1,8 @@
 """The prepared set on disk (open formats) and back: safetensors for images, JSONL for text, parquet for tables.
 
     DIR/prepared.json           modality, class names, counts per split, the steps run, table scaling
-    DIR/{train,val,test}.*      the items of each split
+    DIR/{train,val,test}.*      the items of each split (text: {split}-NNNNN.jsonl shards, listed in the manifest
+                                with their sizes and sha256)
     DIR/weights.json            class-balanced sampling weights per split (labels.weights)
     DIR/removed.jsonl           every item a step removed: step, reason, where (file, file:line, file:row)
     DIR/data_report.{json,html}
@@ -31,7 +32,8 @@ def fingerprint(data) -> str:
     from genlab.prepare.read import files_under
     from genlab.version import __version__
 
-    parts = [json.dumps(data.model_dump(mode="json", exclude={"prepared"}), sort_keys=True), __version__]
+    parts = [json.dumps(data.model_dump(mode="json", exclude={"prepared", "engine", "address", "blocks"}),
+                        sort_keys=True), __version__]  # the engine and its blocks do not change the prepared set
     if data.path is not None:
         root = Path(data.path).expanduser()
         for f in files_under(root) if root.exists() else []:
@@ -61,6 +63,20 @@ def reasons(steps: list[dict]) -> list[str]:
     """Each step's reasons for removing or changing items, with a count and the first example."""
     return [f"{step['step']}: {reason}: {n}, e.g. {step['examples'][reason][0]}" for step in steps
             for reason, n in step["reasons"].items()]
+
+
+def shard_files(folder: Path, split: str) -> list[Path]:
+    """A text split's files in order: the shards the manifest lists (a set from before shards: one file)."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if "shards" not in manifest:
+        return [folder / f"{split}.jsonl"]
+    return [folder / shard["file"] for shard in manifest["shards"][split]]
+
+
+def text_records(folder: Path, split: str) -> list[dict]:
+    """A text split's records ({"text", "where"} and "continues" for a piece of one long file), in order."""
+    return [json.loads(line) for path in shard_files(folder, split)
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def load_prepared(path: str | Path):

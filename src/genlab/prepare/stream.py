@@ -1,87 +1,58 @@
-"""Text through the pipeline one document at a time, so a corpus larger than memory prepares in bounded memory.
+"""Text one document at a time: each step is a function of one document, which both engines apply
+(`text.py`: in this process, or as Ray tasks over blocks of the input), so a corpus larger than
+memory prepares in bounded memory and every engine gives the same answer.
 
-Each step is a generator over documents; what a step must remember is per document, never its
-text. Boilerplate lines are counted in a first pass over the input (lossy counting: lines seen
-once are forgotten when the table fills). Deduplication reads its input whole before it yields
-(`dedup_text.py`: a spill file on disk, a digest and band keys per document in memory). The split
-is a hash of (split_seed, the place of the document's cluster's first document), so near copies
-land together without holding the corpus, and each document is appended to its split's JSONL file
-as it comes. One long text file comes in
-pieces already split by position (`read.iter_text`); they are cleaned as parts of one document and
-not deduplicated.
+Boilerplate lines are counted per block of the input and the counts merged (lossy counting: once
+the table passes MAX_LINES distinct lines, those seen once are forgotten); a second look recovers
+the text of the frequent ones. The split of a document is a hash of (split_seed, a place), so it
+needs no other document.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from pathlib import Path
 
 import genlab.prepare.steps as steps
 from genlab.config.prepare import Clean, Normalize, SwapGroups
-from genlab.prepare.kinds import SPLITS
 from genlab.prepare.record import Item, StepLog
 
 MAX_LINES = 2_000_000  # boilerplate counting: distinct lines tracked before the singletons are dropped
+Work = Callable[[Item], list[Item]]
 
 
-def timed(items: Iterable[Item], log: StepLog, work: Callable[[Item], Item | None]) -> Iterator[Item]:
-    """Apply `work` to each item, timing only the step's own work and counting what it reads and keeps."""
-    for item in items:
-        began = time.perf_counter()
-        log.megabytes += len(item.value) / 1e6
-        out = work(item)
-        log.seconds += time.perf_counter() - began
-        if out is not None:
-            log.kept += not out.continues  # documents, not the pieces of one
-            yield out
+def _lines(item: Item) -> set[str]:
+    return {ln.strip() for ln in item.value.splitlines() if len(ln.strip()) >= 20}
 
 
-def clocked(items: Iterable[Item], log: StepLog) -> Iterator[Item]:
-    """The reader's own time (next() on it), not the time later steps spend on what it yields."""
-    items = iter(items)
-    while True:
-        began = time.perf_counter()
-        item = next(items, None)
-        log.seconds += time.perf_counter() - began
-        if item is None:
-            return
-        yield item
+def _line_key(line: str) -> bytes:
+    return hashlib.blake2b(line.encode(), digest_size=8).digest()
 
 
-def boilerplate(documents: Callable[[], Iterable[Item]], repeats: int) -> set[str]:
-    """Lines of at least 20 characters found in `repeats` or more documents, counted in one streaming pass."""
+def count_lines(items: Iterable[Item]) -> Counter[bytes]:
+    """How many documents hold each line of at least 20 characters (by an 8-byte hash of the line)."""
     counts: Counter[bytes] = Counter()
-    for item in documents():
-        if item.split is not None:  # a piece of one long file: one document has no boilerplate of its own
-            continue
-        for line in {ln.strip() for ln in item.value.splitlines() if len(ln.strip()) >= 20}:
-            counts[hashlib.blake2b(line.encode(), digest_size=8).digest()] += 1
-        if len(counts) > MAX_LINES:
-            counts = Counter({k: n for k, n in counts.items() if n > 1})
-    frequent = {k for k, n in counts.items() if n >= repeats}
-    if not frequent:
-        return set()
-    lines = set()  # a second look recovers the text of the frequent lines
-    for item in documents():
-        for line in item.value.splitlines():
-            line = line.strip()
-            if len(line) >= 20 and hashlib.blake2b(line.encode(), digest_size=8).digest() in frequent:
-                lines.add(line)
-        if len(lines) == len(frequent):
-            break
-    return lines
+    for item in items:
+        if item.split is None:  # a piece of one long file: one document has no boilerplate of its own
+            counts.update(_line_key(line) for line in _lines(item))
+    return counts
 
 
-def clean(items: Iterable[Item], opts: Clean, repeated: set[str], log: StepLog) -> Iterator[Item]:
-    if repeated:
-        log.notes.append(f"{len(repeated)} boilerplate line(s) removed, e.g. {sorted(repeated)[0][:60]!r}")
+def merge_counts(total: Counter[bytes], counts: Counter[bytes]) -> Counter[bytes]:
+    total.update(counts)
+    return Counter({k: n for k, n in total.items() if n > 1}) if len(total) > MAX_LINES else total
 
+
+def frequent_lines(items: Iterable[Item], frequent: set[bytes]) -> set[str]:
+    """The text of the lines whose hashes are in `frequent`."""
+    return {line for item in items for line in _lines(item) if _line_key(line) in frequent}
+
+
+def cleaner(opts: Clean, repeated: set[str], log: StepLog) -> Callable[[Item], Item | None]:
     def work(item: Item) -> Item | None:
         if item.split is not None:  # a piece: lengths are the whole document's, which has no boilerplate
             return replace(item, value=steps.clean_document(item.value, opts, set(), piece=True))
@@ -94,41 +65,63 @@ def clean(items: Iterable[Item], opts: Clean, repeated: set[str], log: StepLog) 
             return None
         log.changed += text != item.value
         return replace(item, value=text)
+    return work
 
-    return timed(items, log, work)
 
-
-def normalize(items: Iterable[Item], opts: Normalize, log: StepLog) -> Iterator[Item]:
+def normalizer(opts: Normalize, log: StepLog) -> Callable[[Item], Item]:
     def work(item: Item) -> Item:
         if opts.lowercase:
             log.changed += 1
             return replace(item, value=item.value.lower())
         return item
-    return timed(items, log, work)
+    return work
 
 
-def swap_groups(items: Iterable[Item], opts: SwapGroups, log: StepLog) -> Iterator[Item]:
+def swapper(opts: SwapGroups, log: StepLog) -> Work:
     """Each document, then, when it names a group, its copy with the group terms swapped (the same split; a piece
     of one long file is followed by its swapped copy in the same document)."""
-    swap, added = group_swapper(opts.pairs), 0
+    swap = group_swapper(opts.pairs)
 
-    def work(item: Item) -> Item:
-        nonlocal added
+    def work(item: Item) -> list[Item]:
         swapped = swap(item.value)
-        if swapped != item.value:
-            added += 1
-            copies.append(replace(item, value=swapped, continues=item.continues or item.split is not None))
-        return item
+        if swapped == item.value:
+            return [item]
+        log.changed += 1
+        return [item, replace(item, value=swapped, continues=item.continues or item.split is not None)]
+    return work
 
-    copies: list[Item] = []
-    for item in timed(items, log, work):
-        yield item
-        while copies:
-            copy = copies.pop()
-            log.kept += not copy.continues
-            yield copy
-    log.changed = added
-    log.notes.append(f"{added} counterfactual copies added (group terms swapped)")
+
+def chain(pipeline: list, repeated: set[str], logs: dict[str, StepLog]) -> Work:
+    """The steps as one function of a document (what it becomes: none, one or, with swap_groups, two), each step
+    timed and counted in its own log."""
+    works: list[tuple[StepLog, Work]] = []
+    for step in pipeline:
+        log = logs[step.step]
+        if step.step == "clean":
+            works.append((log, _listed(cleaner(step, repeated, log))))
+        elif step.step == "normalize":
+            works.append((log, _listed(normalizer(step, log))))
+        elif step.step == "swap_groups":
+            works.append((log, swapper(step, log)))
+
+    def run(item: Item) -> list[Item]:
+        items = [item]
+        for log, work in works:
+            out = []
+            for one in items:
+                began = time.perf_counter()
+                log.megabytes += len(one.value) / 1e6
+                done = work(one)
+                log.seconds += time.perf_counter() - began
+                log.kept += sum(not d.continues for d in done)
+                out += done
+            items = out
+        return items
+    return run
+
+
+def _listed(work: Callable[[Item], Item | None]) -> Work:
+    return lambda item: [out] if (out := work(item)) is not None else []
 
 
 def group_swapper(pairs: list[tuple[str, str]]) -> Callable[[str], str]:
@@ -148,26 +141,3 @@ def group_swapper(pairs: list[tuple[str, str]]) -> Callable[[str], str]:
 def split_of(unit: str, seed: int, val: float, test: float) -> int:
     u = int.from_bytes(hashlib.blake2b(f"{seed}:{unit}".encode(), digest_size=8).digest(), "big") / 2**64
     return 2 if u < test else 1 if u < test + val else 0
-
-
-def write(items: Iterable[Item], staging: Path, data, unit: Callable[[Item], str]) -> tuple[dict, list[int], list]:
-    """Append each document to its split's JSONL file; (counts per split, lengths, the first documents)."""
-    files = {s: (staging / f"{s}.jsonl").open("w") for s in SPLITS}
-    counts, lengths, first = dict.fromkeys(SPLITS, 0), [], []
-    try:
-        for item in items:
-            split = SPLITS[item.split if item.split is not None else
-                           split_of(unit(item), data.split_seed, data.val_fraction, data.test_fraction)]
-            record = {"text": item.value, "where": item.where} | ({"continues": True} if item.continues else {})
-            files[split].write(json.dumps(record, ensure_ascii=False) + "\n")
-            if item.continues:
-                lengths[-1] += len(item.value)
-                continue
-            counts[split] += 1
-            lengths.append(len(item.value))
-            if len(first) < 5:
-                first.append(item.value)
-    finally:
-        for f in files.values():
-            f.close()
-    return counts, lengths, first
