@@ -13,7 +13,7 @@ import numpy as np
 
 from genlab.config.prepare import Deduplicate
 from genlab.prepare import near, prepare
-from genlab.prepare.dedup_text import record, representatives
+from genlab.prepare.dedup_text import record, representatives, verify_pairs
 from genlab.prepare.store import text_records
 
 
@@ -120,7 +120,7 @@ def test_clusters_score_precision_and_recall_against_exact_jaccard():
         opts = Deduplicate(verify=verify)
         digests, keys = zip(*(record(d, opts) for d in docs))
         _, roots = representatives(np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 16), np.stack(keys), opts,
-                                   docs.__getitem__)
+                                   lambda pairs, opts=opts: verify_pairs(pairs, opts, docs.__getitem__))
         found = same_cluster(roots)
         scores[verify] = len(found & truth) / len(found), len(found & truth) / len(truth)
     precision, recall = scores[True]

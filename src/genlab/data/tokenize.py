@@ -6,6 +6,10 @@ folder loads with `AutoTokenizer.from_pretrained` and no genlab code.
 
 from __future__ import annotations
 
+import re
+from itertools import chain
+
+import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -38,21 +42,51 @@ def train_tokenizer(kind: str, documents: list[str], vocab_size: int, pad: bool 
                                    clean_up_tokenization_spaces=False)
 
 
-def pack(tokenizer, documents: list[str], context: int, stride: int | None = None) -> torch.Tensor:
+PIECE = 1 << 20  # characters of one document tokenized at once
+
+
+def _pieces(doc: str) -> list[str]:
+    """The document cut after a newline that a non-space follows, about every PIECE characters: every
+    tokenizer here splits words there already (byte-level BPE's pre-tokenizer, characters), so the tokens of
+    the pieces are the document's."""
+    pieces, start = [], 0
+    while len(doc) - start > PIECE:
+        cut = _newline_before_word.search(doc, start + PIECE)
+        if cut is None:
+            break
+        pieces.append(doc[start:cut.end()])
+        start = cut.end()
+    return [*pieces, doc[start:]]
+
+
+_newline_before_word = re.compile(r"\n(?=\S)")
+
+
+def pack(tokenizer, documents: list[str], context: int, stride: int | None = None, batch: int = 1024
+         ) -> torch.Tensor:
     """Documents joined with EOS after each, cut into (N, context + 1) windows: inputs and shifted targets.
 
     By default windows overlap by one token, so every token is a target exactly once; the tail shorter
     than a window is dropped, unless it is all there is. A smaller `stride` starts a window every `stride`
-    tokens: a view over one stream, so stride 1 costs no more memory than the text.
+    tokens. The windows are a view over one int32 stream, tokenized `batch` documents at a time, so they
+    cost four bytes a token whatever the stride (models take them as indices; `long()` per batch for losses).
     """
     if not documents:
-        return torch.empty(0, context + 1, dtype=torch.long)
+        return torch.empty(0, context + 1, dtype=torch.int32)
     eos = tokenizer.eos_token_id
-    stream = [t for ids in tokenizer(documents, add_special_tokens=False)["input_ids"] for t in (*ids, eos)]
+    chunks, pieces, ends = [], [], []
+    for k, doc in enumerate(documents):
+        pieces += _pieces(doc)  # a long document a megabyte at a time: its Python ints never all at once
+        ends.append(len(pieces))
+        if len(pieces) >= batch or k == len(documents) - 1:
+            ids = tokenizer(pieces, add_special_tokens=False)["input_ids"]
+            last = set(e - 1 for e in ends)
+            chunks.append(np.fromiter(chain.from_iterable((*i, eos) if j in last else i for j, i in enumerate(ids)),
+                                      np.int32, count=sum(map(len, ids)) + len(ends)))
+            pieces, ends = [], []
+    stream = np.concatenate(chunks)
     if len(stream) < context + 1:
-        stream += [eos] * (context + 1 - len(stream))
-    tokens = torch.tensor(stream, dtype=torch.long)
-    if stride is not None and stride < context:
-        return tokens.unfold(0, context + 1, stride)
-    n = (len(tokens) - 1) // context
-    return tokens[: n * context + 1].unfold(0, context + 1, context).contiguous()
+        stream = np.concatenate([stream, np.full(context + 1 - len(stream), eos, np.int32)])
+    tokens = torch.from_numpy(stream)
+    step = stride if stride is not None and stride < context else context
+    return tokens.unfold(0, context + 1, step)

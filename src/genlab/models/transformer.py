@@ -132,6 +132,7 @@ class Transformer(GenerativeModel):
         self.lm.set_attn_implementation(attention)
 
     def lm_loss(self, windows: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        windows = windows.long()  # packed windows are int32 (`pack`); the loss's targets are int64
         logits = self.lm(input_ids=windows[:, :-1], use_cache=False).logits
         return F.cross_entropy(logits.float().flatten(0, 1), windows[:, 1:].flatten(), reduction=reduction)
 

@@ -28,10 +28,10 @@ def record(text: str, opts: Deduplicate) -> tuple[bytes, np.ndarray]:
     return key, near.band_keys(near.signature(text, opts.shingle, opts.num_perm), bands, rows)
 
 
-def representatives(digests: np.ndarray, keys: np.ndarray, opts: Deduplicate, text_of: Callable[[int], str]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def representatives(digests: np.ndarray, keys: np.ndarray, opts: Deduplicate,
+                    verify: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(the smallest id with the same digest, the smallest id of the near cluster) for every document;
-    `text_of(id)` reads a document back when candidates are verified."""
+    `verify(pairs)` says which candidate pairs (rows of two ids) stand, when candidates are verified."""
     n = len(digests)
     _, first, inverse = np.unique(digests.view(np.dtype((np.void, 16))).ravel(), return_index=True,
                                   return_inverse=True)
@@ -40,17 +40,17 @@ def representatives(digests: np.ndarray, keys: np.ndarray, opts: Deduplicate, te
         return exact, np.arange(n)
     left, right = near.band_edges(np.arange(n), keys)
     if opts.verify:
-        left, right = verified(left, right, opts, text_of)
+        pairs = np.unique(np.stack([left, right], axis=1), axis=0) if len(left) else np.zeros((0, 2), np.int64)
+        keep = verify(pairs) if len(pairs) else np.zeros(0, bool)
+        left, right = pairs[keep, 0], pairs[keep, 1]
     return exact, near.representatives(n, left, right)
 
 
-def verified(left: np.ndarray, right: np.ndarray, opts: Deduplicate, text_of: Callable[[int], str]
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate edges whose documents' shingle sets have an exact Jaccard similarity of `threshold` or more."""
-    pairs = np.unique(np.stack([left, right], axis=1), axis=0) if len(left) else np.zeros((0, 2), np.int64)
+def verify_pairs(pairs: np.ndarray, opts: Deduplicate, text_of: Callable[[int], str]) -> np.ndarray:
+    """Which pairs of documents (sorted by the first) have shingle sets of exact Jaccard `threshold` or more."""
     keep, centre, hashes = np.zeros(len(pairs), bool), -1, None
-    for k, (a, b) in enumerate(pairs.tolist()):  # sorted by centre: each centre is read once
+    for k, (a, b) in enumerate(pairs.tolist()):  # each centre is read once
         if a != centre:
             centre, hashes = a, near.shingle_hashes(text_of(a), opts.shingle)
         keep[k] = near.jaccard(hashes, near.shingle_hashes(text_of(b), opts.shingle)) >= opts.threshold
-    return pairs[keep, 0], pairs[keep, 1]
+    return keep

@@ -28,7 +28,7 @@ import numpy as np
 from genlab.config.prepare import Deduplicate
 from genlab.prepare import near, stream
 from genlab.prepare.blocks import Block, plan, read_block
-from genlab.prepare.dedup_text import record, representatives
+from genlab.prepare.dedup_text import record, representatives, verify_pairs
 from genlab.prepare.kinds import SPLITS
 from genlab.prepare.record import Item, StepLog, merged
 
@@ -68,7 +68,7 @@ def prepare_text(data, staging: Path, engine, blocks: int | None = None) -> dict
         job = replace(job, repeated=frozenset(_boilerplate(job, parts, engine, clean.boilerplate)))
     firsts = engine.map(lambda block: first_stage(job, block), parts)
     began = time.perf_counter()
-    fates = decide(job, firsts)
+    fates = decide(job, firsts, engine)
     dedup_seconds = time.perf_counter() - began
     lasts = engine.map(lambda task: last_stage(job, *task), [(b.index, *f) for b, f in zip(parts, fates["blocks"])])
     shards = engine.map(lambda task: write_shard(job, *task), _shards(lasts))
@@ -131,22 +131,28 @@ def first_stage(job: Job, block: Block) -> dict:
 
 # --- stage 3: clusters over every id ---------------------------------------------------------------------------
 
-def decide(job: Job, firsts: list[dict]) -> dict:
+def decide(job: Job, firsts: list[dict], engine) -> dict:
     """Each document's fate (kept, an exact copy, a near copy), the id it copies, its split, and the places of the
-    ids that others copy (their messages name them); by block."""
+    ids that others copy (their messages name them); by block. Candidate pairs are verified as tasks."""
     sizes = [len(f["split"]) for f in firsts]
     starts = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    offsets = [f["offsets"] for f in firsts]
     piece, split = np.concatenate([f["piece"] for f in firsts]), np.concatenate([f["split"] for f in firsts])
     n = len(split)
     fate, other, clusters = np.zeros(n, np.int8), np.full(n, -1, np.int64), {}
     whole = np.flatnonzero(~piece)
-    spilled = Spilled(job, firsts, starts)
+    spilled = Spilled(job, offsets, starts)
     if job.dedup is not None and len(whole):
         digests = np.frombuffer(b"".join(f["digests"] for f in firsts), np.uint8).reshape(-1, 16)
         keys = np.concatenate([f["keys"] for f in firsts if len(f["keys"])]) if any(
             len(f["keys"]) for f in firsts) else np.zeros((len(whole), 0), np.uint64)
 
-        exact, cluster = representatives(digests, keys, job.dedup, lambda i: spilled(int(whole[i]))[1])
+
+        def verify(pairs: np.ndarray) -> np.ndarray:
+            chunks = np.array_split(whole[pairs], min(len(pairs), 4 * engine.cpus))
+            return np.concatenate(engine.map(lambda chunk: _verify(job, offsets, starts, chunk), chunks))
+
+        exact, cluster = representatives(digests, keys, job.dedup, verify)
         exact, cluster = whole[exact], whole[cluster]
         copy = exact != whole
         fate[whole[copy]], other[whole[copy]] = EXACT, exact[copy]
@@ -165,18 +171,26 @@ def decide(job: Job, firsts: list[dict]) -> dict:
     return {"blocks": blocks, "clusters": clusters}
 
 
+def _verify(job: Job, offsets: list[np.ndarray], starts: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    spilled = Spilled(job, offsets, starts)
+    try:
+        return verify_pairs(pairs, job.dedup, lambda i: spilled(i)[1])
+    finally:
+        spilled.close()
+
+
 class Spilled:
     """A document read back from its block's spill file by id: [where, text, piece split, continues]."""
 
-    def __init__(self, job: Job, firsts: list[dict], starts: np.ndarray) -> None:
-        self.job, self.firsts, self.starts, self.files = job, firsts, starts, {}
+    def __init__(self, job: Job, offsets: list[np.ndarray], starts: np.ndarray) -> None:
+        self.job, self.offsets, self.starts, self.files = job, offsets, starts, {}
 
     def __call__(self, i: int) -> list:
         block = int(np.searchsorted(self.starts, i, side="right") - 1)
         if block not in self.files:
             self.files[block] = self.job.spill(block).open("rb")
         f = self.files[block]
-        f.seek(self.firsts[block]["offsets"][i - self.starts[block]])
+        f.seek(self.offsets[block][i - self.starts[block]])
         return json.loads(f.readline())
 
     def close(self) -> None:

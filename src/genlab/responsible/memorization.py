@@ -30,8 +30,16 @@ IMAGE_CHECK_FILE = "copy_check.safetensors"  # image models: training features, 
 _BASE = np.uint64(0x100000001B3)  # an odd multiplier: the hash of a window is a polynomial in it mod 2^64
 
 
-def window_hashes(text: str) -> np.ndarray:
-    """The hash of every WINDOW-character window of `text`, by start position (empty when it is shorter)."""
+def window_hashes(text: str, piece: int = 1 << 20) -> np.ndarray:
+    """The hash of every WINDOW-character window of `text`, by start position (empty when it is shorter); a long
+    text a `piece` of windows at a time, so its temporaries stay a few MB."""
+    if len(text) > piece + WINDOW:
+        return np.concatenate([_hashes(text[i:i + piece + WINDOW - 1]) for i in range(0, len(text) - WINDOW + 1,
+                                                                                       piece)])
+    return _hashes(text)
+
+
+def _hashes(text: str) -> np.ndarray:
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     count = len(codes) - WINDOW + 1
     if count <= 0:
@@ -53,8 +61,13 @@ class CopyIndex:
 
     @classmethod
     def build(cls, documents: list[str]) -> CopyIndex:
-        parts = [window_hashes(doc) for doc in documents]  # no window spans two documents
-        return cls(np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64))
+        parts = [np.unique(window_hashes(doc)) for doc in documents]  # no window spans two documents
+        if not parts:
+            return cls(np.zeros(0, np.uint64))
+        hashes = np.concatenate(parts)
+        del parts
+        hashes.sort()  # in place: the index's own size and a mask, where np.unique would copy
+        return cls(hashes[np.r_[True, hashes[1:] != hashes[:-1]]] if len(hashes) else hashes)
 
     def save(self, folder: str | Path) -> None:
         np.save(Path(folder) / INDEX_FILE, self.hashes, allow_pickle=False)
