@@ -306,11 +306,14 @@ def test_augmentation_changes_images_reproducibly_and_an_augmented_run_resumes_e
     assert not all(torch.equal(a[k], c[k]) for k in a), "and augmentation changed what was learned"
 
 
-def test_a_killed_prepare_leaves_the_earlier_set_intact_and_a_rerun_finishes(tmp_path):
+def test_a_killed_prepare_leaves_the_earlier_set_intact_and_a_rerun_reuses_its_finished_blocks(tmp_path,
+                                                                                             monkeypatch):
     import signal
     import subprocess
     import sys
     import time
+
+    import genlab.prepare.text as text
 
     rng = np.random.default_rng(0)
     letters = np.frombuffer(b"abcdefghij klmnopqrst uvwxyz", dtype=np.uint8)
@@ -323,22 +326,29 @@ def test_a_killed_prepare_leaves_the_earlier_set_intact_and_a_rerun_finishes(tmp
     out = tmp_path / "set"
     prepare(None, out, ["data.source=text", f"data.path={small}", "data.val_fraction=0", "data.test_fraction=0"])
     before = (out / "prepared.json").read_text()
-    command = [sys.executable, "-m", "genlab", "prepare", "--set", "data.source=text", "--set", f"data.path={corpus}",
-               "--out", str(out)]
+    over = ["data.source=text", f"data.path={corpus}", "data.blocks=4"]
+    command = [sys.executable, "-m", "genlab", "prepare", *(a for o in over for a in ("--set", o)), "--out", str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = tmp_path / ".set.partial"
+    finished = tmp_path / ".set.partial" / ".blocks" / "00000-first.json"
     deadline = time.monotonic() + 120
-    while not any(f.stat().st_size for f in partial.rglob("*.spill.jsonl")) and proc.poll() is None and \
-            time.monotonic() < deadline:
+    while not finished.is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # midway: documents are being written to the staged folder
+    proc.send_signal(signal.SIGKILL)  # midway: the first block is done, the second is being read
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the kill came after prepare had finished: make the corpus larger"
     assert (out / "prepared.json").read_text() == before, "the earlier set is untouched"
     assert text_records(out, "train") and json.loads(before)["items"] == 1
-    done = subprocess.run(command, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert json.loads((out / "prepared.json").read_text())["items"] == 100 and not partial.exists()
+
+    ran = []
+    real = text._first
+    monkeypatch.setattr(text, "_first", lambda job, block: ran.append(block.index) or real(job, block))
+    prepare(None, out, over)  # the rerun: the finished block is read back, not hashed again
+    assert 0 not in ran and ran, ran
+    whole = prepare(None, tmp_path / "whole", over)
+    assert {p.name: p.read_bytes() for p in out.glob("*.jsonl")} == \
+        {p.name: p.read_bytes() for p in whole.glob("*.jsonl")}
+    assert json.loads((out / "prepared.json").read_text())["items"] == 100
+    assert not (tmp_path / ".set.partial").exists()
 
 
 def test_files_a_source_does_not_read_get_one_line_naming_them(tmp_path):

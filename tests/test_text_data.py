@@ -114,13 +114,14 @@ def test_pack_puts_eos_after_every_document_and_every_token_is_a_target_once():
     assert pack(tok, [], 3).shape == (0, 4)
 
 
-def test_a_window_stride_starts_a_training_window_at_every_offset_without_copying_the_text():
+def test_windows_at_any_stride_are_a_view_of_four_bytes_a_token():
     tok = train_tokenizer("char", ["abcdefgh"], 0)
     stream = torch.tensor(tok("abcdefgh")["input_ids"] + [tok.eos_token_id])
     windows = pack(tok, ["abcdefgh"], context=4, stride=1)
     assert windows.shape == (5, 5)
     assert all(torch.equal(windows[i], stream[i : i + 5]) for i in range(5))
-    assert windows.untyped_storage().nbytes() == stream.numel() * stream.element_size()
+    assert windows.untyped_storage().nbytes() == stream.numel() * 4, "one int32 stream: four bytes a token"
+    assert pack(tok, ["abcdefgh"], context=4).untyped_storage().nbytes() == stream.numel() * 4
     assert torch.equal(pack(tok, ["abcdefgh"], context=4, stride=2), windows[::2])
     with pytest.raises(GenlabError, match="window_stride 9 must not exceed context 8"):
         load_config(None, ["model.family=transformer", "model.context=8", "model.window_stride=9"])

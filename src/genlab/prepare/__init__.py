@@ -103,7 +103,8 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
     from genlab.prepare.text import prepare_text
 
     data = cfg.data
-    staging = _staging(out)
+    staging = out.parent / f".{out.name}.partial"  # kept across a kill: `prepare_text` reuses its finished blocks
+    staging.mkdir(parents=True, exist_ok=True)
     done = prepare_text(data, staging, engine(data.engine, data.address), data.blocks)
     logs, counts = done["logs"], done["counts"]
     if not sum(counts.values()):

@@ -15,6 +15,7 @@ split in id order, so the set is the same bytes whatever the engine and the numb
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -31,6 +32,7 @@ from genlab.prepare.blocks import Block, plan, read_block
 from genlab.prepare.dedup_text import record, representatives, verify_pairs
 from genlab.prepare.kinds import SPLITS
 from genlab.prepare.record import Item, StepLog, merged
+from genlab.prepare.store import fingerprint
 
 SHARD_BYTES = 64 << 20  # a split's shard files hold about this much each
 KEEP, EXACT, NEAR = 0, 1, 2  # a document's fate
@@ -61,8 +63,8 @@ def prepare_text(data, staging: Path, engine, blocks: int | None = None) -> dict
     at = next((i for i, s in enumerate(pipeline) if s.step == "deduplicate"), len(pipeline))
     job = Job(data, tuple(pipeline[:at]), tuple(pipeline[at + 1:]), pipeline[at] if at < len(pipeline) else None,
               staging)
-    (staging / ".blocks").mkdir(parents=True)
     parts = plan(data, blocks or 2 * engine.cpus)
+    _fresh(staging, fingerprint(data) + repr(parts))
     clean = next((s for s in job.before if s.step == "clean"), None)
     if clean is not None and clean.boilerplate:
         job = replace(job, repeated=frozenset(_boilerplate(job, parts, engine, clean.boilerplate)))
@@ -75,12 +77,25 @@ def prepare_text(data, staging: Path, engine, blocks: int | None = None) -> dict
     shutil.rmtree(staging / ".blocks")
     logs = _logs(job, pipeline, firsts, lasts, fates, dedup_seconds)
     counts = {s: sum(r["documents"] for r in shards if r["split"] == s) for s in SPLITS}
-    lengths = [n for r in lasts for n in r["lengths"]]
+    lengths = [n for r in lasts for n in r["lengths"].tolist()]
     first = [t for r in lasts for t in r["first"]][:5]
     return {"logs": logs, "counts": counts, "lengths": lengths, "first": first,
             "shards": {s: [{k: v for k, v in r.items() if k != "split"} for r in shards if r["split"] == s]
                        for s in SPLITS},
             "dedup": near.scheme(job.dedup) if job.dedup is not None else None}
+
+
+def _fresh(staging: Path, key: str) -> None:
+    """Keep the staging folder's finished blocks if a run killed before this one had the same input, config and
+    blocks; otherwise start it afresh."""
+    key = hashlib.sha256(key.encode()).hexdigest()
+    stamp = staging / ".blocks" / "job"
+    if not (stamp.is_file() and stamp.read_text() == key):
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / ".blocks").mkdir(parents=True)
+        stamp.write_text(key)
+    for stale in [*staging.glob("*.jsonl"), *staging.glob("*.json"), *staging.glob("*.html")]:
+        stale.unlink()  # shards and reports are rewritten from the blocks
 
 
 def _default() -> list:
@@ -103,6 +118,10 @@ def _boilerplate(job: Job, parts: list[Block], engine, repeats: int) -> set[str]
 # --- stage 2: read, the steps before deduplicate, spill ------------------------------------------------------
 
 def first_stage(job: Job, block: Block) -> dict:
+    return _reused(job.staging / ".blocks" / f"{block.index:05d}-first", lambda: _first(job, block))
+
+
+def _first(job: Job, block: Block) -> dict:
     read_log, dedup_log = StepLog("validate"), StepLog("deduplicate")
     logs = {s.step: StepLog(s.step) for s in job.before}
     work = stream.chain(list(job.before), set(job.repeated), logs)
@@ -201,6 +220,11 @@ class Spilled:
 # --- stage 4: fates, the steps after deduplicate, parts, shards ------------------------------------------------
 
 def last_stage(job: Job, block: int, fate: np.ndarray, other: np.ndarray, split: np.ndarray, places: dict) -> dict:
+    return _reused(job.staging / ".blocks" / f"{block:05d}-last", lambda: _last(job, block, fate, other, split,
+                                                                                places))
+
+
+def _last(job: Job, block: int, fate: np.ndarray, other: np.ndarray, split: np.ndarray, places: dict) -> dict:
     dedup_log = StepLog("deduplicate")
     logs = {s.step: StepLog(s.step) for s in job.after}
     work = stream.chain(list(job.after), set(), logs)
@@ -234,7 +258,28 @@ def last_stage(job: Job, block: int, fate: np.ndarray, other: np.ndarray, split:
         for file in files.values():
             file.close()
     return {"logs": [dedup_log, *logs.values()], "lines": np.array(lines, np.int64).reshape(-1, 3),
-            "lengths": lengths, "first": first, "block": block}
+            "lengths": np.array(lengths, np.int64), "first": first, "block": block}
+
+
+def _reused(path: Path, work) -> dict:
+    """A block's result from a run killed before, or `work()`'s, kept as arrays (.npz) and JSON: written last, once
+    the block's files are complete, so a result on disk means a finished block."""
+    if path.with_suffix(".json").is_file():
+        with np.load(path.with_suffix(".npz"), allow_pickle=False) as arrays:
+            out = {k: arrays[k] for k in arrays.files}
+        plain = json.loads(path.with_suffix(".json").read_text())
+        return out | plain | {"logs": [StepLog(**log) for log in plain["logs"]],
+                              "digests": out.get("digests", np.zeros(0, np.uint8)).tobytes()}
+    out = work()
+    arrays = {k: v for k, v in out.items() if isinstance(v, np.ndarray)}
+    if "digests" in out:
+        arrays["digests"] = np.frombuffer(out["digests"], np.uint8)
+    np.savez(path.with_suffix(".npz"), **arrays)
+    plain = {k: v for k, v in out.items() if k not in arrays}
+    plain["logs"] = [dataclasses.asdict(log) for log in out["logs"]]
+    path.with_suffix(".tmp").write_text(json.dumps(plain))
+    path.with_suffix(".tmp").rename(path.with_suffix(".json"))
+    return out
 
 
 def _shards(lasts: list[dict]) -> list[tuple]:
