@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+import genlab.prepare.near as near
 from genlab.data.clips import audio_files, read_clip
 from genlab.data.records import Loaded
 from genlab.media.audio import MelSpectrogram, audio_tag
-from genlab.prepare import near
 from genlab.prepare.dedup import clusters, digest, near_image_edges, without_exact_copies
 from genlab.prepare.kinds import SPLITS, Kind, Step, _check_labels
 from genlab.prepare.record import Item, StepLog

@@ -15,8 +15,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+import genlab.prepare.near as near
 from genlab.config.prepare import Deduplicate
-from genlab.prepare import near
 from genlab.prepare.record import Item, StepLog
 
 PHASH_MIN_SIDE = 32  # pHash resizes to 32x32: smaller images are upsampled blurs, and distinct ones collide

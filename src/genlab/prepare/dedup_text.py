@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+import genlab.prepare.near as near
 from genlab.config.prepare import Deduplicate
-from genlab.prepare import near
 from genlab.prepare.dedup import digest
 
 PIECE = -1  # the id of a piece of one long file: it is one document, and is not deduplicated

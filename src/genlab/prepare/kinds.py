@@ -232,11 +232,16 @@ class TextKind(Kind):
     name, streams, files = "text", True, "text files (.txt, .md, .rst, .jsonl)"
 
     def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
-        from genlab.prepare.store import shard_files
-
-        splits = [_documents(shard_files(path, s)) for s in SPLITS]
+        splits = [_documents(split_files(path, manifest, s)) for s in SPLITS]
         docs = [d for split in splits for d in split]
         return Loaded(docs, notes=notes, modality=self.name, parts=(len(splits[0]), len(splits[1])))
+
+
+def split_files(folder: Path, manifest: dict, split: str) -> list[Path]:
+    """A text split's files in order: the shards the manifest lists (a set from before shards: one file)."""
+    if "shards" not in manifest:
+        return [folder / f"{split}.jsonl"]
+    return [folder / shard["file"] for shard in manifest["shards"][split]]
 
 
 def _documents(paths: list[Path]) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from genlab.errors import GenlabError
-from genlab.prepare.kinds import SPLITS, kind_of
+from genlab.prepare.kinds import SPLITS, kind_of, split_files
 from genlab.run import PREPARED_MANIFEST
 
 log = logging.getLogger("genlab")
@@ -65,17 +65,10 @@ def reasons(steps: list[dict]) -> list[str]:
             for reason, n in step["reasons"].items()]
 
 
-def shard_files(folder: Path, split: str) -> list[Path]:
-    """A text split's files in order: the shards the manifest lists (a set from before shards: one file)."""
-    manifest = json.loads((folder / MANIFEST).read_text())
-    if "shards" not in manifest:
-        return [folder / f"{split}.jsonl"]
-    return [folder / shard["file"] for shard in manifest["shards"][split]]
-
-
 def text_records(folder: Path, split: str) -> list[dict]:
     """A text split's records ({"text", "where"} and "continues" for a piece of one long file), in order."""
-    return [json.loads(line) for path in shard_files(folder, split)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    return [json.loads(line) for path in split_files(folder, manifest, split)
             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

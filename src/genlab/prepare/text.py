@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+import genlab.prepare.near as near
+import genlab.prepare.stream as stream
 from genlab.config.prepare import Deduplicate
-from genlab.prepare import near, stream
 from genlab.prepare.blocks import Block, plan, read_block
 from genlab.prepare.dedup_text import record, representatives, verify_pairs
 from genlab.prepare.kinds import SPLITS
