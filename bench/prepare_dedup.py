@@ -57,8 +57,11 @@ def run(src: Path, corpus: Path, out: Path) -> dict:
 
 
 def kept(folder: Path) -> set[str]:
-    return {json.loads(line)["where"] for split in ("train", "val", "test")
-            for line in (folder / f"{split}.jsonl").open()}
+    """The places of the kept documents, from shards (this genlab) or one file per split (earlier ones)."""
+    manifest = json.loads((folder / "prepared.json").read_text())
+    files = [folder / shard["file"] for shards in manifest["shards"].values() for shard in shards] \
+        if "shards" in manifest else [folder / f"{split}.jsonl" for split in ("train", "val", "test")]
+    return {json.loads(line)["where"] for file in files for line in file.read_text().splitlines()}
 
 
 def text_rounds(against: Path | None, rounds: int) -> None:

@@ -18,18 +18,22 @@ from pathlib import Path
 import numpy as np
 
 RUN = """
-import json, resource, sys, time
+import json, sys, time
+
+def peak():  # VmHWM: the high-water mark of this process image (ru_maxrss keeps the parent's across exec)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+
 from genlab.prepare import prepare
 corpus, work = sys.argv[1:3]
 prepared = prepare(None, f"{work}/prepared", ["data.source=text", f"data.path={corpus}", "model.family=transformer",
                                                "data.pipeline=[{step: clean}, {step: deduplicate, near: false}]"])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+before = peak()
 from genlab.api import fit
 began = time.perf_counter()
 fit("configs/shakespeare-char.yaml", out=f"{work}/run", overrides=["data.source=text", f"data.prepared={prepared}",
     "train.max_steps=30", "train.max_time=null", "train.val_every=1000", "train.checkpoint_every=1000"])
 print(json.dumps({"seconds": time.perf_counter() - began, "before_mb": before,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mb": peak()}))
 """
 
 
