@@ -72,12 +72,17 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_gives_the_local_bytes_for_any_number_of_blocks_and_on_a_rerun(tmp_path, local_ray):
+def test_ray_gives_the_local_bytes_for_any_number_of_blocks_and_on_a_rerun(tmp_path, local_ray, monkeypatch):
+    import genlab.prepare.text as text
+
+    monkeypatch.setattr(text, "SHARD_BYTES", 8192)  # several shards a split, each joined from several blocks' parts
     n = corpus(tmp_path / "docs")
     base = ["data.source=text", f"data.path={tmp_path / 'docs'}", "model.family=transformer", STEPS]
     local = written(prepare(None, tmp_path / "local", [*base, "data.blocks=1"]))
     manifest = local["manifest"]
-    assert manifest["read"] == n + 4 and len(local["files"]) == 4  # 4 lines that are not JSON; 3 shards + removed
+    assert manifest["read"] == n + 4  # and 4 lines that are not JSON
+    shards = manifest["shards"]
+    assert len(shards["train"]) > 5 and len(local["files"]) == 1 + sum(map(len, shards.values()))
     steps = {s["step"]: s for s in manifest["steps"]}
     assert steps["deduplicate"]["reasons"] == {"exact duplicate": 8} and "near-duplicate cluster" in \
         " ".join(steps["deduplicate"]["notes"]) and steps["clean"]["notes"][0].startswith("1 boilerplate line")

@@ -19,11 +19,10 @@ from genlab.config.prepare import Normalize
 from genlab.data.records import Loaded
 from genlab.prepare.dedup import deduplicate_images, deduplicate_table
 from genlab.prepare.read import validate_images, validate_table
-from genlab.prepare.record import Item, StepLog
+from genlab.prepare.record import SPLITS, Item, StepLog
 from genlab.prepare.split import check_labels
 from genlab.prepare.steps import clean_images, clean_table, missing_table, normalize_images, normalize_table
 
-SPLITS = ("train", "val", "test")
 Step = Callable[[Any, Any, Any, StepLog, dict], Any]  # (step config, items, data config, log, extra) -> items
 
 

@@ -22,7 +22,6 @@ import hashlib
 from functools import lru_cache
 
 import numpy as np
-from scipy.integrate import trapezoid
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -92,6 +91,8 @@ def lsh_bands(threshold: float, num_perm: int, verify: bool) -> tuple[int, int]:
     """(bands, rows) minimizing the weighted false positive and false negative mass around the threshold, as in
     Leskovec, Rajaraman and Ullman, ch. 3 (datasketch's rule). Equal weights, or, when every candidate is
     verified (which removes the false positives), 0.95 on the misses."""
+    from scipy.integrate import trapezoid
+
     best, s = (num_perm, 1), np.linspace(0, 1, 2001)
     error, miss = np.inf, 0.95 if verify else 0.5
     for bands in range(1, num_perm + 1):

@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 
 from genlab.errors import GenlabError
-from genlab.media.images import decoder_notes
 from genlab.media.suffixes import PARQUET_SUFFIXES, TABLE_SUFFIXES, TEXT_SUFFIXES
 from genlab.prepare.record import Item, StepLog
 
@@ -45,6 +44,7 @@ def validate_images(root: Path, log: StepLog, limit: int | None = None, text_fie
     from PIL import Image
 
     from genlab.data.captions import read_captions
+    from genlab.media.images import decoder_notes  # here: text's Ray tasks import this module, and torch with it
 
     captions = read_captions(root, text_field)
     if captions is not None:

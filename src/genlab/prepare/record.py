@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EXAMPLES = 5  # removals shown per reason in the report
+SPLITS = ("train", "val", "test")
 
 
 @dataclass

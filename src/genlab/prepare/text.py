@@ -31,9 +31,7 @@ import genlab.prepare.stream as stream
 from genlab.config.prepare import Deduplicate
 from genlab.prepare.blocks import Block, plan, read_block
 from genlab.prepare.dedup_text import record, representatives, verify_pairs
-from genlab.prepare.kinds import SPLITS
-from genlab.prepare.record import Item, StepLog, merged
-from genlab.prepare.store import fingerprint
+from genlab.prepare.record import SPLITS, Item, StepLog, merged
 
 SHARD_BYTES = 64 << 20  # a split's shard files hold about this much each
 KEEP, EXACT, NEAR = 0, 1, 2  # a document's fate
@@ -64,6 +62,8 @@ def prepare_text(data, staging: Path, engine, blocks: int | None = None) -> dict
     at = next((i for i, s in enumerate(pipeline) if s.step == "deduplicate"), len(pipeline))
     job = Job(data, tuple(pipeline[:at]), tuple(pipeline[at + 1:]), pipeline[at] if at < len(pipeline) else None,
               staging)
+    from genlab.prepare.store import fingerprint  # here, not at the top: a Ray task imports this module
+
     parts = plan(data, blocks or 2 * engine.cpus)
     _fresh(staging, fingerprint(data) + repr(parts))
     clean = next((s for s in job.before if s.step == "clean"), None)
@@ -285,24 +285,32 @@ def _reused(path: Path, work) -> dict:
 
 def _shards(lasts: list[dict]) -> list[tuple]:
     """(split, shard number, [(block, start, end) byte ranges of its part files], documents) per shard: a split's
-    lines in id order, a new shard at the first document to start SHARD_BYTES or more past the last one's start."""
-    tasks = []
+    lines in id order, a new shard at the first document to start SHARD_BYTES or more after the shard began."""
+    tasks, size = [], SHARD_BYTES
     for k, name in enumerate(SPLITS):
-        shard, filled, ranges, documents = 0, 0, [], 0
-        for last in lasts:
-            rows = last["lines"][last["lines"][:, 0] == k]
-            offset = 0
-            for size, starts in rows[:, 1:].tolist():
-                if starts and filled >= SHARD_BYTES:
-                    tasks.append((name, shard, ranges, documents))
-                    shard, filled, ranges, documents = shard + 1, 0, [], 0
-                if not ranges or ranges[-1][0] != last["block"] or ranges[-1][2] != offset:
-                    ranges.append((last["block"], offset, offset))
-                ranges[-1] = (last["block"], ranges[-1][1], offset + size)
-                offset, filled, documents = offset + size, filled + size, documents + starts
-        if documents:
-            tasks.append((name, shard, ranges, documents))
+        rows = [(last["block"], last["lines"][last["lines"][:, 0] == k]) for last in lasts]
+        block = np.concatenate([np.full(len(r), b) for b, r in rows] or [np.zeros(0, np.int64)])
+        nbytes = np.concatenate([r[:, 1] for _, r in rows] or [np.zeros(0, np.int64)])
+        starts = np.concatenate([r[:, 2] for _, r in rows] or [np.zeros(0, np.int64)]).astype(bool)
+        offset = np.concatenate([np.cumsum(r[:, 1]) - r[:, 1] for _, r in rows] or [np.zeros(0, np.int64)])
+        before = np.r_[0, np.cumsum(nbytes)]  # bytes of the split before each line
+        first, shard = 0, 0
+        while first < len(nbytes):
+            later = np.flatnonzero(starts[first + 1:] & (before[first + 1:-1] - before[first] >= size))
+            end = first + 1 + int(later[0]) if len(later) else len(nbytes)
+            ranges = [(int(block[i]), int(offset[i]), int(offset[j - 1] + nbytes[j - 1])) for i, j in
+                      _runs(block[first:end], first)]
+            if starts[first:end].any():  # lines that only continue a document: none of a split of their own
+                tasks.append((name, shard, ranges, int(starts[first:end].sum())))
+            first, shard = end, shard + 1
     return tasks
+
+
+def _runs(values: np.ndarray, base: int) -> list[tuple[int, int]]:
+    """[start, end) of each run of equal values, offset by `base`."""
+    cuts = np.flatnonzero(values[1:] != values[:-1]) + 1
+    edges = np.r_[0, cuts, len(values)] + base
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
 
 def write_shard(job: Job, split: str, shard: int, ranges: list[tuple[int, int, int]], documents: int) -> dict:
