@@ -125,3 +125,19 @@ def test_windows_at_any_stride_are_a_view_of_four_bytes_a_token():
     assert torch.equal(pack(tok, ["abcdefgh"], context=4, stride=2), windows[::2])
     with pytest.raises(GenlabError, match="window_stride 9 must not exceed context 8"):
         load_config(None, ["model.family=transformer", "model.context=8", "model.window_stride=9"])
+
+
+def test_a_long_document_tokenized_in_pieces_gives_the_tokens_of_the_whole(monkeypatch):
+    import genlab.data.tokenize as tokenize
+
+    docs = ["the first line\n  indented\n\nafter a blank line, words\n" * 400, "short", "a\nb\n" * 300]
+    for kind in ("char", "bpe"):
+        tok = train_tokenizer(kind, docs, 300)
+        whole = torch.tensor([t for d in docs for t in (*tok(d, add_special_tokens=False)["input_ids"],
+                                                        tok.eos_token_id)])
+        monkeypatch.setattr(tokenize, "PIECE", 50)
+        assert len(tokenize._pieces(docs[0])) > 100, "the long document is cut"
+        windows = pack(tok, docs, context=16, batch=2)
+        n = (len(whole) - 1) // 16
+        assert torch.equal(windows.long(), whole[: n * 16 + 1].unfold(0, 17, 16)), kind
+        monkeypatch.undo()
