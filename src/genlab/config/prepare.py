@@ -120,3 +120,8 @@ def default_pipeline(modality: str) -> list[Step]:
     kinds = {c.model_fields["step"].default: c for c in (Validate, Clean, Normalize, Deduplicate, Missing, Labels,
                                                         SplitStep, Augment, SwapGroups)}
     return [kinds[name]() for name in DEFAULTS[modality]]
+
+
+def pipeline_of(data, modality: str) -> list[Step]:
+    """The data config's steps; unset, the modality's default; `[]`, none."""
+    return default_pipeline(modality) if data.pipeline is None else data.pipeline

@@ -16,8 +16,6 @@ import genlab.prepare.near as near
 from genlab.config.prepare import Deduplicate
 from genlab.prepare.dedup import digest
 
-PIECE = -1  # the id of a piece of one long file: it is one document, and is not deduplicated
-
 
 def record(text: str, opts: Deduplicate) -> tuple[bytes, np.ndarray]:
     """What deduplication keeps of one document: its digest and its LSH band keys."""

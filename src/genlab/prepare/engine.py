@@ -17,8 +17,6 @@ from typing import Any
 
 from genlab.errors import GenlabError
 
-log = logging.getLogger("genlab")
-
 
 class LocalEngine:
     name = "local"

@@ -49,15 +49,13 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+@lru_cache
 def _permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
     """Per permutation an odd multiplier and a mask: x -> (x ^ b) * a mod 2^32 permutes the 32-bit hashes."""
     rng = np.random.Generator(np.random.PCG64(SEED))  # PCG64's stream is fixed by numpy's compatibility policy
     a = rng.integers(0, 2**31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
     b = rng.integers(0, 2**32, num_perm, dtype=np.uint32)
     return a[:, None], b[:, None]
-
-
-_PERMS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def shingle_hashes(text: str, k: int) -> np.ndarray:
@@ -77,7 +75,7 @@ def shingle_hashes(text: str, k: int) -> np.ndarray:
 
 def signature(text: str, k: int, num_perm: int) -> np.ndarray:
     """The MinHash signature (num_perm uint32): per permutation, the least permuted shingle hash."""
-    a, b = _PERMS.get(num_perm) or _PERMS.setdefault(num_perm, _permutations(num_perm))
+    a, b = _permutations(num_perm)
     hashes = shingle_hashes(text, k)
     out = np.full(num_perm, 0xFFFFFFFF, np.uint32)
     with np.errstate(over="ignore"):

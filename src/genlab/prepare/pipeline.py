@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from genlab.config import RunConfig, load_config
-from genlab.config.prepare import default_pipeline
+from genlab.config.prepare import pipeline_of
 from genlab.data.registry import FILES
 from genlab.errors import GenlabError
 from genlab.prepare.kinds import SPLITS, Kind, kind_names, kind_of
@@ -82,11 +82,6 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
     logs.append(StepLog("split", kept=len(items), notes=[f"{n} {SPLITS[k]}" for k, n in
                                                           zip(*np.unique(split, return_counts=True))]))
     return _write(cfg, out, kind, items, labels, split, logs, extra, read_count)
-
-
-def pipeline_of(data, modality: str) -> list:
-    """The config's steps; unset, the modality's default; `[]`, none."""
-    return default_pipeline(modality) if data.pipeline is None else data.pipeline
 
 
 def _modality(data) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from genlab.errors import GenlabError
-from genlab.media.suffixes import PARQUET_SUFFIXES, TABLE_SUFFIXES, TEXT_SUFFIXES
+from genlab.media.suffixes import PARQUET_SUFFIXES, TABLE_SUFFIXES
 from genlab.prepare.record import Item, StepLog
 
 logger = logging.getLogger("genlab")
@@ -93,19 +93,12 @@ def validate_images(root: Path, log: StepLog, limit: int | None = None, text_fie
 _SUFFIX = {"JPEG": {"jpg", "jpeg"}, "PNG": {"png"}, "TIFF": {"tif", "tiff"}}
 
 
-def iter_text(root: Path, text_field: str, log: StepLog, fractions: tuple[float, float] | None = None
-              ) -> Iterator[Item]:
-    """Documents, one at a time: one per text file, one per JSONL line; undecodable and malformed lines are
-    named and skipped. JSONL is read line by line, so its size is not bounded by memory; so is `root` when it
-    is one plain text file and `fractions` (val, test) are given: it comes in pieces, cut where the splits
-    begin, as nanoGPT cuts tiny shakespeare."""
-    for path in files_under(root, TEXT_SUFFIXES):
-        yield from text_file(root, path, text_field, log, fractions)
-
-
 def text_file(root: Path, path: Path, text_field: str, log: StepLog, fractions: tuple[float, float] | None = None,
               start: int = 0, end: int | None = None, first_line: int = 1) -> Iterator[Item]:
-    """The documents of one file under `root`; of a JSONL file, those of the lines between two byte offsets."""
+    """The documents of one file under `root`, one at a time: one per text file, one per JSONL line (undecodable
+    and malformed lines named and skipped); of a JSONL file, those of the lines between two byte offsets. `root`
+    that is one plain text file, with `fractions` (val, test), comes in pieces cut where the splits begin, as
+    nanoGPT cuts tiny shakespeare."""
     where = path.relative_to(root).as_posix() if root.is_dir() else path.name
     size = path.stat().st_size
     log.megabytes += ((size if end is None else end) - start) / 1e6

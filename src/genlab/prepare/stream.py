@@ -38,11 +38,12 @@ def count_lines(items: Iterable[Item]) -> Counter[bytes]:
     counts: Counter[bytes] = Counter()
     for item in items:
         if item.split is None:  # a piece of one long file: one document has no boilerplate of its own
-            counts.update(_line_key(line) for line in _lines(item))
+            counts = merge_counts(counts, Counter(_line_key(line) for line in _lines(item)))
     return counts
 
 
 def merge_counts(total: Counter[bytes], counts: Counter[bytes]) -> Counter[bytes]:
+    """`total` plus `counts`; past MAX_LINES distinct lines, without the lines seen once (a block's memory too)."""
     total.update(counts)
     return Counter({k: n for k, n in total.items() if n > 1}) if len(total) > MAX_LINES else total
 

@@ -28,7 +28,7 @@ import numpy as np
 
 import genlab.prepare.near as near
 import genlab.prepare.stream as stream
-from genlab.config.prepare import Deduplicate
+from genlab.config.prepare import Deduplicate, pipeline_of
 from genlab.prepare.blocks import Block, plan, read_block
 from genlab.prepare.dedup_text import record, representatives, verify_pairs
 from genlab.prepare.record import SPLITS, Item, StepLog, merged
@@ -57,8 +57,7 @@ class Job:
 
 def prepare_text(data, staging: Path, engine, blocks: int | None = None) -> dict:
     """Every stage; returns the logs (in pipeline order), the counts and shards per split, and the preview."""
-    pipeline = [s for s in (data.pipeline if data.pipeline is not None else _default()) if s.step not in
-                ("validate", "split")]
+    pipeline = [s for s in pipeline_of(data, "text") if s.step not in ("validate", "split")]
     at = next((i for i, s in enumerate(pipeline) if s.step == "deduplicate"), len(pipeline))
     job = Job(data, tuple(pipeline[:at]), tuple(pipeline[at + 1:]), pipeline[at] if at < len(pipeline) else None,
               staging)
@@ -97,12 +96,6 @@ def _fresh(staging: Path, key: str) -> None:
         stamp.write_text(key)
     for stale in [*staging.glob("*.jsonl"), *staging.glob("*.json"), *staging.glob("*.html")]:
         stale.unlink()  # shards and reports are rewritten from the blocks
-
-
-def _default() -> list:
-    from genlab.config.prepare import default_pipeline
-
-    return default_pipeline("text")
 
 
 def _boilerplate(job: Job, parts: list[Block], engine, repeats: int) -> set[str]:
