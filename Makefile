@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
+	# litdata (the stream extra) requires torchvision, and PyPI's torchvision for torch 2.13 is a CUDA build
+	# that pulls the CUDA torch: install it without, as it imports torchvision only to decode images and video
+	$(PY) -m pip install -q --no-deps "litdata>=0.2.76,<0.3"
 	touch $@
 
 demo: setup

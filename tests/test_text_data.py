@@ -3,6 +3,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -136,8 +137,21 @@ def test_a_long_document_tokenized_in_pieces_gives_the_tokens_of_the_whole(monke
         whole = torch.tensor([t for d in docs for t in (*tok(d, add_special_tokens=False)["input_ids"],
                                                         tok.eos_token_id)])
         monkeypatch.setattr(tokenize, "PIECE", 50)
+        monkeypatch.setattr(tokenize, "BATCH", 120)  # a call of a few pieces: documents straddle the calls
         assert len(tokenize._pieces(docs[0])) > 100, "the long document is cut"
-        windows = pack(tok, docs, context=16, batch=2)
+        windows = pack(tok, docs, context=16)
         n = (len(whole) - 1) // 16
         assert torch.equal(windows.long(), whole[: n * 16 + 1].unfold(0, 17, 16)), kind
         monkeypatch.undo()
+
+
+def test_a_character_tokenizer_looked_up_in_numpy_gives_the_tokenizers_own_ids():
+    from genlab.data.tokenize import _character_table, token_chunks
+
+    seen = ["plain ascii\n", "café naïve — “quotes” 日本語 😀 e\u0301\r\n\ttab"]
+    tok = train_tokenizer("char", seen, 0)
+    assert _character_table(tok) is not None and _character_table(train_tokenizer("bpe", seen, 300)) is None
+    for docs in ([*seen, "unknown ☃ 𝔘 characters", ""], ["the end token <|endoftext|> inside a document"]):
+        looked_up = np.concatenate(list(token_chunks(tok, docs))).tolist()
+        ids = [t for d in docs for t in (*tok(d, add_special_tokens=False)["input_ids"], tok.eos_token_id)]
+        assert looked_up == ids

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from genlab.capabilities import audit_of, evaluators, headline, hub_task
 from genlab.config import RunConfig, chosen_sampling, flatten, load_config, sampling_options, with_given
 from genlab.config.families import family_class
-from genlab.data.datamodule import TensorDataModule
+from genlab.data.datamodule import data_module
 from genlab.data.sources import load_dataset, prepares
 from genlab.errors import GenlabError
 from genlab.quiet import quiet
@@ -70,7 +70,7 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
             logger.log_hyperparams(flatten(cfg.model_dump(mode="json")))
         os.environ[_RUN_DIR_ENV] = str(paths.root.resolve())  # inherited by the ranks Lightning launches
     try:
-        trainer.fit(model, datamodule=TensorDataModule(dataset, cfg.train.batch_size, cfg.train.seed),
+        trainer.fit(model, datamodule=data_module(dataset, cfg.train.batch_size, cfg.train.seed),
                     ckpt_path=checkpoint)
         os.environ.pop(_RUN_DIR_ENV, None)  # launched ranks have read it; a later fit must not
     except SystemExit:

@@ -21,6 +21,8 @@ NOISE = (
     "exists and is not empty",  # the checkpoint folder of a resumed run
     "LeafSpec",  # a deprecation inside Lightning's pytree helper
     "does not have many workers",  # data are tensors in memory: workers would only copy them
+    "has `__len__` defined. In combination with multi-process",  # a streamed set is read in one process
+    "The given buffer is not writable",  # litdata copies each window out of its read-only map at once
     "smaller than the logging interval",  # tiny runs log every step they have
     "will save all extracted features",  # torchmetrics' FID keeps the real features it is given
     "GPU available:", "TPU available:",  # Lightning's hardware lines, said once per fit

@@ -7,6 +7,7 @@ family's own `Config` class (see `genlab.models`); this file holds what every fa
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -40,6 +41,11 @@ class DataConfig(Section):
     engine: Literal["local", "ray"] = "local"  # where genlab prepare runs its per-block work (text)
     address: str | None = None  # engine ray: the cluster (auto, ray://host:10001); None: RAY_ADDRESS or a local one
     blocks: int | None = Field(None, ge=1, le=100_000)  # text: blocks the input is cut in; None: twice the CPUs
+    # text: train from the prepared set's shards, tokenized once into chunks on disk, instead of from memory;
+    # auto streams a training split over stream_above_mb (true needs a prepared set: data.prepared or user files)
+    streaming: bool | Literal["auto"] = "auto"
+    stream_above_mb: float = Field(256, ge=0)
+    chunks_url: str | None = None  # streaming: keep the token chunks in s3://BUCKET/PREFIX; None: the local cache
     # training batches draw each group equally often: "label" (classes) or a table's column (a group attribute)
     balance_by: str | None = None
 
@@ -49,6 +55,13 @@ class DataConfig(Section):
         from genlab.data.registry import source_names
 
         return _one_of(value, source_names())
+
+    @field_validator("chunks_url")
+    @classmethod
+    def _a_bucket(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"s3://[^/]+(/.*)?", value):
+            raise ValueError(f"{value!r}: give s3://BUCKET/PREFIX (a folder on disk is the cache: GENLAB_CACHE)")
+        return value
 
     @field_validator("pipeline")
     @classmethod

@@ -1,4 +1,4 @@
-"""The Lightning DataModule over in-memory tensors.
+"""The Lightning DataModule over in-memory tensors (`data_module` picks it, or the streaming one).
 
 Training batches are a pure function of (seed, batch index): a checkpoint stores the index, and
 a resumed run draws exactly the batches the uninterrupted run would have drawn. No DataLoader:
@@ -88,3 +88,12 @@ class TensorDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> InOrderBatches | list:
         return InOrderBatches(self.dataset.val, self.batch_size) if len(self.dataset.val) else []
+
+
+def data_module(dataset: Dataset, batch_size: int, seed: int) -> L.LightningDataModule:
+    """What fit trains from: batches of tensors in memory, or windows streamed from chunks on disk."""
+    from genlab.data.streaming import StreamingData, TokenWindows
+
+    if isinstance(dataset.train.x, TokenWindows):
+        return StreamingData(dataset, batch_size, seed)
+    return TensorDataModule(dataset, batch_size, seed)

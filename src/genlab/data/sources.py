@@ -60,10 +60,17 @@ def balanced(dataset: Dataset, by: str) -> Dataset:
 
 def _load_split(cfg) -> Dataset:
     if prepares(cfg):
+        from genlab.data.streaming import streamed_dataset
         from genlab.prepare import cached
         from genlab.prepare.store import load_prepared
 
-        data: Loaded = load_prepared(cfg.prepared or cached(cfg))
+        folder = Path(cfg.prepared or cached(cfg))
+        if (streamed := streamed_dataset(folder, cfg)) is not None:
+            return streamed
+        data: Loaded = load_prepared(folder)
+    elif cfg.streaming is True:
+        raise GenlabError(f"data.streaming: true streams a prepared set (data.prepared, or a user's files); "
+                          f"data.source {cfg.source!r} is read into memory (set data.streaming: auto)")
     else:
         data = source(cfg.source)(cfg)
     x, y = data.x, data.y

@@ -17,6 +17,7 @@ import torch
 
 from genlab.config import EvalConfig
 from genlab.data.sources import load_dataset
+from genlab.data.streaming import TextShards
 from genlab.errors import GenlabError
 from genlab.evaluation.diversity import mauve, self_bleu, sentence_embeddings
 from genlab.evaluation.report import Scored, text_samples
@@ -24,6 +25,7 @@ from genlab.responsible.memorization import WINDOW
 from genlab.run import Run
 
 PROMPT_TOKENS = 16  # each continuation starts from this many tokens of a held-out window
+HELD_OUT_CHARS = 4 << 20  # a streamed set's held-out text scored: its first documents, up to this many characters
 
 
 @torch.no_grad()
@@ -57,6 +59,8 @@ def distinct_n(texts: list[str], n: int) -> float:
 def evaluate_text(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored:
     dataset = load_dataset(run.config.data)
     split, docs = ("test", dataset.test.x) if dataset.test.x else ("val", dataset.val.x)
+    if isinstance(docs, TextShards):  # a streamed set: the split's opening, as much as a set in memory would hold
+        docs = docs.head(chars=HELD_OUT_CHARS)
     if not docs:
         raise GenlabError("evaluate: needs held-out text; train with data.test_fraction > 0 (or val_fraction)")
     model = run.model

@@ -28,6 +28,7 @@ from transformers import (
 from genlab.config import TrainConfig, sampling_options
 from genlab.config.transformer import TextSampling, TransformerConfig
 from genlab.data.records import Dataset, DataSpec, Split
+from genlab.data.streaming import TextShards, tokenized, tokenizer_corpus
 from genlab.data.tokenize import pack, train_tokenizer
 from genlab.errors import GenlabError
 from genlab.media.formats import TEXTS
@@ -100,22 +101,35 @@ class Transformer(GenerativeModel):
     @classmethod
     def build(cls, config: TransformerConfig, dataset: Dataset, train: TrainConfig | None = None
               ) -> tuple[Transformer, Dataset]:
-        """Train the tokenizer on the training documents (or take init_from's), pack every split into windows."""
+        """Train the tokenizer on the training documents (or take init_from's), pack every split into windows;
+        a streamed set's training and validation splits are tokenized into chunks on disk instead."""
+        streamed = isinstance(dataset.train.x, TextShards)
         if config.init_from:
             tokenizer = _pretrained_tokenizer(config.init_from)
             limit = _position_limit(config.init_from)
             context = min(config.context, limit) if limit else config.context
         else:
-            tokenizer = train_tokenizer(config.tokenizer, dataset.train.x, config.vocab_size)
+            corpus = tokenizer_corpus(dataset.train.x, config.tokenizer) if streamed else dataset.train.x
+            tokenizer = train_tokenizer(config.tokenizer, corpus, config.vocab_size)
             context = config.context
         spec = DataSpec("text", (context,))
-        windows = [Split(pack(tokenizer, dataset.train.x, context, config.window_stride)),
-                   *(Split(pack(tokenizer, split.x, context)) for split in (dataset.val, dataset.test))]
+        if streamed:
+            if config.window_stride is not None:
+                raise GenlabError("model.window_stride: overlapping windows are for a corpus held in memory; a "
+                                  "streamed set is read in windows of model.context (set data.streaming: false)")
+            chunks = [Split(tokenized(tokenizer, s.x, context) if len(s) else []) for s in (dataset.train, dataset.val)]
+            windows = [*chunks, dataset.test]  # evaluation reads the held-out text itself
+            openings = (dataset.val.x or dataset.train.x).head(documents=3)
+        else:
+            windows = [Split(pack(tokenizer, dataset.train.x, context, config.window_stride)),
+                       *(Split(pack(tokenizer, split.x, context)) for split in (dataset.val, dataset.test))]
+            openings = (dataset.val.x or dataset.train.x)[:3]
         if not len(windows[0]):
             raise GenlabError("data: the training split holds no text to train on")
         model = cls(config, spec, train, tokenizer=tokenizer)
-        model.copies = CopyIndex.build(dataset.train.x)
-        model.preview_prompts = ["", *(_opening(doc) for doc in (dataset.val.x or dataset.train.x)[:3])]
+        # the index of the training text's windows costs 8 bytes a character: kept for sets held in memory
+        model.copies = None if streamed else CopyIndex.build(dataset.train.x)
+        model.preview_prompts = ["", *map(_opening, openings)]
         return model, Dataset(spec, *windows, dataset.notes)
 
     def encode(self, documents: list[str]) -> torch.Tensor:

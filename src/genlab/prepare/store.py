@@ -27,13 +27,16 @@ MANIFEST = PREPARED_MANIFEST
 REMOVED = "removed.jsonl"
 
 
+# data fields that change how prepare runs or how fit reads the set, not the set: not in its fingerprint
+TRAINING_ONLY = {"prepared", "engine", "address", "blocks", "streaming", "stream_above_mb", "chunks_url"}
+
+
 def fingerprint(data) -> str:
     """The data config (less `prepared`) plus every input file's name, size and mtime: a changed input, a new key."""
     from genlab.prepare.read import files_under
     from genlab.version import __version__
 
-    parts = [json.dumps(data.model_dump(mode="json", exclude={"prepared", "engine", "address", "blocks"}),
-                        sort_keys=True), __version__]  # the engine and its blocks do not change the prepared set
+    parts = [json.dumps(data.model_dump(mode="json", exclude=TRAINING_ONLY), sort_keys=True), __version__]
     if data.path is not None:
         root = Path(data.path).expanduser()
         for f in files_under(root) if root.exists() else []:
