@@ -100,6 +100,32 @@ def test_the_chunks_hold_the_sets_tokens_in_order_written_once(prepared):
     assert index.stat().st_mtime_ns == stamp, "not written twice"
 
 
+def test_a_rank_of_a_running_job_writes_alone_and_an_empty_split_or_a_long_file_are_no_trap(prepared, monkeypatch,
+                                                                                              tmp_path):
+    import threading
+
+    from genlab.data.streaming import token_identity
+
+    shards = load_dataset(data(prepared, "data.streaming=true")).train.x
+    tokenizer = train_tokenizer("char", [shards.characters()], 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun leaves it in each rank: litdata would wait for a second part
+    done = []
+    writer = threading.Thread(target=lambda: done.append(tokenized(tokenizer, shards, 32)), daemon=True)
+    writer.start()
+    writer.join(timeout=60)
+    assert done and len(done[0]) > 0 and os.environ["WORLD_SIZE"] == "2", "written alone, the environment restored"
+    with pytest.raises(GenlabError, match="holds no text to tokenize"):
+        tokenized(tokenizer, TextShards((), 5, 0, ("val.jsonl:0:0",)), 32)
+    from transformers import PreTrainedTokenizerFast
+
+    other_end = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="a")
+    assert token_identity(other_end) != token_identity(tokenizer), "the same pipeline, another end-of-text token"
+    long = tmp_path / "long.jsonl"  # one document of 2,000 records: read a record at a time, never joined whole
+    long.write_text("".join(json.dumps({"text": "x" * 1000 + "\n", "continues": i > 0}) + "\n" for i in range(2000)))
+    pieces = TextShards((long,), 2000, long.stat().st_size, ("long",))
+    assert [len(d) for d in pieces.head(chars=5000)] == [5005] and sum(1 for _ in pieces.pieces()) == 2000
+
+
 def test_each_rank_draws_its_own_windows_and_a_seed_draws_the_same_order(prepared):
     from litdata.utilities.env import _DistributedEnv
 
@@ -215,7 +241,7 @@ def test_chunks_kept_in_a_bucket_are_streamed_from_it_and_train_the_same_weights
     assert sum(k.endswith("/index.json") for k in keys) == 2 and any(k.endswith(".bin") for k in keys), keys
     monkeypatch.setenv("GENLAB_CACHE", str(tmp_path / "another machine"))
     remote = genlab.fit(None, overrides=[*overrides, f"data.chunks_url={bucket}"], out=tmp_path / "remote")
-    assert not (tmp_path / "another machine" / "tokens").exists(), "nothing tokenized: the bucket had the chunks"
+    assert not list((tmp_path / "another machine").rglob("tokens/*/index.json")), "the bucket had the chunks"
     assert list((tmp_path / "another machine" / "streamed").rglob("*.bin")), "read through litdata's cache"
     a = weights(local.path)
     for run in (tmp_path / "uploaded", remote.path):

@@ -155,3 +155,28 @@ def test_a_character_tokenizer_looked_up_in_numpy_gives_the_tokenizers_own_ids()
         looked_up = np.concatenate(list(token_chunks(tok, docs))).tolist()
         ids = [t for d in docs for t in (*tok(d, add_special_tokens=False)["input_ids"], tok.eos_token_id)]
         assert looked_up == ids
+
+
+def test_a_document_given_in_parts_is_tokenized_as_the_whole_document(monkeypatch):
+    """Parts cut at any line end (before indented lines too), pieces and batches smaller still: the tokens of
+    the whole document, for character, byte-level BPE and Metaspace (which gets whole documents) tokenizers."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    import genlab.data.tokenize as tokenize
+
+    doc = "".join(f"line {i} of it\n" + ("    indented\n" if i % 3 else "") for i in range(120))
+    lines = doc.splitlines(keepends=True)
+    parts = ["".join(lines[i:i + 7]) for i in range(0, len(lines), 7)]
+    metaspace = Tokenizer(models.BPE())
+    metaspace.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    metaspace.train_from_iterator([doc], trainers.BpeTrainer(vocab_size=120, special_tokens=[EOS], show_progress=False))
+    monkeypatch.setattr(tokenize, "PIECE", 40)
+    monkeypatch.setattr(tokenize, "BATCH", 100)
+    for tok in (train_tokenizer("char", [doc], 0), train_tokenizer("bpe", [doc], 300),
+                PreTrainedTokenizerFast(tokenizer_object=metaspace, eos_token=EOS)):
+        given = [*((p, k == len(parts) - 1) for k, p in enumerate(parts)), ("another document", True)]
+        got = np.concatenate(list(tokenize.piece_tokens(tok, given))).tolist()
+        whole = [t for d in (doc, "another document") for t in (*tok(d, add_special_tokens=False)["input_ids"],
+                                                               tok.eos_token_id)]
+        assert got == whole, type(tok.backend_tokenizer.pre_tokenizer).__name__

@@ -18,9 +18,10 @@ def index_at(url: str) -> dict | None:
     client, bucket, prefix = _bucket(url)
     try:
         body = client.get_object(Bucket=bucket, Key=f"{prefix}/index.json")["Body"].read()
-    except client.exceptions.NoSuchKey:
-        return None
     except Exception as err:  # no bucket, no credentials, no endpoint: the user's to fix, said in one line
+        # a missing key is 403 to a principal that may not list the bucket: the upload then says if it is more
+        if getattr(err, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404", "403", "AccessDenied"):
+            return None
         raise GenlabError(f"data.chunks_url: {url}: {type(err).__name__}: {err}") from None
     return json.loads(body)
 

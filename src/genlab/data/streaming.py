@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from genlab.data.records import Dataset, DataSpec, Split
-from genlab.data.tokenize import token_chunks
+from genlab.data.tokenize import piece_tokens
 from genlab.errors import GenlabError
 
 log = logging.getLogger("genlab")
@@ -49,25 +49,37 @@ class TextShards:
     def __len__(self) -> int:
         return self.records
 
-    def documents(self, files: tuple[Path, ...] | None = None) -> Iterator[str]:
-        """The documents in order; the pieces of a long text file (`continues`) are joined back."""
+    def pieces(self) -> Iterator[tuple[str, bool]]:
+        """Each record's text and whether it ends its document: a long text file comes as pieces of about a MB
+        (`continues`), never as one string."""
+        held = None
+        for record in _records(self.files):
+            if held is not None:
+                yield held, not record.get("continues")
+            held = record["text"]
+        if held is not None:
+            yield held, True
+
+    def documents(self) -> Iterator[str]:
+        """Whole documents in order: a long file's pieces joined back (as large as the file)."""
         doc: list[str] = []
-        for record in _records(self.files if files is None else files):
-            if doc and not record.get("continues"):
+        for text, ends in self.pieces():
+            doc.append(text)
+            if ends:
                 yield "".join(doc)
                 doc = []
-            doc.append(record["text"])
-        if doc:
-            yield "".join(doc)
 
-    def head(self, documents: int | None = None, chars: int | None = None) -> list[str]:
-        """The first `documents` documents, or as many as hold `chars` characters."""
-        out, total = [], 0
-        for doc in self.documents():
-            if (documents is not None and len(out) >= documents) or (chars is not None and total >= chars):
+    def head(self, chars: int) -> list[str]:
+        """The first documents, up to about `chars` characters in all: the last one cut there if it is longer."""
+        out, doc, total = [], [], 0
+        for text, ends in self.pieces():
+            doc.append(text)
+            total += len(text)
+            if ends or total >= chars:
+                out.append("".join(doc))
+                doc = []
+            if total >= chars:
                 break
-            out.append(doc)
-            total += len(doc)
         return out
 
     def sample(self, chars: int) -> list[str]:
@@ -81,6 +93,27 @@ class TextShards:
                 out.append(record["text"])
                 total += len(record["text"])
         return out
+
+    def characters(self) -> str:
+        """Every character the split holds, found in one pass over it and kept in the cache beside the chunks, so a
+        later run (or another rank) does not read the split again."""
+        from genlab.prepare.store import cache_root
+
+        kept = cache_root() / "tokens" / f"characters-{_digest(*self.digests)}.json"
+        if kept.is_file():
+            return json.loads(kept.read_text())
+        seen: set[str] = set()
+        for text, _ in self.pieces():
+            seen.update(text)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        partial = kept.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps("".join(sorted(seen))))
+        partial.replace(kept)
+        return json.loads(kept.read_text())
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
 def _records(files: tuple[Path, ...]) -> Iterator[dict]:
@@ -106,11 +139,11 @@ def streamed_dataset(folder: Path, data) -> Dataset | None:
         files = tuple(split_files(folder, manifest, split))
         listed = manifest.get("shards", {}).get(split)
         if listed is None:  # a set from before shards: one file a split
-            stats = [f.stat() for f in files if f.exists()]
             files = tuple(f for f in files if f.exists())
+            stats = [f.stat() for f in files]
             digests = tuple(f"{f.name}:{s.st_size}:{s.st_mtime_ns}" for f, s in zip(files, stats, strict=True))
-            splits[split] = TextShards(files, manifest["splits"][split], sum(s.st_size for s in stats), digests,
-                                       data.chunks_url)
+            splits[split] = TextShards(files, manifest["splits"][split] if files else 0, sum(s.st_size for s in stats),
+                                       digests, data.chunks_url)
         else:
             splits[split] = TextShards(files, sum(s["documents"] for s in listed), sum(s["bytes"] for s in listed),
                                        tuple(s["sha256"] for s in listed), data.chunks_url)
@@ -123,10 +156,10 @@ def streamed_dataset(folder: Path, data) -> Dataset | None:
     return Dataset(DataSpec("text", ()), *(Split(splits[s]) for s in SPLITS), notes)
 
 
-def tokenizer_corpus(shards: TextShards, kind: str) -> Iterator[str] | list[str]:
-    """What a tokenizer of `kind` learns from: characters from every document (one pass, a set of characters in
-    memory); a BPE vocabulary from a sample of BPE_SAMPLE characters spread over the shards."""
-    return shards.documents() if kind == "char" else shards.sample(BPE_SAMPLE)
+def tokenizer_corpus(shards: TextShards, kind: str) -> list[str]:
+    """What a tokenizer of `kind` learns from: every character of the split (one pass, kept in the cache); a BPE
+    vocabulary from a sample of BPE_SAMPLE characters spread over the shards."""
+    return [shards.characters()] if kind == "char" else shards.sample(BPE_SAMPLE)
 
 
 @dataclass(frozen=True)
@@ -147,32 +180,41 @@ class TokenWindows:
         from genlab.prepare.store import cache_root
 
         remote = "://" in self.source
-        cache = cache_root() / "streamed" / hashlib.sha256(self.source.encode()).hexdigest()[:20] if remote else None
+        cache = cache_root() / "streamed" / _digest(self.source) if remote else None
         return StreamingDataset(self.source, item_loader=TokensLoader(block_size=self.context + 1), shuffle=shuffle,
                                 seed=seed, drop_last=shuffle, cache_dir=None if cache is None else str(cache))
 
 
 def tokenized(tokenizer, shards: TextShards, context: int) -> TokenWindows:
-    """`shards` tokenized into the cache (GENLAB_CACHE/tokens/KEY, KEY from the tokenizer and the shards' digests),
-    once: a file lock makes the other ranks, or a second run, wait for it and reuse it. With `shards.chunks_url`
-    the chunks are kept in that bucket, and a run that finds them there tokenizes nothing."""
+    """`shards` tokenized into the cache (GENLAB_CACHE/tokens/KEY, KEY from the tokenizer, its end-of-text token and
+    the shards' digests), once: a file lock makes the other ranks, or a second run, wait for it and reuse it. With
+    `shards.chunks_url` the chunks are kept in that bucket, and a run that finds them there tokenizes nothing."""
     _need_litdata()
-    vocabulary = tokenizer.backend_tokenizer.to_str()
-    key = hashlib.sha256("\n".join([LAYOUT, vocabulary, *shards.digests]).encode()).hexdigest()[:20]
+    key = _digest(LAYOUT, token_identity(tokenizer), *shards.digests)
     if shards.chunks_url is None:
-        folder = _written(tokenizer, shards, key)
-        return TokenWindows(str(folder), context, _window_count(json.loads((folder / "index.json").read_text()),
-                                                                context))
+        return _local(_written(tokenizer, shards, key), context)
     from genlab.data.buckets import index_at, upload
 
     url = f"{shards.chunks_url.rstrip('/')}/{key}"
     index = index_at(url)
-    if index is None:
-        folder = _written(tokenizer, shards, key)
-        log.info(f"data: uploading the chunks to {url}")
-        upload(folder, url)
-        index = json.loads((folder / "index.json").read_text())
-    return TokenWindows(url, context, _window_count(index, context))
+    if index is not None:
+        return TokenWindows(url, context, _window_count(index, context))
+    folder = _written(tokenizer, shards, key)
+    log.info(f"data: uploading the chunks to {url}")
+    upload(folder, url)
+    return _local(folder, context)  # this run has them on its disk already
+
+
+def token_identity(tokenizer) -> str:
+    """What decides a tokenizer's ids for a text: its pipeline (or its vocabulary, for one without a `tokenizers`
+    backend) and the end-of-text token put between documents."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pipeline = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return f"{type(tokenizer).__name__}\n{pipeline}\n{tokenizer.eos_token!r} {tokenizer.eos_token_id}"
+
+
+def _local(folder: Path, context: int) -> TokenWindows:
+    return TokenWindows(str(folder), context, _window_count(json.loads((folder / "index.json").read_text()), context))
 
 
 def _window_count(index: dict, context: int) -> int:
@@ -204,23 +246,33 @@ def _write_chunks(tokenizer, files: tuple[Path, ...], out: Path) -> None:
     from litdata.streaming.writer import BinaryWriter
 
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.int32
+    items = 0
     with _one_writer():
         writer = BinaryWriter(str(out), chunk_size=CHUNK_TOKENS, item_loader=TokensLoader())
-        for i, tokens in enumerate(token_chunks(tokenizer, TextShards(files, 0, 0, ()).documents())):
-            writer.add_item(i, torch.from_numpy(tokens.astype(dtype)))
+        for tokens in piece_tokens(tokenizer, TextShards(files, 0, 0, ()).pieces()):
+            writer.add_item(items, torch.from_numpy(tokens.astype(dtype)))
+            items += 1
+        if not items:  # litdata would wait for an index that an empty writer never writes
+            raise GenlabError(f"data: {', '.join(f.name for f in files) or 'a split'} holds no text to tokenize")
         writer.done()
         writer.merge()
 
 
 @contextmanager
 def _one_writer() -> Iterator[None]:
-    """The writer, told it is alone: litdata reads WORLD_SIZE (which torchrun sets in every rank) as the number of
-    writers whose parts it waits for, but here one rank writes while the others wait on the lock."""
-    saved = {k: os.environ.pop(k, None) for k in ("WORLD_SIZE", "GLOBAL_RANK")}
+    """The writer, told it is alone: litdata takes the world size of torch.distributed (or of torchrun's WORLD_SIZE,
+    which it reads over it) for the number of writers whose parts it waits for, but one rank writes here while
+    the others wait on the lock."""
+    saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "GLOBAL_RANK")}
+    os.environ.update(WORLD_SIZE="1", GLOBAL_RANK="0")
     try:
         yield
     finally:
-        os.environ.update({k: v for k, v in saved.items() if v is not None})
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _need_litdata() -> None:

@@ -54,9 +54,8 @@ BATCH = 1 << 21  # characters tokenized in one call: enough pieces for the token
 
 
 def _pieces(doc: str) -> list[str]:
-    """The document cut after a newline that a non-space follows, about every PIECE characters: every
-    tokenizer here splits words there already (byte-level BPE's pre-tokenizer, characters), so the tokens of
-    the pieces are the document's."""
+    """The document cut after a newline that a non-space follows, about every PIECE characters: where byte-level
+    BPE's pre-tokenizer and a character tokenizer split already, so the tokens of the pieces are the document's."""
     pieces, start = [], 0
     while len(doc) - start > PIECE:
         cut = _newline_before_word.search(doc, start + PIECE)
@@ -73,19 +72,31 @@ _newline_before_word = re.compile(r"\n(?=\S)")
 def token_chunks(tokenizer, documents: Iterable[str]) -> Iterator[np.ndarray]:
     """The documents' tokens with EOS after each, as int32 arrays of about BATCH characters each: no long list of
     Python ints ever exists."""
+    return piece_tokens(tokenizer, ((doc, True) for doc in documents))
+
+
+def piece_tokens(tokenizer, texts: Iterable[tuple[str, bool]]) -> Iterator[np.ndarray]:
+    """`token_chunks` of documents given in parts: (text, whether it ends its document). A part's text waits for
+    the next from its last safe cut on (a newline before a word, where the tokenizer splits anyway), so the tokens
+    are the whole document's; a tokenizer that may join across lines (Metaspace...) gets whole documents."""
     table = _character_table(tokenizer)
+    cut = _pieces if _splits_at_line_ends(tokenizer) else (lambda text: [text])
     pieces: list[str] = []
     ends: list[bool] = []  # per piece: whether it closes its document
-    size = 0
-    for doc in documents:
-        parts = _pieces(doc)
+    size, held = 0, ""
+    for text, closes in texts:
+        parts = cut(held + text)
+        held = "" if closes else parts.pop()  # the tail, after the last safe cut, goes on in the next part
         for j, piece in enumerate(parts):
             if size >= BATCH:
                 yield _tokens(tokenizer, pieces, ends, table)
                 pieces, ends, size = [], [], 0
             pieces.append(piece)
-            ends.append(j == len(parts) - 1)
+            ends.append(closes and j == len(parts) - 1)
             size += len(piece)
+    if held:
+        pieces.append(held)
+        ends.append(False)
     if pieces:
         yield _tokens(tokenizer, pieces, ends, table)
 
@@ -106,15 +117,35 @@ def _tokens(tokenizer, pieces: list[str], ends: list[bool], table: np.ndarray | 
                        np.int32, count=sum(map(len, ids)) + sum(ends))
 
 
+def _pipeline(tokenizer) -> dict:
+    """The `tokenizers` pipeline behind a tokenizer, as its JSON; {} for one without (a Python or SentencePiece one)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return json.loads(backend.to_str()) if backend is not None else {}
+
+
+def _is_characters(spec: dict) -> bool:
+    split = spec.get("pre_tokenizer") or {}
+    return (spec.get("model", {}).get("type") == "WordLevel" and not spec.get("normalizer")
+            and split.get("type") == "Split" and split.get("pattern") == {"Regex": _CHARACTER})
+
+
+def _splits_at_line_ends(tokenizer) -> bool:
+    """Whether the tokenizer never joins a line's end to the next line's start: its tokens of the text cut after
+    a newline are the text's. True for genlab's character and byte-level BPE tokenizers (and GPT-2's)."""
+    spec = _pipeline(tokenizer)
+    split = spec.get("pre_tokenizer") or {}
+    byte_level = split.get("type") == "ByteLevel" and not split.get("add_prefix_space") and not spec.get("normalizer")
+    return _is_characters(spec) or byte_level
+
+
 def _character_table(tokenizer) -> np.ndarray | None:
     """A character tokenizer's (`train_tokenizer("char")`) ids by code point, the last entry for every code point
     past the table: unknown characters get its unknown token, as its WordLevel model gives them. Looking text up
     in it is the tokenizer's answer at a hundred times its speed. None for any other tokenizer."""
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    model, split = spec["model"], spec.get("pre_tokenizer") or {}
-    if (model["type"] != "WordLevel" or spec.get("normalizer") or split.get("type") != "Split"
-            or split.get("pattern") != {"Regex": _CHARACTER}):
+    spec = _pipeline(tokenizer)
+    if not _is_characters(spec):
         return None
+    model = spec["model"]
     chars = {ord(k): v for k, v in model["vocab"].items() if len(k) == 1}
     table = np.full(max(chars, default=0) + 2, model["vocab"][model["unk_token"]], np.int32)
     table[list(chars)] = list(chars.values())

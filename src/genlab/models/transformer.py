@@ -119,7 +119,7 @@ class Transformer(GenerativeModel):
                                   "streamed set is read in windows of model.context (set data.streaming: false)")
             chunks = [Split(tokenized(tokenizer, s.x, context) if len(s) else []) for s in (dataset.train, dataset.val)]
             windows = [*chunks, dataset.test]  # evaluation reads the held-out text itself
-            openings = (dataset.val.x or dataset.train.x).head(documents=3)
+            openings = (dataset.val.x or dataset.train.x).head(chars=1 << 16)[:3]
         else:
             windows = [Split(pack(tokenizer, dataset.train.x, context, config.window_stride)),
                        *(Split(pack(tokenizer, split.x, context)) for split in (dataset.val, dataset.test))]

@@ -74,6 +74,7 @@ def data_section(target: str | Path) -> dict[str, Any]:
 def profile(data: dict[str, Any]) -> dict[str, Any]:
     """What the data are: modality, size (examples; characters of text), classes, and shape or columns."""
     from genlab.data.sources import load_dataset
+    from genlab.data.streaming import TextShards
 
     cfg = load_config(None, [f"data.{k}={json.dumps(v)}" for k, v in data.items()]).data
     dataset = load_dataset(cfg)
@@ -85,6 +86,8 @@ def profile(data: dict[str, Any]) -> dict[str, Any]:
         out.update(columns=train.x.shape[1], numeric=numeric, categorical=train.x.shape[1] - numeric)
     elif isinstance(train.x, list):  # documents, or (source, target) pairs
         out["characters"] = sum(len(d) if isinstance(d, str) else sum(map(len, d)) for d in train.x)
+    elif isinstance(train.x, TextShards):  # a set large enough to be streamed: its bytes, about its characters
+        out["characters"] = train.x.size
     else:
         out["shape"] = list(spec.shape)
     return out

@@ -152,6 +152,10 @@ def plan(config: str | Path | None, *, overrides: list[str] | tuple = (), gpu: s
 
 
 def _nbytes(x: Any) -> int:
+    from genlab.data.streaming import TextShards, TokenWindows
+
+    if isinstance(x, (TextShards, TokenWindows)):  # streamed: a chunk and a batch at a time, whatever its size
+        return 0
     if isinstance(x, torch.Tensor):
         return x.nelement() * x.element_size()
     if hasattr(x, "memory_usage"):
