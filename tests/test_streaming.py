@@ -5,7 +5,6 @@ an uninterrupted run, in one process and under 2-process DDP."""
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -183,31 +182,33 @@ def test_a_streamed_fit_killed_mid_epoch_resumes_on_the_batches_of_an_uninterrup
     assert metrics["split"] == "test" and metrics["characters"] > 0 and metrics["loss"] < 0.85 * untrained
 
 
+DDP_RUNS = """
+import sys
+from pathlib import Path
+
+import genlab
+
+out, overrides = Path(sys.argv[1]), sys.argv[2:]
+genlab.fit(None, overrides=[*overrides, "train.max_steps=40"], out=out / "whole")
+genlab.fit(None, overrides=[*overrides, "train.max_steps=6"], out=out / "stopped")  # its last.ckpt: mid-epoch
+genlab.fit(resume=out / "stopped", overrides=["train.max_steps=40"])
+"""
+
+
 def test_under_2_process_ddp_a_run_resumed_from_a_mid_epoch_checkpoint_draws_the_same_batches(prepared, tmp_path):
-    """One torchrun launch trains the whole run; the run directory as a kill at its first checkpoint at step 12 or
-    later would leave it (config and last.ckpt, taken while it trains) is resumed by a second launch."""
-    torchrun = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc_per_node=2", "-m"]
-    _, args = streamed_fit(prepared, tmp_path, devices=2)
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    with (tmp_path / "whole.log").open("w") as log:
-        proc = subprocess.Popen([*torchrun, "genlab", "fit", *args, "--out", str(whole)], stdout=log, stderr=log)
-        last, seen, deadline = whole / "checkpoints" / "last.ckpt", None, time.time() + 180
-        while not killed.exists() and proc.poll() is None and time.time() < deadline:
-            stamp = last.stat().st_mtime_ns if last.exists() else None
-            if stamp != seen and torch.load(last, weights_only=True)["global_step"] >= 12:  # renamed in: whole
-                (killed / "checkpoints").mkdir(parents=True)
-                shutil.copy(last, killed / "checkpoints" / "last.ckpt")
-                shutil.copy(whole / "config.yaml", killed / "config.yaml")
-            seen = stamp
-            time.sleep(0.01)
-        assert proc.wait(timeout=300) == 0, (tmp_path / "whole.log").read_text()[-3000:]
-    step = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 12 <= step < 40 and genlab.load(whole).summary["data"]["train"] / 2 < 40 * 8, "each rank passes an epoch"
-    resumed = subprocess.run([*torchrun, "genlab", "fit", "--resume", str(killed)], capture_output=True, text=True,
-                             timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = weights(whole), weights(killed)
-    assert all(torch.equal(a[k], b[k]) for k in a), f"resumed from step {step}"
+    """One torchrun launch (its two processes keep their process group from fit to fit, as a sweep's do): the whole
+    run, a run stopped at step 6 of an epoch of 13, and that run resumed to the whole run's end."""
+    overrides, _ = streamed_fit(prepared, tmp_path, devices=2)
+    (tmp_path / "runs.py").write_text(DDP_RUNS)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(tmp_path / "runs.py"), str(tmp_path),
+                           *(o for o in overrides if not o.startswith("train.max_steps"))],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert genlab.load(tmp_path / "whole").summary["data"]["train"] / 2 < 40 * 8, "each rank passes an epoch's end"
+    assert torch.load(tmp_path / "stopped/checkpoints/last.ckpt", weights_only=True)["global_step"] == 40
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "stopped")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed from step 6"
 
 
 @pytest.fixture
