@@ -181,8 +181,9 @@ class TokenWindows:
 
         remote = "://" in self.source
         cache = cache_root() / "streamed" / _digest(self.source) if remote else None
+        # whole batches (every rank as many); windows read by index (validation) are all there whatever it says
         return StreamingDataset(self.source, item_loader=TokensLoader(block_size=self.context + 1), shuffle=shuffle,
-                                seed=seed, drop_last=shuffle, cache_dir=None if cache is None else str(cache))
+                                seed=seed, drop_last=True, cache_dir=None if cache is None else str(cache))
 
 
 def tokenized(tokenizer, shards: TextShards, context: int) -> TokenWindows:
