@@ -146,11 +146,12 @@ def test_a_long_document_tokenized_in_pieces_gives_the_tokens_of_the_whole(monke
 
 
 def test_a_character_tokenizer_looked_up_in_numpy_gives_the_tokenizers_own_ids():
-    from genlab.data.tokenize import _character_table, token_chunks
+    from genlab.data.tokenize import _character_table, _pipeline, token_chunks
 
     seen = ["plain ascii\n", "café naïve — “quotes” 日本語 😀 e\u0301\r\n\ttab"]
     tok = train_tokenizer("char", seen, 0)
-    assert _character_table(tok) is not None and _character_table(train_tokenizer("bpe", seen, 300)) is None
+    assert _character_table(_pipeline(tok)) is not None
+    assert _character_table(_pipeline(train_tokenizer("bpe", seen, 300))) is None
     for docs in ([*seen, "unknown ☃ 𝔘 characters", ""], ["the end token <|endoftext|> inside a document"]):
         looked_up = np.concatenate(list(token_chunks(tok, docs))).tolist()
         ids = [t for d in docs for t in (*tok(d, add_special_tokens=False)["input_ids"], tok.eos_token_id)]

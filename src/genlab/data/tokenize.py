@@ -79,8 +79,9 @@ def piece_tokens(tokenizer, texts: Iterable[tuple[str, bool]]) -> Iterator[np.nd
     """`token_chunks` of documents given in parts: (text, whether it ends its document). A part's text waits for
     the next from its last safe cut on (a newline before a word, where the tokenizer splits anyway), so the tokens
     are the whole document's; a tokenizer that may join across lines (Metaspace...) gets whole documents."""
-    table = _character_table(tokenizer)
-    cut = _pieces if _splits_at_line_ends(tokenizer) else (lambda text: [text])
+    spec = _pipeline(tokenizer)  # read once a call: a BPE pipeline's JSON is megabytes
+    table, added = _character_table(spec), tuple(tokenizer.get_added_vocab())
+    cut = _pieces if _splits_at_line_ends(spec) else (lambda text: [text])
     pieces: list[str] = []
     ends: list[bool] = []  # per piece: whether it closes its document
     size, held = 0, ""
@@ -89,7 +90,7 @@ def piece_tokens(tokenizer, texts: Iterable[tuple[str, bool]]) -> Iterator[np.nd
         held = "" if closes else parts.pop()  # the tail, after the last safe cut, goes on in the next part
         for j, piece in enumerate(parts):
             if size >= BATCH:
-                yield _tokens(tokenizer, pieces, ends, table)
+                yield _tokens(tokenizer, pieces, ends, table, added)
                 pieces, ends, size = [], [], 0
             pieces.append(piece)
             ends.append(closes and j == len(parts) - 1)
@@ -98,13 +99,14 @@ def piece_tokens(tokenizer, texts: Iterable[tuple[str, bool]]) -> Iterator[np.nd
         pieces.append(held)
         ends.append(False)
     if pieces:
-        yield _tokens(tokenizer, pieces, ends, table)
+        yield _tokens(tokenizer, pieces, ends, table, added)
 
 
-def _tokens(tokenizer, pieces: list[str], ends: list[bool], table: np.ndarray | None) -> np.ndarray:
+def _tokens(tokenizer, pieces: list[str], ends: list[bool], table: np.ndarray | None, added: tuple[str, ...]
+            ) -> np.ndarray:
     eos = tokenizer.eos_token_id
     text = "".join(pieces)
-    if table is not None and not any(added in text for added in tokenizer.get_added_vocab()):  # matched whole
+    if table is not None and not any(token in text for token in added):  # an added token is matched whole
         try:
             codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
         except UnicodeEncodeError:  # a lone surrogate: the tokenizer's own way below
@@ -129,20 +131,18 @@ def _is_characters(spec: dict) -> bool:
             and split.get("type") == "Split" and split.get("pattern") == {"Regex": _CHARACTER})
 
 
-def _splits_at_line_ends(tokenizer) -> bool:
-    """Whether the tokenizer never joins a line's end to the next line's start: its tokens of the text cut after
-    a newline are the text's. True for genlab's character and byte-level BPE tokenizers (and GPT-2's)."""
-    spec = _pipeline(tokenizer)
+def _splits_at_line_ends(spec: dict) -> bool:
+    """Whether the tokenizer (its `_pipeline`) never joins a line's end to the next line's start: its tokens of the
+    text cut after a newline are the text's. True for genlab's character and byte-level BPE tokenizers (and GPT-2's)."""
     split = spec.get("pre_tokenizer") or {}
     byte_level = split.get("type") == "ByteLevel" and not split.get("add_prefix_space") and not spec.get("normalizer")
     return _is_characters(spec) or byte_level
 
 
-def _character_table(tokenizer) -> np.ndarray | None:
-    """A character tokenizer's (`train_tokenizer("char")`) ids by code point, the last entry for every code point
-    past the table: unknown characters get its unknown token, as its WordLevel model gives them. Looking text up
-    in it is the tokenizer's answer at a hundred times its speed. None for any other tokenizer."""
-    spec = _pipeline(tokenizer)
+def _character_table(spec: dict) -> np.ndarray | None:
+    """A character tokenizer's (`train_tokenizer("char")`, given as its `_pipeline`) ids by code point, the last
+    entry for every code point past the table: unknown characters get its unknown token, as its WordLevel model
+    gives them. Looking text up in it is the tokenizer's answer at a hundred times its speed. None for any other."""
     if not _is_characters(spec):
         return None
     model = spec["model"]
