@@ -9,7 +9,9 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 from typer.testing import CliRunner
 
 from genlab.cli import app
@@ -56,7 +58,8 @@ def corpus(root: Path) -> int:
 
 def written(folder: Path) -> dict:
     """The set's files as bytes, and its manifest and report less what may differ: seconds and the engine."""
-    files = {p.name: p.read_bytes() for p in sorted(folder.glob("*.jsonl"))}
+    files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix in (".jsonl", ".safetensors",
+                                                                                      ".parquet")}
     manifest = json.loads((folder / "prepared.json").read_text())
     for step in manifest["steps"]:
         step.pop("seconds")
@@ -113,6 +116,61 @@ def test_a_simulated_two_node_cluster_gives_the_same_bytes(tmp_path, local_ray):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def media(root: Path) -> dict[str, list[str]]:
+    """An image folder (grey images sorted first, so that some blocks hold only grey ones; near and exact copies in
+    other classes; broken files), an audio folder (broken clips, a near and an exact copy) and three CSV files (a
+    row repeated across files, a ragged row); the overrides that prepare each."""
+    from PIL import Image
+
+    from tests.test_audio import _broken_folder
+
+    rng = np.random.default_rng(0)
+    for i in range(24):  # smooth random scenes: distinct pictures, whose pHashes differ by ~32 bits
+        scene = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((48, 48), Image.BICUBIC)
+        folder = root / "images" / ("a_grey" if i < 12 else "b_colour" if i < 18 else "c_more")
+        folder.mkdir(parents=True, exist_ok=True)
+        (scene.convert("L") if i < 12 else scene).save(folder / f"scene{i:02d}.png")
+        if i % 5 == 0:  # the same picture re-encoded and brightened, in another class
+            copy = root / "images" / "d_copies"
+            copy.mkdir(exist_ok=True)
+            Image.eval(scene, lambda v: min(255, v + 6)).save(copy / f"scene{i:02d}.jpg", quality=85)
+    (root / "images" / "d_copies" / "exact.png").write_bytes((root / "images" / "c_more" / "scene20.png").read_bytes())
+    (root / "images" / "c_more" / "empty.png").write_bytes(b"")
+    (root / "images" / "c_more" / "truncated.png").write_bytes((root / "images" / "c_more" / "scene21.png")
+                                                              .read_bytes()[:200])
+    _broken_folder(root / "clips")
+    wave, rate = soundfile.read(root / "clips" / "seven" / "ok1.wav")
+    soundfile.write(root / "clips" / "two" / "louder.wav", wave * 0.9, rate)
+    (root / "clips" / "two" / "same.wav").write_bytes((root / "clips" / "seven" / "ok2.wav").read_bytes())
+    (root / "table").mkdir()
+    rows = [f"{i},{rng.normal():.4f},{'abc'[i % 3]}" for i in range(40)]
+    for f in range(3):
+        lines = ["id,x,kind", *rows[f::3], rows[0], "1,2"]  # a repeated row and a ragged one in each
+        (root / "table" / f"part{f}.csv").write_text("\n".join(lines) + "\n")
+    return {"images": ["data.source=image_folder", f"data.path={root / 'images'}", "data.image_size=32",
+                       "data.pipeline=[{step: clean}, {step: normalize}, {step: deduplicate, hamming: 10}, "
+                       "{step: labels}]"],
+            "clips": ["data.source=audio_folder", f"data.path={root / 'clips'}", "model.family=audio_diffusion"],
+            "table": ["data.source=table", f"data.path={root / 'table'}", "model.family=tabular_vae"]}
+
+
+def test_images_audio_and_tables_on_ray_give_the_local_bytes(tmp_path, local_ray):
+    for name, over in media(tmp_path).items():
+        local = written(prepare(None, tmp_path / f"{name}-local", [*over, "data.blocks=1"]))
+        steps = {s["step"]: s for s in local["manifest"]["steps"]}
+        removed = sum(s["removed"] for s in steps.values())
+        assert removed >= 3 and local["manifest"]["items"] > 10, (name, steps)
+        for blocks in (3, 8):
+            ray_set = written(prepare(None, tmp_path / f"{name}-ray{blocks}", [*over, "data.engine=ray",
+                                                                                 f"data.blocks={blocks}"]))
+            assert ray_set == local, f"{name}, {blocks} blocks"
+        if name == "images":  # grey and colour blocks agree (RGB for all), and copies across classes are found
+            assert "mode RGB" in steps["clean"]["notes"] and "mode L" not in steps["clean"]["notes"]
+            assert steps["deduplicate"]["reasons"] == {"exact duplicate": 1, "near duplicate": 5}
+        if name == "clips":
+            assert steps["deduplicate"]["reasons"] == {"exact duplicate": 1, "near duplicate": 1}
 
 
 def test_without_ray_installed_the_engine_says_what_to_install(tmp_path, monkeypatch):

@@ -38,9 +38,9 @@ class DataConfig(Section):
     split_seed: int = 0  # the split depends on this alone, so runs with other train seeds compare
     pipeline: list[Step] | None = None  # genlab prepare's steps; None: the modality's default pipeline
     prepared: Path | None = None  # a folder `genlab prepare` wrote: fit trains on it as it is
-    engine: Literal["local", "ray"] = "local"  # where genlab prepare runs its per-block work (text)
+    engine: Literal["local", "ray"] = "local"  # where genlab prepare runs its per-block work
     address: str | None = None  # engine ray: the cluster (auto, ray://host:10001); None: RAY_ADDRESS or a local one
-    blocks: int | None = Field(None, ge=1, le=100_000)  # text: blocks the input is cut in; None: twice the CPUs
+    blocks: int | None = Field(None, ge=1, le=100_000)  # blocks the input is cut in; None: twice the CPUs
     # text: train from the prepared set's shards, tokenized once into chunks on disk, instead of from memory;
     # auto streams a training split over stream_above_mb (true needs a prepared set: data.prepared or user files)
     streaming: bool | Literal["auto"] = "auto"

@@ -6,6 +6,7 @@ classes checked (labels); written as 16-bit PCM in safetensors.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-import genlab.prepare.near as near
 from genlab.data.clips import audio_files, read_clip
 from genlab.data.records import Loaded
 from genlab.media.audio import MelSpectrogram, audio_tag
-from genlab.prepare.dedup import clusters, digest, near_image_edges, without_exact_copies
+from genlab.prepare.dedup import deduplicate_hashed, digest, phash
 from genlab.prepare.kinds import SPLITS, Kind, Step, _check_labels
 from genlab.prepare.record import Item, StepLog
 
@@ -30,12 +30,16 @@ class ClipKind(Kind):
     def steps(self) -> dict[str, Step]:
         return {"clean": _clean, "deduplicate": _deduplicate, "labels": lambda *args: _check_labels(*args, kind=self)}
 
-    def read_files(self, root: Path, data: Any, log: StepLog, extra: dict) -> list[Item]:
+    def item_steps(self) -> set[str]:
+        return {"clean"}
+
+    def input_files(self, root: Path) -> list[Path]:
+        return audio_files(root)
+
+    def read_paths(self, root: Path, paths: list[Path], data: Any, log: StepLog, extra: dict) -> list[Item]:
         samples = round(data.sample_rate * data.clip_seconds)
-        classes = sorted({p.parent.relative_to(root).as_posix() for p in audio_files(root)} - {"."}) \
-            if root.is_dir() else []
         items = []
-        for path in audio_files(root):
+        for path in paths:
             if data.limit is not None and len(items) >= data.limit:
                 break
             where = path.relative_to(root).as_posix() if root.is_dir() else path.name
@@ -46,7 +50,7 @@ class ClipKind(Kind):
                 continue
             if changed:
                 log.change(changed, where)
-            label = path.parent.relative_to(root).as_posix() if classes else None
+            label = path.parent.relative_to(root).as_posix() if root.is_dir() else "."
             items.append(Item(where, wave, label if label != "." else None))
         log.kept = len(items)
         extra["sample_rate"] = data.sample_rate
@@ -59,6 +63,9 @@ class ClipKind(Kind):
         extra["sample_rate"] = loaded.sample_rate
         log.kept = len(items)
         return items
+
+    def hashed(self, items: list[Item], step, data: Any, extra: dict) -> list[Item]:
+        return _hashed(items, step, data, extra)
 
     def megabytes(self, items: list[Item]) -> float:
         return sum(i.value.nbytes for i in items) / 1e6
@@ -105,16 +112,23 @@ def _clean(step, items: list[Item], data: Any, log: StepLog, extra: dict) -> lis
 
 def _deduplicate(step, items: list[Item], data: Any, log: StepLog, extra: dict) -> list[Item]:
     """Exact copies by the hash of their 16-bit samples; near copies by pHash of their log-mel images."""
-    if step.exact:
-        items = without_exact_copies(items, log, lambda item: digest(_pcm(item.value)))
-    if step.near and len(items) > 1:
-        rate = extra.get("sample_rate") or data.sample_rate
-        mel = MelSpectrogram(rate, len(items[0].value), 32, 32, 2 ** int(np.ceil(np.log2(len(items[0].value) / 16))),
-                             max_db=45, top_db=80)
-        with torch.no_grad():
-            images = mel.encode(torch.from_numpy(np.stack([i.value for i in items])))
-        pixels = ((images + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        edges = near_image_edges([Item(i.where, p) for i, p in zip(items, pixels)], step)
-        items = clusters(items, near.representatives(len(items), *edges), step.near_action, log)
-    log.kept = len(items)
-    return items
+    if items and items[0].hashes is None:
+        items = _hashed(items, step, data, extra)
+    return deduplicate_hashed(items, step, log)
+
+
+def _hashed(items: list[Item], step, data: Any, extra: dict) -> list[Item]:
+    """Each clip with the digest of its 16-bit samples and the pHash of its log-mel image, one clip at a time (a
+    batch's arithmetic would depend on which clips share it, and so on the blocks)."""
+    if not items:
+        return items
+    samples = len(items[0].value)
+    mel = MelSpectrogram(extra.get("sample_rate") or data.sample_rate, samples, 32, 32,
+                         2 ** int(np.ceil(np.log2(samples / 16))), max_db=45, top_db=80)
+    out = []
+    with torch.no_grad():
+        for item in items:
+            image = mel.encode(torch.from_numpy(item.value)[None])[0]
+            pixels = ((image + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            out.append(replace(item, hashes=(digest(_pcm(item.value)), phash(pixels))))
+    return out

@@ -23,17 +23,43 @@ PHASH_MIN_SIDE = 32  # pHash resizes to 32x32: smaller images are upsampled blur
 
 
 def deduplicate_images(items: list[Item], opts: Deduplicate, log: StepLog) -> list[Item]:
-    if opts.exact:
-        items = without_exact_copies(items, log, lambda item: digest(item.value))
+    """Exact and near copies of uint8 images, by the hashes `image_hashes` gave them (where they were read)."""
+    if items and items[0].hashes is None:
+        items = image_hashes(items)
     side = min(items[0].value.shape[:2]) if items else 0
-    if opts.near and len(items) > 1 and side < PHASH_MIN_SIDE:
-        log.notes.append(f"near duplicates not looked for: {side}-pixel images are under pHash's {PHASH_MIN_SIDE}, "
-                         "where distinct images share hashes (exact copies were)")
+    return deduplicate_hashed(items, opts, log, near_note=(
+        f"near duplicates not looked for: {side}-pixel images are under pHash's {PHASH_MIN_SIDE}, where distinct "
+        "images share hashes (exact copies were)") if side < PHASH_MIN_SIDE else None)
+
+
+def deduplicate_hashed(items: list[Item], opts: Deduplicate, log: StepLog, near_note: str | None = None
+                       ) -> list[Item]:
+    """Items whose `hashes` are (content digest, 64-bit perceptual hash): exact copies removed, then near copies
+    clustered; `near_note` says instead why near copies are not looked for."""
+    if opts.exact:
+        items = without_exact_copies(items, log, lambda item: item.hashes[0])
+    if opts.near and len(items) > 1 and near_note is not None:
+        log.notes.append(near_note)
     elif opts.near and len(items) > 1:
-        items = clusters(items, near.representatives(len(items), *near_image_edges(items, opts)), opts.near_action,
-                         log)
+        hashes = np.array([item.hashes[1] for item in items], dtype=np.uint64)
+        items = clusters(items, near.representatives(len(items), *near.hash_edges(hashes, opts.hamming)),
+                         opts.near_action, log)
     log.kept = len(items)
     return items
+
+
+def image_hashes(items: list[Item]) -> list[Item]:
+    """Each uint8 image (H, W, C) with its digest and pHash."""
+    return [replace(item, hashes=(digest(item.value), phash(item.value))) for item in items]
+
+
+def phash(pixels: np.ndarray) -> int:
+    """The 64-bit perceptual hash of a uint8 image (H, W, C), as imagehash computes it."""
+    import imagehash
+    from PIL import Image
+
+    bits = imagehash.phash(Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)).hash.flatten()
+    return int(np.packbits(bits).view(">u8")[0])
 
 
 def without_exact_copies(items: list[Item], log: StepLog, key: Callable[[Item], str]) -> list[Item]:
@@ -63,16 +89,6 @@ def deduplicate_table(frame: pd.DataFrame, opts: Deduplicate, log: StepLog) -> p
 def digest(value) -> str:
     data = value.encode() if isinstance(value, str) else np.ascontiguousarray(value).tobytes()
     return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def near_image_edges(items: list[Item], opts: Deduplicate) -> tuple[np.ndarray, np.ndarray]:
-    """Edges between uint8 images whose perceptual hashes differ in at most `opts.hamming` bits."""
-    import imagehash
-    from PIL import Image
-
-    bits = np.array([imagehash.phash(Image.fromarray(i.value.squeeze(-1) if i.value.shape[-1] == 1 else i.value))
-                     .hash.flatten() for i in items], dtype=bool)
-    return near.hash_edges(np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64), opts.hamming)
 
 
 def clusters(items: list[Item], roots: np.ndarray, action: str, log: StepLog) -> list[Item]:

@@ -17,11 +17,12 @@ from safetensors.torch import load_file, save_file
 
 from genlab.config.prepare import Normalize
 from genlab.data.records import Loaded
-from genlab.prepare.dedup import deduplicate_images, deduplicate_table
-from genlab.prepare.read import validate_images, validate_table
+from genlab.media.suffixes import TABLE_SUFFIXES
+from genlab.prepare.dedup import deduplicate_images, deduplicate_table, image_hashes
+from genlab.prepare.read import files_under, validate_images, validate_table
 from genlab.prepare.record import SPLITS, Item, StepLog
 from genlab.prepare.split import check_labels
-from genlab.prepare.steps import clean_images, clean_table, missing_table, normalize_images, normalize_table
+from genlab.prepare.steps import GREY, clean_images, clean_table, missing_table, normalize_images, normalize_table
 
 Step = Callable[[Any, Any, Any, StepLog, dict], Any]  # (step config, items, data config, log, extra) -> items
 
@@ -38,8 +39,30 @@ class Kind:
         """Step name -> what runs it; a step not listed here does not apply to the modality."""
         return {}
 
-    def read_files(self, root: Path, data: Any, log: StepLog, extra: dict) -> Any:
+    def item_steps(self) -> set[str]:
+        """The steps that work item by item: a block of the input runs them where it is read (`items.py`)."""
+        return set()
+
+    def input_files(self, root: Path) -> list[Path]:
+        """The files under `data.path` that are read, sorted: their order is every item's id."""
         raise NotImplementedError
+
+    def read_paths(self, root: Path, paths: list[Path], data: Any, log: StepLog, extra: dict) -> Any:
+        """The items of some of `input_files`, in their order; what cannot be read is named in `log`."""
+        raise NotImplementedError
+
+    def joined(self, parts: list[Any], data: Any) -> Any:
+        """The blocks' items as one read of everything would give them."""
+        return [item for part in parts for item in part][: data.limit]
+
+    def settle(self, extras: list[dict], data: Any) -> tuple[list[int], Any]:
+        """Blocks to read again, and the data config to read them with, where blocks decided alone what depends on
+        every item: by default none."""
+        return [], data
+
+    def hashed(self, items: Any, step: Any, data: Any, extra: dict) -> Any:
+        """The items with the hashes `deduplicate` compares, computed where they were read."""
+        return items
 
     def from_loaded(self, loaded: Loaded, log: StepLog, extra: dict) -> Any:
         """A built-in source's records as items: nothing to skip, but every other step applies."""
@@ -91,6 +114,9 @@ class ImageKind(Kind):
     name, files = "image", "image files"
     augments = True
 
+    def item_steps(self) -> set[str]:
+        return {"clean", "normalize"}
+
     def steps(self) -> dict[str, Step]:
         return {"clean": self._clean,
                 "normalize": lambda step, items, data, log, extra: normalize_images(items, step, data.image_size,
@@ -103,16 +129,30 @@ class ImageKind(Kind):
     def _clean(step, items, data, log: StepLog, extra: dict) -> list[Item]:
         if step.mode is None and data.channels is not None:
             step = step.model_copy(update={"mode": "L" if data.channels == 1 else "RGB"})
+        elif step.mode is None and items:  # grey data stays grey: decided here for these items, by `settle` for all
+            extra["mode"] = "L" if all(i.value.mode in GREY for i in items) else "RGB"
+            step = step.model_copy(update={"mode": extra["mode"]})
         return clean_images(items, step, log)
+
+    def settle(self, extras: list[dict], data: Any) -> tuple[list[int], Any]:
+        """Blocks of grey images only are read again as RGB when another block holds colour."""
+        modes = [extra.get("mode") for extra in extras]
+        if "RGB" in modes and "L" in modes:
+            return [i for i, mode in enumerate(modes) if mode == "L"], data.model_copy(update={"channels": 3})
+        return [], data
+
+    def hashed(self, items: list[Item], step: Any, data: Any, extra: dict) -> list[Item]:
+        return image_hashes(_arrays(items, data))
 
     @staticmethod
     def _deduplicate(step, items, data, log: StepLog, extra: dict) -> list[Item]:
-        if items and not isinstance(items[0].value, np.ndarray):  # hashes compare images of one size
-            items = normalize_images(items, Normalize(), data.image_size, StepLog("normalize"))
-        return deduplicate_images(items, step, log)
+        return deduplicate_images(_arrays(items, data), step, log)
 
-    def read_files(self, root: Path, data: Any, log: StepLog, extra: dict) -> list[Item]:
-        items = validate_images(root, log, data.limit, data.text_field)
+    def input_files(self, root: Path) -> list[Path]:
+        return files_under(root)
+
+    def read_paths(self, root: Path, paths: list[Path], data: Any, log: StepLog, extra: dict) -> list[Item]:
+        items = validate_images(root, paths, log, data.limit, data.text_field)
         extra["sizes"] = [max(item.value.size) for item in items]  # as read: the report's histogram
         return items
 
@@ -133,9 +173,7 @@ class ImageKind(Kind):
         return bool(items) and all(i.caption is not None for i in items)
 
     def finish(self, items: list[Item], data: Any) -> list[Item]:
-        if items and not isinstance(items[0].value, np.ndarray):  # no normalize step ran
-            items = normalize_images(items, Normalize(), data.image_size, StepLog("normalize"))
-        return items
+        return _arrays(items, data)
 
     def write(self, out: Path, split: str, items: list[Item], rows: np.ndarray, labels: list, names: list[str]
               ) -> None:
@@ -173,6 +211,13 @@ class ImageKind(Kind):
                       weights=weights, captions=captions)
 
 
+def _arrays(items: list[Item], data: Any) -> list[Item]:
+    """Images as uint8 arrays of one size, normalized with the defaults when no normalize step made them so."""
+    if items and not isinstance(items[0].value, np.ndarray):
+        items = normalize_images(items, Normalize(), data.image_size, StepLog("normalize"))
+    return items
+
+
 class TableKind(Kind):
     name, files = "table", "tables (.csv, .parquet)"
 
@@ -188,8 +233,19 @@ class TableKind(Kind):
         items, extra["scaling"] = normalize_table(items, step, log)
         return items
 
-    def read_files(self, root: Path, data: Any, log: StepLog, extra: dict) -> pd.DataFrame:
-        return validate_table(root, log).iloc[: data.limit]
+    def input_files(self, root: Path) -> list[Path]:
+        return files_under(root, TABLE_SUFFIXES)
+
+    def read_paths(self, root: Path, paths: list[Path], data: Any, log: StepLog, extra: dict) -> pd.DataFrame:
+        return validate_table(root, paths, log)
+
+    def joined(self, parts: list[pd.DataFrame], data: Any) -> pd.DataFrame:
+        from genlab.errors import GenlabError
+
+        frames = [part for part in parts if part is not None]
+        if not frames:
+            raise GenlabError(f"data.path: no readable CSV or parquet rows under {data.path}")
+        return pd.concat(frames).iloc[: data.limit]
 
     def from_loaded(self, loaded: Loaded, log: StepLog, extra: dict) -> pd.DataFrame:
         frame = loaded.x.astype("object").where(loaded.x.notna(), None)

@@ -15,7 +15,6 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -54,18 +53,14 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
         raise GenlabError("data.prepared: this config reads a prepared set already; prepare the raw data's config")
     if (kind_of(FILES.get(data.source) or _modality(data)) or Kind()).streams:
         return _prepare_text(cfg, out)
-    if data.engine != "local":
-        logging.getLogger("genlab").warning(f"data.engine: {data.engine} prepares text; {data.path or data.source} "
-                                            "is prepared in this process (the same set either way)")
-    started = time.perf_counter()
-    log, extra = StepLog("validate"), {}
-    kind, items = _read(data, log, extra)
-    log.seconds = time.perf_counter() - started
-    read_count = log.kept + log.removed
-    logs, runs = [log], kind.steps()
-    for step in pipeline_of(data, kind.name):
-        if step.step in ("validate", "split"):
-            continue
+    from genlab.prepare.engine import engine
+    from genlab.prepare.items import read_items
+
+    kind = _kind(data)
+    pipeline = [step for step in pipeline_of(data, kind.name) if step.step not in ("validate", "split")]
+    items, logs, extra = read_items(data, kind, pipeline, engine(data.engine, data.address), data.blocks)
+    read_count, runs = logs[0].kept + logs[0].removed, kind.steps()
+    for step in pipeline[len(logs) - 1:]:
         log = StepLog(step.step, megabytes=kind.megabytes(items))
         began = time.perf_counter()
         if step.step in runs:
@@ -112,20 +107,17 @@ def _prepare_text(cfg: RunConfig, out: Path) -> Path:
     return _finish(staging, out, summary, (done["first"], done["lengths"], "characters per document"), logs)
 
 
-def _read(data, log: StepLog, extra: dict) -> tuple[Kind, Any]:
+def _kind(data) -> Kind:
     if data.source in FILES:
         if data.path is None:
             raise GenlabError(f"data.path: required to prepare data.source {data.source!r}")
-        kind = kind_of(FILES[data.source])
-        return kind, kind.read_files(Path(data.path).expanduser(), data, log, extra)
-    from genlab.data.registry import source  # a built-in set: nothing to skip, but every other step applies
-
-    loaded = source(data.source)(data)
-    kind = kind_of(loaded.modality)
+        return kind_of(FILES[data.source])
+    modality = _modality(data)  # a built-in set: nothing to skip, but every other step applies
+    kind = kind_of(modality)
     if kind is None or kind.streams:
         raise GenlabError(f"data.source {data.source!r}: genlab prepare handles {', '.join(kind_names())}, "
-                          f"not {loaded.modality}")
-    return kind, kind.from_loaded(loaded, log, extra)
+                          f"not {modality}")
+    return kind
 
 
 def _nothing_left(logs: list[StepLog], data) -> GenlabError:

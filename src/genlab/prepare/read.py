@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from genlab.errors import GenlabError
-from genlab.media.suffixes import PARQUET_SUFFIXES, TABLE_SUFFIXES
+from genlab.media.suffixes import PARQUET_SUFFIXES
 from genlab.prepare.record import Item, StepLog
 
 logger = logging.getLogger("genlab")
@@ -38,9 +38,11 @@ def files_under(path: Path, suffixes: set[str] | None = None) -> list[Path]:
                   and (suffixes is None or p.suffix.lower() in suffixes))
 
 
-def validate_images(root: Path, log: StepLog, limit: int | None = None, text_field: str = "text") -> list[Item]:
-    """Every file under `root` that decodes as an image (the first `limit`); subfolder names are the labels. In a
-    captioned folder (data/captions.py), each image with its caption instead, and those without a usable one named."""
+def validate_images(root: Path, paths: list[Path], log: StepLog, limit: int | None = None, text_field: str = "text"
+                    ) -> list[Item]:
+    """Each of `paths` (files under `root`) that decodes as an image (the first `limit`); subfolder names are the
+    labels. In a captioned folder (data/captions.py), each image with its caption instead, and those without a usable
+    one named."""
     from PIL import Image
 
     from genlab.data.captions import read_captions
@@ -50,7 +52,7 @@ def validate_images(root: Path, log: StepLog, limit: int | None = None, text_fie
     if captions is not None:
         log.notes += captions.notes
     items = []
-    for path in files_under(root):
+    for path in paths:
         if limit is not None and len(items) >= limit:
             break
         if captions is not None and path in captions.files:
@@ -82,12 +84,16 @@ def validate_images(root: Path, log: StepLog, limit: int | None = None, text_fie
                  and captions is None else None)  # captioned: subfolders are no classes, as in imagefolder
         items.append(Item(where, image, label, caption))
     log.kept = len(items)
+    return items
+
+
+def warn_decoder_notes(log: StepLog) -> None:
+    """One warning for the files the image decoder complained about but read (the report lists them)."""
     warned = [n for n in log.notes if n.endswith("(read all the same)")]
     if warned:
         more = f" and {len(warned) - 1} more" if len(warned) > 1 else ""
         logger.warning(f"the image decoder complained about {len(warned)} file(s): {warned[0]}{more} "
                        "(all listed in data_report.html)")
-    return items
 
 
 _SUFFIX = {"JPEG": {"jpg", "jpeg"}, "PNG": {"png"}, "TIFF": {"tif", "tiff"}}
@@ -193,10 +199,11 @@ def _jsonl(lines: Iterable[tuple[int, int, str]], where: str, field: str, log: S
             log.remove(f"no text in field {field!r}", f"{where}:{number}")
 
 
-def validate_table(root: Path, log: StepLog) -> pd.DataFrame:
-    """Rows of every CSV or parquet file under `root` as strings (clean coerces types), with `where` per row."""
+def validate_table(root: Path, paths: list[Path], log: StepLog) -> pd.DataFrame | None:
+    """Rows of each of `paths` (CSV or parquet files under `root`) as strings (clean coerces types), with `where` per
+    row; None when none has a readable row."""
     frames = []
-    for path in files_under(root, TABLE_SUFFIXES):
+    for path in paths:
         where = path.relative_to(root).as_posix() if root.is_dir() else path.name
         log.megabytes += path.stat().st_size / 1e6
         if path.suffix.lower() in PARQUET_SUFFIXES:
@@ -212,7 +219,7 @@ def validate_table(root: Path, log: StepLog) -> pd.DataFrame:
         if frame is not None:
             frames.append(frame)
     if not frames:
-        raise GenlabError(f"data.path: no readable CSV or parquet rows under {root}")
+        return None
     table = pd.concat(frames)
     log.kept = len(table)
     return table

@@ -20,6 +20,7 @@ class Item:
     cluster: int | None = None  # near-duplicate cluster, when deduplicate groups rather than removes
     split: int | None = None  # set when read: a piece of one long text file, which is cut by position
     continues: bool = False  # a piece that joins the one before it in its split (the same document)
+    hashes: tuple | None = None  # (exact digest, near hash) for deduplicate, once computed where the item was read
 
 
 @dataclass

@@ -42,9 +42,12 @@ def clean_document(text: str, opts: Clean, boilerplate: set[str], piece: bool = 
 
 # --- images -----------------------------------------------------------------------------------------------
 
+GREY = ("L", "1", "I;16", "I")  # image modes of one channel
+
+
 def clean_images(items: list[Item], opts: Clean, log: StepLog) -> list[Item]:
     """Convert to the configured mode (grey data stays grey by default; CMYK, palettes, alpha become RGB)."""
-    mode = opts.mode or ("L" if all(i.value.mode in ("L", "1", "I;16", "I") for i in items) else "RGB")
+    mode = opts.mode or ("L" if all(i.value.mode in GREY for i in items) else "RGB")
     out = []
     for item in items:
         image = item.value
