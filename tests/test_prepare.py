@@ -77,7 +77,7 @@ def test_a_folder_of_broken_files_is_prepared_naming_each_and_keeping_every_vali
     assert any("tiny.png (1x1)" in p for p in gone["smaller than 8 pixels a side"])
     notes = " ".join(n for s in images["steps"] for n in s["notes"])
     assert "renamed.png: the content is JPEG, the name says .png" in notes
-    x = load_file(str(tmp_path / "images/train.safetensors"))["x"]
+    x = load_file(str(tmp_path / "images/train-00000.safetensors"))["x"]
     assert x.shape == (8, 3, 16, 16), "CMYK came out as RGB like the rest"
 
 
@@ -402,6 +402,39 @@ def test_a_text_corpus_several_times_the_memory_cap_prepares_in_bounded_memory(t
     assert grew < MEMORY_CAP_MB, f"peak RSS grew {grew:.0f} MB preparing {size:.0f} MB of text"
     summary = report(tmp_path / "b")
     assert summary["items"] == 3200 and sum(summary["splits"].values()) == 3200
+
+
+def test_images_are_spilled_where_they_are_read_and_written_in_shards_never_all_in_memory(tmp_path, monkeypatch):
+    import tracemalloc
+
+    import genlab.prepare.items as items
+    from genlab.prepare.store import load_prepared
+
+    root, warm = tmp_path / "photos", tmp_path / "warm"
+    root.mkdir()
+    warm.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(600):  # smooth scenes (small files) of 27 KB of pixels each: 16 MB in all
+        scene = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(scene).resize((96, 96), Image.BICUBIC).save((warm if i < 3 else root) / f"{i:03d}.png")
+    pixels = 597 * 96 * 96 * 3
+    over = ["data.source=image_folder", "data.blocks=16", "data.image_size=96"]
+    prepare(None, tmp_path / "warm-out", [*over, f"data.path={warm}"])  # imports and first calls stay out
+    monkeypatch.setattr(items, "SHARD_BYTES", 1 << 20)
+    tracemalloc.start()
+    try:
+        folder = prepare(None, tmp_path / "out", [*over, f"data.path={root}"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    print(f"peak traced memory {peak / 2**20:.1f} MB for {pixels / 2**20:.1f} MB of pixels")
+    assert peak < 0.5 * pixels, f"{peak / 2**20:.1f} MB held for {pixels / 2**20:.1f} MB of pixels"  # in memory: 1.3x
+    manifest = json.loads((folder / "prepared.json").read_text())
+    shards = manifest["shards"]["train"]
+    assert len(shards) > 5 and [s["file"] for s in shards][:2] == ["train-00000.safetensors", "train-00001.safetensors"]
+    assert not (folder / ".blocks").exists() and sum(s["items"] for s in shards) == manifest["splits"]["train"]
+    loaded = load_prepared(folder)
+    assert loaded.x.shape == (597, 3, 96, 96) and manifest["items"] == 597
 
 
 def test_fit_prepares_a_users_files_once_and_never_serves_a_changed_input_stale(tmp_path, monkeypatch, caplog):

@@ -1,6 +1,6 @@
 """genlab prepare on Ray Data gives the same bytes as in one process: for 1, 3 and 8 blocks, on a rerun, on a
 local Ray of 2 CPUs and on a simulated two-node cluster, with near-duplicate chains and clusters that straddle
-files; without Ray installed, one clear line."""
+files; images, audio and tables too; without Ray installed, one clear line."""
 
 from __future__ import annotations
 
@@ -100,19 +100,22 @@ def test_ray_gives_the_local_bytes_for_any_number_of_blocks_and_on_a_rerun(tmp_p
     assert written(tmp_path / "ray3") == local
 
 
-def test_a_simulated_two_node_cluster_gives_the_same_bytes(tmp_path, local_ray):
+def test_a_simulated_two_node_cluster_gives_the_same_bytes_for_text_and_images(tmp_path, local_ray):
     from ray.cluster_utils import Cluster
 
     corpus(tmp_path / "docs")
     base = ["data.source=text", f"data.path={tmp_path / 'docs'}", "model.family=transformer", STEPS]
+    images = media(tmp_path / "media")["images"]
     local = written(prepare(None, tmp_path / "local", base))
+    local_images = written(prepare(None, tmp_path / "local-images", images))
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     try:
-        out = prepare(None, tmp_path / "two", [*base, "data.engine=ray", f"data.address={cluster.address}",
-                                               "data.blocks=8"])
+        on = ["data.engine=ray", f"data.address={cluster.address}", "data.blocks=8"]
+        out = prepare(None, tmp_path / "two", [*base, *on])
         assert len(ray.nodes()) == 2 and written(out) == local
+        assert written(prepare(None, tmp_path / "two-images", [*images, *on])) == local_images
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -162,7 +165,7 @@ def test_images_audio_and_tables_on_ray_give_the_local_bytes(tmp_path, local_ray
         steps = {s["step"]: s for s in local["manifest"]["steps"]}
         removed = sum(s["removed"] for s in steps.values())
         assert removed >= 3 and local["manifest"]["items"] > 10, (name, steps)
-        for blocks in (3, 8):
+        for blocks in (3, 8, 8):  # the second 8: a rerun into the same folder
             ray_set = written(prepare(None, tmp_path / f"{name}-ray{blocks}", [*over, "data.engine=ray",
                                                                                  f"data.blocks={blocks}"]))
             assert ray_set == local, f"{name}, {blocks} blocks"

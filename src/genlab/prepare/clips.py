@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file
 
 from genlab.data.clips import audio_files, read_clip
 from genlab.data.records import Loaded
 from genlab.media.audio import MelSpectrogram, audio_tag
 from genlab.prepare.dedup import deduplicate_hashed, digest, phash
-from genlab.prepare.kinds import SPLITS, Kind, Step, _check_labels
+from genlab.prepare.items import values_of, write_shards
+from genlab.prepare.kinds import SPLITS, Kind, Step, _check_labels, _codes, shard_files
 from genlab.prepare.record import Item, StepLog
 
 FULL_SCALE = 32767  # 16-bit PCM
@@ -32,6 +34,9 @@ class ClipKind(Kind):
 
     def item_steps(self) -> set[str]:
         return {"clean"}
+
+    def light_steps(self) -> set[str]:
+        return {"deduplicate", "labels"}
 
     def input_files(self, root: Path) -> list[Path]:
         return audio_files(root)
@@ -54,6 +59,7 @@ class ClipKind(Kind):
             items.append(Item(where, wave, label if label != "." else None))
         log.kept = len(items)
         extra["sample_rate"] = data.sample_rate
+        extra["peaks"] = _peaks(items)
         return items
 
     def from_loaded(self, loaded: Loaded, log: StepLog, extra: dict) -> list[Item]:
@@ -61,6 +67,7 @@ class ClipKind(Kind):
         items = [Item(f"clip {i + 1}", wave[0].numpy(), names[int(loaded.y[i])] if loaded.y is not None else None)
                  for i, wave in enumerate(loaded.x)]
         extra["sample_rate"] = loaded.sample_rate
+        extra["peaks"] = _peaks(items)
         log.kept = len(items)
         return items
 
@@ -71,27 +78,30 @@ class ClipKind(Kind):
         return sum(i.value.nbytes for i in items) / 1e6
 
     def write(self, out: Path, split: str, items: list[Item], rows: np.ndarray, labels: list, names: list[str]
-              ) -> None:
-        chosen = [items[i] for i in rows]
-        waves = np.stack([i.value for i in chosen]) if chosen else np.zeros((0, 1), np.float32)
-        tensors = {"x": torch.from_numpy(_pcm(waves))[:, None]}
-        if names and all(labels[i] is not None for i in rows):
-            tensors["y"] = torch.tensor([names.index(labels[i]) for i in rows], dtype=torch.long)
-        save_file(tensors, str(out / f"{split}.safetensors"), metadata={"where": json.dumps([i.where for i in chosen])})
+              ) -> list[dict]:
+        def shard(path: Path, chosen: list[Item], values: list[np.ndarray]) -> None:
+            tensors = {"x": np.ascontiguousarray(_pcm(np.stack(values))[:, None]), **_codes(chosen, names)}
+            save_numpy(tensors, str(path), metadata={"where": json.dumps([i.where for i in chosen])})
+
+        return write_shards(out, split, [items[i] for i in rows], shard)
 
     def preview(self, items: list[Item], extra: dict) -> tuple[Any, list[float], str]:
         rate = extra.get("sample_rate") or 16_000
-        players = "".join(audio_tag(i.value, rate, i.where) for i in items[:8])
-        peaks = [float(20 * np.log10(max(np.abs(i.value).max(), 1e-6))) for i in items]
-        return f"<div class=clips>{players}</div>", peaks, "peak level (dBFS)"
+        players = "".join(audio_tag(wave, rate, i.where) for i, wave in zip(items[:8], values_of(items[:8])))
+        return f"<div class=clips>{players}</div>", extra.get("peaks", []), "peak level (dBFS), as read"
 
     def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
-        loaded = [load_file(str(path / f"{s}.safetensors")) for s in SPLITS]
+        loaded = [load_file(str(f)) for s in SPLITS for f in shard_files(path, manifest, s, ".safetensors")]
         x = torch.cat([d["x"] for d in loaded if d["x"].ndim == 3]).float() / FULL_SCALE
         y = torch.cat([d["y"] for d in loaded]) if all("y" in d for d in loaded) else None
         counts = manifest["splits"]
         return Loaded(x, y, manifest.get("class_names", []), notes, self.name, (counts["train"], counts["val"]),
                       weights=weights, sample_rate=manifest["data"]["sample_rate"])
+
+
+def _peaks(items: list[Item]) -> list[float]:
+    """Each clip's peak level in dBFS: the report's histogram."""
+    return [float(20 * np.log10(max(np.abs(i.value).max(), 1e-6))) for i in items]
 
 
 def _pcm(waves: np.ndarray) -> np.ndarray:

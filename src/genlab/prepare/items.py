@@ -5,14 +5,22 @@ conversion, resizing and hashes; a clip's resampling, silence check and hashes; 
 What needs every item (near-duplicate clusters, the split, a table's column statistics) runs here on the items in
 block order, which is the order of one read of everything: the prepared set is the same bytes whatever the engine
 and the number of blocks. A built-in source is one block, read in this process.
+
+Images and clips are spilled: a task writes its block's pixels or samples to a file beside the set, and only their
+places (`Stored`), hashes and labels come back, so this process never holds the pixels. The splits are then written
+as shards of about SHARD_BYTES (`train-00000.safetensors`, ...), read back from the spills one shard at a time.
+A pipeline that changes items after the steps a block runs (a normalize after deduplicate) keeps them in memory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from genlab.prepare.read import warn_decoder_notes
 from genlab.prepare.record import StepLog, merged
@@ -26,35 +34,56 @@ class Job:
     kind: Any  # prepare/kinds.py's Kind
     steps: tuple  # the leading steps that work item by item
     hashes: Any  # the deduplicate step that follows them, whose keys each task computes; None when none does
+    spill: str | None = None  # the folder a task writes its items' values to; None: they come back whole
 
 
-def read_items(data, kind, pipeline: list, engine, blocks: int | None = None) -> tuple[Any, list[StepLog], dict]:
+SHARD_BYTES = 64 << 20  # a split's shard files hold about this much each
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An item's value left in its block's spill file (row `row`): what the steps after reading see of it."""
+
+    file: str
+    row: int
+    shape: tuple
+    nbytes: int
+
+
+def read_items(data, kind, pipeline: list, engine, blocks: int | None = None, spill: Path | None = None
+               ) -> tuple[Any, list[StepLog], dict]:
     """Read every input and run the pipeline's leading item-by-item steps, per block on `engine`; returns the items
-    in source order, the logs of reading and of those steps (in order), and what the kind noted (`extra`)."""
+    in source order (their values `Stored` in `spill` where the kind and the pipeline allow), the logs of reading
+    and of those steps (in order), and what the kind noted (`extra`)."""
     per_item = kind.item_steps()
     lead = []
     for step in pipeline:
         if step.step not in per_item:
             break
         lead.append(step)
-    follows = pipeline[len(lead)] if len(lead) < len(pipeline) else None
-    job = Job(data, kind, tuple(lead), follows if follows is not None and follows.step == "deduplicate" else None)
+    rest = pipeline[len(lead):]
+    spills = spill is not None and bool(kind.light_steps()) and all(s.step in kind.light_steps() for s in rest)
+    dedup = next((s for s in rest if s.step == "deduplicate"), None) if spills else \
+        rest[0] if rest and rest[0].step == "deduplicate" else None
+    job = Job(data, kind, tuple(lead), dedup, str(spill) if spills else None)
+    if spills:
+        spill.mkdir(parents=True, exist_ok=True)
     if data.source not in _files_sources():
         from genlab.data.registry import source
 
         log, extra = StepLog("validate"), {}
         items = kind.from_loaded(source(data.source)(data), log, extra)
-        results = [_steps(job, items, log, extra)]
+        results = [_steps(job, items, log, extra, 0)]
     else:
         root = Path(data.path).expanduser()
         files = [str(p) for p in kind.input_files(root)]
         parts = _blocks(files, 1 if data.limit is not None else blocks or 2 * engine.cpus)
-        results = engine.map(lambda part: block_items(job, part), parts)
+        results = engine.map(lambda task: block_items(job, *task), list(enumerate(parts)))
         again, settled = kind.settle([r["extra"] for r in results], data)
         if again:  # a block decided alone what depends on every item (images: grey only if all are)
-            redo = Job(settled, kind, job.steps, job.hashes)
-            for i, result in zip(again, engine.map(lambda part: block_items(redo, part), [parts[i] for i in again]),
-                                 strict=True):
+            redo = replace(job, data=settled)
+            tasks = [(i, parts[i]) for i in again]
+            for i, result in zip(again, engine.map(lambda task: block_items(redo, *task), tasks), strict=True):
                 results[i] = result
     items = kind.joined([r["items"] for r in results], data)
     logs = [merged([r["logs"][k] for r in results]) for k in range(1 + len(job.steps))]
@@ -72,17 +101,17 @@ def _files_sources() -> dict:
     return FILES
 
 
-def block_items(job: Job, files: list[str]) -> dict:
+def block_items(job: Job, index: int, files: list[str]) -> dict:
     """One block: its files read, then the leading steps and the hashes that deduplicate compares."""
     data = job.data
     log, extra = StepLog("validate"), {}
     began = time.perf_counter()
     items = job.kind.read_paths(Path(data.path).expanduser(), [Path(f) for f in files], data, log, extra)
     log.seconds = time.perf_counter() - began
-    return _steps(job, items, log, extra)
+    return _steps(job, items, log, extra, index)
 
 
-def _steps(job: Job, items: Any, log: StepLog, extra: dict) -> dict:
+def _steps(job: Job, items: Any, log: StepLog, extra: dict, index: int) -> dict:
     logs, runs = [log], job.kind.steps()
     for step in job.steps:
         step_log = StepLog(step.step, megabytes=job.kind.megabytes(items))
@@ -92,7 +121,46 @@ def _steps(job: Job, items: Any, log: StepLog, extra: dict) -> dict:
         logs.append(step_log)
     if job.hashes is not None:
         items = job.kind.hashed(items, job.hashes, job.data, extra)
-    return {"items": items, "logs": logs, "extra": extra}
+    if job.spill is None:
+        return {"items": items, "logs": logs, "extra": extra}
+    items = job.kind.finish(items, job.data)
+    values = [item.value for item in items]
+    file = str(Path(job.spill) / f"{index:05d}.npy")
+    if values:
+        np.save(file, np.stack(values))
+    stored = [replace(item, value=Stored(file, row, value.shape, value.nbytes)) for row, (item, value) in
+              enumerate(zip(items, values, strict=True))]
+    return {"items": stored, "logs": logs, "extra": extra}
+
+
+def values_of(items: list) -> list[np.ndarray]:
+    """The items' values, read back from their spills where they were left there."""
+    opened: dict[str, np.ndarray] = {}
+    out = []
+    for item in items:
+        value = item.value
+        if isinstance(value, Stored):
+            if value.file not in opened:
+                opened[value.file] = np.load(value.file, mmap_mode="r")
+            value = np.array(opened[value.file][value.row])
+        out.append(value)
+    return out
+
+
+def write_shards(out: Path, split: str, items: list, write) -> list[dict]:
+    """A split's items in id order, as shards of about SHARD_BYTES: `write(path, items, values)` writes one file;
+    returns each shard's file, items, bytes and sha256, as the manifest lists them."""
+    shards, first = [], 0
+    while first < len(items):
+        end, size = first, 0
+        while end < len(items) and (end == first or size + items[end].value.nbytes <= SHARD_BYTES):
+            size, end = size + items[end].value.nbytes, end + 1
+        path = out / f"{split}-{len(shards):05d}.safetensors"
+        write(path, items[first:end], values_of(items[first:end]))
+        shards.append({"file": path.name, "items": end - first, "bytes": path.stat().st_size,
+                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+        first = end
+    return shards
 
 
 def _blocks(files: list[str], blocks: int) -> list[list[str]]:

@@ -8,21 +8,33 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.numpy import save_file
 
 from genlab.config.prepare import Normalize
-from genlab.data.records import Loaded
 from genlab.media.suffixes import TABLE_SUFFIXES
 from genlab.prepare.dedup import deduplicate_images, deduplicate_table, image_hashes
+from genlab.prepare.items import Stored, values_of, write_shards
 from genlab.prepare.read import files_under, validate_images, validate_table
 from genlab.prepare.record import SPLITS, Item, StepLog
 from genlab.prepare.split import check_labels
-from genlab.prepare.steps import GREY, clean_images, clean_table, missing_table, normalize_images, normalize_table
+from genlab.prepare.steps import (
+    GREY,
+    clean_images,
+    clean_table,
+    missing_table,
+    normalize_images,
+    normalize_table,
+    sizes_differ,
+)
+
+if TYPE_CHECKING:  # torch is imported where a set is loaded: a Ray task that reads images does without it
+    import torch
+
+    from genlab.data.records import Loaded
 
 Step = Callable[[Any, Any, Any, StepLog, dict], Any]  # (step config, items, data config, log, extra) -> items
 
@@ -41,6 +53,11 @@ class Kind:
 
     def item_steps(self) -> set[str]:
         """The steps that work item by item: a block of the input runs them where it is read (`items.py`)."""
+        return set()
+
+    def light_steps(self) -> set[str]:
+        """Steps that read only what comes back of an item (place, label, hashes): after them, the values can stay
+        spilled where they were read. None: the kind's items come back whole."""
         return set()
 
     def input_files(self, root: Path) -> list[Path]:
@@ -86,7 +103,9 @@ class Kind:
         """The items as they are written, whatever steps ran."""
         return items
 
-    def write(self, out: Path, split: str, items: Any, rows: np.ndarray, labels: list, names: list[str]) -> None:
+    def write(self, out: Path, split: str, items: Any, rows: np.ndarray, labels: list, names: list[str]
+              ) -> list[dict] | None:
+        """Write a split's rows; returns the shards written (file, items, bytes, sha256), or None for one file."""
         raise NotImplementedError
 
     def preview(self, items: Any, extra: dict) -> tuple[Any, list[float], str]:
@@ -116,6 +135,9 @@ class ImageKind(Kind):
 
     def item_steps(self) -> set[str]:
         return {"clean", "normalize"}
+
+    def light_steps(self) -> set[str]:
+        return {"deduplicate", "labels", "augment"}
 
     def steps(self) -> dict[str, Step]:
         return {"clean": self._clean,
@@ -151,6 +173,12 @@ class ImageKind(Kind):
     def input_files(self, root: Path) -> list[Path]:
         return files_under(root)
 
+    def joined(self, parts: list[list[Item]], data: Any) -> list[Item]:
+        items = super().joined(parts, data)
+        if len({i.value.shape for i in items if isinstance(i.value, np.ndarray | Stored)}) > 1:
+            raise sizes_differ()  # normalized block by block without a size, the blocks' sizes differ
+        return items
+
     def read_paths(self, root: Path, paths: list[Path], data: Any, log: StepLog, extra: dict) -> list[Item]:
         items = validate_images(root, paths, log, data.limit, data.text_field)
         extra["sizes"] = [max(item.value.size) for item in items]  # as read: the report's histogram
@@ -176,27 +204,28 @@ class ImageKind(Kind):
         return _arrays(items, data)
 
     def write(self, out: Path, split: str, items: list[Item], rows: np.ndarray, labels: list, names: list[str]
-              ) -> None:
-        chosen = [items[i] for i in rows]
-        codes = [names.index(labels[i]) for i in rows] if names and all(labels[i] is not None for i in rows) else None
-        values = [i.value for i in chosen]
-        x = torch.from_numpy(np.stack(values).transpose(0, 3, 1, 2).copy()) if values else torch.zeros(0, 1, 1, 1)
-        tensors = {"x": x.to(torch.uint8)}
-        if codes is not None:
-            tensors["y"] = torch.tensor(codes, dtype=torch.long)
-        metadata = {"where": json.dumps([i.where for i in chosen])}
-        if chosen and chosen[0].caption is not None:
-            metadata["captions"] = json.dumps([i.caption for i in chosen])
-        save_file(tensors, str(out / f"{split}.safetensors"), metadata=metadata)
+              ) -> list[dict]:
+        def shard(path: Path, chosen: list[Item], values: list[np.ndarray]) -> None:
+            x = np.ascontiguousarray(np.stack(values).transpose(0, 3, 1, 2))
+            metadata = {"where": json.dumps([i.where for i in chosen])}
+            if chosen[0].caption is not None:
+                metadata["captions"] = json.dumps([i.caption for i in chosen])
+            save_file({"x": x, **_codes(chosen, names)}, str(path), metadata=metadata)
+
+        return write_shards(out, split, [items[i] for i in rows], shard)
 
     def preview(self, items: list[Item], extra: dict) -> tuple[Any, list[float], str]:
-        samples = np.stack([i.value for i in items[:32]]) if items else np.zeros((0, 1, 1, 1), np.uint8)
+        samples = np.stack(values_of(items[:32])) if items else np.zeros((0, 1, 1, 1), np.uint8)
         return samples, extra["sizes"], "longest side in pixels, as read"
 
     def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
+        import torch
         from safetensors import safe_open
+        from safetensors.torch import load_file
 
-        files = [path / f"{s}.safetensors" for s in SPLITS]
+        from genlab.data.records import Loaded
+
+        files = [f for s in SPLITS for f in shard_files(path, manifest, s, ".safetensors")]
         loaded = [load_file(str(f)) for f in files]
         x = torch.cat([d["x"] for d in loaded if len(d["x"])]).float() / 255 * 2 - 1  # an empty split has no shape
         y = torch.cat([d["y"] for d in loaded]) if all("y" in d for d in loaded) else None
@@ -211,9 +240,16 @@ class ImageKind(Kind):
                       weights=weights, captions=captions)
 
 
+def _codes(chosen: list[Item], names: list[str]) -> dict[str, np.ndarray]:
+    """{"y": class indices} when every item has a class, else nothing."""
+    if not names or any(i.label is None for i in chosen):
+        return {}
+    return {"y": np.array([names.index(i.label) for i in chosen], dtype=np.int64)}
+
+
 def _arrays(items: list[Item], data: Any) -> list[Item]:
     """Images as uint8 arrays of one size, normalized with the defaults when no normalize step made them so."""
-    if items and not isinstance(items[0].value, np.ndarray):
+    if items and not isinstance(items[0].value, np.ndarray | Stored):
         items = normalize_images(items, Normalize(), data.image_size, StepLog("normalize"))
     return items
 
@@ -276,6 +312,8 @@ class TableKind(Kind):
         return items.head(10).to_html(), [], ""
 
     def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
+        from genlab.data.records import Loaded
+
         frame = pd.concat([pd.read_parquet(path / f"{s}.parquet") for s in SPLITS]).reset_index(drop=True)
         counts = manifest["splits"]
         return Loaded(frame, notes=notes, modality=self.name, parts=(counts["train"], counts["val"]), weights=weights)
@@ -287,15 +325,22 @@ class TextKind(Kind):
     name, streams, files = "text", True, "text files (.txt, .md, .rst, .jsonl)"
 
     def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
+        from genlab.data.records import Loaded
+
         splits = [_documents(split_files(path, manifest, s)) for s in SPLITS]
         docs = [d for split in splits for d in split]
         return Loaded(docs, notes=notes, modality=self.name, parts=(len(splits[0]), len(splits[1])))
 
 
 def split_files(folder: Path, manifest: dict, split: str) -> list[Path]:
-    """A text split's files in order: the shards the manifest lists (a set from before shards: one file)."""
+    """A text split's files in order."""
+    return shard_files(folder, manifest, split, ".jsonl")
+
+
+def shard_files(folder: Path, manifest: dict, split: str, suffix: str) -> list[Path]:
+    """A split's files in order: the shards the manifest lists (a set from before shards: one file)."""
     if "shards" not in manifest:
-        return [folder / f"{split}.jsonl"]
+        return [folder / f"{split}{suffix}"]
     return [folder / shard["file"] for shard in manifest["shards"][split]]
 
 

@@ -53,12 +53,24 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
         raise GenlabError("data.prepared: this config reads a prepared set already; prepare the raw data's config")
     if (kind_of(FILES.get(data.source) or _modality(data)) or Kind()).streams:
         return _prepare_text(cfg, out)
+    kind = _kind(data)
+    staging = _staging(out)
+    try:
+        return _prepare_items(cfg, kind, staging, out)
+    except BaseException:  # the earlier set stays as it was, and no half-written one is left beside it
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _prepare_items(cfg: RunConfig, kind: Kind, staging: Path, out: Path) -> Path:
+    """Images, audio and tables: read and hashed in blocks (`items.py`), then the remaining steps over every item."""
     from genlab.prepare.engine import engine
     from genlab.prepare.items import read_items
 
-    kind = _kind(data)
+    data = cfg.data
     pipeline = [step for step in pipeline_of(data, kind.name) if step.step not in ("validate", "split")]
-    items, logs, extra = read_items(data, kind, pipeline, engine(data.engine, data.address), data.blocks)
+    items, logs, extra = read_items(data, kind, pipeline, engine(data.engine, data.address), data.blocks,
+                                    spill=staging / ".blocks")
     read_count, runs = logs[0].kept + logs[0].removed, kind.steps()
     for step in pipeline[len(logs) - 1:]:
         log = StepLog(step.step, megabytes=kind.megabytes(items))
@@ -76,7 +88,7 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
     split = assign_splits(labels, kind.clusters(items), data.val_fraction, data.test_fraction, data.split_seed)
     logs.append(StepLog("split", kept=len(items), notes=[f"{n} {SPLITS[k]}" for k, n in
                                                           zip(*np.unique(split, return_counts=True))]))
-    return _write(cfg, out, kind, items, labels, split, logs, extra, read_count)
+    return _write(cfg, staging, out, kind, items, labels, split, logs, extra, read_count)
 
 
 def _modality(data) -> str:
@@ -127,16 +139,15 @@ def _nothing_left(logs: list[StepLog], data) -> GenlabError:
     return GenlabError(f"data: nothing is left after the pipeline ({'; '.join(reasons([g.as_dict() for g in logs]))})")
 
 
-def _write(cfg: RunConfig, out: Path, kind: Kind, items, labels: list, split: np.ndarray, logs: list[StepLog],
-           extra: dict, read_count: int) -> Path:
+def _write(cfg: RunConfig, staging: Path, out: Path, kind: Kind, items, labels: list, split: np.ndarray,
+           logs: list[StepLog], extra: dict, read_count: int) -> Path:
     items = kind.finish(items, cfg.data)
-    staging = _staging(out)
     names = sorted({label for label in labels if label is not None})
-    counts = {}
+    counts, shards = {}, {}
     for k, name in enumerate(SPLITS):
         rows = np.flatnonzero(split == k)
         counts[name] = len(rows)
-        kind.write(staging, name, items, rows, labels, names)
+        shards[name] = kind.write(staging, name, items, rows, labels, names)
     label_info = extra.get("labels", {})
     if "weights" in label_info:
         weights = np.array(label_info.pop("weights"))
@@ -144,7 +155,11 @@ def _write(cfg: RunConfig, out: Path, kind: Kind, items, labels: list, split: np
                                                           for k, s in enumerate(SPLITS)}))
     summary = _summary(cfg, kind.name, len(items), counts, names, extra, logs, read_count)
     summary["captioned"] = kind.captioned(items)
-    return _finish(staging, out, summary, kind.preview(items, extra), logs)
+    if shards["train"] is not None:
+        summary["shards"] = shards
+    preview = kind.preview(items, extra)
+    shutil.rmtree(staging / ".blocks", ignore_errors=True)
+    return _finish(staging, out, summary, preview, logs)
 
 
 def _staging(out: Path) -> Path:

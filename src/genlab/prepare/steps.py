@@ -82,11 +82,15 @@ def normalize_images(items: list[Item], opts: Normalize, size: int | None, log: 
         array = np.asarray(image, dtype=np.uint8)
         out.append(replace(item, value=array[..., None] if array.ndim == 2 else array))
     if size is None and len({i.value.shape for i in out}) > 1:
-        from genlab.errors import GenlabError
-
-        raise GenlabError("data.image_size: the images differ in size; set a size for normalize to bring them to")
+        raise sizes_differ()
     log.kept = len(out)
     return out
+
+
+def sizes_differ() -> Exception:
+    from genlab.errors import GenlabError
+
+    return GenlabError("data.image_size: the images differ in size; set a size for normalize to bring them to")
 
 
 # --- tables -----------------------------------------------------------------------------------------------
