@@ -437,6 +437,44 @@ def test_images_are_spilled_where_they_are_read_and_written_in_shards_never_all_
     assert loaded.x.shape == (597, 3, 96, 96) and manifest["items"] == 597
 
 
+def test_an_interrupted_image_prepare_keeps_the_earlier_set_and_a_rerun_reuses_its_finished_blocks(tmp_path,
+                                                                                                   monkeypatch):
+    import genlab.prepare.items as items
+    from genlab.prepare.kinds import ImageKind
+
+    root = tmp_path / "photos"
+    for i in range(80):
+        (root / ("cats" if i % 2 else "dogs")).mkdir(parents=True, exist_ok=True)
+        scene = np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(scene).resize((48, 48), Image.BICUBIC).save(root / ("cats" if i % 2 else "dogs") / f"{i}.png")
+    out = tmp_path / "set"
+    over = ["data.source=image_folder", f"data.path={root}", "data.blocks=4", "data.image_size=32"]
+    prepare(None, out, [*over, "data.limit=10"])
+    before = (out / "prepared.json").read_text()
+    real, ran = items.block_items, []
+
+    def interrupted(job, index, files):  # Ctrl-C while the third block is read: like a kill, nothing is cleaned
+        if index == 2:
+            raise KeyboardInterrupt
+        return real(job, index, files)
+
+    monkeypatch.setattr(items, "block_items", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(None, out, over)
+    assert (out / "prepared.json").read_text() == before, "the earlier set is untouched"
+    monkeypatch.setattr(items, "block_items", real)
+    read = ImageKind.read_paths
+    monkeypatch.setattr(ImageKind, "read_paths", lambda self, root, paths, *rest: ran.append(len(paths)) or
+                        read(self, root, paths, *rest))
+    prepare(None, out, over)
+    assert len(ran) == 2 and sum(ran) < 60, "the two finished blocks are read back, the other two read"
+    assert not (tmp_path / ".set.partial").exists()
+    whole = prepare(None, tmp_path / "whole", over)
+    assert {p.name: p.read_bytes() for p in out.glob("*.safetensors")} == \
+        {p.name: p.read_bytes() for p in whole.glob("*.safetensors")}
+    assert json.loads((out / "prepared.json").read_text())["items"] == 80
+
+
 def test_fit_prepares_a_users_files_once_and_never_serves_a_changed_input_stale(tmp_path, monkeypatch, caplog):
     import logging
 

@@ -14,7 +14,9 @@ A pipeline that changes items after the steps a block runs (a normalize after de
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from genlab.prepare.read import warn_decoder_notes
-from genlab.prepare.record import StepLog, merged
+from genlab.prepare.record import Item, StepLog, merged
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,14 @@ class Stored:
     nbytes: int
 
 
-def read_items(data, kind, pipeline: list, engine, blocks: int | None = None, spill: Path | None = None
+def read_items(data, kind, pipeline: list, engine, staging: Path, blocks: int | None = None
                ) -> tuple[Any, list[StepLog], dict]:
     """Read every input and run the pipeline's leading item-by-item steps, per block on `engine`; returns the items
-    in source order (their values `Stored` in `spill` where the kind and the pipeline allow), the logs of reading
-    and of those steps (in order), and what the kind noted (`extra`)."""
+    in source order (their values `Stored` in `staging/.blocks` where the kind and the pipeline allow), the logs of
+    reading and of those steps (in order), and what the kind noted (`extra`). Blocks that a run killed before this
+    one finished, with the same input, config and blocks, are read back."""
+    from genlab.prepare.store import fingerprint, fresh_staging
+
     per_item = kind.item_steps()
     lead = []
     for step in pipeline:
@@ -62,15 +67,14 @@ def read_items(data, kind, pipeline: list, engine, blocks: int | None = None, sp
             break
         lead.append(step)
     rest = pipeline[len(lead):]
-    spills = spill is not None and bool(kind.light_steps()) and all(s.step in kind.light_steps() for s in rest)
+    spills = bool(kind.light_steps()) and all(s.step in kind.light_steps() for s in rest)
     dedup = next((s for s in rest if s.step == "deduplicate"), None) if spills else \
         rest[0] if rest and rest[0].step == "deduplicate" else None
-    job = Job(data, kind, tuple(lead), dedup, str(spill) if spills else None)
-    if spills:
-        spill.mkdir(parents=True, exist_ok=True)
+    job = Job(data, kind, tuple(lead), dedup, str(staging / ".blocks") if spills else None)
     if data.source not in _files_sources():
         from genlab.data.registry import source
 
+        fresh_staging(staging, fingerprint(data))
         log, extra = StepLog("validate"), {}
         items = kind.from_loaded(source(data.source)(data), log, extra)
         results = [_steps(job, items, log, extra, 0)]
@@ -78,6 +82,7 @@ def read_items(data, kind, pipeline: list, engine, blocks: int | None = None, sp
         root = Path(data.path).expanduser()
         files = [str(p) for p in kind.input_files(root)]
         parts = _blocks(files, 1 if data.limit is not None else blocks or 2 * engine.cpus)
+        fresh_staging(staging, fingerprint(data) + repr(parts))
         results = engine.map(lambda task: block_items(job, *task), list(enumerate(parts)))
         again, settled = kind.settle([r["extra"] for r in results], data)
         if again:  # a block decided alone what depends on every item (images: grey only if all are)
@@ -102,7 +107,11 @@ def _files_sources() -> dict:
 
 
 def block_items(job: Job, index: int, files: list[str]) -> dict:
-    """One block: its files read, then the leading steps and the hashes that deduplicate compares."""
+    """One block: its files read, then the leading steps and the hashes that deduplicate compares; or what a run
+    killed before left of it."""
+    done = _done(job, index)
+    if done is not None and done.is_file():
+        return _read_back(done)
     data = job.data
     log, extra = StepLog("validate"), {}
     began = time.perf_counter()
@@ -125,12 +134,35 @@ def _steps(job: Job, items: Any, log: StepLog, extra: dict, index: int) -> dict:
         return {"items": items, "logs": logs, "extra": extra}
     items = job.kind.finish(items, job.data)
     values = [item.value for item in items]
-    file = str(Path(job.spill) / f"{index:05d}.npy")
+    done = _done(job, index)
+    file = str(done.with_suffix(".npy"))
     if values:
         np.save(file, np.stack(values))
     stored = [replace(item, value=Stored(file, row, value.shape, value.nbytes)) for row, (item, value) in
               enumerate(zip(items, values, strict=True))]
-    return {"items": stored, "logs": logs, "extra": extra}
+    result = {"items": stored, "logs": logs, "extra": extra}
+    record = {"items": [[i.where, i.label, i.caption, i.hashes, i.value.shape, i.value.nbytes] for i in stored],
+              "logs": [dataclasses.asdict(log) for log in logs], "extra": extra, "file": file}
+    done.with_suffix(".tmp").write_text(json.dumps(record))
+    done.with_suffix(".tmp").rename(done)  # last: a result on disk is a finished block
+    return result
+
+
+def _done(job: Job, index: int) -> Path | None:
+    """Where a spilled block's result is kept: named by its data config too, since `settle` reads blocks again
+    with another one."""
+    if job.spill is None:
+        return None
+    config = hashlib.sha256(job.data.model_dump_json().encode()).hexdigest()[:12]
+    return Path(job.spill) / f"{index:05d}-{config}.json"
+
+
+def _read_back(done: Path) -> dict:
+    record = json.loads(done.read_text())
+    items = [Item(where, Stored(record["file"], row, tuple(shape), nbytes), label, caption,
+                  hashes=tuple(hashes) if hashes is not None else None)
+             for row, (where, label, caption, hashes, shape, nbytes) in enumerate(record["items"])]
+    return {"items": items, "logs": [StepLog(**log) for log in record["logs"]], "extra": record["extra"]}
 
 
 def values_of(items: list) -> list[np.ndarray]:

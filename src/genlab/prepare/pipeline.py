@@ -54,11 +54,11 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
     if (kind_of(FILES.get(data.source) or _modality(data)) or Kind()).streams:
         return _prepare_text(cfg, out)
     kind = _kind(data)
-    staging = _staging(out)
+    staging = out.parent / f".{out.name}.partial"  # kept across a kill: `read_items` reuses its finished blocks
     try:
         return _prepare_items(cfg, kind, staging, out)
-    except BaseException:  # the earlier set stays as it was, and no half-written one is left beside it
-        shutil.rmtree(staging, ignore_errors=True)
+    except Exception:  # the earlier set stays as it was, and no half-written one is left beside it (a kill, which
+        shutil.rmtree(staging, ignore_errors=True)  # runs nothing, leaves the finished blocks for the next run)
         raise
 
 
@@ -69,8 +69,7 @@ def _prepare_items(cfg: RunConfig, kind: Kind, staging: Path, out: Path) -> Path
 
     data = cfg.data
     pipeline = [step for step in pipeline_of(data, kind.name) if step.step not in ("validate", "split")]
-    items, logs, extra = read_items(data, kind, pipeline, engine(data.engine, data.address), data.blocks,
-                                    spill=staging / ".blocks")
+    items, logs, extra = read_items(data, kind, pipeline, engine(data.engine, data.address), staging, data.blocks)
     read_count, runs = logs[0].kept + logs[0].removed, kind.steps()
     for step in pipeline[len(logs) - 1:]:
         log = StepLog(step.step, megabytes=kind.megabytes(items))
@@ -160,14 +159,6 @@ def _write(cfg: RunConfig, staging: Path, out: Path, kind: Kind, items, labels: 
     preview = kind.preview(items, extra)
     shutil.rmtree(staging / ".blocks", ignore_errors=True)
     return _finish(staging, out, summary, preview, logs)
-
-
-def _staging(out: Path) -> Path:
-    """A fresh folder beside `out`: the set is written there and moved into place only once complete."""
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return staging
 
 
 def _summary(cfg: RunConfig, modality: str, items: int, counts: dict, names: list, extra: dict,

@@ -61,10 +61,10 @@ def prepare_text(data, staging: Path, engine, blocks: int | None = None) -> dict
     at = next((i for i, s in enumerate(pipeline) if s.step == "deduplicate"), len(pipeline))
     job = Job(data, tuple(pipeline[:at]), tuple(pipeline[at + 1:]), pipeline[at] if at < len(pipeline) else None,
               staging)
-    from genlab.prepare.store import fingerprint  # here, not at the top: a Ray task imports this module
+    from genlab.prepare.store import fingerprint, fresh_staging  # here, not at the top: a Ray task imports this
 
     parts = plan(data, blocks or 2 * engine.cpus)
-    _fresh(staging, fingerprint(data) + repr(parts))
+    fresh_staging(staging, fingerprint(data) + repr(parts))
     clean = next((s for s in job.before if s.step == "clean"), None)
     if clean is not None and clean.boilerplate:
         job = replace(job, repeated=frozenset(_boilerplate(job, parts, engine, clean.boilerplate)))
@@ -83,19 +83,6 @@ def prepare_text(data, staging: Path, engine, blocks: int | None = None) -> dict
             "shards": {s: [{k: v for k, v in r.items() if k != "split"} for r in shards if r["split"] == s]
                        for s in SPLITS},
             "dedup": near.scheme(job.dedup) if job.dedup is not None else None}
-
-
-def _fresh(staging: Path, key: str) -> None:
-    """Keep the staging folder's finished blocks if a run killed before this one had the same input, config and
-    blocks; otherwise start it afresh."""
-    key = hashlib.sha256(key.encode()).hexdigest()
-    stamp = staging / ".blocks" / "job"
-    if not (stamp.is_file() and stamp.read_text() == key):
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / ".blocks").mkdir(parents=True)
-        stamp.write_text(key)
-    for stale in [*staging.glob("*.jsonl"), *staging.glob("*.json"), *staging.glob("*.html")]:
-        stale.unlink()  # shards and reports are rewritten from the blocks
 
 
 def _boilerplate(job: Job, parts: list[Block], engine, repeats: int) -> set[str]:
