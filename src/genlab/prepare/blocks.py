@@ -8,6 +8,8 @@ read of everything, however many blocks there are: that order is every document'
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -31,6 +33,19 @@ class Part:
 class Block:
     index: int
     parts: tuple[Part, ...]
+
+
+def fresh_staging(staging: Path, key: str) -> None:
+    """Keep the staging folder's finished blocks (`.blocks/`) if a run killed before this one had the same input,
+    config and blocks (`key`); otherwise start it afresh. What is written from the blocks goes either way."""
+    key = hashlib.sha256(key.encode()).hexdigest()
+    stamp = staging / ".blocks" / "job"
+    if not (stamp.is_file() and stamp.read_text() == key):
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / ".blocks").mkdir(parents=True)
+        stamp.write_text(key)
+    for stale in (p for p in staging.iterdir() if p.is_file()):
+        stale.unlink()  # shards and reports are rewritten from the blocks
 
 
 def plan(data, blocks: int) -> list[Block]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from genlab.prepare.blocks import fresh_staging
 from genlab.prepare.read import warn_decoder_notes
 from genlab.prepare.record import Item, StepLog, merged
 
@@ -52,13 +53,12 @@ class Stored:
     nbytes: int
 
 
-def read_items(data, kind, pipeline: list, engine, staging: Path, blocks: int | None = None
+def read_items(data, kind, pipeline: list, engine, staging: Path, key: str, blocks: int | None = None
                ) -> tuple[Any, list[StepLog], dict]:
     """Read every input and run the pipeline's leading item-by-item steps, per block on `engine`; returns the items
     in source order (their values `Stored` in `staging/.blocks` where the kind and the pipeline allow), the logs of
     reading and of those steps (in order), and what the kind noted (`extra`). Blocks that a run killed before this
-    one finished, with the same input, config and blocks, are read back."""
-    from genlab.prepare.store import fingerprint, fresh_staging
+    one finished, with the same input and config (`key`, the data's fingerprint) and blocks, are read back."""
 
     per_item = kind.item_steps()
     lead = []
@@ -74,7 +74,7 @@ def read_items(data, kind, pipeline: list, engine, staging: Path, blocks: int | 
     if data.source not in _files_sources():
         from genlab.data.registry import source
 
-        fresh_staging(staging, fingerprint(data))
+        fresh_staging(staging, key)
         log, extra = StepLog("validate"), {}
         items = kind.from_loaded(source(data.source)(data), log, extra)
         results = [_steps(job, items, log, extra, 0)]
@@ -82,7 +82,7 @@ def read_items(data, kind, pipeline: list, engine, staging: Path, blocks: int | 
         root = Path(data.path).expanduser()
         files = [str(p) for p in kind.input_files(root)]
         parts = _blocks(files, 1 if data.limit is not None else blocks or 2 * engine.cpus)
-        fresh_staging(staging, fingerprint(data) + repr(parts))
+        fresh_staging(staging, key + repr(parts))
         results = engine.map(lambda task: block_items(job, *task), list(enumerate(parts)))
         again, settled = kind.settle([r["extra"] for r in results], data)
         if again:  # a block decided alone what depends on every item (images: grey only if all are)

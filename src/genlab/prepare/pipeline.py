@@ -30,6 +30,7 @@ from genlab.prepare.store import (
     MANIFEST,
     REMOVED,
     cache_folder,
+    fingerprint,
     load_prepared,
     reasons,
     summary,
@@ -54,11 +55,13 @@ def prepare(config: str | Path | dict | RunConfig | None, out: str | Path | None
     if (kind_of(FILES.get(data.source) or _modality(data)) or Kind()).streams:
         return _prepare_text(cfg, out)
     kind = _kind(data)
-    staging = out.parent / f".{out.name}.partial"  # kept across a kill: `read_items` reuses its finished blocks
+    staging = out.parent / f".{out.name}.partial"
+    # A mistake leaves the earlier set as it was and nothing half-written beside it. A kill runs nothing here: it
+    # leaves the finished blocks in `staging`, which the next run reads back (`read_items`).
     try:
         return _prepare_items(cfg, kind, staging, out)
-    except Exception:  # the earlier set stays as it was, and no half-written one is left beside it (a kill, which
-        shutil.rmtree(staging, ignore_errors=True)  # runs nothing, leaves the finished blocks for the next run)
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
@@ -69,7 +72,8 @@ def _prepare_items(cfg: RunConfig, kind: Kind, staging: Path, out: Path) -> Path
 
     data = cfg.data
     pipeline = [step for step in pipeline_of(data, kind.name) if step.step not in ("validate", "split")]
-    items, logs, extra = read_items(data, kind, pipeline, engine(data.engine, data.address), staging, data.blocks)
+    items, logs, extra = read_items(data, kind, pipeline, engine(data.engine, data.address), staging,
+                                    fingerprint(data), data.blocks)
     read_count, runs = logs[0].kept + logs[0].removed, kind.steps()
     for step in pipeline[len(logs) - 1:]:
         log = StepLog(step.step, megabytes=kind.megabytes(items))

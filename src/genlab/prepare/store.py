@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -44,19 +43,6 @@ def fingerprint(data) -> str:
             stat = f.stat()
             parts.append(f"{f.relative_to(root) if root.is_dir() else f.name}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
-
-
-def fresh_staging(staging: Path, key: str) -> None:
-    """Keep the staging folder's finished blocks (`.blocks/`) if a run killed before this one had the same input,
-    config and blocks (`key`); otherwise start it afresh. What is written from the blocks goes either way."""
-    key = hashlib.sha256(key.encode()).hexdigest()
-    stamp = staging / ".blocks" / "job"
-    if not (stamp.is_file() and stamp.read_text() == key):
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / ".blocks").mkdir(parents=True)
-        stamp.write_text(key)
-    for stale in (p for p in staging.iterdir() if p.is_file()):
-        stale.unlink()  # shards and reports are rewritten from the blocks
 
 
 def cache_root() -> Path:

@@ -29,7 +29,7 @@ import numpy as np
 import genlab.prepare.near as near
 import genlab.prepare.stream as stream
 from genlab.config.prepare import Deduplicate, pipeline_of
-from genlab.prepare.blocks import Block, plan, read_block
+from genlab.prepare.blocks import Block, fresh_staging, plan, read_block
 from genlab.prepare.dedup_text import record, representatives, verify_pairs
 from genlab.prepare.record import SPLITS, Item, StepLog, merged
 
@@ -61,7 +61,7 @@ def prepare_text(data, staging: Path, engine, blocks: int | None = None) -> dict
     at = next((i for i, s in enumerate(pipeline) if s.step == "deduplicate"), len(pipeline))
     job = Job(data, tuple(pipeline[:at]), tuple(pipeline[at + 1:]), pipeline[at] if at < len(pipeline) else None,
               staging)
-    from genlab.prepare.store import fingerprint, fresh_staging  # here, not at the top: a Ray task imports this
+    from genlab.prepare.store import fingerprint  # here, not at the top: a Ray task imports this module
 
     parts = plan(data, blocks or 2 * engine.cpus)
     fresh_staging(staging, fingerprint(data) + repr(parts))
