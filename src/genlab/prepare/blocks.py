@@ -101,6 +101,23 @@ def _newlines(f, start: int, end: int, chunk: int = 16 << 20) -> int:
     return count
 
 
+def file_blocks(files: list[str], blocks: int) -> list[list[str]]:
+    """The sorted files cut into at most `blocks` runs of about the same number of bytes."""
+    if not files:
+        return [[]]
+    sizes = [Path(f).stat().st_size for f in files]
+    target = max(1, sum(sizes) // blocks + 1)
+    out: list[list[str]] = [[]]
+    filled = 0
+    for path, size in zip(files, sizes, strict=True):
+        if filled >= target:
+            out.append([])
+            filled = 0
+        out[-1].append(path)
+        filled += size
+    return out
+
+
 def read_block(block: Block, data, log: StepLog) -> Iterator[Item]:
     """The block's documents in order; what cannot be read is named in `log`."""
     if data.source != "text":

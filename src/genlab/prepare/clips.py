@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 
 from genlab.data.clips import audio_files, read_clip
@@ -79,9 +78,9 @@ class ClipKind(Kind):
 
     def write(self, out: Path, split: str, items: list[Item], rows: np.ndarray, labels: list, names: list[str]
               ) -> list[dict]:
-        def shard(path: Path, chosen: list[Item], values: list[np.ndarray]) -> None:
+        def shard(chosen: list[Item], values: list[np.ndarray]) -> tuple[dict, dict]:
             tensors = {"x": np.ascontiguousarray(_pcm(np.stack(values))[:, None]), **_codes(chosen, names)}
-            save_numpy(tensors, str(path), metadata={"where": json.dumps([i.where for i in chosen])})
+            return tensors, {"where": json.dumps([i.where for i in chosen])}
 
         return write_shards(out, split, [items[i] for i in rows], shard)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from genlab.prepare.blocks import fresh_staging
+from genlab.prepare.blocks import file_blocks, fresh_staging
 from genlab.prepare.read import warn_decoder_notes
 from genlab.prepare.record import Item, StepLog, merged
 
@@ -81,7 +81,7 @@ def read_items(data, kind, pipeline: list, engine, staging: Path, key: str, bloc
     else:
         root = Path(data.path).expanduser()
         files = [str(p) for p in kind.input_files(root)]
-        parts = _blocks(files, 1 if data.limit is not None else blocks or 2 * engine.cpus)
+        parts = file_blocks(files, 1 if data.limit is not None else blocks or 2 * engine.cpus)
         fresh_staging(staging, key + repr(parts))
         results = engine.map(lambda task: block_items(job, *task), list(enumerate(parts)))
         again, settled = kind.settle([r["extra"] for r in results], data)
@@ -179,34 +179,20 @@ def values_of(items: list) -> list[np.ndarray]:
     return out
 
 
-def write_shards(out: Path, split: str, items: list, write) -> list[dict]:
-    """A split's items in id order, as shards of about SHARD_BYTES: `write(path, items, values)` writes one file;
-    returns each shard's file, items, bytes and sha256, as the manifest lists them."""
+def write_shards(out: Path, split: str, items: list, tensors) -> list[dict]:
+    """A split's items in id order, as safetensors shards of about SHARD_BYTES: `tensors(items, values)` gives one
+    shard's arrays and metadata; returns each shard's file, items, bytes and sha256, as the manifest lists them."""
+    from safetensors.numpy import save
+
     shards, first = [], 0
     while first < len(items):
         end, size = first, 0
         while end < len(items) and (end == first or size + items[end].value.nbytes <= SHARD_BYTES):
             size, end = size + items[end].value.nbytes, end + 1
+        blob = save(*tensors(items[first:end], values_of(items[first:end])))  # hashed as written, not read back
         path = out / f"{split}-{len(shards):05d}.safetensors"
-        write(path, items[first:end], values_of(items[first:end]))
-        shards.append({"file": path.name, "items": end - first, "bytes": path.stat().st_size,
-                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+        path.write_bytes(blob)
+        shards.append({"file": path.name, "items": end - first, "bytes": len(blob),
+                       "sha256": hashlib.sha256(blob).hexdigest()})
         first = end
     return shards
-
-
-def _blocks(files: list[str], blocks: int) -> list[list[str]]:
-    """The sorted files cut into at most `blocks` runs of about the same number of bytes."""
-    if not files:
-        return [[]]
-    sizes = [Path(f).stat().st_size for f in files]
-    target = max(1, sum(sizes) // blocks + 1)
-    out: list[list[str]] = [[]]
-    filled = 0
-    for path, size in zip(files, sizes, strict=True):
-        if filled >= target:
-            out.append([])
-            filled = 0
-        out[-1].append(path)
-        filled += size
-    return out

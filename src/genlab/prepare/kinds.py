@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from safetensors.numpy import save_file
 
 from genlab.config.prepare import Normalize
 from genlab.media.suffixes import TABLE_SUFFIXES
@@ -57,7 +56,7 @@ class Kind:
 
     def light_steps(self) -> set[str]:
         """Steps that read only what comes back of an item (place, label, hashes): after them, the values can stay
-        spilled where they were read. None: the kind's items come back whole."""
+        spilled where they were read. None of them (the default): the kind's items come back whole."""
         return set()
 
     def input_files(self, root: Path) -> list[Path]:
@@ -205,12 +204,12 @@ class ImageKind(Kind):
 
     def write(self, out: Path, split: str, items: list[Item], rows: np.ndarray, labels: list, names: list[str]
               ) -> list[dict]:
-        def shard(path: Path, chosen: list[Item], values: list[np.ndarray]) -> None:
+        def shard(chosen: list[Item], values: list[np.ndarray]) -> tuple[dict, dict]:
             x = np.ascontiguousarray(np.stack(values).transpose(0, 3, 1, 2))
             metadata = {"where": json.dumps([i.where for i in chosen])}
             if chosen[0].caption is not None:
                 metadata["captions"] = json.dumps([i.caption for i in chosen])
-            save_file({"x": x, **_codes(chosen, names)}, str(path), metadata=metadata)
+            return {"x": x, **_codes(chosen, names)}, metadata
 
         return write_shards(out, split, [items[i] for i in rows], shard)
 
