@@ -1,6 +1,8 @@
 """genlab prepare on a generated text corpus (default 1 GB): the local engine against Ray Data on this machine's
-CPUs, interleaved, medians of `--rounds`, each run in a fresh process (Ray's start included); then one against two
-simulated nodes (`ray.cluster_utils.Cluster`, one CPU each). Every run must write the same bytes. Figures only.
+CPUs, interleaved, medians of `--rounds`, each run in a fresh process: Ray started by the command itself (as on a
+laptop), and Ray joined where it already runs (`ray start` once, then `data.address: auto`, as on a cluster); then
+one against two simulated nodes (`ray.cluster_utils.Cluster`, one CPU each). Every run must write the same bytes.
+Figures only.
 
 The corpus: JSONL files of ~2 kB documents of random words, a tenth of them near copies (5% of words replaced) of
 a document in another file, and chains A ~ B ~ C.
@@ -97,18 +99,28 @@ def main() -> None:
     count = generate(work / "corpus", args.gigabytes, args.files)
     print(f"corpus: {count:,} documents, {args.gigabytes:.1f} GB in {args.files} files "
           f"(generated in {time.perf_counter() - began:.0f} s)")
-    sides = {"local": ("local", "none"), "ray": ("ray", "none")}
+    sides = {"local": ("local", "none"), "ray": ("ray", "none"), "ray-running": ("ray", "auto")}
     results: dict[str, list[dict]] = {name: [] for name in sides}
-    for _ in range(args.rounds):
-        for name, (engine, address) in sides.items():
-            results[name].append(run(engine, address, work / "corpus", work / name))
-            print(f"  {name}: {results[name][-1]['seconds']:.1f} s", flush=True)
+    ray = Path(sys.executable).parent / "ray"
+    if subprocess.run([str(ray), "status"], capture_output=True).returncode == 0:
+        raise SystemExit("a Ray cluster already runs on this machine: `ray stop` it first (this bench starts its own)")
+    subprocess.run([str(ray), "start", "--head", "--disable-usage-stats", "--include-dashboard=false"], check=True,
+                   capture_output=True)  # every CPU, as the engine's own start takes
+    try:
+        for _ in range(args.rounds):
+            for name, (engine, address) in sides.items():
+                results[name].append(run(engine, address, work / "corpus", work / name))
+                print(f"  {name}: {results[name][-1]['seconds']:.1f} s", flush=True)
+    finally:
+        subprocess.run([str(ray), "stop"], capture_output=True)
     medians = {name: statistics.median(r["seconds"] for r in rows) for name, rows in results.items()}
     print(f"medians of {args.rounds}, clean + deduplicate, whole command:")
     for name, rows in results.items():
-        print(f"  {name:<6} {medians[name]:7.1f} s  {args.gigabytes * 1000 / medians[name]:6.1f} MB/s  "
+        print(f"  {name:<11} {medians[name]:7.1f} s  {args.gigabytes * 1000 / medians[name]:6.1f} MB/s  "
               f"driver RSS {statistics.median(r['rss_mb'] for r in rows):6.0f} MB  {rows[0]['removed']}")
-    print(f"  ray / local: {medians['local'] / medians['ray']:.2f}x")
+    for name in ("ray", "ray-running"):
+        rounds = ", ".join(f"{a['seconds'] / b['seconds']:.2f}" for a, b in zip(results["local"], results[name]))
+        print(f"  {name} / local: {medians['local'] / medians[name]:.2f}x (rounds {rounds})")
     nodes = {n: run("ray", n, work / "corpus", work / n) for n in ("one-node", "two-nodes")}
     for name, r in nodes.items():
         print(f"  simulated {name} (1 CPU each): {r['seconds']:.1f} s")

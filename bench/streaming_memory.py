@@ -1,13 +1,13 @@
-"""What `genlab fit` costs in memory when it streams a text set: peak RSS of a char LM trained for 50 steps from
-prepared sets of growing size (default 1, 4 and 10 GB of text: 1x, 4x and 10x), each run in a fresh process
-inside a memory cgroup (when this machine lets one be made) of 1 GB: the largest set is ten times what the run may
-hold. Figures only.
+"""What `genlab fit` costs in memory when it streams a set: peak RSS of a char LM (text) or a small DDPM (32x32
+images) trained for 50 steps from prepared sets of growing size (default 1, 4 and 10 GB: 1x, 4x and 10x), each run
+in a fresh process inside a memory cgroup (when this machine lets one be made) of 1 GB: the largest set is ten
+times what the run may hold. Figures only.
 
-The sets are written in the prepared format directly (JSONL shards and their manifest, as `genlab prepare` leaves
-them), since preparing gigabytes is not what is measured here. Each set and its token chunks are removed after
-its run.
+The sets are written in the prepared format directly (JSONL or safetensors shards and their manifest, as `genlab
+prepare` leaves them), since preparing gigabytes is not what is measured here. Each set and its chunks are removed
+after its run.
 
-Usage: python bench/streaming_memory.py [--gigabytes 1 4 10] [--limit-mb 1024]
+Usage: python bench/streaming_memory.py [--modality text|image] [--gigabytes 1 4 10] [--limit-mb 1024]
 """
 
 from __future__ import annotations
@@ -32,17 +32,51 @@ from genlab.api import fit
 def peak():  # VmHWM: the high-water mark of this process's resident memory
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
 
-prepared, out = sys.argv[1:3]
+prepared, out, modality = sys.argv[1:4]
 before = peak()  # what importing genlab, torch, Lightning and transformers holds before any data is read
 began = time.perf_counter()
-run = fit("configs/shakespeare-char.yaml", out=out, overrides=[f"data.prepared={prepared}", "data.streaming=true",
-          "model.context=128", "model.width=64", "model.layers=2", "model.heads=2", "train.max_steps=50",
-          "train.max_time=null", "train.val_every=50", "train.val_batches=4", "train.checkpoint_every=25",
-          "train.precision=32-true", "train.grid_size=0", "train.progress=none"])
+common = [f"data.prepared={prepared}", "data.streaming=true", "train.max_steps=50", "train.max_time=null",
+          "train.val_every=50", "train.val_batches=4", "train.checkpoint_every=25", "train.precision=32-true",
+          "train.grid_size=0", "train.progress=none"]
+if modality == "text":
+    run = fit("configs/shakespeare-char.yaml", out=out, overrides=[*common, "model.context=128", "model.width=64",
+              "model.layers=2", "model.heads=2"])
+else:
+    run = fit("configs/digits-diffusion.yaml", out=out, overrides=[*common, "model.block_out_channels=[16,32]",
+              "train.batch_size=32"])
 print(json.dumps({"seconds": time.perf_counter() - began, "train_seconds": run.summary["seconds"],
                   "windows": run.summary["data"]["train"], "peak_mb": peak(), "before_mb": before,
                   "loss": run.summary["train_loss"]}))
 """
+
+
+def write_images(folder: Path, gigabytes: float) -> int:
+    """A prepared set of about `gigabytes` of 32x32 RGB images in two classes (a square of a class's colour on
+    noise), 98% train; returns the floats the training split would take in memory, in bytes."""
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(0)
+    per_shard = SHARD // (3 * 32 * 32)
+    pool = rng.integers(0, 256, (per_shard, 3, 32, 32), dtype=np.uint8)
+    labels = np.arange(per_shard) % 2
+    pool[labels == 1, :, 8:24, 8:24] = 220
+    folder.mkdir(parents=True)
+    shards, counts = {}, {}
+    for split, share in (("train", 0.98), ("val", 0.01), ("test", 0.01)):
+        shards[split], counts[split] = [], 0
+        for i in range(max(1, round(gigabytes * 1e9 * share / SHARD))):
+            n = per_shard if split == "train" else min(per_shard, max(64, round(gigabytes * 1e9 * share / 3072)))
+            blob = save({"x": np.roll(pool[:n], i, axis=0), "y": np.roll(labels[:n], i).astype(np.int64)},
+                        {"where": "[]"})
+            name = f"{split}-{i:05d}.safetensors"
+            (folder / name).write_bytes(blob)
+            shards[split].append({"file": name, "items": n, "bytes": len(blob),
+                                  "sha256": hashlib.sha256(blob).hexdigest()})
+            counts[split] += n
+    manifest = {"modality": "image", "read": sum(counts.values()), "items": sum(counts.values()), "splits": counts,
+                "steps": [], "class_names": ["noise", "square"], "shards": shards, "data": {}}
+    (folder / "prepared.json").write_text(json.dumps(manifest))
+    return counts["train"] * 3 * 32 * 32 * 4
 
 
 def write_set(folder: Path, gigabytes: float) -> int:
@@ -94,23 +128,28 @@ def memory_cgroup(limit_mb: int) -> Path | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--modality", choices=["text", "image"], default="text")
     parser.add_argument("--gigabytes", type=float, nargs="+", default=[1, 4, 10])
     parser.add_argument("--limit-mb", type=int, default=1024)
     args = parser.parse_args()
     here = Path(__file__).resolve().parents[1]
     group = memory_cgroup(args.limit_mb)
     print(f"memory limit: {f'{args.limit_mb} MB (cgroup {group})' if group else 'none could be set here'}")
-    print(f"{'GB of text':>10} {'x first':>8} {'windows':>12} {'fit s':>7} {'train s':>8} {'imported MB':>12} "
-          f"{'peak RSS MB':>12} {'cgroup peak MB':>15} {'in memory would need GB':>24}")
+    print(f"{'GB of ' + args.modality:>11} {'x first':>8} {'items':>12} {'fit s':>7} {'train s':>8} "
+          f"{'imported MB':>12} {'peak RSS MB':>12} {'cgroup peak MB':>15} {'in memory would need GB':>24}")
     first = None
     for gigabytes in args.gigabytes:
         work = Path(tempfile.mkdtemp(prefix="genlab-stream-"))
-        chars = write_set(work / "set", gigabytes)
+        if args.modality == "text":  # 10.5 bytes a character: holding text for training (bench/text_loading.py)
+            in_memory = write_set(work / "set", gigabytes) * 10.5
+        else:
+            in_memory = write_images(work / "set", gigabytes)
         env = {**os.environ, "PYTHONPATH": str(here / "src"), "GENLAB_CACHE": str(work / "cache")}
         into = (lambda: (group / "cgroup.procs").write_text(str(os.getpid()))) if group else None
         if group:
             (group / "memory.max_usage_in_bytes").write_text("0")
-        done = subprocess.run([sys.executable, "-c", RUN, str(work / "set"), str(work / "run")], env=env, cwd=here,
+        done = subprocess.run([sys.executable, "-c", RUN, str(work / "set"), str(work / "run"), args.modality], env=env,
+                              cwd=here,
                               capture_output=True, text=True, preexec_fn=into)
         if done.returncode:
             killed = f" (killed by signal {-done.returncode}: over the memory limit?)" if done.returncode < 0 else ""
@@ -118,10 +157,9 @@ def main() -> None:
         r = json.loads(done.stdout.strip().splitlines()[-1])
         cgroup_peak = int((group / "memory.max_usage_in_bytes").read_text()) / 2**20 if group else float("nan")
         first = first or gigabytes
-        # 10.5 bytes a character: what holding a text set in memory for training costs (bench/text_loading.py)
-        print(f"{gigabytes:10g} {gigabytes / first:8.0f} {r['windows']:12,} {r['seconds']:7.1f} "
+        print(f"{gigabytes:11g} {gigabytes / first:8.0f} {r['windows']:12,} {r['seconds']:7.1f} "
               f"{r['train_seconds']:8.1f} {r['before_mb']:12.0f} {r['peak_mb']:12.0f} {cgroup_peak:15.0f} "
-              f"{chars * 10.5 / 1e9:24.1f}", flush=True)
+              f"{in_memory / 1e9:24.1f}", flush=True)
         shutil.rmtree(work)
     if group:
         group.rmdir()

@@ -133,9 +133,11 @@ def _judges(cfg: RunConfig, model, dataset, paths: RunPaths) -> list[L.Callback]
     """Callbacks that score the validated weights for the family: a GAN's mode-collapse watch."""
     if not model.collapse_samples or len(dataset.val) < 2:
         return []
+    from genlab.data.streamed_items import in_memory
     from genlab.evaluation.collapse import CollapseWatch
 
-    return [CollapseWatch(dataset.train, dataset.val, dataset.spec.num_classes, model.collapse_samples,
+    # a streamed set's training items as evaluate reads them: the same feature net scores both
+    return [CollapseWatch(in_memory(dataset.train), dataset.val, dataset.spec.num_classes, model.collapse_samples,
                           cfg.eval.feature_steps, paths.eval_cache)]
 
 

@@ -46,7 +46,7 @@ def latent_grid(run: Run | str | Path, mode: str, n: int = 8, *, seed: int = 0, 
         raise GenlabError(f"mode: {mode!r} is not one of: {', '.join(MODES)}")
     check_has(run.config.model.family, "latent", run.path)
     model = run.model
-    dataset = load_dataset(run.config.data)
+    dataset = load_dataset(run.config.data, in_memory=True)
     held_out = dataset.test if len(dataset.test) else dataset.val
     pick = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed))
     images = held_out.x[pick[: 2 * n]] / 2 + 0.5

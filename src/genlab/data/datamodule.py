@@ -1,18 +1,20 @@
-"""The Lightning DataModule over in-memory tensors (`data_module` picks it, or the streaming one).
+"""The Lightning DataModules: over in-memory tensors, or streamed from litdata chunks (`data_module` picks one).
 
-Training batches are a pure function of (seed, batch index): a checkpoint stores the index, and
+In memory, training batches are a pure function of (seed, batch index): a checkpoint stores the index, and
 a resumed run draws exactly the batches the uninterrupted run would have drawn. No DataLoader:
 indexing a tensor is faster than collating one example at a time when the data fits in memory.
+Streamed (`streaming.py`, `streamed_items.py`), litdata's loader keeps what it drew in the checkpoint instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import lightning as L
 import torch
 
-from genlab.data.sources import Dataset, Split
+from genlab.data.records import Dataset, Split
 
 
 class SeededBatches:
@@ -91,9 +93,73 @@ class TensorDataModule(L.LightningDataModule):
 
 
 def data_module(dataset: Dataset, batch_size: int, seed: int) -> L.LightningDataModule:
-    """What fit trains from: batches of tensors in memory, or windows streamed from chunks on disk."""
-    from genlab.data.streaming import StreamingData, TokenWindows
+    """What fit trains from: batches of tensors in memory, or token windows, images or clips streamed from chunks."""
+    from genlab.data.streamed_items import ItemChunks, ItemShards, chunked
+    from genlab.data.streaming import TokenWindows
 
-    if isinstance(dataset.train.x, TokenWindows):
+    if isinstance(dataset.train.x, ItemShards):  # copied into chunks now, once the model is known to build
+        dataset = replace(dataset, train=Split(chunked(dataset.train.x)))
+    if isinstance(dataset.train.x, (TokenWindows, ItemChunks)):
         return StreamingData(dataset, batch_size, seed)
     return TensorDataModule(dataset, batch_size, seed)
+
+
+class StreamingData(L.LightningDataModule):
+    """Training batches streamed from chunks (token windows, or images and clips), shuffled by `seed`, whole
+    batches only (every rank the same number); validation in order: windows by index, or held-out items in memory."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self._train = None
+
+    def train_dataloader(self):
+        if self._train is None:  # one loader for the whole fit: Lightning restores its state into it on resume
+            chunks = self.dataset.train.x
+            self._train = _epochs_loader()(chunks.dataset(True, self.seed), batch_size=self.batch_size,
+                                           collate_fn=chunks.collate, num_workers=0)
+        return self._train
+
+    def val_dataloader(self):
+        val = self.dataset.val
+        if not len(val):
+            return []
+        if isinstance(val.x, torch.Tensor):
+            return InOrderBatches(val, self.batch_size)
+        # read by index, so that under DDP Lightning's sampler deals the windows out evenly; litdata deals whole
+        # batches, which leaves a rank of a small validation split none
+        return torch.utils.data.DataLoader(_ByIndex(val.x), batch_size=self.batch_size, collate_fn=val.x.collate)
+
+
+class _ByIndex(torch.utils.data.Dataset):
+    """Every window of a split by its index, whatever this process's rank."""
+
+    def __init__(self, windows) -> None:
+        self.windows, self.read = windows, windows.dataset(shuffle=False)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.read[index]
+
+
+def _epochs_loader():
+    """litdata's loader, whose restored epoch ends where Lightning ends it.
+
+    After `load_state_dict` the loader goes on with the saved epoch until its iterator is drawn to the end; Lightning
+    stops drawing at the loader's length instead, so without this the next epoch would resume the old one again
+    (one batch repeated, then a short epoch) and a resumed run would leave the batches of the uninterrupted one.
+    """
+    from litdata import StreamingDataLoader
+
+    class Loader(StreamingDataLoader):
+        def __iter__(self):
+            batches = super().__iter__()
+            first = next(batches, None)  # its set-up reads `restore`: a resumed epoch goes on where it was saved
+            self.restore = False  # and only this epoch: the next starts afresh, drawn to its end or not
+            if first is not None:
+                yield first
+                yield from batches
+
+    return Loader

@@ -26,10 +26,15 @@ __all__ = ["Dataset", "DataSpec", "Loaded", "Split", "load_dataset", "prepares"]
 log = logging.getLogger("genlab")
 
 
-def load_dataset(cfg) -> Dataset:
+def load_dataset(cfg, in_memory: bool = False) -> Dataset:
     """Load `cfg.source` (or the set `genlab prepare` wrote, `cfg.prepared`) and split it by `cfg.split_seed`;
-    with `cfg.balance_by`, the training split draws each group equally often."""
+    with `cfg.balance_by`, the training split draws each group equally often. `in_memory`: an image or audio set
+    that fit streams comes as a bounded spread of its training and test items instead (what evaluation compares)."""
     dataset = _load_split(cfg)
+    if in_memory:
+        from genlab.data.streamed_items import in_memory as held
+
+        dataset = replace(dataset, train=held(dataset.train), test=held(dataset.test))
     return balanced(dataset, cfg.balance_by) if getattr(cfg, "balance_by", None) else dataset
 
 

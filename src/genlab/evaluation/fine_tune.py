@@ -31,7 +31,7 @@ def fine_tune_figures(model, base, fake: torch.Tensor, base_fake: torch.Tensor, 
         out["subject"] = subject_figures(judge(), fake, base_fake, held_out.x / 2 + 0.5)
     base_data = base_run_data(model.started_from())
     if base_data is not None:
-        ordinary = load_dataset(base_data)
+        ordinary = load_dataset(base_data, in_memory=True)
         split = ordinary.held_out
         if ordinary.factor_names == scenes.FACTORS and split.captions:
             rows, asked = split.cycled(ev.num_samples)

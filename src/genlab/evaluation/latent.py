@@ -30,7 +30,7 @@ LABELS = {
 def evaluate_latent(run, ev, options: dict) -> Scored:
     """The likelihood and latent space of an autoencoding model on held-out images (its samples are scored as
     images are, by the images capability)."""
-    dataset = load_dataset(run.config.data)
+    dataset = load_dataset(run.config.data, in_memory=True)
     held_out = dataset.held_out
     parts = (held_out.x, held_out.y, held_out.factors)
     subset = Split(*(None if v is None else v[: ev.latent_images] for v in parts))

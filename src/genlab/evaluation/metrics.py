@@ -28,7 +28,7 @@ from genlab.run import Run
 
 def evaluate_images(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored:
     """Generate `ev.num_samples` images with the model's `options` and score them against the test split."""
-    dataset = load_dataset(run.config.data)
+    dataset = load_dataset(run.config.data, in_memory=True)
     held_out = dataset.held_out
     if len(held_out) < 2:
         raise GenlabError("evaluate: needs held-out images; set data.test_fraction > 0 when training")

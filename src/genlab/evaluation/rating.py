@@ -206,7 +206,7 @@ def _prompts(run: Any, n: int) -> list[str]:
     if n % PER_PROMPT:
         raise GenlabError(f"rate: --n {n}; runs drawn from prompts draw {PER_PROMPT} items per prompt, so --n must "
                           f"be a multiple of {PER_PROMPT}")
-    dataset = load_dataset(run.config.data)
+    dataset = load_dataset(run.config.data, in_memory=True)
     captions = dataset.held_out.captions or run.model.preview_captions or [""]
     return [captions[j % len(captions)] for j in range(n // PER_PROMPT)]
 

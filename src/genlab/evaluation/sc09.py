@@ -63,7 +63,7 @@ def vocoded(model: Any, waves: torch.Tensor, iterations: int, batch: int = 250) 
 def evaluate_audio(run: Run, ev: EvalConfig, options: dict[str, Any]) -> Scored:
     """Generate `ev.num_samples` clips (every class equally when the model is conditional), score them against
     the test split."""
-    dataset = load_dataset(run.config.data)
+    dataset = load_dataset(run.config.data, in_memory=True)
     held_out = dataset.held_out
     if len(held_out) < 2:
         raise GenlabError("evaluate: needs held-out clips; set data.test_fraction > 0 when training")

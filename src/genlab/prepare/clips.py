@@ -12,14 +12,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from genlab.data.clips import audio_files, read_clip
 from genlab.data.records import Loaded
 from genlab.media.audio import MelSpectrogram, audio_tag
 from genlab.prepare.dedup import deduplicate_hashed, digest, phash
 from genlab.prepare.items import values_of, write_shards
-from genlab.prepare.kinds import SPLITS, Kind, Step, _check_labels, _codes, shard_files
+from genlab.prepare.kinds import SPLITS, Kind, Step, _check_labels, _codes, read_shard, shard_files
 from genlab.prepare.record import Item, StepLog
 
 FULL_SCALE = 32767  # 16-bit PCM
@@ -90,12 +89,17 @@ class ClipKind(Kind):
         return f"<div class=clips>{players}</div>", extra.get("peaks", []), "peak level (dBFS), as read"
 
     def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
-        loaded = [load_file(str(f)) for s in SPLITS for f in shard_files(path, manifest, s, ".safetensors")]
-        x = torch.cat([d["x"] for d in loaded if d["x"].ndim == 3]).float() / FULL_SCALE
-        y = torch.cat([d["y"] for d in loaded]) if all("y" in d for d in loaded) else None
+        read = [read_shard(f) for s in SPLITS for f in shard_files(path, manifest, s, ".safetensors")]
+        read = [r for r in read if len(r[0])]  # an empty split of a set from before shards has no shape
+        y = torch.cat([r[1] for r in read]) if all(r[1] is not None for r in read) else None
         counts = manifest["splits"]
-        return Loaded(x, y, manifest.get("class_names", []), notes, self.name, (counts["train"], counts["val"]),
-                      weights=weights, sample_rate=manifest["data"]["sample_rate"])
+        return Loaded(self.floats(torch.cat([r[0] for r in read])), y, manifest.get("class_names", []), notes,
+                      self.name, (counts["train"], counts["val"]), weights=weights,
+                      sample_rate=manifest["data"]["sample_rate"])
+
+
+    def floats(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() / FULL_SCALE
 
 
 def _peaks(items: list[Item]) -> list[float]:

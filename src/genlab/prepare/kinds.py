@@ -114,6 +114,10 @@ class Kind:
     def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
         raise NotImplementedError
 
+    def floats(self, x: torch.Tensor) -> torch.Tensor:
+        """A shard's stored values ("x") as the floats a model trains on: kinds written as shards of items."""
+        raise NotImplementedError
+
 
 def _check_labels(step, items, data, log: StepLog, extra: dict, kind: Kind) -> Any:
     extra["labels"] = check_labels(kind.labels(items, data), step, log)
@@ -219,24 +223,19 @@ class ImageKind(Kind):
 
     def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
         import torch
-        from safetensors import safe_open
-        from safetensors.torch import load_file
 
         from genlab.data.records import Loaded
 
-        files = [f for s in SPLITS for f in shard_files(path, manifest, s, ".safetensors")]
-        loaded = [load_file(str(f)) for f in files]
-        x = torch.cat([d["x"] for d in loaded if len(d["x"])]).float() / 255 * 2 - 1  # an empty split has no shape
-        y = torch.cat([d["y"] for d in loaded]) if all("y" in d for d in loaded) else None
+        read = [read_shard(f) for s in SPLITS for f in shard_files(path, manifest, s, ".safetensors")]
+        read = [r for r in read if len(r[0])]  # an empty split of a set from before shards has no shape
+        y = torch.cat([r[1] for r in read]) if all(r[1] is not None for r in read) else None
+        captions = [c for r in read for c in r[2] or []] if manifest.get("captioned") else None
         counts = manifest["splits"]
-        captions = None
-        if manifest.get("captioned"):
-            captions = []
-            for f, d in zip(files, loaded, strict=True):
-                with safe_open(str(f), "pt") as opened:
-                    captions += json.loads((opened.metadata() or {}).get("captions", "[]")) if len(d["x"]) else []
-        return Loaded(x, y, manifest.get("class_names", []), notes, self.name, (counts["train"], counts["val"]),
-                      weights=weights, captions=captions)
+        return Loaded(self.floats(torch.cat([r[0] for r in read])), y, manifest.get("class_names", []), notes,
+                      self.name, (counts["train"], counts["val"]), weights=weights, captions=captions)
+
+    def floats(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() / 255 * 2 - 1
 
 
 def _codes(chosen: list[Item], names: list[str]) -> dict[str, np.ndarray]:
@@ -341,6 +340,16 @@ def shard_files(folder: Path, manifest: dict, split: str, suffix: str) -> list[P
     if "shards" not in manifest:
         return [folder / f"{split}{suffix}"]
     return [folder / shard["file"] for shard in manifest["shards"][split]]
+
+
+def read_shard(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
+    """A shard of items: its stored values, class indices and captions (None when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as opened:
+        tensors = {name: opened.get_tensor(name) for name in opened.keys()}  # noqa: SIM118 (not a dict)
+        captions = (opened.metadata() or {}).get("captions")
+    return tensors["x"], tensors.get("y"), None if captions is None else json.loads(captions)
 
 
 def _documents(paths: list[Path]) -> list[str]:

@@ -199,7 +199,7 @@ def audit_by_class(run: Run, n: int | None = None, *, target: str = "data", min_
         train, held_out, names = manifest_groups(Path(manifest), group, cfg.data)
         cache = cache / f"manifest-{re.sub(r'[^A-Za-z0-9_-]', '_', group)}"  # the evaluation keeps its own
     else:
-        dataset = load_dataset(cfg.data)
+        dataset = load_dataset(cfg.data, in_memory=True)
         held_out = dataset.held_out
         names = list(dataset.spec.class_names)
         if len(names) < 2 or held_out.y is None:

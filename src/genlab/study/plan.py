@@ -152,9 +152,11 @@ def plan(config: str | Path | None, *, overrides: list[str] | tuple = (), gpu: s
 
 
 def _nbytes(x: Any) -> int:
+    from genlab.data.streamed_items import ItemChunks, ItemShards
     from genlab.data.streaming import TextShards, TokenWindows
 
-    if isinstance(x, (TextShards, TokenWindows)):  # streamed: a chunk and a batch at a time, whatever its size
+    # streamed: a chunk and a batch at a time, whatever its size
+    if isinstance(x, (TextShards, TokenWindows, ItemShards, ItemChunks)):
         return 0
     if isinstance(x, torch.Tensor):
         return x.nelement() * x.element_size()
