@@ -1,9 +1,8 @@
 """Training from a prepared image or audio set streamed off its shards: the chunks hold exactly the stored items,
-the held-out splits are a bounded spread in memory, a kill mid-epoch resumes on the batches of an uninterrupted
-run, and what a stream cannot do (weights, tables) is refused by name."""
+the held-out splits are a bounded spread in memory, a run stopped mid-epoch resumes on the batches of an
+uninterrupted run, and what a stream cannot do (weights) is refused by name."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from genlab.data.sources import load_dataset
 from genlab.data.streamed_items import ItemShards, chunked
 
 # fixtures: a bucket on moto's S3 server; each test's own GENLAB_CACHE
-from tests.test_streaming import bucket, cache, killed_after_a_checkpoint  # noqa: F401
+from tests.test_streaming import bucket, cache  # noqa: F401
 
 pytest.importorskip("litdata")
 DIFFUSION = ["model.family=diffusion", "model.block_out_channels=[16,32]", "model.norm_num_groups=8",
@@ -107,19 +106,17 @@ def test_the_chunks_hold_the_stored_images_and_the_held_out_splits_are_a_bounded
         shards[5:9]
 
 
-def test_a_streamed_image_fit_killed_mid_epoch_resumes_on_the_batches_of_an_uninterrupted_run(images, tmp_path):
+def test_a_streamed_image_fit_stopped_mid_epoch_resumes_on_the_batches_of_an_uninterrupted_run(images, tmp_path):
+    """In one process (the loader's state, as `kill -9` leaves it, is what `test_streaming.py` kills for)."""
     overrides = [*DIFFUSION, f"data.prepared={images}", "data.streaming=true"]
     whole = genlab.fit(None, overrides=overrides, out=tmp_path / "whole")
     assert whole.summary["data"]["train"] < 16 * 16, "the run goes past the end of an epoch"
     assert whole.summary["val_loss"] < 0.6, "a network that predicts no noise scores 1.0"
-    (tmp_path / "d.yaml").write_text("name: streamed\nmodel: {family: diffusion}\n")
-    args = [str(tmp_path / "d.yaml"), *(a for o in overrides for a in ("--set", o))]
-    step = killed_after_a_checkpoint([sys.executable, "-m"], args, tmp_path / "killed", step=9)
-    assert 9 <= step < 16, "killed mid-epoch"
-    genlab.fit(resume=tmp_path / "killed")
+    genlab.fit(None, overrides=[*overrides, "train.max_steps=9"], out=tmp_path / "stopped")  # step 9 of epochs of 8
+    genlab.fit(resume=tmp_path / "stopped", overrides=["train.max_steps=16"])
     a, b = (load_file(run / "model" / "unet" / "diffusion_pytorch_model.safetensors")
-            for run in (whole.path, tmp_path / "killed"))
-    assert all(torch.equal(a[k], b[k]) for k in a), f"resumed from step {step}"
+            for run in (whole.path, tmp_path / "stopped"))
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed from step 9"
     metrics = genlab.evaluate(whole, num_samples=16, steps=10)  # held-out images and a spread of the training ones
     assert np.isfinite(metrics["fid"]) and metrics["fid"] > metrics["fid_real_baseline"]
 
