@@ -15,10 +15,8 @@ HELD_OUT_BYTES each, read when `genlab evaluate` asks (`load_dataset(cfg, in_mem
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +52,13 @@ class ItemShards:
         if not isinstance(rows, slice) or rows.start not in (None, 0) or rows.step not in (None, 1):
             raise TypeError("a streamed split gives its first items only (split.x[:n])")
         wanted = len(self) if rows.stop is None else max(0, min(rows.stop, len(self)))
-        parts, got = [np.zeros((0, *item_shape(self.files[0])), np.uint8)] if self.files else [], 0
+        parts, got = [], 0
         for path, count in zip(self.files, self.counts, strict=True):
+            parts.append(_rows(path, 0, min(count, wanted - got))[0])  # the first shard's at least: its shape
+            got += len(parts[-1])
             if got >= wanted:
                 break
-            parts.append(_rows(path, 0, min(count, wanted - got))[0])
-            got += len(parts[-1])
-        return _floats(self.kind, torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.uint8)))
+        return _floats(self.kind, torch.cat(parts) if parts else torch.zeros(0))
 
     def spread(self, most_bytes: int) -> Split:
         """At most `most_bytes` of the split's items as floats, in memory: all of them, or every k-th; only the
@@ -78,9 +76,9 @@ class ItemShards:
                 ys.append(y)
                 captions.append(text)
             first += count
-        y = None if any(v is None for v in ys) else torch.from_numpy(np.concatenate(ys))
+        y = None if any(v is None for v in ys) else torch.cat(ys)
         text = None if any(c is None for c in captions) else [c for part in captions for c in part]
-        return Split(_floats(self.kind, torch.from_numpy(np.concatenate(xs))), y, captions=text)
+        return Split(_floats(self.kind, torch.cat(xs)), y, captions=text)
 
 
 @dataclass(frozen=True)
@@ -186,6 +184,7 @@ def _write_items(shards: ItemShards, out: Path) -> None:
     writer, written = BinaryWriter(str(out), chunk_bytes=CHUNK_BYTES), 0
     for path, start, end in _slices(shards):
         x, y, captions = _rows(path, start, end)
+        x = x.numpy()
         for k in range(len(x)):
             item = {"x": x[k]}
             if y is not None:
@@ -209,24 +208,10 @@ def _slices(shards: ItemShards) -> list[tuple[Path, int, int]]:
     return [out[i] for i in np.random.default_rng(0).permutation(len(out))]
 
 
-def _rows(path: Path, start: int, end: int) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
-    """Rows [start, end) of a shard, only they read: stored values, classes (None without) and captions."""
-    from safetensors import safe_open
+def _rows(path: Path, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
+    from genlab.prepare.kinds import read_shard
 
-    with safe_open(str(path), "np") as opened:
-        x = opened.get_slice("x")[start:end]
-        y = opened.get_slice("y")[start:end] if "y" in opened.keys() else None  # noqa: SIM118 (not a dict)
-    captions = _captions(str(path), path.stat().st_mtime_ns)
-    return x, y, None if captions is None else captions[start:end]
-
-
-@lru_cache(maxsize=4)
-def _captions(path: str, changed: int) -> list[str] | None:
-    from safetensors import safe_open
-
-    with safe_open(path, "np") as opened:
-        text = (opened.metadata() or {}).get("captions")
-    return None if text is None else json.loads(text)
+    return read_shard(path, start, end)
 
 
 def _floats(kind: str, x: torch.Tensor) -> torch.Tensor:

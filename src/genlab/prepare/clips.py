@@ -18,7 +18,7 @@ from genlab.data.records import Loaded
 from genlab.media.audio import MelSpectrogram, audio_tag
 from genlab.prepare.dedup import deduplicate_hashed, digest, phash
 from genlab.prepare.items import values_of, write_shards
-from genlab.prepare.kinds import SPLITS, Kind, Step, _check_labels, _codes, read_shard, shard_files
+from genlab.prepare.kinds import Kind, Step, _check_labels, _codes, load_items
 from genlab.prepare.record import Item, StepLog
 
 FULL_SCALE = 32767  # 16-bit PCM
@@ -89,14 +89,10 @@ class ClipKind(Kind):
         return f"<div class=clips>{players}</div>", extra.get("peaks", []), "peak level (dBFS), as read"
 
     def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
-        read = [read_shard(f) for s in SPLITS for f in shard_files(path, manifest, s, ".safetensors")]
-        read = [r for r in read if len(r[0])]  # an empty split of a set from before shards has no shape
-        y = torch.cat([r[1] for r in read]) if all(r[1] is not None for r in read) else None
+        x, y, _ = load_items(self, path, manifest)
         counts = manifest["splits"]
-        return Loaded(self.floats(torch.cat([r[0] for r in read])), y, manifest.get("class_names", []), notes,
-                      self.name, (counts["train"], counts["val"]), weights=weights,
-                      sample_rate=manifest["data"]["sample_rate"])
-
+        return Loaded(x, y, manifest.get("class_names", []), notes, self.name, (counts["train"], counts["val"]),
+                      weights=weights, sample_rate=manifest["data"]["sample_rate"])
 
     def floats(self, x: torch.Tensor) -> torch.Tensor:
         return x.float() / FULL_SCALE

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -222,17 +223,12 @@ class ImageKind(Kind):
         return samples, extra["sizes"], "longest side in pixels, as read"
 
     def load(self, path: Path, manifest: dict, notes: list[str], weights: torch.Tensor | None) -> Loaded:
-        import torch
-
         from genlab.data.records import Loaded
 
-        read = [read_shard(f) for s in SPLITS for f in shard_files(path, manifest, s, ".safetensors")]
-        read = [r for r in read if len(r[0])]  # an empty split of a set from before shards has no shape
-        y = torch.cat([r[1] for r in read]) if all(r[1] is not None for r in read) else None
-        captions = [c for r in read for c in r[2] or []] if manifest.get("captioned") else None
+        x, y, captions = load_items(self, path, manifest)
         counts = manifest["splits"]
-        return Loaded(self.floats(torch.cat([r[0] for r in read])), y, manifest.get("class_names", []), notes,
-                      self.name, (counts["train"], counts["val"]), weights=weights, captions=captions)
+        return Loaded(x, y, manifest.get("class_names", []), notes, self.name, (counts["train"], counts["val"]),
+                      weights=weights, captions=captions)
 
     def floats(self, x: torch.Tensor) -> torch.Tensor:
         return x.float() / 255 * 2 - 1
@@ -342,14 +338,40 @@ def shard_files(folder: Path, manifest: dict, split: str, suffix: str) -> list[P
     return [folder / shard["file"] for shard in manifest["shards"][split]]
 
 
-def read_shard(path: Path) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
-    """A shard of items: its stored values, class indices and captions (None when it has none)."""
+def read_shard(path: Path, start: int = 0, end: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
+    """Rows [start, end) of a shard of items, only they read: stored values, class indices and captions (None when
+    it has none)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as opened:
-        tensors = {name: opened.get_tensor(name) for name in opened.keys()}  # noqa: SIM118 (not a dict)
-        captions = (opened.metadata() or {}).get("captions")
-    return tensors["x"], tensors.get("y"), None if captions is None else json.loads(captions)
+        x = opened.get_slice("x")
+        end = x.get_shape()[0] if end is None else end
+        y = opened.get_slice("y")[start:end] if "y" in opened.keys() else None  # noqa: SIM118 (not a dict)
+        x = x[start:end]
+    captions = _captions(str(path), path.stat().st_mtime_ns)
+    return x, y, None if captions is None else captions[start:end]
+
+
+@lru_cache(maxsize=4)
+def _captions(path: str, changed: int) -> list[str] | None:
+    """A shard's captions, parsed once for the reads of its rows that follow."""
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as opened:
+        text = (opened.metadata() or {}).get("captions")
+    return None if text is None else json.loads(text)
+
+
+def load_items(kind: Kind, path: Path, manifest: dict) -> tuple[torch.Tensor, torch.Tensor | None, list | None]:
+    """Every split's items of a prepared image or audio set, in split order: floats, classes and captions."""
+    import torch
+
+    read = [read_shard(f) for s in SPLITS for f in shard_files(path, manifest, s, ".safetensors")]
+    read = [r for r in read if len(r[0])]  # an empty split of a set from before shards has no shape
+    y = torch.cat([r[1] for r in read]) if all(r[1] is not None for r in read) else None
+    captions = [c for r in read for c in r[2] or []] if manifest.get("captioned") else None
+    return kind.floats(torch.cat([r[0] for r in read])), y, captions
 
 
 def _documents(paths: list[Path]) -> list[str]:
