@@ -82,3 +82,39 @@ def test_muon_takes_the_hidden_matrices_adamw_the_rest_and_resumes_exactly():
     model.load_state_dict(weights)
     opt.load_state_dict(saved)
     assert step() == after, "the state dict holds both inner optimizers"
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_muon_orthogonalizes_in_float32_on_a_cpu_without_bf16_and_steps_as_torchs_does(monkeypatch, has_bf16):
+    from torch.optim import _muon
+
+    from genlab.training import optim
+
+    torch.manual_seed(0)
+    model = TinyLM()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randint(0, 10, (64,)), torch.randint(0, 10, (64,))
+    torchs = _muon._zeropower_via_newtonschulz
+
+    def update(bf16: bool) -> tuple[torch.Tensor, set]:
+        model.load_state_dict(weights)
+        monkeypatch.setattr(optim, "cpu_has_bf16", lambda: bf16)
+        opt = build_optimizer(model, OptimizerConfig(name="muon", lr=0.02))
+        dtypes = set()
+        seen = lambda g, *a: (out := torchs(g, *a), dtypes.add(out.dtype))[0]  # noqa: E731
+        monkeypatch.setattr(_muon, "_zeropower_via_newtonschulz", seen)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        assert _muon._zeropower_via_newtonschulz is seen, "torch's function is back after the step"
+        opt.zero_grad()
+        return model.hidden.weight.detach() - weights["hidden.weight"], dtypes
+
+    ours, dtypes = update(has_bf16)
+    reference, reference_dtypes = update(True)
+    assert reference_dtypes == {torch.bfloat16}
+    assert dtypes == ({torch.bfloat16} if has_bf16 else set()), "without bf16 kernels torch's bf16 iteration is not run"
+    assert ours.abs().max() > 0
+    # the same update up to bf16's rounding, which the iteration compounds to a few percent
+    assert torch.cosine_similarity(ours.flatten(), reference.flatten(), dim=0) > 0.99
+    assert abs(ours.norm() / reference.norm() - 1) < 0.05
+    assert has_bf16 or not torch.equal(ours, reference), "the float32 iteration ran instead"

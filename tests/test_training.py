@@ -9,7 +9,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import genlab
+from genlab.config import TrainConfig
+from genlab.training import trainer
 from genlab.training.callbacks import NonFiniteLoss, TrainingInterrupted
+from genlab.training.trainer import cpu_has_bf16, precision_here
 
 from .conftest import Crash, Poison, tiny, weights
 
@@ -153,9 +156,23 @@ def trained_with(tmp_path, *extra: str) -> tuple[genlab.Run, Probe]:
     return run, probe
 
 
-def test_bf16_mixed_computes_in_bfloat16(tmp_path):
-    _, probe = trained_with(tmp_path, "train.precision=bf16-mixed")
-    assert torch.bfloat16 in probe.dtypes
+def test_bf16_mixed_computes_in_bfloat16_where_the_cpu_has_bf16_kernels_and_in_float32_with_a_warning_elsewhere(
+        tmp_path, caplog):
+    run, probe = trained_with(tmp_path, "train.precision=bf16-mixed")
+    if cpu_has_bf16():
+        assert torch.bfloat16 in probe.dtypes and run.config.train.precision == "bf16-mixed"
+    else:  # this machine: the run trained in float32, said so, and its config records what it ran
+        assert probe.dtypes == {torch.float32} and run.config.train.precision == "32-true"
+        assert "no bf16 matrix kernels" in caplog.text
+
+
+def test_bf16_is_kept_where_it_is_fast_and_on_accelerators(monkeypatch):
+    asked = TrainConfig(precision="bf16-mixed", accelerator="cpu")
+    for has, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(trainer, "cpu_has_bf16", lambda has=has: has)
+        assert precision_here(asked).precision == expected
+        assert precision_here(asked.model_copy(update={"accelerator": "gpu"})).precision == "bf16-mixed"
+        assert precision_here(TrainConfig(precision="32-true", accelerator="cpu")).precision == "32-true"
 
 
 def test_fp32_computes_in_float32(tmp_path):

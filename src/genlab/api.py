@@ -27,7 +27,7 @@ from genlab.training.callbacks import NonFiniteLoss, Throughput, TrainingInterru
 from genlab.training.checkpoints import checkpoint_step, newest_checkpoint, whole_checkpoint
 from genlab.training.optim import lr_factor
 from genlab.training.sharding import sharded_strategy
-from genlab.training.trainer import build_trainer
+from genlab.training.trainer import build_trainer, precision_here
 from genlab.version import __version__
 
 log = logging.getLogger("genlab")
@@ -46,6 +46,7 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
     # starts them all); rank zero owns the run directory and the others join the one it chose.
     leader = rank_zero_only.rank == 0
     cfg, paths, checkpoint = _resolve(config, overrides, out, resume, leader)
+    cfg = cfg.model_copy(update={"train": precision_here(cfg.train)})
     if checkpoint is not None:
         done = checkpoint_step(checkpoint)
         if done >= cfg.train.max_steps:
