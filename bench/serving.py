@@ -127,7 +127,8 @@ def table(title: str, unit: str, figures: dict[tuple[str, int], list[dict]], bas
             if c != clients:
                 continue
             rate = statistics.median(f["rate"] for f in runs)
-            rounds = ", ".join(f"{f['rate'] / b['rate']:.2f}" for f, b in zip(runs, figures[(base, clients)]))
+            rounds = ", ".join(f"{f['rate'] / b['rate']:.2f}" if b["rate"] else "nan"
+                               for f, b in zip(runs, figures[(base, clients)], strict=True))
             print(f"  {name:<44} {c:7d} {rate:10.1f} {rate / ref:13.2f}x "
                   f"{statistics.median(f['p50'] for f in runs):7.3f} {statistics.median(f['p99'] for f in runs):7.3f} "
                   f"{statistics.median(f['ttft'] for f in runs):8.3f} {sum(f['errors'] for f in runs):6d}  {rounds}")

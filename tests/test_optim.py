@@ -84,6 +84,14 @@ def test_muon_takes_the_hidden_matrices_adamw_the_rest_and_resumes_exactly():
     assert step() == after, "the state dict holds both inner optimizers"
 
 
+class TallAndWide(TinyLM):
+    """Muon's matrices one tall (16x8) and one wide (8x16): the iteration transposes one of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+
+
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_muon_orthogonalizes_in_float32_on_a_cpu_without_bf16_and_steps_as_torchs_does(monkeypatch, has_bf16):
     from torch.optim import _muon
@@ -91,30 +99,31 @@ def test_muon_orthogonalizes_in_float32_on_a_cpu_without_bf16_and_steps_as_torch
     from genlab.training import optim
 
     torch.manual_seed(0)
-    model = TinyLM()
+    model = TallAndWide()
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randint(0, 10, (64,)), torch.randint(0, 10, (64,))
-    torchs = _muon._zeropower_via_newtonschulz
+    ours = optim._newton_schulz_float32
 
-    def update(bf16: bool) -> tuple[torch.Tensor, set]:
+    def update(bf16: bool) -> tuple[list[torch.Tensor], int]:
         model.load_state_dict(weights)
+        calls = []
         monkeypatch.setattr(optim, "cpu_has_bf16", lambda: bf16)
+        monkeypatch.setattr(optim, "_newton_schulz_float32", lambda g, *a: (calls.append(g.shape), ours(g, *a))[1])
         opt = build_optimizer(model, OptimizerConfig(name="muon", lr=0.02))
-        dtypes = set()
-        seen = lambda g, *a: (out := torchs(g, *a), dtypes.add(out.dtype))[0]  # noqa: E731
-        monkeypatch.setattr(_muon, "_zeropower_via_newtonschulz", seen)
+        assert {p.shape for g in opt.muon.param_groups for p in g["params"]} == {(16, 8), (8, 16)}
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-        assert _muon._zeropower_via_newtonschulz is seen, "torch's function is back after the step"
         opt.zero_grad()
-        return model.hidden.weight.detach() - weights["hidden.weight"], dtypes
+        moved = [model.hidden[i].weight.detach() - weights[f"hidden.{i}.weight"] for i in (0, 2)]
+        return moved, len(calls)
 
-    ours, dtypes = update(has_bf16)
-    reference, reference_dtypes = update(True)
-    assert reference_dtypes == {torch.bfloat16}
-    assert dtypes == ({torch.bfloat16} if has_bf16 else set()), "without bf16 kernels torch's bf16 iteration is not run"
-    assert ours.abs().max() > 0
-    # the same update up to bf16's rounding, which the iteration compounds to a few percent
-    assert torch.cosine_similarity(ours.flatten(), reference.flatten(), dim=0) > 0.99
-    assert abs(ours.norm() / reference.norm() - 1) < 0.05
-    assert has_bf16 or not torch.equal(ours, reference), "the float32 iteration ran instead"
+    mine, calls = update(has_bf16)
+    reference, torchs_calls = update(True)  # torch's own iteration, in bf16
+    assert getattr(_muon._zeropower_via_newtonschulz, "genlabs", False)
+    assert torchs_calls == 0 and calls == (0 if has_bf16 else 2), "float32 only where the CPU has no bf16 kernels"
+    for a, b in zip(mine, reference, strict=True):
+        assert a.abs().max() > 0
+        # the same update up to bf16's rounding, which the iteration compounds to a few percent
+        assert torch.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+        assert abs(a.norm() / b.norm() - 1) < 0.05
+        assert has_bf16 or not torch.equal(a, b), "the float32 iteration ran instead"

@@ -1,5 +1,6 @@
 """The training core: exact resume, the NaN guard, EMA, checkpoints, stopping rules, logs."""
 
+import logging
 import math
 import signal
 
@@ -158,20 +159,34 @@ def trained_with(tmp_path, *extra: str) -> tuple[genlab.Run, Probe]:
 
 def test_bf16_mixed_computes_in_bfloat16_where_the_cpu_has_bf16_kernels_and_in_float32_with_a_warning_elsewhere(
         tmp_path, caplog):
-    run, probe = trained_with(tmp_path, "train.precision=bf16-mixed")
+    logger = logging.getLogger("genlab")
+    logger.addHandler(caplog.handler)  # an earlier command-line test may have stopped genlab's records propagating
+    try:
+        with caplog.at_level(logging.WARNING, logger="genlab"):
+            run, probe = trained_with(tmp_path, "train.precision=bf16-mixed")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert run.config.train.precision == "bf16-mixed", "config.yaml keeps what was asked"
     if cpu_has_bf16():
-        assert torch.bfloat16 in probe.dtypes and run.config.train.precision == "bf16-mixed"
-    else:  # this machine: the run trained in float32, said so, and its config records what it ran
-        assert probe.dtypes == {torch.float32} and run.config.train.precision == "32-true"
+        assert torch.bfloat16 in probe.dtypes and run.summary["trained_precision"] == "bf16-mixed"
+    else:  # this machine: the run trained in float32, said so, and train.json records what it ran in
+        assert probe.dtypes == {torch.float32} and run.summary["trained_precision"] == "32-true"
         assert "no bf16 matrix kernels" in caplog.text
+    assert f"precision {run.summary['trained_precision']}," in genlab.card(run).read_text(), "the card says what ran"
 
 
-def test_bf16_is_kept_where_it_is_fast_and_on_accelerators(monkeypatch):
-    asked = TrainConfig(precision="bf16-mixed", accelerator="cpu")
-    for has, expected in ((True, "bf16-mixed"), (False, "32-true")):
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_is_kept_where_it_is_fast_and_on_accelerators(monkeypatch, precision):
+    from lightning.pytorch.trainer.connectors import accelerator_connector
+
+    for has, expected in ((True, precision), (False, "32-true")):
         monkeypatch.setattr(trainer, "cpu_has_bf16", lambda has=has: has)
-        assert precision_here(asked).precision == expected
-        assert precision_here(asked.model_copy(update={"accelerator": "gpu"})).precision == "bf16-mixed"
+        assert precision_here(TrainConfig(precision=precision, accelerator="cpu")).precision == expected
+        for accelerator in ("gpu", "cuda", "mps", "tpu"):
+            assert precision_here(TrainConfig(precision=precision, accelerator=accelerator)).precision == precision
+        for auto, kept in (("cpu", expected), ("cuda", precision), ("mps", precision)):  # auto: Lightning's choice
+            monkeypatch.setattr(accelerator_connector, "_select_auto_accelerator", lambda auto=auto: auto)
+            assert precision_here(TrainConfig(precision=precision)).precision == kept
         assert precision_here(TrainConfig(precision="32-true", accelerator="cpu")).precision == "32-true"
 
 

@@ -46,13 +46,14 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
     # starts them all); rank zero owns the run directory and the others join the one it chose.
     leader = rank_zero_only.rank == 0
     cfg, paths, checkpoint = _resolve(config, overrides, out, resume, leader)
-    cfg = cfg.model_copy(update={"train": precision_here(cfg.train)})
     if checkpoint is not None:
         done = checkpoint_step(checkpoint)
         if done >= cfg.train.max_steps:
             return _finished(cfg, paths, checkpoint, done)
         log.info(f"resuming from {checkpoint.relative_to(paths.root)} at step {done}")
         _warn_if_schedule_moves(load_config(paths.config), cfg, done)
+    asked = cfg  # config.yaml keeps what was asked; a resume on another machine decides its precision again
+    cfg = cfg.model_copy(update={"train": precision_here(cfg.train)})
 
     L.seed_everything(cfg.train.seed, verbose=False)
     dataset = load_dataset(_prepared(cfg.data))
@@ -66,7 +67,7 @@ def fit(config: str | Path | dict | RunConfig | None = None, *, overrides: list[
                             judges=_judges(cfg, model, dataset, paths), strategy=sharded)
     if leader:  # only now, with data and model known good, does the run directory appear
         paths.root.mkdir(parents=True, exist_ok=True)
-        paths.config.write_text(cfg.to_yaml())
+        paths.config.write_text(asked.to_yaml())
         for logger in trainer.loggers:  # the config as flat parameters, which MLflow and W&B compare runs by
             logger.log_hyperparams(flatten(cfg.model_dump(mode="json")))
         os.environ[_RUN_DIR_ENV] = str(paths.root.resolve())  # inherited by the ranks Lightning launches
@@ -262,6 +263,7 @@ def _summary(trainer: L.Trainer, model, dataset, parameters: int) -> dict[str, A
         "versions": {"genlab": __version__, "torch": torch.__version__, "lightning": L.__version__,
                      "python": platform.python_version()},
         "device": str(model.device),
+        "trained_precision": str(trainer.precision),  # a CPU without bf16 kernels trains bf16 in 32-true
     }
 
 

@@ -168,8 +168,9 @@ class Run:
             "data": {"source": cfg.data.source, **({"path": str(cfg.data.path)} if cfg.data.path else {}),
                      **self.summary.get("data", {})},
             "training": {k: self.summary.get(k) for k in ("steps", "max_steps", "seconds", "stopped_because",
-                                                          "train_loss", "val_loss", "samples_per_s", "tokens_per_s",
-                                                          "mfu") if k != "tokens_per_s" or self.summary.get(k)},
+                                                          "trained_precision", "train_loss", "val_loss",
+                                                          "samples_per_s", "tokens_per_s", "mfu")
+                         if k != "tokens_per_s" or self.summary.get(k)},
             "model_exported": self.paths.model.is_dir(),
             "sampling": self.sampling,
             "metrics": self.metrics or None,

@@ -116,10 +116,11 @@ def _training_section(run: Run, s: dict[str, Any]) -> str:
         return "Not trained to the end yet (no train.json).\n"
     speed = f", {s['samples_per_s']:.0f} samples/s" if s.get("samples_per_s") else ""
     versions = ", ".join(f"{k} {v}" for k, v in s.get("versions", {}).items())
+    precision = s.get("trained_precision") or train.precision  # a CPU without bf16 kernels trains bf16 in 32-true
     return (f"- {s.get('steps')} steps of batch {train.batch_size} in {s.get('seconds')} s on {s.get('device')}"
             f"{speed} (stopped: {s.get('stopped_because')})\n"
             f"- optimizer {train.optimizer.name}, learning rate {train.optimizer.lr:g}, {train.schedule.name} "
-            f"schedule, precision {train.precision}, EMA {'on' if train.ema.enabled else 'off'}, seed {train.seed}\n"
+            f"schedule, precision {precision}, EMA {'on' if train.ema.enabled else 'off'}, seed {train.seed}\n"
             f"- final losses: train {_num(s.get('train_loss'))}, validation {_num(s.get('val_loss'))}\n"
             f"- versions: {versions}\n\n"
             "The model's own settings:\n\n```yaml\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 
@@ -54,6 +53,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         super().__init__([*groups, *adamw_groups], {"lr": cfg.lr})
         self.muon = torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      adjust_lr_fn="match_rms_adamw") if matrices else None
+        _orthogonalize_in_float32_on_cpus_without_bf16()
         self.adamw = torch.optim.AdamW(adamw_groups, lr=cfg.lr, betas=cfg.betas) if adamw_groups else None
 
     @torch.no_grad()
@@ -66,8 +66,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         for outer, group in zip(self.param_groups, [g for o in inner for g in o.param_groups], strict=True):
             group["lr"] = outer["lr"]  # the schedules set the outer groups' lr
         if self.muon is not None:
-            with _newton_schulz_in_float32(self.muon):
-                self.muon.step()
+            self.muon.step()
         if self.adamw is not None:
             self.adamw.step()
         return loss
@@ -133,23 +132,23 @@ def time_used(trainer: L.Trainer, cfg: ScheduleConfig) -> Callable[[], float] | 
     return used
 
 
-@contextlib.contextmanager
-def _newton_schulz_in_float32(muon: torch.optim.Muon):
-    """Within: torch's Muon orthogonalizes in float32 when its parameters are on a CPU without bf16 kernels. torch
-    casts the update to bf16 for its Newton-Schulz iteration, which such a CPU runs about 70x slower than fp32
-    (the iteration's matmuls were 3.5 s of every 4.4-second step of the shakespeare recipe on an AVX2 EPYC)."""
-    params = [p for g in muon.param_groups for p in g["params"]]
+def _orthogonalize_in_float32_on_cpus_without_bf16() -> None:
+    """Have torch's Muon run its Newton-Schulz iteration in float32 for a CPU tensor when the CPU has no bf16
+    kernels. torch casts the update to bf16 there, which such a CPU runs about 70x slower than fp32 (the
+    iteration's matmuls were 3.5 s of every 4.4-second step of the shakespeare recipe on an AVX2 EPYC). Put in
+    once, for the process: every other tensor still goes to torch's own function."""
     module = torch.optim._muon
-    if not params or params[0].device.type != "cpu" or cpu_has_bf16() or \
-            not hasattr(module, "_zeropower_via_newtonschulz"):
-        yield
+    torchs = getattr(module, "_zeropower_via_newtonschulz", None)
+    if torchs is None or getattr(torchs, "genlabs", False):  # another torch, or already in
         return
-    torchs = module._zeropower_via_newtonschulz
-    module._zeropower_via_newtonschulz = _newton_schulz_float32
-    try:
-        yield
-    finally:
-        module._zeropower_via_newtonschulz = torchs
+
+    def newton_schulz(update: torch.Tensor, *args):
+        if update.device.type == "cpu" and not cpu_has_bf16():
+            return _newton_schulz_float32(update, *args)
+        return torchs(update, *args)
+
+    newton_schulz.genlabs = True
+    module._zeropower_via_newtonschulz = newton_schulz
 
 
 def _newton_schulz_float32(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int,

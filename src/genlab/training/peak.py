@@ -9,6 +9,7 @@ the earlier ones, so a sweep's or a bake-off's runs share one peak and do not pa
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -39,6 +40,7 @@ def matmul_peak(dtype: torch.dtype = torch.float32, device: str | torch.device =
     return best
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether oneDNN has bf16 kernels for this CPU (AVX-512 or AMX on x86, BF16 on Arm). Without them a bf16
     matmul takes a reference path: 1.0 against fp32's 66 GFLOP/s on one core of an AVX2-only EPYC."""

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.utilities import rank_zero_only
 
 from genlab.config import TrainConfig
 from genlab.errors import GenlabError
@@ -37,15 +38,21 @@ def precision_here(cfg: TrainConfig) -> TrainConfig:
     budget would buy almost no steps."""
     if not cfg.precision.startswith("bf16") or _on_accelerator(cfg.accelerator) or cpu_has_bf16():
         return cfg
-    log.warning(f"train.precision: {cfg.precision} asked for, but this CPU has no bf16 matrix kernels (no AVX-512 or "
-                "AMX), where bf16 matmuls run about 70x slower than float32 ones; training in 32-true")
+    if rank_zero_only.rank == 0:
+        log.warning(f"train.precision: {cfg.precision} asked for, but this CPU has no bf16 matrix kernels (no AVX-512 "
+                    "or AMX), where bf16 matmuls run about 70x slower than float32 ones; training in 32-true")
     return cfg.model_copy(update=dict(precision="32-true"))  # a config field, not the image figure of that name
 
 
 def _on_accelerator(accelerator: str) -> bool:
-    if accelerator == "auto":
+    """Whether Lightning trains on something other than the CPU for this `train.accelerator`."""
+    if accelerator != "auto":
+        return accelerator != "cpu"
+    try:  # Lightning's own choice (TPU, MPS, CUDA, in its order), which checks CUDA without initializing it
+        from lightning.pytorch.trainer.connectors.accelerator_connector import _select_auto_accelerator
+    except ImportError:
         return torch.cuda.is_available() or torch.backends.mps.is_available()
-    return accelerator not in ("cpu",)
+    return _select_auto_accelerator() != "cpu"
 
 
 def build_trainer(cfg: TrainConfig, paths: RunPaths, *, has_validation: bool, manual_optimization: bool = False,
