@@ -53,8 +53,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
         super().__init__([*groups, *adamw_groups], {"lr": cfg.lr})
         self.muon = torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      adjust_lr_fn="match_rms_adamw") if matrices else None
-        _orthogonalize_in_float32_on_cpus_without_bf16()
         self.adamw = torch.optim.AdamW(adamw_groups, lr=cfg.lr, betas=cfg.betas) if adamw_groups else None
+        _orthogonalize_in_float32_on_cpus_without_bf16()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -65,10 +65,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
         inner = [o for o in (self.muon, self.adamw) if o is not None]
         for outer, group in zip(self.param_groups, [g for o in inner for g in o.param_groups], strict=True):
             group["lr"] = outer["lr"]  # the schedules set the outer groups' lr
-        if self.muon is not None:
-            self.muon.step()
-        if self.adamw is not None:
-            self.adamw.step()
+        for optimizer in inner:
+            optimizer.step()
         return loss
 
     def state_dict(self) -> dict:
