@@ -93,14 +93,25 @@ def test_a_killed_sweep_resumes_without_rerunning_what_finished(files, tmp_path)
     assert again.exit_code == 1 and "another config, space or objective" in again.output
 
 
-def test_parallel_workers_share_one_study_and_the_pruner_stops_poor_trials(files, tmp_path):
+def test_parallel_workers_share_one_study_and_the_pruner_stops_trials_worse_than_the_median(files, tmp_path):
+    import optuna
+
     config, space = files
-    result = sweep(config, space=space, trials=5, out=tmp_path / "jobs", jobs=2)
-    trials = finished(tmp_path / "jobs")
-    assert len(trials) == 5 == result["counts"]["complete"] + result["counts"]["pruned"]
+    out = tmp_path / "jobs"
+    # two finished trials whose loss was far lower at every validation: from the first validation past the
+    # warm-up (step 5 of 20), every trial this tiny model trains is worse than their median, so the median
+    # pruner must stop each one there
+    out.mkdir()
+    study = study_of(out, {"config": TINY, "direction": "minimize", "pruner": "median", "seed": 0})
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(value=1e-6, intermediate_values={s: 1e-6 for s in (5, 10, 15, 20)}))
+    result = sweep(config, space=space, trials=5, out=out, jobs=2)
+    trials = [t for t in finished(out) if "run" in t.user_attrs]
+    assert len(trials) == 3 and result["counts"]["pruned"] == 3 and result["counts"]["fail"] == 0
     assert len({t.user_attrs["pid"] for t in trials}) == 2, "both workers took trials"
-    assert result["counts"]["fail"] == 0
-    assert all((tmp_path / "jobs" / "trials" / f"{t.number:03d}" / "config.yaml").is_file() for t in trials)
+    for t in trials:
+        assert list(t.intermediate_values) == [5], "pruned at the first validation past the warm-up"
+        assert json.loads((out / "trials" / f"{t.number:03d}" / "train.json").read_text())["steps"] == 5
 
 
 def test_a_ddp_trial_runs_on_every_rank_and_rank_zero_alone_reports(files, tmp_path):

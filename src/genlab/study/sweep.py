@@ -370,7 +370,8 @@ def status(out: str | Path, top: int = 5) -> dict[str, Any]:
     write_json(out / "sweep_status.json", result)
     from genlab.evaluation.report import write_sweep_report
 
-    best = Run(result["best"][0]["run"]) if result["best"] else None
+    # a trial added to the study by hand (a warm start from known results) has no run directory to preview
+    best = next((Run(b["run"]) for b in result["best"] if b["run"]), None)
     write_sweep_report(out / "sweep.html", result, _best_samples(best))
     return result
 
