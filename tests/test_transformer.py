@@ -15,6 +15,7 @@ from genlab.cli import app
 from genlab.data import load_dataset
 from genlab.evaluation.text import held_out_loss
 from genlab.models import Transformer
+from genlab.models.hf import causal_lm_folder
 from genlab.responsible.memorization import CopyIndex
 
 from .conftest import Crash
@@ -198,6 +199,14 @@ def test_lora_trains_only_adapters_and_exports_loadable_folders(pretrained, tmp_
     assert torch.allclose(loaded(ids).logits, ours, atol=1e-4)
     assert not torch.allclose(AutoModelForCausalLM.from_pretrained(pretrained)(ids).logits, ours, atol=1e-3), \
         "the adapters changed the model"
+    lm, tokenizer = causal_lm_folder(folder)  # what the text engine's process decodes with: no family class
+    assert torch.allclose(lm(ids).logits, ours, atol=1e-4) and tokenizer.get_vocab() == run.model.tokenizer.get_vocab()
+    if export == "adapter":  # the base it names, loaded in a process that never imports the training stack
+        code = ("import sys; from genlab.models.hf import causal_lm_folder; "
+                f"lm, _ = causal_lm_folder({str(folder)!r}); "
+                "print(type(lm).__name__, sorted(m for m in ('lightning', 'torchmetrics') if m in sys.modules))")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert proc.stdout.split() == ["PeftModelForCausalLM", "[]"], proc.stderr[-2000:]
 
 
 def test_muon_trains_a_language_model_and_resumes_exactly(tmp_path):

@@ -12,6 +12,8 @@ from typing import Any
 
 from genlab.locate import locate
 
+META_FILE = "genlab.json"  # a model folder's family, config and data spec, beside the ecosystem's own files
+
 # name -> (config class, sampling class, model class), each "module:attribute"
 BUILTIN: dict[str, tuple[str, str, str]] = {
     "diffusion": ("genlab.config.diffusion:DiffusionConfig", "genlab.config.diffusion:DiffusionSampling",

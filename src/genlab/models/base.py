@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_model
 
 from genlab.config import ModelConfig, TrainConfig
+from genlab.config.families import META_FILE
 from genlab.config.section import Sampling
 from genlab.data.records import Dataset, DataSpec
 from genlab.errors import GenlabError
@@ -33,7 +34,6 @@ from genlab.training.optim import build_optimizer, build_schedule, time_used
 if TYPE_CHECKING:
     from genlab.responsible.memorization import CopyIndex
 
-META_FILE = "genlab.json"  # beside the ecosystem's own files in a model folder
 
 
 def _unimplemented(method: Any) -> Any:

@@ -63,6 +63,21 @@ def part_of(state: dict[str, Any] | None, prefix: str) -> dict[str, Any] | None:
     return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
 
 
+def causal_lm_folder(path: Path) -> tuple[Any, Any]:
+    """(LM, tokenizer) of a text-generation folder through transformers and peft alone, an adapter put back on the
+    base model it names: all that decoding needs, without the family's training stack (Lightning, torchmetrics)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def base() -> Any:
+        from peft import PeftConfig
+
+        return AutoModelForCausalLM.from_pretrained(PeftConfig.from_pretrained(path).base_model_name_or_path)
+
+    with library_noise_silenced():
+        lm = load_folder(path, AutoModelForCausalLM.from_pretrained, base)
+    return lm.eval(), AutoTokenizer.from_pretrained(path)
+
+
 def load_folder(path: Path, load: Callable[[str | Path], Any], base: Callable[[], Any]) -> Any:
     """`load(path)`, or for an adapter folder the `base()` model with the adapter put back on."""
     if not (Path(path) / ADAPTER_FILE).is_file():

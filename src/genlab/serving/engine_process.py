@@ -30,6 +30,7 @@ from genlab.serving.engine import Emit, TextEngine, TextParams
 from genlab.serving.workers import EngineStopped
 
 START_SECONDS = 600.0  # loading a large model from a slow disk
+FAMILY_LOADER = "genlab.serving.engine_process:family_lm"
 
 log = logging.getLogger("genlab.serve")
 
@@ -57,9 +58,11 @@ class RemoteEngine:
     """`TextEngine`'s interface (`submit`, `alive`, `depth`, `stop`) over a child process that holds the model. A
     child that dies is replaced: its sequences fail as unavailable (503, retry) and new ones wait for the new child."""
 
-    def __init__(self, folder: str | Path, *, max_batch_size: int = 32, max_wait_ms: float = 5.0,
-                 max_queue: int = 256, on_step: Callable[[int], None] | None = None, restarts: int = 3) -> None:
-        self.folder, self.restarts = str(folder), restarts
+    def __init__(self, folder: str | Path, *, load: str = FAMILY_LOADER, max_batch_size: int = 32,
+                 max_wait_ms: float = 5.0, max_queue: int = 256, on_step: Callable[[int], None] | None = None,
+                 restarts: int = 3) -> None:
+        """`load`: the "module:function" that gives the child (LM, tokenizer) from a model folder."""
+        self.folder, self.load, self.restarts = str(folder), load, restarts
         self.options = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "max_queue": max_queue}
         self.bound = max_queue + max_batch_size  # waiting plus decoding, as TextEngine's queue and batch allow
         self.on_step = on_step or (lambda size: None)
@@ -88,7 +91,7 @@ class RemoteEngine:
                                 stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         conn = Connection(ours.detach())
-        conn.send((self.folder, self.options))
+        conn.send((self.folder, self.load, self.options))
         try:
             reply = conn.recv() if conn.poll(START_SECONDS) else ("failed", "no answer")
         except (EOFError, OSError):  # it died before answering (its error is on stderr)
@@ -235,18 +238,27 @@ class RemoteEngine:
         self.failed = True
 
 
-def _child(fd: int) -> None:
-    """The child's side: load the model, run the engine, and relay messages until told to stop."""
+def family_lm(folder: Path) -> tuple[object, object]:
+    """(LM, tokenizer) through the family's own loader: for a folder that only its family can read."""
     from genlab.serving.folders import load_model
 
+    model = load_model(folder)[0]
+    return model.lm, model.tokenizer
+
+
+def _child(fd: int) -> None:
+    """The child's side: load the model, run the engine, and relay messages until told to stop."""
+    from genlab.locate import locate
+    from genlab.serving.folders import safetensors_folder
+
     conn = Connection(fd)
-    folder, options = conn.recv()
+    folder, load, options = conn.recv()
     if "OMP_NUM_THREADS" not in os.environ:  # a core is left to the server's process, which streams the tokens
         import torch
 
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - 1))
     try:
-        model, _ = load_model(folder)
+        lm, tokenizer = locate(load)(safetensors_folder(folder)[0])
     except Exception as err:  # the server names it when it refuses to start
         conn.send(("failed", f"{type(err).__name__}: {err}"))
         return
@@ -262,7 +274,7 @@ def _child(fd: int) -> None:
                 message, sizes, outbox = (sizes, outbox, engine.depth), [], []
                 conn.send(message)
 
-    engine = TextEngine(model.lm, model.tokenizer, on_step=lambda size: sizes.append(size), after_step=flush, **options)
+    engine = TextEngine(lm, tokenizer, on_step=lambda size: sizes.append(size), after_step=flush, **options)
     conn.send(("ready",))
 
     def emitter(key: int) -> Emit:

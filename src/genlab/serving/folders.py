@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from genlab.config.families import META_FILE
 from genlab.errors import GenlabError
-from genlab.models.base import META_FILE
 
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
@@ -27,14 +27,20 @@ def model_folder(path: str | Path) -> tuple[Path, str]:
     raise GenlabError(f"{path}: neither a run directory nor a genlab model folder (no {META_FILE})")
 
 
-def load_model(path: str | Path) -> tuple[Any, str]:
-    """(model, default name) from a run directory or model folder; weights are read from safetensors only."""
-    from genlab.config.families import family_class
-
+def safetensors_folder(path: str | Path) -> tuple[Path, str]:
+    """`model_folder`, refused when the folder holds pickled weights anywhere (unpickling runs code)."""
     folder, name = model_folder(path)
     pickled = sorted(str(p.relative_to(folder)) for pattern in PICKLES for p in folder.rglob(pattern))
     if pickled:
         raise GenlabError(f"{folder}: holds pickled weights ({', '.join(pickled)}); genlab serves safetensors only")
+    return folder, name
+
+
+def load_model(path: str | Path) -> tuple[Any, str]:
+    """(model, default name) from a run directory or model folder; weights are read from safetensors only."""
+    from genlab.config.families import family_class
+
+    folder, name = safetensors_folder(path)
     family = json.loads((folder / META_FILE).read_text())["family"]
     fallback = None  # a run directory's eval.sampling, for a folder exported before folders kept their options
     if (Path(path) / "config.yaml").is_file():
