@@ -117,6 +117,7 @@ def test_the_engine_process_drops_a_client_that_left_and_a_killed_one_fails_its_
     app = serve_app([runs["lm"].path], ServeConfig(names=["lm"]))
     engine = app.state.server.models["lm"].engine
     assert app.state.server.models["lm"].model.lm.device.type == "meta", "the server's process keeps no copy"
+    assert engine.load == "genlab.models.hf:causal_lm_folder", "its process reads the folder with transformers alone"
     long = {"model": "lm", "prompt": "x", "max_tokens": 90, "min_tokens": 90}
     with running(app) as url, concurrent.futures.ThreadPoolExecutor(2) as pool:
         with httpx.stream("POST", f"{url}/v1/completions", json={**long, "stream": True}) as r:

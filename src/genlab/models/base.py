@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from genlab.responsible.memorization import CopyIndex
 
 
-
 def _unimplemented(method: Any) -> Any:
     """A method every family writes itself: a capability that needs it does not count the base's."""
     method.unimplemented = True

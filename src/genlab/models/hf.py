@@ -73,8 +73,8 @@ def causal_lm_folder(path: Path) -> tuple[Any, Any]:
 
         return AutoModelForCausalLM.from_pretrained(PeftConfig.from_pretrained(path).base_model_name_or_path)
 
-    with library_noise_silenced():
-        lm = load_folder(path, AutoModelForCausalLM.from_pretrained, base)
+    with library_noise_silenced():  # the folder's own weights as safetensors only, as the family's folders hold them
+        lm = load_folder(path, lambda p: AutoModelForCausalLM.from_pretrained(p, use_safetensors=True), base)
     return lm.eval(), AutoTokenizer.from_pretrained(path)
 
 
