@@ -233,6 +233,94 @@ def test_the_server_refuses_an_upscale_past_its_memory_limit_before_decoding(sr_
         assert im.size == (96, 80) and np.array_equal(np.asarray(im), (want * 255).round().byte().numpy())
 
 
+def test_the_memory_budget_grants_in_arrival_order_and_a_request_whose_client_left_holds_nothing():
+    import asyncio
+
+    from genlab.serving.guard import MemoryBudget
+
+    async def scenario() -> None:
+        budget, order = MemoryBudget(10), []
+
+        async def request(name: str, need: int) -> None:
+            await budget.take(need)
+            order.append(name)
+
+        await budget.take(6)
+        big = asyncio.create_task(request("big", 8))  # 6 + 8 > 10: waits
+        small = asyncio.create_task(request("small", 3))  # would fit beside 6, and comes after big
+        await asyncio.sleep(0.01)
+        assert order == [] and budget.used == 6, "no request passes one that came earlier"
+        big.cancel()  # its client left while it waited
+        await asyncio.sleep(0.01)
+        assert order == ["small"] and budget.used == 9 and big.cancelled()
+        budget.give(6)
+        late = asyncio.create_task(request("late", 7))
+        await asyncio.sleep(0.01)
+        assert order == ["small", "late"] and budget.used == 10
+        await asyncio.gather(small, late)
+        budget.give(3)
+        budget.give(7)
+        assert budget.used == 0
+
+        await budget.take(10)
+        left = asyncio.create_task(request("left", 5))
+        await asyncio.sleep(0.01)
+        budget.give(10)  # granted to `left`, whose client goes before it runs: what it was given comes back
+        left.cancel()
+        await asyncio.gather(left, return_exceptions=True)
+        assert budget.used == 0 and "left" not in order
+
+    asyncio.run(scenario())
+
+
+def test_large_upscales_to_two_models_take_turns_within_the_servers_memory(sr_run, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from genlab.capabilities.upscale import ServedUpscaler, request_bytes
+    from genlab.serving.config import Limits
+
+    pixels, buffer = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8), io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    need = request_bytes(sr_run.model, [(200, 200)], 2 * len(image) + len(buffer.getvalue()))[-1]
+    assert need > 2**20
+    spans: list[tuple[float, float]] = []
+    upscale_one = ServedUpscaler.upscale_one
+
+    def timed(self, raw, field):  # each upscale, long enough for two to overlap if the server lets them
+        start = time.perf_counter()
+        time.sleep(0.5)
+        out = upscale_one(self, raw, field)
+        spans.append((start, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(ServedUpscaler, "upscale_one", timed)
+
+    def overlapped(memory: int) -> bool:
+        spans.clear()
+        limits = Limits(max_upscale_bytes=memory, max_memory_bytes=memory)
+        app = serve_app([sr_run.path, sr_run.path], ServeConfig(names=["a", "b"], limits=limits))
+        with running(app) as url, ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda name: httpx.post(f"{url}/v1/images/upscale", timeout=60, json={
+                "model": name, "images": [image]}), ["a", "b"]))
+            assert [r.status_code for r in answers] == [200, 200], answers[0].text
+            assert app.state.server.memory.used == 0, "each request gave its share back"
+        (a0, a1), (b0, b1) = spans
+        return a0 < b1 and b0 < a1
+
+    assert not overlapped(need * 3 // 2), "room for one: the second model's request waits for the first's"
+    assert overlapped(need * 3), "room for both: they run at once"
+
+
+def test_a_serve_config_whose_one_request_could_never_run_is_refused(tmp_path):
+    from genlab.errors import ConfigError
+    from genlab.serving.config import load_serve_config
+
+    (tmp_path / "serve.yaml").write_text("limits: {max_memory_bytes: 536870912}\n")  # under one request's 1 GiB
+    with pytest.raises(ConfigError, match=r"limits: .*max_upscale_bytes \(1,073,741,824\) exceeds max_memory_bytes"):
+        load_serve_config(tmp_path / "serve.yaml")
+
+
 _MEASURE = """
 import ctypes, gc, json, sys
 from pathlib import Path

@@ -25,7 +25,7 @@ from genlab.run import Run, as_run
 from genlab.serving.guard import Refused
 from genlab.serving.schemas import ModelRequest
 from genlab.serving.served import Served
-from genlab.serving.server import authorize, limit, run_job, served_for
+from genlab.serving.server import authorize, limit, run_job, served_for, unless_gone
 
 
 class Upscaler(Protocol):
@@ -122,9 +122,15 @@ async def upscale(body: UpscaleRequest, request: Request, identity: str = Depend
     opened = await asyncio.to_thread(  # base64 of a large body is CPU work: off the event loop
         lambda: [read_header(data, f"images[{i}]", limits.max_image_side) for i, data in enumerate(body.images)])
     received = sum(2 * len(data) for data in body.images) + sum(len(raw) for raw, _ in opened)  # body, str, bytes
-    check_request(served.model, [size for _, size in opened], received, limits.max_upscale_bytes)
-    items = [(raw, f"images[{i}]") for i, (raw, _) in enumerate(opened)]
-    out = await run_job(served, object(), items, request)  # a key of its own: never batched with another request
+    sizes = [size for _, size in opened]
+    check_request(served.model, sizes, received, limits.max_upscale_bytes)
+    need = request_bytes(served.model, sizes, received)[-1]
+    await unless_gone(request, server.memory.take(need))  # beside the other models' running requests
+    try:
+        items = [(raw, f"images[{i}]") for i, (raw, _) in enumerate(opened)]
+        out = await run_job(served, object(), items, request)  # a key of its own: never batched with another
+    finally:
+        server.memory.give(need)
     server.metrics.images.labels(served.name).inc(len(out))
     return {"created": int(time.time()), "data": [{"b64_json": b} for b in out]}
 

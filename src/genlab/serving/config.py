@@ -33,8 +33,17 @@ class Limits(Section):
     # memory one upscale request may take (tiles, outputs, their PNGs and JSON), from the sizes in the images'
     # headers: keep it under the container's memory limit (the exported one: 4 Gi), with room for the rest
     max_upscale_bytes: int = Field(2**30, ge=2**20)
+    # memory the running upscale requests of every model take together: past it a request waits its turn
+    max_memory_bytes: int = Field(3 * 2**30, ge=2**20)
     max_rows: int = Field(10_000, ge=1)  # table rows per request
     max_steps: int = Field(250, ge=1)  # diffusion sampler steps per request
+
+    @model_validator(mode="after")
+    def _one_request_fits(self) -> Limits:
+        if self.max_upscale_bytes > self.max_memory_bytes:
+            raise ValueError(f"max_upscale_bytes ({self.max_upscale_bytes:,}) exceeds max_memory_bytes "
+                             f"({self.max_memory_bytes:,}): a request that large could never run")
+        return self
 
 
 class BlocklistFilter(Section):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import hashlib
 import hmac
 import threading
@@ -148,3 +150,46 @@ class Guard:
             per_minute = self.limits.tokens_per_minute if kind == "tokens" else self.limits.requests_per_minute
             self._buckets[key] = _Bucket(per_minute)
         return self._buckets[key]
+
+
+class MemoryBudget:
+    """Bytes that running requests hold together, whatever their model (a container has one memory limit): a
+    request takes its share before it runs, in the order requests came, and gives it back once answered. Used
+    from the event loop's thread only."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.used = total, 0
+        self._waiting: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+
+    async def take(self, need: int) -> None:
+        """Wait until `need` bytes fit beside what is held (never past a request that came earlier)."""
+        if not self._waiting and self.used + need <= self.total:
+            self.used += need
+            return
+        granted = asyncio.get_running_loop().create_future()
+        waiter = (need, granted)
+        self._waiting.append(waiter)
+        try:
+            await granted
+        except asyncio.CancelledError:  # its client left while it waited
+            if granted.cancelled():
+                if waiter in self._waiting:
+                    self._waiting.remove(waiter)
+                self._grant()  # it may have held back smaller requests behind it
+            else:  # granted just before it was cancelled: give it back
+                self.give(need)
+            raise
+
+    def give(self, need: int) -> None:
+        self.used -= need
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting:
+            need, granted = self._waiting[0]
+            if not granted.cancelled() and self.used + need > self.total:
+                return
+            self._waiting.popleft()
+            if not granted.cancelled():  # a cancelled one's request left: it takes nothing
+                self.used += need
+                granted.set_result(None)

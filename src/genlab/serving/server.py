@@ -13,7 +13,7 @@ from fastapi import Request
 
 from genlab.errors import GenlabError
 from genlab.serving.config import ServeConfig
-from genlab.serving.guard import Guard, Refused
+from genlab.serving.guard import Guard, MemoryBudget, Refused
 from genlab.serving.metrics import Metrics
 from genlab.serving.served import Served
 from genlab.serving.workers import QueueFull
@@ -27,6 +27,7 @@ class Server:
     def __init__(self, models: dict[str, Served], config: ServeConfig, metrics: Metrics) -> None:
         self.models, self.config, self.metrics = models, config, metrics
         self.guard = Guard(config)
+        self.memory = MemoryBudget(config.limits.max_memory_bytes)  # what large requests hold, across models
         self.draining = False  # told to stop: /ready answers 503 while requests are still served
 
     def model(self, name: str, kind: type[Served], route: str) -> Served:
