@@ -151,3 +151,31 @@ def test_streamed_audio_and_chunks_kept_in_a_bucket(tmp_path, bucket, monkeypatc
     prepare(None, tmp_path / "table", ["data.source=table", f"data.path={tmp_path / 't'}"])
     with pytest.raises(GenlabError, match="data.streaming: true streams text, image and audio sets; .* table"):
         load_dataset(data(tmp_path / "table", "data.streaming=true"))
+
+
+def test_a_streamed_captioned_split_gives_its_first_captions_from_its_first_shards(tmp_path):
+    """What a text-to-image run previews with when its captioned set streams and has no validation split."""
+    from PIL import Image
+
+    from genlab.prepare import prepare
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "src").mkdir()
+    lines = []
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "src" / f"{i:02d}.png")
+        lines.append(json.dumps({"file_name": f"{i:02d}.png", "text": f"picture number {i}"}))
+    (tmp_path / "src" / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    patch = pytest.MonkeyPatch()
+    patch.setattr("genlab.prepare.items.SHARD_BYTES", 8_000)  # 10 images a shard
+    try:
+        prepare(None, tmp_path / "set", ["data.source=image_folder", f"data.path={tmp_path / 'src'}",
+                                         "data.image_size=16", "data.val_fraction=0"])
+    finally:
+        patch.undo()
+    streamed = load_dataset(data(tmp_path / "set", "data.streaming=true", "data.val_fraction=0"))
+    whole = load_dataset(data(tmp_path / "set", "data.streaming=false", "data.val_fraction=0"))
+    assert isinstance(streamed.train.x, ItemShards) and len(streamed.train.x.files) > 1
+    assert streamed.train.captions is None and len(streamed.val) == 0
+    assert streamed.train.first_captions(16) == whole.train.captions[:16] == whole.train.first_captions(16)
+    assert len(set(streamed.train.first_captions(16))) == 16 and streamed.val.first_captions(16) == []

@@ -39,6 +39,13 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
+    def first_captions(self, n: int) -> list[str]:
+        """The first `n` captions ([] for uncaptioned data); a streamed split reads them from its first shards."""
+        if self.captions is not None:
+            return self.captions[:n]
+        streamed = getattr(self.x, "first_captions", None)  # data/streamed_items.py's ItemShards
+        return streamed(n) if streamed is not None else []
+
     def cycled(self, n: int) -> tuple[torch.Tensor, list[str] | None]:
         """`n` row indices going round the split, each example asked for as often as the others, and their
         captions (None for uncaptioned data)."""

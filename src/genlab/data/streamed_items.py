@@ -60,6 +60,18 @@ class ItemShards:
                 break
         return _floats(self.kind, torch.cat(parts) if parts else torch.zeros(0))
 
+    def first_captions(self, n: int) -> list[str]:
+        """The first `n` items' captions ([] for an uncaptioned set), read from the first shards only."""
+        out: list[str] = []
+        for path, count in zip(self.files, self.counts, strict=True):
+            captions = _rows(path, 0, min(count, n - len(out)))[2]
+            if captions is None:
+                return []
+            out += captions
+            if len(out) >= n:
+                break
+        return out
+
     def spread(self, most_bytes: int) -> Split:
         """At most `most_bytes` of the split's items as floats, in memory: all of them, or every k-th; only the
         rows taken are read."""

@@ -99,7 +99,7 @@ class LatentDiffusion(GenerativeModel):
             with torch.no_grad():
                 latents = model.vae.encode(dataset.train.x[:1024]).latent_dist.mean
             model.vae.register_to_config(scaling_factor=float(1 / latents.std().clamp(min=1e-6)))
-        model.preview_captions = (dataset.val.captions or dataset.train.captions or [])[:16]
+        model.preview_captions = dataset.val.first_captions(16) or dataset.train.first_captions(16)
         if config.dreambooth is not None:
             model.preview_captions = [config.dreambooth.instance_prompt, *(config.dreambooth.class_prompt or [])][:16]
             if config.dreambooth.class_prompt:
