@@ -233,47 +233,43 @@ def test_the_server_refuses_an_upscale_past_its_memory_limit_before_decoding(sr_
         assert im.size == (96, 80) and np.array_equal(np.asarray(im), (want * 255).round().byte().numpy())
 
 
-def test_the_memory_budget_grants_in_arrival_order_and_a_request_whose_client_left_holds_nothing():
-    import asyncio
+def test_the_memory_budget_lets_jobs_in_by_arrival_and_never_past_its_total():
+    import threading
 
     from genlab.serving.guard import MemoryBudget
 
-    async def scenario() -> None:
-        budget, order = MemoryBudget(10), []
+    budget, order, used = MemoryBudget(10), [], []
+    done = {name: threading.Event() for name in ("first", "big", "small")}
 
-        async def request(name: str, need: int) -> None:
-            await budget.take(need)
+    def job(name: str, need: int) -> None:
+        with budget.hold(need):
             order.append(name)
+            used.append(budget.used)
+            done[name].wait(5)
 
-        await budget.take(6)
-        big = asyncio.create_task(request("big", 8))  # 6 + 8 > 10: waits
-        small = asyncio.create_task(request("small", 3))  # would fit beside 6, and comes after big
-        await asyncio.sleep(0.01)
-        assert order == [] and budget.used == 6, "no request passes one that came earlier"
-        big.cancel()  # its client left while it waited
-        await asyncio.sleep(0.01)
-        assert order == ["small"] and budget.used == 9 and big.cancelled()
-        budget.give(6)
-        late = asyncio.create_task(request("late", 7))
-        await asyncio.sleep(0.01)
-        assert order == ["small", "late"] and budget.used == 10
-        await asyncio.gather(small, late)
-        budget.give(3)
-        budget.give(7)
-        assert budget.used == 0
-
-        await budget.take(10)
-        left = asyncio.create_task(request("left", 5))
-        await asyncio.sleep(0.01)
-        budget.give(10)  # granted to `left`, whose client goes before it runs: what it was given comes back
-        left.cancel()
-        await asyncio.gather(left, return_exceptions=True)
-        assert budget.used == 0 and "left" not in order
-
-    asyncio.run(scenario())
+    threads = []
+    for name, need in (("first", 6), ("big", 8), ("small", 3)):  # big waits: 6 + 8 > 10; small comes after it
+        threads.append(threading.Thread(target=job, args=(name, need)))
+        threads[-1].start()
+        time.sleep(0.1)
+    assert order == ["first"], "small would fit beside first, and big came earlier"
+    done["first"].set()
+    time.sleep(0.1)
+    assert order == ["first", "big"] and budget.used == 8, "small does not fit beside big"
+    done["big"].set()
+    time.sleep(0.1)
+    assert order == ["first", "big", "small"]
+    done["small"].set()
+    for thread in threads:
+        thread.join(5)
+    assert budget.used == 0 and max(used) <= 10
+    with pytest.raises(ValueError), budget.hold(10):
+        raise ValueError("a job that fails gives its share back")
+    assert budget.used == 0
 
 
 def test_large_upscales_to_two_models_take_turns_within_the_servers_memory(sr_run, monkeypatch):
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from genlab.capabilities.upscale import ServedUpscaler, request_bytes
@@ -284,32 +280,34 @@ def test_large_upscales_to_two_models_take_turns_within_the_servers_memory(sr_ru
     image = base64.b64encode(buffer.getvalue()).decode()
     need = request_bytes(sr_run.model, [(200, 200)], 2 * len(image) + len(buffer.getvalue()))[-1]
     assert need > 2**20
-    spans: list[tuple[float, float]] = []
+    met: list[bool] = []
     upscale_one = ServedUpscaler.upscale_one
 
-    def timed(self, raw, field):  # each upscale, long enough for two to overlap if the server lets them
-        start = time.perf_counter()
-        time.sleep(0.5)
-        out = upscale_one(self, raw, field)
-        spans.append((start, time.perf_counter()))
-        return out
+    def meeting(self, raw, field):  # both upscales meet here only if the server runs them at once
+        try:
+            met.append(barrier.wait(timeout=2) >= 0)
+        except threading.BrokenBarrierError:
+            met.append(False)
+        return upscale_one(self, raw, field)
 
-    monkeypatch.setattr(ServedUpscaler, "upscale_one", timed)
+    monkeypatch.setattr(ServedUpscaler, "upscale_one", meeting)
 
-    def overlapped(memory: int) -> bool:
-        spans.clear()
+    def together(memory: int) -> list[bool]:
+        nonlocal barrier
+        met.clear()
+        barrier = threading.Barrier(2)
         limits = Limits(max_upscale_bytes=memory, max_memory_bytes=memory)
         app = serve_app([sr_run.path, sr_run.path], ServeConfig(names=["a", "b"], limits=limits))
         with running(app) as url, ThreadPoolExecutor(2) as pool:
             answers = list(pool.map(lambda name: httpx.post(f"{url}/v1/images/upscale", timeout=60, json={
                 "model": name, "images": [image]}), ["a", "b"]))
             assert [r.status_code for r in answers] == [200, 200], answers[0].text
-            assert app.state.server.memory.used == 0, "each request gave its share back"
-        (a0, a1), (b0, b1) = spans
-        return a0 < b1 and b0 < a1
+            assert app.state.server.memory.used == 0, "each job gave its share back"
+        return met
 
-    assert not overlapped(need * 3 // 2), "room for one: the second model's request waits for the first's"
-    assert overlapped(need * 3), "room for both: they run at once"
+    barrier = threading.Barrier(2)
+    assert together(need * 3 // 2) == [False, False], "room for one: the second model's job waits for the first's"
+    assert together(need * 3) == [True, True], "room for both: they run at once"
 
 
 def test_a_serve_config_whose_one_request_could_never_run_is_refused(tmp_path):

@@ -9,6 +9,7 @@ import io
 import math
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,10 +23,10 @@ from genlab.evaluation.figures import Figure
 from genlab.media.suffixes import IMAGE_SUFFIXES
 from genlab.quiet import quiet
 from genlab.run import Run, as_run
-from genlab.serving.guard import Refused
+from genlab.serving.guard import MemoryBudget, Refused
 from genlab.serving.schemas import ModelRequest
 from genlab.serving.served import Served
-from genlab.serving.server import authorize, limit, run_job, served_for, unless_gone
+from genlab.serving.server import authorize, limit, run_job, served_for
 
 
 class Upscaler(Protocol):
@@ -93,15 +94,25 @@ class UpscaleRequest(ModelRequest):
     images: list[str] = Field(min_length=1)  # base64 PNG, JPEG or WebP
 
 
+@dataclass(frozen=True, eq=False)
+class Alone:
+    """An upscale job's batching key, equal to no other's (images of other sizes are not batched), with the memory
+    it holds while it runs (`request_bytes`) and the server's budget that it holds it in."""
+
+    need: int
+    memory: MemoryBudget
+
+
 class ServedUpscaler(Served):
     """Each request's images upscaled in turn (their sizes differ, so requests are not batched)."""
 
     kind = "upscale"
 
-    def run_batch(self, key: Any, items: list[tuple[bytes, str]]) -> list[str]:
+    def run_batch(self, key: Alone, items: list[tuple[bytes, str]]) -> list[str]:
         # one image at a time, decoded just before and encoded just after: a request holds one image's pixels
         # beside the PNGs made so far, never all its inputs and outputs at once
-        return [self.upscale_one(raw, field) for raw, field in items]
+        with key.memory.hold(key.need):  # beside what the other models' running jobs hold
+            return [self.upscale_one(raw, field) for raw, field in items]
 
     def upscale_one(self, raw: bytes, field: str) -> str:
         image = decode_pixels(raw, self.model.spec.shape[0], field)
@@ -124,13 +135,9 @@ async def upscale(body: UpscaleRequest, request: Request, identity: str = Depend
     received = sum(2 * len(data) for data in body.images) + sum(len(raw) for raw, _ in opened)  # body, str, bytes
     sizes = [size for _, size in opened]
     check_request(served.model, sizes, received, limits.max_upscale_bytes)
-    need = request_bytes(served.model, sizes, received)[-1]
-    await unless_gone(request, server.memory.take(need))  # beside the other models' running requests
-    try:
-        items = [(raw, f"images[{i}]") for i, (raw, _) in enumerate(opened)]
-        out = await run_job(served, object(), items, request)  # a key of its own: never batched with another
-    finally:
-        server.memory.give(need)
+    alone = Alone(request_bytes(served.model, sizes, received)[-1], server.memory)
+    items = [(raw, f"images[{i}]") for i, (raw, _) in enumerate(opened)]
+    out = await run_job(served, alone, items, request)
     server.metrics.images.labels(served.name).inc(len(out))
     return {"created": int(time.time()), "data": [{"b64_json": b} for b in out]}
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
+import contextlib
 import hashlib
 import hmac
 import threading
 import time
+from collections.abc import Iterator
 
 from genlab.serving.config import ServeConfig
 
@@ -152,44 +153,30 @@ class Guard:
         return self._buckets[key]
 
 
+
 class MemoryBudget:
-    """Bytes that running requests hold together, whatever their model (a container has one memory limit): a
-    request takes its share before it runs, in the order requests came, and gives it back once answered. Used
-    from the event loop's thread only."""
+    """Bytes that the running jobs of every model hold together (a container has one memory limit). A job takes its
+    share in its model's worker thread just before it runs, in the order jobs came, and gives it back when done: a
+    job still in a model's queue holds nothing, so requests waiting there cannot keep other models' jobs out."""
 
     def __init__(self, total: int) -> None:
         self.total, self.used = total, 0
-        self._waiting: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+        self._line: collections.deque[object] = collections.deque()
+        self._cond = threading.Condition()
 
-    async def take(self, need: int) -> None:
-        """Wait until `need` bytes fit beside what is held (never past a request that came earlier)."""
-        if not self._waiting and self.used + need <= self.total:
+    @contextlib.contextmanager
+    def hold(self, need: int) -> Iterator[None]:
+        """Wait until `need` bytes fit beside what is held (never past a job that came earlier), hold them within."""
+        ticket = object()
+        with self._cond:
+            self._line.append(ticket)
+            self._cond.wait_for(lambda: self._line[0] is ticket and self.used + need <= self.total)
+            self._line.popleft()
             self.used += need
-            return
-        granted = asyncio.get_running_loop().create_future()
-        waiter = (need, granted)
-        self._waiting.append(waiter)
+            self._cond.notify_all()  # the next in line may fit beside it
         try:
-            await granted
-        except asyncio.CancelledError:  # its client left while it waited
-            if granted.cancelled():
-                if waiter in self._waiting:
-                    self._waiting.remove(waiter)
-                self._grant()  # it may have held back smaller requests behind it
-            else:  # granted just before it was cancelled: give it back
-                self.give(need)
-            raise
-
-    def give(self, need: int) -> None:
-        self.used -= need
-        self._grant()
-
-    def _grant(self) -> None:
-        while self._waiting:
-            need, granted = self._waiting[0]
-            if not granted.cancelled() and self.used + need > self.total:
-                return
-            self._waiting.popleft()
-            if not granted.cancelled():  # a cancelled one's request left: it takes nothing
-                self.used += need
-                granted.set_result(None)
+            yield
+        finally:
+            with self._cond:
+                self.used -= need
+                self._cond.notify_all()
