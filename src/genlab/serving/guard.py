@@ -153,7 +153,6 @@ class Guard:
         return self._buckets[key]
 
 
-
 class MemoryBudget:
     """Bytes that the running jobs of every model hold together (a container has one memory limit). A job takes its
     share in its model's worker thread just before it runs, in the order jobs came, and gives it back when done: a
