@@ -6,6 +6,8 @@ import torch
 from diffusers import DDPMPipeline
 
 import genlab
+from genlab.config import chosen_sampling
+from genlab.config.diffusion import PREVIEW_STEPS
 from genlab.models import Diffusion
 
 from .conftest import tiny
@@ -102,3 +104,21 @@ def test_min_snr_weighting_lowers_only_the_low_noise_samples_weight(tiny_run):
     assert clipped < 0.95 * plain, "samples above SNR 5 count for less"
     # v-prediction: SNR / (SNR + 1) even unclipped (the epsilon error the v error implies), then the clip
     assert v_unbounded < 0.95 * v_plain and v_clipped < 0.95 * v_unbounded
+
+
+def test_a_preview_draws_as_the_run_samples_with_only_its_cost_held(conditional_run, monkeypatch):
+    """Training previews take the run's sampling options (its eval.sampling) and one of each class in turn; a
+    sampler set for a final evaluation (ddpm: every timestep) is held to PREVIEW_STEPS."""
+    model = conditional_run.model
+    monkeypatch.setattr(model, "sampling", chosen_sampling("diffusion", {"sampler": "ddim", "steps": 6,
+                                                                         "guidance_scale": 3.0}))
+    preview = model.preview(4, torch.Generator().manual_seed(0))
+    drawn = model.sample(4, generator=torch.Generator().manual_seed(0), labels=[0, 1, 2, 3], sampler="ddim", steps=6,
+                         guidance_scale=3.0)
+    assert torch.equal(preview, drawn)
+    plain = model.sample(4, generator=torch.Generator().manual_seed(0), labels=[0, 1, 2, 3], sampler="ddim", steps=6)
+    assert not torch.equal(preview, plain), "the run's guidance reaches the preview"
+    monkeypatch.setattr(model, "sampling", chosen_sampling("diffusion", {"sampler": "ddpm", "guidance_scale": 2.0}))
+    assert model.preview_options() == {"sampler": "ddpm", "guidance_scale": 2.0, "steps": PREVIEW_STEPS}
+    monkeypatch.setattr(model, "sampling", chosen_sampling("diffusion", {"sampler": "ddim", "steps": 80}))
+    assert model.preview_options() == {"sampler": "ddim", "steps": PREVIEW_STEPS}

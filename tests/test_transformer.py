@@ -75,6 +75,16 @@ def test_same_seed_same_text_and_batched_requests_match_requests_drawn_alone(lm_
                      for s, p in zip((1, 2), prompts, strict=True)]
 
 
+def test_a_preview_continues_its_prompts_as_the_run_samples_with_new_tokens_held(lm_run, monkeypatch):
+    model = lm_run.model
+    monkeypatch.setattr(model, "sampling", {"max_new_tokens": 300, "temperature": 0.5, "top_k": 5})
+    assert model.preview_options() == {"max_new_tokens": 200, "temperature": 0.5, "top_k": 5}
+    prompts = [model.preview_prompts[i % len(model.preview_prompts)] for i in range(2)]
+    drawn = model.sample(2, generator=torch.Generator().manual_seed(0), prompt=prompts, max_new_tokens=200,
+                         temperature=0.5, top_k=5)
+    assert model.preview(2, torch.Generator().manual_seed(0)) == [p + t for p, t in zip(prompts, drawn, strict=True)]
+
+
 def test_long_generations_slide_past_the_context_and_long_prompts_are_cut(lm_run, caplog):
     model = lm_run.model
     text = lm_run.sample(1, seed=0, prompt="x", max_new_tokens=80, stop=["<never>"])[0]

@@ -10,6 +10,7 @@ from genlab.config import ModelConfig
 from genlab.config.section import Sampling
 
 DEFAULT_STEPS = {"ddim": 50, "dpm-solver": 20}  # ddpm: every training timestep
+PREVIEW_STEPS = 50  # the most a training preview draws with: the run's own steps unless it asks for more
 
 
 class DiffusionConfig(ModelConfig):

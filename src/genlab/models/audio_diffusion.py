@@ -17,6 +17,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from genlab.config import TrainConfig
 from genlab.config.audio_diffusion import AudioDiffusionConfig, AudioSampling
+from genlab.config.diffusion import PREVIEW_STEPS
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
 from genlab.media.audio import Clips, MelSpectrogram
@@ -28,6 +29,7 @@ from genlab.models.protocol import Graph, Suits
 class AudioDiffusion(GenerativeModel):
     Config = AudioDiffusionConfig
     Sampling = AudioSampling
+    preview_limits = {"steps": PREVIEW_STEPS, "griffin_lim_iters": 64}
     hub_library = "diffusers"
     suits = Suits("audio", "diffusion on log-mel images, vocoded by Griffin-Lim: the family genlab has for sound",
                   "spoken-digits-diffusion", conditional=True)
@@ -84,10 +86,6 @@ class AudioDiffusion(GenerativeModel):
 
     def check_request(self, n: int, labels: Any = None, **options: Any) -> None:
         self.diffusion.check_request(n, labels, **options)
-
-    def preview(self, n: int, generator: Any = None) -> torch.Tensor:
-        labels = torch.arange(n) % self.spec.num_classes if self.config.class_conditional else None
-        return self.sample(n, generator=generator, labels=labels, steps=20, griffin_lim_iters=16)
 
     # --- the model folder --------------------------------------------------------------------------
 

@@ -59,6 +59,9 @@ class GenerativeModel(L.LightningModule):
     subject_prompt: str | None = None  # the prompt a fine-tune taught its one subject with (DreamBooth)
     preview_captions: list[str] | tuple[str, ...] = ()  # what a model drawn from text shows first: held-out captions
     collapse_samples: int = 0  # fixed latents scored for mode collapse at each validation (GANs); 0: none
+    # the most of each costly sampling option a training preview draws with (diffusion steps, new tokens): previews
+    # run at every validation, so a sampler set for the final evaluation (ddpm's thousand steps) must not slow training
+    preview_limits: ClassVar[dict[str, int]] = {}
     spec: DataSpec
     sampling: dict[str, Any]  # the sampling options chosen for it (the run's eval.sampling, kept in its folder)
 
@@ -145,8 +148,17 @@ class GenerativeModel(L.LightningModule):
         return set()
 
     def preview(self, n: int, generator: Any = None) -> Any:
-        """A quick look at the model during training; families with slow samplers pick fast settings."""
-        return self.sample(n, generator=generator)
+        """A quick look at the model during training, drawn as the run samples everywhere else."""
+        return self.sample(n, generator=generator, **self.example_conditions(n), **self.preview_options())
+
+    def preview_options(self) -> dict[str, Any]:
+        """The run's sampling options (its eval.sampling), each costly one held to its preview limit."""
+        options, chosen = dict(self.sampling), self.Sampling.model_validate(self.sampling)
+        for key, most in self.preview_limits.items():
+            value = getattr(chosen, key)
+            if value is None or value > most:  # None: the sampler's own default, all its steps for ddpm
+                options[key] = most
+        return options
 
     # --- shared ---------------------------------------------------------------------------------
 
@@ -230,8 +242,9 @@ class GenerativeModel(L.LightningModule):
         return None
 
     def example_conditions(self, n: int) -> dict[str, Any]:
-        """What `n` example samples are drawn for (a model drawn from text: its example prompts); none by default."""
-        return {}
+        """What `n` example samples are drawn for: each class in turn for a class-conditional model (a model drawn
+        from text: its example prompts); none for the others."""
+        return {"labels": [i % self.spec.num_classes for i in range(n)]} if self.takes_labels else {}
 
     @classmethod
     def read_meta(cls, path: str | Path) -> tuple[ModelConfig, DataSpec]:

@@ -17,7 +17,7 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMulti
 from diffusers.utils.torch_utils import randn_tensor
 
 from genlab.config import TrainConfig
-from genlab.config.diffusion import DEFAULT_STEPS, DiffusionConfig, DiffusionSampling
+from genlab.config.diffusion import DEFAULT_STEPS, PREVIEW_STEPS, DiffusionConfig, DiffusionSampling
 from genlab.data.records import DataSpec
 from genlab.errors import GenlabError
 from genlab.media.formats import IMAGES
@@ -47,6 +47,7 @@ class Diffusion(GenerativeModel):
     Config = DiffusionConfig
     Sampling = DiffusionSampling
     media = IMAGES
+    preview_limits = {"steps": PREVIEW_STEPS}
     hub_library = "diffusers"
     suits = Suits("image", "the best sample quality and coverage of the data given time; slow to sample (tens of "
                   "network calls an image)", "digits-diffusion", quality=0, speed=2, control=1, short_budget=1,
@@ -148,10 +149,6 @@ class Diffusion(GenerativeModel):
         super().check_request(n, labels, **options)
         if labels is None and options.get("guidance_scale", 1.0) != 1.0:
             raise GenlabError("guidance_scale: guidance needs a class label")
-
-    def preview(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        labels = torch.arange(n) % self.spec.num_classes if self.config.class_conditional else None
-        return self.sample(n, generator=generator, labels=labels, sampler="dpm-solver", steps=20)
 
     def _sample_labels(self, n: int, labels) -> torch.Tensor | None:
         if not self.config.class_conditional:

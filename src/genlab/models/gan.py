@@ -209,10 +209,6 @@ class GAN(GenerativeModel):
             z = torch.special.ndtri(edge + torch.special.ndtr(z) * (1 - 2 * edge))
         return (self.generator(z, self._labels(n, labels)) / 2 + 0.5).clamp(0, 1)
 
-    def preview(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        labels = torch.arange(n) % self.spec.num_classes if self.config.class_conditional else None
-        return self.sample(n, generator=generator, labels=labels)
-
     def _labels(self, n: int, labels) -> torch.Tensor | None:
         if not self.config.class_conditional:
             if labels is not None:

@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
 from genlab.config import TrainConfig
-from genlab.config.diffusion import DEFAULT_STEPS
+from genlab.config.diffusion import DEFAULT_STEPS, PREVIEW_STEPS
 from genlab.config.latent_diffusion import MINILM, SCRATCH, LatentDiffusionConfig, LatentDiffusionSampling
 from genlab.data.records import Dataset, DataSpec
 from genlab.errors import GenlabError
@@ -41,6 +41,7 @@ class LatentDiffusion(GenerativeModel):
     Config = LatentDiffusionConfig
     Sampling = LatentDiffusionSampling
     media = IMAGES
+    preview_limits = {"steps": PREVIEW_STEPS}
     hub_library = "diffusers"
     hub_task = "text-to-image"
     takes_prompts = True
@@ -242,9 +243,6 @@ class LatentDiffusion(GenerativeModel):
 
     def sampling_steps(self, options: dict[str, Any]) -> int:
         return options.get("steps") or DEFAULT_STEPS.get(options.get("sampler"), self.config.num_train_timesteps)
-
-    def preview(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.sample(n, generator=generator, **self.example_conditions(n), steps=20)
 
     # --- the model folder ------------------------------------------------------------------------
 

@@ -87,6 +87,7 @@ class Seq2Seq(GenerativeModel):
     Config = Seq2SeqConfig
     Sampling = Seq2SeqSampling
     media = TEXTS
+    preview_limits = {"max_new_tokens": 200}
     suits = Suits("pairs", "an encoder-decoder for text to text (translation, summaries, formats)", "dates-seq2seq")
     hub_library = "transformers"
     tokenizer: Any
@@ -196,8 +197,8 @@ class Seq2Seq(GenerativeModel):
     def preview(self, n: int, generator: torch.Generator | None = None) -> list[str]:
         sources = [self.preview_sources[i % len(self.preview_sources)] for i in range(n)] if self.preview_sources \
             else [""] * n
-        return [f"{s}\n-> {p}" for s, p in zip(sources, self.sample(n, generator=generator, source=sources),
-                                                strict=True)]
+        outputs = self.sample(n, generator=generator, source=sources, **self.preview_options())
+        return [f"{s}\n-> {p}" for s, p in zip(sources, outputs, strict=True)]
 
     def _generate(self, sources: list[str], generator: torch.Generator | None, opts: Seq2SeqSampling) -> list[str]:
         ids = self._ids(sources, self.config.max_source_length, specials=True).to(self.device)

@@ -261,9 +261,6 @@ class TabularVAE(GenerativeModel):
                 rows[:, self.cat_idx[j]] = torch.multinomial(lg.softmax(-1), 1).squeeze(1).float()
         return self.columns.decode(rows)
 
-    def preview(self, n: int, generator: torch.Generator | None = None) -> pd.DataFrame:
-        return self.sample(n, generator=generator)
-
     # --- the model folder --------------------------------------------------------------------------
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -71,6 +71,7 @@ class Transformer(GenerativeModel):
     Config = TransformerConfig
     Sampling = TextSampling
     media = TEXTS
+    preview_limits = {"max_new_tokens": 200}
     suits = Suits("text", "a causal transformer with characters as tokens, for a corpus this small (under 5 MB): no "
                   "vocabulary is spent on rare words", "shakespeare-char",
                   large=(5_000_000, "python-docs-lm", "a causal transformer with byte-level BPE tokens, for a corpus "
@@ -201,8 +202,7 @@ class Transformer(GenerativeModel):
 
     def preview(self, n: int, generator: torch.Generator | None = None) -> list[str]:
         prompts = [self.preview_prompts[i % len(self.preview_prompts)] for i in range(n)]
-        texts = self.sample(n, generator=generator, prompt=prompts, max_new_tokens=min(200, self.context),
-                            temperature=0.8)
+        texts = self.sample(n, generator=generator, prompt=prompts, **self.preview_options())
         return [p + t for p, t in zip(prompts, texts, strict=True)]
 
     def _generate(self, prompts: list[str], generator: torch.Generator | None, opts: TextSampling) -> list[str]:
