@@ -83,7 +83,8 @@ def runs(tmp_path_factory, tiny_run) -> dict[str, genlab.Run]:
 @contextmanager
 def running(app):
     """The app under a real uvicorn server on a free loopback port; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False,
+                                           http="h11"))  # genlab serve's parser (listen.py)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

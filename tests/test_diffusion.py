@@ -122,3 +122,6 @@ def test_a_preview_draws_as_the_run_samples_with_only_its_cost_held(conditional_
     assert model.preview_options() == {"sampler": "ddpm", "guidance_scale": 2.0, "steps": PREVIEW_STEPS}
     monkeypatch.setattr(model, "sampling", chosen_sampling("diffusion", {"sampler": "ddim", "steps": 80}))
     assert model.preview_options() == {"sampler": "ddim", "steps": PREVIEW_STEPS}
+    monkeypatch.setattr(model.config, "num_train_timesteps", 20)  # ddpm's every step is fewer than the limit
+    monkeypatch.setattr(model, "sampling", chosen_sampling("diffusion", {"sampler": "ddpm"}))
+    assert model.preview_options() == {"sampler": "ddpm"}

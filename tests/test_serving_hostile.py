@@ -5,8 +5,10 @@ an error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -266,28 +268,55 @@ def test_errors_never_quote_internal_exception_text(runs, monkeypatch):
     assert answer.status_code == 400 and secret not in answer.text and "could not take it" in answer.text
 
 
-@pytest.mark.parametrize("trusted", [[], ["127.0.0.1"]])
-def test_a_fresh_x_forwarded_for_per_request_does_not_escape_the_per_client_limits(runs, trusted):
+@contextlib.contextmanager
+def listening(runs, config: ServeConfig):
+    """`genlab serve`'s own uvicorn settings (listen.py) around the app, on a free loopback port: its URL."""
     import uvicorn
 
     from genlab.serving.listen import uvicorn_config
 
-    config = ServeConfig(**THREAD, names=["lm"], port=0, trusted_proxies=trusted,
-                         rate_limit={"requests_per_minute": 2})
     server = uvicorn.Server(uvicorn_config(serve_app([runs["lm"].path], config), config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 60
     while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    body = {"model": "lm", "prompt": "x", "max_tokens": 1}
     try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.parametrize("trusted", [[], ["127.0.0.1"]])
+def test_a_fresh_x_forwarded_for_per_request_does_not_escape_the_per_client_limits(runs, trusted):
+    config = ServeConfig(**THREAD, names=["lm"], port=0, trusted_proxies=trusted,
+                         rate_limit={"requests_per_minute": 2})
+    body = {"model": "lm", "prompt": "x", "max_tokens": 1}
+    with listening(runs, config) as url:
         # straight to the server, a client sends the header itself; through a trusted proxy, the proxy appends the
         # address it saw, and what came before it is still the client's to choose
         sent = [f"10.0.0.{i}" + (", 192.0.2.7" if trusted else "") for i in range(4)]
         codes = [httpx.post(f"{url}/v1/completions", json=body, timeout=30,
                             headers={"X-Forwarded-For": header}).status_code for header in sent]
-    finally:
-        server.should_exit = True
-        thread.join(10)
     assert codes == [200, 200, 429, 429], "one client, under one address, whatever the header says"
+
+
+def test_a_request_head_past_16_kb_is_refused_before_the_app_reads_it(runs):
+    """httptools' parser would hand the app a head of any size (50 MB was answered 200): the server parses with
+    h11, which bounds it."""
+    with listening(runs, ServeConfig(**THREAD, names=["lm"], port=0)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        assert httpx.get(f"{url}/health", headers={"X-Big": "a" * 8000}).status_code == 200
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            answer = b""
+            try:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+                for i in range(1000):  # 1 MB of headers, a kilobyte each
+                    sock.sendall(b"X-A%d: %s\r\n" % (i, b"a" * 1000))
+                sock.sendall(b"\r\n")
+                answer = sock.recv(200)
+            except OSError:
+                pass  # closed while the head was still coming (reset, broken pipe, aborted: by platform)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer

@@ -383,7 +383,8 @@ def rate(
                           "results for `genlab ratings`")
     ratings = Ratings.create(runs, out_dir, n)
     out.print(f"rating {', '.join(ratings.runs)} at http://{host}:{port}/ ; results: genlab ratings {out_dir}")
-    uvicorn.run(rating_app(ratings, admin_key=admin_key, quota=quota), host=host, port=port, log_level="warning")
+    uvicorn.run(rating_app(ratings, admin_key=admin_key, quota=quota), host=host, port=port, log_level="warning",
+                http="h11")  # a bounded request head, as genlab serve's
 
 
 @app.command()

@@ -45,7 +45,9 @@ class CollapseWatch(L.Callback):
                 self.net, _ = feature_net(self.train, self.num_classes, self.feature_steps, self.cache_dir)
             with torch.no_grad():
                 self.real_spread = _spread(self.net(self.real))
-        fake = pl_module.preview(self.n, torch.Generator(pl_module.device).manual_seed(1234)).float().cpu()
+        # the generator itself, each class in turn: not the previews' options, whose truncation narrows variety
+        fake = pl_module.sample(self.n, generator=torch.Generator(pl_module.device).manual_seed(1234),
+                                **pl_module.example_conditions(self.n)).float().cpu()
         figures = collapse_figures(self.net, fake, self.real, self.real_spread, self.num_classes)
         pl_module.log_dict({"val/fid": figures["fid"], "monitor/diversity": figures["diversity"],
                             **({"monitor/class_coverage": figures["class_coverage"]} if self.num_classes > 1 else {})})

@@ -156,7 +156,9 @@ class GenerativeModel(L.LightningModule):
         options, chosen = dict(self.sampling), self.Sampling.model_validate(self.sampling)
         for key, most in self.preview_limits.items():
             value = getattr(chosen, key)
-            if value is None or value > most:  # None: the sampler's own default, all its steps for ddpm
+            if value is None:  # a sampler's own number of steps: ddpm's is every training timestep
+                value = self.sampling_steps(chosen.model_dump())
+            if value > most:
                 options[key] = most
         return options
 
