@@ -294,7 +294,11 @@ class TextEngine:
         # text alone or in a crowd.
         cut = [i for i, s in enumerate(seqs)
                if not greedy[i] and ((s.params.top_k or vocab) < vocab or s.params.top_p < 1)]
-        sampled = _inverse_cdf(F.softmax(scaled, dim=1), draws)
+        plain = [i for i in range(len(seqs)) if not greedy[i] and i not in cut]
+        sampled = logits.argmax(1)  # the greedy rows'; the others' are drawn below, each row once
+        if plain:
+            rows = slice(None) if len(plain) == len(seqs) else torch.tensor(plain)  # all plain: no copy
+            sampled[rows] = _inverse_cdf(F.softmax(scaled[rows], dim=1), draws[rows])
         if cut:
             rows = torch.tensor(cut)
             ordered, order = scaled[rows].sort(dim=1, descending=True)
@@ -303,7 +307,7 @@ class TextEngine:
             top_p = torch.tensor([seqs[i].params.top_p for i in cut]).unsqueeze(1)
             probs = probs.masked_fill(probs.cumsum(1) - probs >= top_p, 0.0)  # the smallest head reaching top_p
             sampled[rows] = order.gather(1, _inverse_cdf(probs, draws[rows]).unsqueeze(1)).squeeze(1)
-        return torch.where(greedy, logits.argmax(1), sampled).tolist()
+        return sampled.tolist()
 
     def _detokenize(self, seq: _Sequence) -> None:
         """Append the newest token's text (byte-level tokens may need the next one to complete a character)."""
