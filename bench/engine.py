@@ -7,8 +7,8 @@ Random-weight Llamas (built here: nothing is downloaded) decode in genlab's Text
   step at one sequence is mostly fixed cost (Python, kernel launches), which 32 rows share; a large one's is its
   weights read from memory at 1 row and its arithmetic at 32, so the ratio falls to the machine's FLOPs per
   byte of weights;
-- by vocabulary: the recipe's shape with GPT-2's 50,257 tokens, plain temperature sampling and top_p 0.9 (the
-  rows that cut their tail are the only ones sorted).
+- by vocabulary: the recipe's shape with GPT-2's 50,257 tokens, plain temperature sampling, top_k 50 (a row's
+  k logits taken by torch.topk) and top_p 0.9 (a row sorted whole).
 Each point's rounds interleave; medians are printed. Figures only.
 
 Usage: python bench/engine.py [SECONDS_PER_POINT] [ROUNDS]
@@ -92,8 +92,9 @@ def by_size() -> None:
 
 def by_vocabulary() -> None:
     lm, tokenizer = model(4, 192, GPT2_VOCAB)
-    points = {(b, name): [] for b in (1, 32) for name in ("temperature 1", "top_p 0.9")}
-    settings = {"temperature 1": PLAIN, "top_p 0.9": TextParams(max_tokens=64, min_tokens=64, top_p=0.9)}
+    settings = {"temperature 1": PLAIN, "top_k 50": TextParams(max_tokens=64, min_tokens=64, top_k=50),
+                "top_p 0.9": TextParams(max_tokens=64, min_tokens=64, top_p=0.9)}
+    points = {(b, name): [] for b in (1, 32) for name in settings}
     for _ in range(ROUNDS):
         for batch, name in points:
             points[(batch, name)].append(decode(lm, tokenizer, batch, settings[name]))

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -216,8 +217,8 @@ def test_a_seeded_request_gives_the_same_text_alone_and_in_a_crowd(runs):
 
 
 def test_each_row_draws_from_its_own_distribution_sorted_only_when_it_cuts_its_tail(monkeypatch):
-    """A row without top_k or top_p draws in vocabulary order (no sort: 130 ms a step for 32 rows of GPT-2's
-    vocabulary), one with them from its sorted head; either way the frequencies are the softmax's."""
+    """A row without top_k or top_p draws in vocabulary order (no sort: 115 ms a step for 32 rows of GPT-2's
+    vocabulary), one with them from its own head, sorted; either way the frequencies are the softmax's."""
     probs = torch.tensor([0.1, 0.4, 0.05, 0.3, 0.15])
 
     def pick(params: list[TextParams]) -> list[int]:
@@ -235,16 +236,36 @@ def test_each_row_draws_from_its_own_distribution_sorted_only_when_it_cuts_its_t
                                torch.tensor([0, 0.4, 0, 0.3, 0.15]) / 0.85, atol=0.02, rtol=0)
     sharp = frequencies(TextParams(temperature=0.25))
     assert sharp[1] > 0.7 and sharp[2] < 0.01, "a low temperature sharpens the plain draw too"
-    sorted_rows, sort = [], torch.Tensor.sort
+    heads, topk = [], torch.Tensor.topk
 
-    def counted(t, *args, **kwargs):
-        sorted_rows.append(t.shape[0])
-        return sort(t, *args, **kwargs)
+    def counted(t, k, *args, **kwargs):
+        heads.append((t.shape[0], k))
+        return topk(t, k, *args, **kwargs)
 
-    monkeypatch.setattr(torch.Tensor, "sort", counted)
+    monkeypatch.setattr(torch.Tensor, "topk", counted)
+    monkeypatch.setattr(torch.Tensor, "sort", lambda *a, **k: pytest.fail("no row is sorted whole by sort"))
     pick([TextParams(temperature=1.0)] * 6 + [TextParams(temperature=1.0, top_p=0.5),
-                                              TextParams(temperature=0, top_k=3)])
-    assert sorted_rows == [1], "only the row that cuts its tail is sorted; a greedy one never is"
+                                              TextParams(temperature=1.0, top_k=3), TextParams(temperature=0, top_k=3)])
+    assert sorted(heads) == [(1, 3), (1, 5)], "a top_k row takes its k, a top_p row its whole row; greedy ones none"
+
+
+@pytest.mark.parametrize("top_k, top_p", [(1, 1.0), (7, 1.0), (50, 1.0), (999, 1.0), (50, 0.6), (0, 0.9)])
+def test_a_row_that_cuts_its_tail_draws_what_sorting_its_whole_row_draws(top_k, top_p):
+    """Taking a row's top k (torch.topk) rather than sorting all of it changes no draw: the same token for the same
+    seed as the whole row sorted, cut at k and top_p, would give, alone or beside rows with other cuts."""
+    vocab, n = 1000, 48
+    logits = torch.randn(n, vocab, generator=torch.Generator().manual_seed(top_k)) * 3
+    params = [TextParams(temperature=0.9, top_k=top_k, top_p=top_p) if i % 3 else
+              TextParams(temperature=0.9, top_k=3 + i % 5) for i in range(n)]  # a crowd of other widths
+    seqs = [SimpleNamespace(ids=[1], prompt_len=1, generated=1, params=p, generator=torch.Generator().manual_seed(i))
+            for i, p in enumerate(params)]
+    drawn = TextEngine._pick(SimpleNamespace(eos=0), seqs, logits.clone())
+    for i, p in enumerate(params):
+        ordered, order = (logits[i] / 0.9).sort(descending=True)
+        probs = F.softmax(ordered.masked_fill(torch.arange(vocab) >= (p.top_k or vocab), float("-inf")), dim=0)
+        probs = probs.masked_fill(probs.cumsum(0) - probs >= p.top_p, 0.0)
+        cumulative, u = probs.cumsum(0), torch.rand((), generator=torch.Generator().manual_seed(i))
+        assert drawn[i] == int(order[min(int((cumulative < u * cumulative[-1]).sum()), vocab - 1)]), (i, p)
 
 
 def client_for(runs, **config) -> TestClient:
@@ -349,8 +370,8 @@ def test_one_sequence_whose_sampling_fails_leaves_its_batch_neighbours_to_finish
     served = load_served(runs["lm"].path, ServeConfig(**THREAD, max_wait_ms=200))
     events: dict[int, list] = {i: [] for i in range(4)}
     try:
-        for i in range(4):  # 2**64 fails torch.tensor: the schema bounds it, the engine must survive it anyway
-            params = TextParams(max_tokens=6, temperature=1.0, top_k=2**64 if i == 2 else 20, top_p=0.9)
+        for i in range(4):  # a negative top_k fails torch.topk: the schema refuses it, the engine must survive it
+            params = TextParams(max_tokens=6, temperature=1.0, top_k=-1 if i == 2 else 20, top_p=0.9)
             served.engine.submit(served.encode("The "), params, i, events[i].append)
         deadline = time.monotonic() + 30
         while any(not e or e[-1][0] not in ("done", "error") for e in events.values()) and time.monotonic() < deadline:
