@@ -254,21 +254,23 @@ class TextEngine:
             seq.emit(("done", seq.finish, seq.prompt_len, seq.generated, seq.batch))
 
     def _tokens(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int | Exception]:
-        """`_pick` over the batch; when it fails, row by row, so that only the rows at fault get their exception."""
+        """`_pick` over the batch; when it fails, row by row, so that only the rows at fault get their exception.
+        Each row's uniform number is drawn once, before either, so a neighbour's failure changes no row's token."""
+        draws = _uniforms(seqs)
         try:
-            return self._pick(seqs, logits)
+            return self._pick(seqs, logits, draws)
         except Exception:
             out: list[int | Exception] = []
             for i, seq in enumerate(seqs):
                 try:
-                    out.append(self._pick([seq], logits[i : i + 1])[0])
+                    out.append(self._pick([seq], logits[i : i + 1], draws[i : i + 1])[0])
                 except Exception as err:
                     out.append(err)
             return out
 
-    def _pick(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int]:
-        """One token per row under that row's settings; each row draws from its own generator. `logits` is left
-        as it was (a failed batch is picked again row by row)."""
+    def _pick(self, seqs: list[_Sequence], logits: torch.Tensor, draws: torch.Tensor | None = None) -> list[int]:
+        """One token per row under that row's settings, from its uniform number in `draws` (drawn from the row's own
+        generator when not given). `logits` is left as it was (a failed batch is picked again row by row)."""
         if any(s.generated < s.params.min_tokens or s.params.repetition_penalty != 1.0
                or s.params.frequency_penalty or s.params.presence_penalty for s in seqs):
             logits = logits.clone()
@@ -287,11 +289,12 @@ class TextEngine:
         temps = torch.tensor([s.params.temperature for s in seqs])
         greedy = temps == 0
         scaled = logits / temps.clamp(min=1e-6).unsqueeze(1)
-        draws = torch.stack([torch.rand((), generator=s.generator) for s in seqs]).unsqueeze(1)
+        draws = _uniforms(seqs) if draws is None else draws
         # A row that cuts its tail draws from its head in descending order: its top_k logits (torch.topk: 3 ms for
-        # 32 rows of GPT-2's 50,257 where sorting them whole takes 115), or its whole row sorted for top_p alone.
-        # The others draw in vocabulary order, unsorted. Rows are grouped by head width, so which way a row draws
-        # depends on its own settings only, and a seed gives the same text alone or in a crowd.
+        # 32 rows of GPT-2's 50,257 where sorting them whole takes 115), or its whole row for top_p alone. The
+        # others draw in vocabulary order, unsorted. Rows are grouped by head width, so which way a row draws
+        # depends on its own settings only, and a seed gives the same text alone or in a crowd (equal logits too:
+        # each row's head is taken on its own).
         heads: dict[int, list[int]] = {}
         for i, s in enumerate(seqs):
             width = min(s.params.top_k or vocab, vocab)
@@ -350,6 +353,11 @@ class TextEngine:
         b = self.batch
         order = b.cache.drop([i for i, s in enumerate(b.seqs) if s.finish is not None])
         b.seqs = [b.seqs[i] for i in order]
+
+
+def _uniforms(seqs: list[_Sequence]) -> torch.Tensor:
+    """A (rows, 1) column of uniform numbers in [0, 1), each from its row's own generator."""
+    return torch.stack([torch.rand((), generator=s.generator) for s in seqs]).unsqueeze(1)
 
 
 def _inverse_cdf(probs: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
