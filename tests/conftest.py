@@ -80,18 +80,24 @@ def runs(tmp_path_factory, tiny_run) -> dict[str, genlab.Run]:
     return {"lm": genlab.fit(None, overrides=LM, out=root / "lm"), "digits": tiny_run}
 
 
-@contextmanager
 def running(app):
     """The app under a real uvicorn server on a free loopback port; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False,
-                                           http="h11"))  # genlab serve's parser (listen.py)
+    return serving(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False,
+                                  http="h11"))  # genlab serve's parser (listen.py)
+
+
+@contextmanager
+def serving(config: uvicorn.Config):
+    """A uvicorn server with these settings (port 0: a free one) in a thread; yields its loopback URL."""
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 60
     while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)

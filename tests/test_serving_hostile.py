@@ -5,7 +5,6 @@ an error."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import socket
@@ -23,7 +22,7 @@ from genlab.serving.engine import TextEngine, TextParams
 from genlab.serving.filters import OutputFilter
 from genlab.serving.workers import BatchWorker
 
-from .conftest import running
+from .conftest import running, serving
 
 THREAD = {"engine": "thread"}
 BODY = {"model": "lm", "prompt": "The ", "max_tokens": 40, "min_tokens": 40, "temperature": 0.7, "seed": 0}
@@ -268,25 +267,11 @@ def test_errors_never_quote_internal_exception_text(runs, monkeypatch):
     assert answer.status_code == 400 and secret not in answer.text and "could not take it" in answer.text
 
 
-@contextlib.contextmanager
 def listening(runs, config: ServeConfig):
     """`genlab serve`'s own uvicorn settings (listen.py) around the app, on a free loopback port: its URL."""
-    import uvicorn
-
     from genlab.serving.listen import uvicorn_config
 
-    server = uvicorn.Server(uvicorn_config(serve_app([runs["lm"].path], config), config))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return serving(uvicorn_config(serve_app([runs["lm"].path], config), config))
 
 
 @pytest.mark.parametrize("trusted", [[], ["127.0.0.1"]])
