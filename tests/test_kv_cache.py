@@ -78,3 +78,38 @@ def test_the_buffers_move_or_grow_only_when_full_and_free_rows_are_reused():
         cache.open_column()
         cache.advance()
     assert cache.keys[0].shape[2] >= cache.end - cache.start and cache.mask.sum() == cache.end - cache.start
+
+
+def test_windows_that_reach_the_buffers_end_move_back_in_place_and_every_row_keeps_its_keys():
+    cache, written, ids = SlotCache(), {}, []
+
+    def admit(width: int, real: int) -> None:
+        keys = torch.randn(1, 1, width, 2)
+        layer = type("L", (), {"keys": keys, "values": -keys})()
+        cache.admit(type("Joined", (), {"layers": [layer]})(), torch.tensor([[0] * (width - real) + [1] * real]))
+        ids.append(len(written))
+        written[ids[-1]] = [keys[0, 0, width - real :]]
+
+    admit(40, 40)
+    admit(5, 5)
+    buffer, moves, overlapped = cache.keys[0], 0, 0
+    for step in range(300):
+        end = cache.end
+        cache.open_column()
+        moves += cache.end < end
+        new = torch.randn(cache.rows, 1, 1, 2)
+        cache.layers[0].update(new, -new)  # as the model's attention writes a step's keys and values
+        cache.advance()
+        for row, i in enumerate(ids):
+            written[i].append(new[row, 0])
+        if step % 8 == 7:  # continuous batching: the oldest row leaves, a new one joins
+            ids = [ids[j] for j in cache.drop([ids.index(min(ids))])]
+            wide = cache.end < 30  # soon after a move: a prompt wider than `end` moves the window right, over itself
+            admit(cache.end + 6 if wide else 3, 3)
+            overlapped += wide
+        for row, i in enumerate(ids):
+            real = cache.mask[row].bool()
+            assert torch.equal(cache.keys[0][row, 0, cache.start : cache.end][real], torch.cat(written[i])), step
+            assert torch.equal(cache.values[0][row, 0, cache.start : cache.end][real], -torch.cat(written[i]))
+    assert moves >= 3 and overlapped >= 2, (moves, overlapped)
+    assert cache.keys[0] is buffer, "the window moved within its buffer, never reallocated"

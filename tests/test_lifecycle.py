@@ -80,6 +80,21 @@ def test_throughput_is_never_above_the_peak_and_says_how_the_peak_was_measured(t
     assert s["matmul_peak"]["dtype"] == "float32" and "at the start and at the end" in s["matmul_peak"]["how"]
 
 
+def test_a_process_measures_the_peak_in_a_bounded_number_of_trials_and_keeps_their_best(monkeypatch):
+    from genlab.training import peak
+
+    monkeypatch.setattr(peak, "_best", {})
+    monkeypatch.setattr(peak, "_trials", {})
+    monkeypatch.setattr(peak, "SECONDS_PER_TRIAL", 0.002)
+    made, randn = [], torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: made.append(a) or randn(*a, **k))
+    readings = [peak.matmul_peak() for _ in range(30)]
+    readings_taken = 1 + peak.MAX_TRIALS - peak.TRIALS  # the first takes TRIALS, each later one a single trial
+    assert len(made) == 2 * readings_taken, "after MAX_TRIALS a reading is the best so far, with no matmul"
+    assert readings == sorted(readings) and len(set(readings[readings_taken - 1:])) == 1
+    assert peak.matmul_peak(torch.bfloat16) > 0 and len(made) == 2 * (readings_taken + 1), "a dtype of its own"
+
+
 def test_a_run_too_short_to_time_says_not_measured(tmp_path):
     from typer.testing import CliRunner
 

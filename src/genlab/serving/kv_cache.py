@@ -116,11 +116,17 @@ class SlotCache(Cache):
         def moved(t: torch.Tensor, columns: int) -> torch.Tensor:
             shape = list(t.shape)
             shape[0], shape[columns] = new_rows, new_cols
-            out = t.new_zeros(shape)
-            out[: self.rows].narrow(columns, start, width).copy_(t[: self.rows].narrow(columns, self.start, width))
+            window = t[: self.rows].narrow(columns, self.start, width)
+            if shape == list(t.shape) and columns == 2:  # keys and values move within their buffer: what lies
+                # outside the window is masked, so only the window is copied (a copy of it where the two overlap)
+                out = t
+                window = window.clone() if abs(start - self.start) < width else window
+            else:
+                out = t.new_zeros(shape)
+            out[: self.rows].narrow(columns, start, width).copy_(window)
             return out
 
         self.keys = [moved(t, 2) for t in self.keys]
         self.values = [moved(t, 2) for t in self.values]
-        self._mask = moved(self._mask, 1)
+        self._mask = moved(self._mask, 1)  # small, and zero outside the window: made anew
         self.start, self.end = start, start + width
