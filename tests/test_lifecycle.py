@@ -80,6 +80,13 @@ def test_throughput_is_never_above_the_peak_and_says_how_the_peak_was_measured(t
     assert s["matmul_peak"]["dtype"] == "float32" and "at the start and at the end" in s["matmul_peak"]["how"]
 
 
+def test_the_flops_counted_are_the_models_forward_and_backward_not_the_optimizers(tmp_path):
+    # Muon's Newton-Schulz iterations are matmuls: counted with the update, they would raise its figure over AdamW's
+    counted = [genlab.fit(None, overrides=tiny("train.max_steps=4", f"train.optimizer.name={name}"),
+                          out=tmp_path / name).summary["gflops_per_batch"] for name in ("adamw", "muon")]
+    assert counted[0] > 0 and counted[0] == counted[1], counted
+
+
 def test_a_process_measures_the_peak_in_a_bounded_number_of_trials_and_keeps_their_best(monkeypatch):
     from genlab.training import peak
 

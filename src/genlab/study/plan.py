@@ -62,6 +62,9 @@ class Probe(L.Callback):
         for c in self._contexts:
             c.__enter__()
 
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
+        self.on_train_batch_end(trainer, module)  # the model's FLOPs, as a run's Throughput counts them
+
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         if self._contexts:
             for c in reversed(self._contexts):

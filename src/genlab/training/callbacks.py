@@ -153,6 +153,7 @@ class Throughput(L.Callback):
         # over every fit call; tokens: the predicted tokens of text batches
         self.totals = {"seconds": 0.0, "train_seconds": 0.0, "samples": 0, "tokens": 0, "batches": 0}
         self._counter: FlopCounterMode | None = None
+        self._counting = False
         self._mark: float | None = None  # when the last timed interval ended; None: the next batch is untimed
         self._fit_started = self._paused_at = 0.0
         self._window = dict(self.totals)
@@ -176,15 +177,26 @@ class Throughput(L.Callback):
         if not self.flops_counted and self._counter is None:
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
+            self._counting = True  # this batch: counted, not timed
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
-        now = time.perf_counter()
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        # the model's forward and backward are what the fraction of the peak is of (as MFU is defined), not the
+        # optimizer's update, whose first step builds its state through the counter at ~1 ms a tensor
+        self._stop_counting()
+
+    def _stop_counting(self) -> None:
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
             self.flops_per_batch = float(self._counter.get_total_flops())
             self.flops_counted = True
             self._counter = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._counting:  # under gradient accumulation, a batch that did not step the optimizer stops here
+            self._stop_counting()
+            self._counting = False
         elif self._mark is not None:
             t = self.totals
             t["train_seconds"] += now - self._mark
