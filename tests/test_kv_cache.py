@@ -81,13 +81,16 @@ def test_the_buffers_move_or_grow_only_when_full_and_free_rows_are_reused():
 
 
 def test_windows_that_reach_the_buffers_end_move_back_in_place_and_every_row_keeps_its_keys():
-    cache, written, ids = SlotCache(), {}, []
+    cache, written, ids, poisoned = SlotCache(), {}, [], set()
 
     def admit(width: int, real: int) -> None:
         keys = torch.randn(1, 1, width, 2)
+        ids.append(len(written))
+        if ids[-1] % 4 == 3:  # a row whose model state went NaN: it must reach no other row, now or after it left
+            poisoned.add(ids[-1])
+            keys.fill_(float("nan"))
         layer = type("L", (), {"keys": keys, "values": -keys})()
         cache.admit(type("Joined", (), {"layers": [layer]})(), torch.tensor([[0] * (width - real) + [1] * real]))
-        ids.append(len(written))
         written[ids[-1]] = [keys[0, 0, width - real :]]
 
     admit(40, 40)
@@ -98,6 +101,7 @@ def test_windows_that_reach_the_buffers_end_move_back_in_place_and_every_row_kee
         cache.open_column()
         moves += cache.end < end
         new = torch.randn(cache.rows, 1, 1, 2)
+        new[[row for row, i in enumerate(ids) if i in poisoned]] = float("nan")
         cache.layers[0].update(new, -new)  # as the model's attention writes a step's keys and values
         cache.advance()
         for row, i in enumerate(ids):
@@ -108,8 +112,11 @@ def test_windows_that_reach_the_buffers_end_move_back_in_place_and_every_row_kee
             admit(cache.end + 6 if wide else 3, 3)
             overlapped += wide
         for row, i in enumerate(ids):
-            real = cache.mask[row].bool()
-            assert torch.equal(cache.keys[0][row, 0, cache.start : cache.end][real], torch.cat(written[i])), step
-            assert torch.equal(cache.values[0][row, 0, cache.start : cache.end][real], -torch.cat(written[i]))
-    assert moves >= 3 and overlapped >= 2, (moves, overlapped)
+            if i in poisoned:
+                continue
+            real, window = cache.mask[row].bool(), slice(cache.start, cache.end)
+            assert torch.equal(cache.keys[0][row, 0, window][real], torch.cat(written[i])), step
+            assert torch.equal(cache.values[0][row, 0, window][real], -torch.cat(written[i]))
+            assert cache.keys[0][row, 0, window].isfinite().all() and cache.values[0][row, 0, window].isfinite().all()
+    assert moves >= 3 and overlapped >= 2 and len(poisoned) >= 8, (moves, overlapped, poisoned)
     assert cache.keys[0] is buffer, "the window moved within its buffer, never reallocated"

@@ -10,11 +10,12 @@ import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.flop_counter import FlopCounterMode
 
 import genlab
 from genlab.training.callbacks import GradientWatch, NonFiniteLoss
 
-from .conftest import UNET, Crash, Poison, tiny
+from .conftest import GAN_TINY, UNET, Crash, Poison, tiny
 
 
 def snapshot(root):
@@ -80,11 +81,39 @@ def test_throughput_is_never_above_the_peak_and_says_how_the_peak_was_measured(t
     assert s["matmul_peak"]["dtype"] == "float32" and "at the start and at the end" in s["matmul_peak"]["how"]
 
 
-def test_the_flops_counted_are_the_models_forward_and_backward_not_the_optimizers(tmp_path):
-    # Muon's Newton-Schulz iterations are matmuls: counted with the update, they would raise its figure over AdamW's
-    counted = [genlab.fit(None, overrides=tiny("train.max_steps=4", f"train.optimizer.name={name}"),
-                          out=tmp_path / name).summary["gflops_per_batch"] for name in ("adamw", "muon")]
-    assert counted[0] > 0 and counted[0] == counted[1], counted
+class WholeBatchFlops(L.Callback):
+    """The reference: FLOPs from before the first batch to its end, the optimizers' updates included (AdamW's are
+    elementwise: no FLOPs). Entered before the run's counter and left after it, as modes must nest."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if not hasattr(self, "counter"):
+            self.counter = FlopCounterMode(display=False)
+            self.counter.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not hasattr(self, "flops"):
+            self.counter.__exit__(None, None, None)
+            self.flops = self.counter.get_total_flops()
+
+
+@pytest.mark.parametrize("family", [[], GAN_TINY], ids=["diffusion", "gan (optimizers stepped by hand)"])
+def test_the_flops_counted_are_the_models_forward_and_backward_not_the_optimizers(family, tmp_path):
+    counted = {}
+    for name in ("adamw", "muon"):
+        reference = WholeBatchFlops()
+        overrides = [*(family or tiny()), "train.max_steps=4", f"train.optimizer.name={name}"]
+        counted[name] = genlab.fit(None, overrides=overrides, out=tmp_path / name,
+                                   callbacks=[reference]).summary["gflops_per_batch"]
+        if name == "adamw":
+            assert counted[name] > 0 and counted[name] == reference.flops / 1e9, "the whole forward and backward"
+    if not family:  # Muon's Newton-Schulz iterations are matmuls, which the update's count would add
+        assert counted["adamw"] == counted["muon"], counted
+
+
+def test_a_batch_that_fails_while_its_flops_are_counted_leaves_no_counter_behind(tmp_path):
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        genlab.fit(None, overrides=tiny(), out=tmp_path / "r", callbacks=[Crash(0)])
+    assert torch._C._len_torch_dispatch_stack() == 0, "every later op in this process would go through it"
 
 
 def test_a_process_measures_the_peak_in_a_bounded_number_of_trials_and_keeps_their_best(monkeypatch):

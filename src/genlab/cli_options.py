@@ -20,6 +20,9 @@ def family_options(run: Any, args: list[str], conditions: bool = False) -> tuple
     family = run.config.model.family
     fields = family_sampling(family).model_fields
     parsed = _parse_options(args)
+    # the conditions' names need the family's model class, whose imports (torch, Lightning) take seconds: only
+    # an option that is not a sampling option waits for them, so a mistyped value is answered at once
+    taken = _conditions_taken(run) if conditions and any(key not in fields for key in parsed) else []
     given, extra = {}, {}
     for key, values in parsed.items():
         if key in fields:
@@ -28,22 +31,17 @@ def family_options(run: Any, args: list[str], conditions: bool = False) -> tuple
                 values = ["true" if v is None else v for v in values]
             many = typing.get_origin(annotation) is list
             given[key] = [_valued(key, v) for v in values] if many else _one(key, values)
-    checked = sampling_options(family, {**run.sampling, **given})  # typed and bounded beside the model's own
-    # checked before the conditions: their names need the family's model class, whose imports (torch, Lightning)
-    # take seconds that a mistyped value need not wait for
-    others = [key for key in parsed if key not in fields]
-    taken = _conditions_taken(run) if conditions and others else []
-    for key in others:
-        if key in taken:
-            extra[key] = _one(key, parsed[key])
+        elif key in taken:
+            extra[key] = _one(key, values)
         elif key.endswith("_file") and key[: -len("_file")] in taken:
-            extra[key[: -len("_file")]] = _read_text(key, _one(key, parsed[key]))
+            extra[key[: -len("_file")]] = _read_text(key, _one(key, values))
         else:
             allowed = [*fields, *taken]
             hint = difflib.get_close_matches(key, allowed, n=1)
             raise ConfigError(f"--{flag(key)}: a {family} run takes no such option"
                               + (f"; did you mean --{flag(hint[0])}?" if hint else "")
                               + f" (its options: {', '.join('--' + flag(k) for k in allowed) or 'none'})")
+    checked = sampling_options(family, {**run.sampling, **given})  # typed and bounded beside the model's own
     return {key: checked[key] for key in given}, extra
 
 

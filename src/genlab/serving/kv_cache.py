@@ -65,9 +65,13 @@ class SlotCache(Cache):
             self.start = self.end = width if width < self._mask.shape[1] else 0
         self._make_room(self.rows + n, width, 0)
         lo, rows = self.end - width, slice(self.rows, self.rows + n)
-        # a prompt longer than the window opens it to the left; a live row's mask is 0 left of `start` (a row's
-        # earlier occupants only wrote inside the window, which a refill overwrites), so nothing stale shows
-        self.start = min(self.start, lo)
+        # a prompt longer than the window opens it to the left, where a live row's mask is 0; the columns that
+        # come into view, the live rows' there and the new rows' left of their prompts, are zeroed: a masked
+        # column still reaches attention as 0 x value, and what a departed row left there may be NaN
+        start, self.start = self.start, min(self.start, lo)
+        for t in (*self.keys, *self.values):
+            t[: self.rows, :, self.start : start] = 0
+            t[rows, :, self.start : lo] = 0
         for i, layer in enumerate(joined.layers):
             self.keys[i][rows, :, lo : self.end] = layer.keys
             self.values[i][rows, :, lo : self.end] = layer.values

@@ -63,7 +63,11 @@ class Probe(L.Callback):
             c.__enter__()
 
     def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
-        self.on_train_batch_end(trainer, module)  # the model's FLOPs, as a run's Throughput counts them
+        if module.automatic_optimization:  # the model's FLOPs, as a run's Throughput counts them
+            self.on_train_batch_end(trainer, module)
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        self.on_train_batch_end(trainer, module)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         if self._contexts:

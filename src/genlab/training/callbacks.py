@@ -181,8 +181,14 @@ class Throughput(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         # the model's forward and backward are what the fraction of the peak is of (as MFU is defined), not the
-        # optimizer's update, whose first step builds its state through the counter at ~1 ms a tensor
-        self._stop_counting()
+        # optimizer's update, whose first step builds its state through the counter at ~1 ms a tensor. A family
+        # that steps its optimizers by hand (the GANs: D, then G's forward) is counted to the batch's end
+        if pl_module.automatic_optimization:
+            self._stop_counting()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._stop_counting()  # left entered, the counter would slow everything after it in this process
+        self._counting = False
 
     def _stop_counting(self) -> None:
         if self._counter is not None:
