@@ -61,6 +61,43 @@ def test_joining_leaving_and_growing_rows_decode_as_each_sequence_alone():
     assert MIN_COLUMNS < len(prompts["a"]) + lengths["a"]
 
 
+def test_a_row_whose_logits_go_nan_ends_with_an_error_and_the_row_taking_its_slot_decodes_as_alone():
+    lm, tokenizer = tiny_lm()
+    prompts = {"a": [5, 6, 7], "b": [8, 9], "c": [10, 11, 12, 13], "f": [14]}
+    lengths = {"a": 20, "b": 20, "c": 20, "f": 8}
+    expected = {k: alone(lm, prompts[k], lengths[k]) for k in prompts}
+    used = {t for k in prompts for t in prompts[k] + expected[k]} | {tokenizer.eos_token_id}
+    bad = next(t for t in range(3, len(tokenizer)) if t not in used)
+    with torch.no_grad():  # a token whose embedding is NaN: a sequence that holds it goes NaN, no other does
+        lm.model.embed_tokens.weight[bad] = float("nan")
+    prompts["p"], lengths["p"] = [15, bad, 16], 20
+    got: dict[str, list[int]] = {k: [] for k in prompts}
+    ends: dict[str, tuple] = {}
+    done = threading.Semaphore(0)
+    engine = TextEngine(lm, tokenizer, max_batch_size=4)
+
+    def submit(name: str) -> None:
+        def emit(event: tuple) -> None:
+            if event[0] == "logprob":
+                got[name].append(event[1])
+                if name == "a" and len(got["a"]) == 6:  # f takes p's row, its one-token prompt right of p's keys
+                    submit("f")
+            elif event[0] in ("done", "error"):
+                ends[name] = event
+                done.release()
+        engine.submit(prompts[name], TextParams(max_tokens=lengths[name], min_tokens=lengths[name], temperature=0,
+                                                logprobs=0), 0, emit)
+
+    for name in "abcp":  # p last: the row it leaves is the one f takes
+        submit(name)
+    for _ in prompts:
+        assert done.acquire(timeout=60)
+    engine.stop(0)
+    assert ends["p"] == ("error", "generation failed"), ends["p"]
+    assert {k: ends[k][0] for k in "abcf"} == dict.fromkeys("abcf", "done")
+    assert {k: got[k] for k in "abcf"} == expected
+
+
 def test_the_buffers_move_or_grow_only_when_full_and_free_rows_are_reused():
     cache = SlotCache()
     keys = torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).view(2, 1, 3, 2)

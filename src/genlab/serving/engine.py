@@ -302,7 +302,9 @@ class TextEngine:
                 heads.setdefault(width, []).append(i)
         cut = {i for group in heads.values() for i in group}
         plain = [i for i in range(len(seqs)) if not greedy[i] and i not in cut]
-        sampled = logits.argmax(1)  # the greedy rows'; the others' are drawn below, each row once
+        best, sampled = logits.max(1)  # the greedy rows'; the others' are drawn below, each row once
+        if not best.isfinite().all():  # a NaN row would draw token 0 (or any) to its end: it fails on its own
+            raise ValueError("the model's logits are not finite")
         if plain:
             rows = slice(None) if len(plain) == len(seqs) else torch.tensor(plain)  # all plain: no copy
             sampled[rows] = _inverse_cdf(F.softmax(scaled[rows], dim=1), draws[rows])
