@@ -277,6 +277,21 @@ def test_a_row_that_cuts_its_tail_draws_what_sorting_its_whole_row_draws(top_k, 
     assert crowd == alone
 
 
+def test_a_penalty_that_overflows_a_logit_draws_among_the_overflowed_and_a_nan_row_fails_alone():
+    """A tiny repetition_penalty divides a positive logit past the largest float: its softmax would be NaN."""
+    logits = torch.tensor([[1.0, 2.0, -1.0, 3.0, 0.5], [1.0, 2.0, -1.0, 3.0, 0.5]])
+    seqs = [SimpleNamespace(ids=[0, 1, 2], prompt_len=2, generated=1, generator=torch.Generator().manual_seed(i),
+                            params=TextParams(temperature=t, repetition_penalty=1e-142))
+            for i, t in enumerate((0.7, 0))]
+    drawn = [TextEngine._pick(SimpleNamespace(eos=4), seqs, logits.clone()) for _ in range(30)]
+    # tokens 0 and 1 were seen and their logits are positive: both overflow, and are drawn alike; 3 is not drawn
+    assert {d[0] for d in drawn} == {0, 1} and {d[1] for d in drawn} == {0}, drawn
+    logits[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        TextEngine._pick(SimpleNamespace(eos=4), seqs, logits.clone())
+    assert TextEngine._pick(SimpleNamespace(eos=4), seqs[:1], logits[:1].clone())[0] in (0, 1)
+
+
 def client_for(runs, **config) -> TestClient:
     cfg = ServeConfig(names=["lm", "digits"], **{**THREAD, **config})
     return TestClient(serve_app([runs["lm"].path, runs["digits"].path], cfg), raise_server_exceptions=False)

@@ -288,7 +288,9 @@ class TextEngine:
         vocab = logits.shape[1]
         temps = torch.tensor([s.params.temperature for s in seqs])
         greedy = temps == 0
-        scaled = logits / temps.clamp(min=1e-6).unsqueeze(1)
+        # a tiny repetition_penalty or temperature overflows a logit to +inf, whose softmax is NaN: the largest float
+        # keeps it the likeliest
+        scaled = (logits / temps.clamp(min=1e-6).unsqueeze(1)).clamp_(max=torch.finfo(logits.dtype).max)
         draws = _uniforms(seqs) if draws is None else draws
         # A row that cuts its tail draws from its head in descending order: its top_k logits (torch.topk: 3 ms for
         # 32 rows of GPT-2's 50,257 where sorting them whole takes 115), or its whole row for top_p alone. The
@@ -303,8 +305,8 @@ class TextEngine:
         cut = {i for group in heads.values() for i in group}
         plain = [i for i in range(len(seqs)) if not greedy[i] and i not in cut]
         best, sampled = logits.max(1)  # the greedy rows'; the others' are drawn below, each row once
-        if not best.isfinite().all():  # a NaN row would draw token 0 (or any) to its end: it fails on its own
-            raise ValueError("the model's logits are not finite")
+        if best.isnan().any():  # only the model makes a NaN (no setting does): that row would draw token 0 to its end
+            raise ValueError("the model's logits are NaN")
         if plain:
             rows = slice(None) if len(plain) == len(seqs) else torch.tensor(plain)  # all plain: no copy
             sampled[rows] = _inverse_cdf(F.softmax(scaled[rows], dim=1), draws[rows])
