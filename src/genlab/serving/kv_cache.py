@@ -69,7 +69,7 @@ class SlotCache(Cache):
         # come into view, the live rows' there and the new rows' left of their prompts, are zeroed: a masked
         # column still reaches attention as 0 x value, and what a departed row left there may be NaN
         start, self.start = self.start, min(self.start, lo)
-        for t in (*self.keys, *self.values):
+        for t in (*self.keys, *self.values) if self.start < max(start, lo) else ():  # else nothing came into view
             t[: self.rows, :, self.start : start] = 0
             t[rows, :, self.start : lo] = 0
         for i, layer in enumerate(joined.layers):

@@ -37,16 +37,15 @@ CHECKED = ("on 5 CPU runs (bench/plan_check.py): peak memory within 13% of the m
 
 
 class Probe(L.Callback):
-    """On the second training step: the bytes autograd saves for backward (parameters excluded) and the FLOPs."""
+    """On the second training step: the bytes autograd saves for backward (parameters excluded). The FLOPs are the
+    run's own count (`Throughput`'s, in train.json), filled in by `_probe`."""
 
     def __init__(self) -> None:
-        self.saved, self.flops, self._contexts = 0, 0, []
+        self.saved, self.flops, self._hooks = 0, 0.0, None
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int) -> None:
         if trainer.global_step != 1:
             return
-        from torch.utils.flop_counter import FlopCounterMode
-
         weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
         seen: set[int] = set()
 
@@ -57,23 +56,16 @@ class Probe(L.Callback):
                 self.saved += storage.nbytes()
             return t
 
-        self._counter = FlopCounterMode(display=False)
-        self._contexts = [torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self._counter]
-        for c in self._contexts:
-            c.__enter__()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self._hooks.__enter__()
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
-        if module.automatic_optimization:  # the model's FLOPs, as a run's Throughput counts them
-            self.on_train_batch_end(trainer, module)
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        if self._hooks is not None:
+            self._hooks.__exit__(None, None, None)
+            self._hooks = None
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         self.on_train_batch_end(trainer, module)
-
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
-        if self._contexts:
-            for c in reversed(self._contexts):
-                c.__exit__(None, None, None)
-            self._contexts, self.flops = [], self._counter.get_total_flops()
 
 
 def _probe(config: Any, overrides: list[str]) -> tuple[Any, Probe]:
@@ -87,7 +79,8 @@ def _probe(config: Any, overrides: list[str]) -> tuple[Any, Probe]:
     with tempfile.TemporaryDirectory() as scratch:
         run = fit(config, overrides=quick, out=Path(scratch) / "probe", callbacks=[probe])
         model = run.model
-    if not probe.flops:
+        probe.flops = (run.summary.get("gflops_per_batch") or 0) * 1e9  # the model's forward and backward, once
+    if not probe.saved or not probe.flops:
         raise GenlabError("plan: the probe's second step did not run (a data set smaller than two batches?)")
     return model, probe
 
